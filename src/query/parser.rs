@@ -1,0 +1,496 @@
+//! The `nom` parser for iconik's webhook query language (plus `NOT`).
+//!
+//! ```text
+//! query      := or
+//! or         := and ("OR" and)*
+//! and        := unary ("AND" unary)*
+//! unary      := "NOT" unary | "(" or ")" | comparison
+//! comparison := path op value
+//! ```
+//!
+//! `AND`/`OR` chains are parsed in loops and only `(` and `NOT` recurse, with
+//! a depth limit, so no input can overflow the stack.
+
+use nom::branch::alt;
+use nom::bytes::complete::{tag, tag_no_case, take_while1};
+use nom::character::complete::{char, digit1, multispace0, one_of, satisfy};
+use nom::combinator::{opt, recognize};
+use nom::error::{ErrorKind, ParseError};
+use nom::{IResult, Parser};
+
+use super::ast::{Comparison, Expr, Literal, Op, Path, RegexLiteral};
+use super::error::QueryError;
+
+/// Longest query accepted, in bytes.
+pub const MAX_QUERY_BYTES: usize = 16 * 1024;
+/// Deepest nesting of parentheses and `NOT`s accepted.
+pub const MAX_DEPTH: usize = 64;
+/// Largest compiled size of one regex, in bytes (regex-lite's own accounting).
+pub const MAX_REGEX_BYTES: usize = 256 * 1024;
+
+/// A nom error: where it happened and, once known, what was expected there.
+#[derive(Debug)]
+struct Failure<'a> {
+    at: &'a str,
+    /// What was wrong, and more detail to print after `at column N`.
+    message: Option<(String, String)>,
+    /// The message already says its column.
+    placed: bool,
+}
+
+impl<'a> ParseError<&'a str> for Failure<'a> {
+    fn from_error_kind(input: &'a str, _kind: ErrorKind) -> Self {
+        Failure {
+            at: input,
+            message: None,
+            placed: false,
+        }
+    }
+
+    fn append(_input: &'a str, _kind: ErrorKind, other: Self) -> Self {
+        other
+    }
+}
+
+type PResult<'a, T> = IResult<&'a str, T, Failure<'a>>;
+
+/// Parses and compiles a query. `None` means the query is empty and matches every event.
+pub(crate) fn parse(src: &str) -> Result<Option<Expr>, QueryError> {
+    if src.len() > MAX_QUERY_BYTES {
+        return Err(QueryError::at(
+            src,
+            MAX_QUERY_BYTES,
+            format!(
+                "query is {} bytes long; the limit is {} bytes",
+                src.len(),
+                MAX_QUERY_BYTES
+            ),
+        ));
+    }
+    if src.trim().is_empty() {
+        return Ok(None);
+    }
+    let parser = QueryParser { src };
+    let finish = |result: PResult<'_, Expr>| -> Result<Expr, QueryError> {
+        match result {
+            Ok((rest, expr)) => {
+                let rest = skip_ws(rest);
+                if rest.is_empty() {
+                    Ok(expr)
+                } else if rest.starts_with(')') {
+                    Err(parser.error(rest, "unmatched ')'", ""))
+                } else {
+                    Err(parser.error(
+                        rest,
+                        "expected AND, OR or the end of the query",
+                        &format!(", found {}", describe(rest)),
+                    ))
+                }
+            }
+            Err(nom::Err::Error(e) | nom::Err::Failure(e)) => {
+                let (head, tail) = e
+                    .message
+                    .unwrap_or_else(|| (format!("unexpected {}", describe(e.at)), String::new()));
+                if e.placed {
+                    let offset = src.len() - e.at.len();
+                    Err(QueryError::at(src, offset, head + &tail))
+                } else {
+                    Err(parser.error(e.at, &head, &tail))
+                }
+            }
+            Err(nom::Err::Incomplete(_)) => {
+                Err(parser.error("", "unexpected end of query", ""))
+            }
+        }
+    };
+    finish(parser.or(src, 0)).map(Some)
+}
+
+struct QueryParser<'s> {
+    src: &'s str,
+}
+
+impl<'s> QueryParser<'s> {
+    /// A `QueryError` for the position where `rest` starts: `{head} at column N{tail}`.
+    fn error(&self, rest: &str, head: &str, tail: &str) -> QueryError {
+        let offset = self.src.len() - rest.len();
+        let column = super::error::column_of(self.src, offset);
+        QueryError::at(self.src, offset, format!("{head} at column {column}{tail}"))
+    }
+
+    fn column(&self, rest: &str) -> usize {
+        super::error::column_of(self.src, self.src.len() - rest.len())
+    }
+
+    fn or<'a>(&self, input: &'a str, depth: usize) -> PResult<'a, Expr> {
+        let (mut rest, first) = self.and(input, depth)?;
+        let mut operands = vec![first];
+        while let Ok((after, _)) = keyword("OR")(skip_ws(rest)) {
+            let (after, operand) = self.and(after, depth)?;
+            operands.push(operand);
+            rest = after;
+        }
+        Ok((rest, Expr::or(operands)))
+    }
+
+    fn and<'a>(&self, input: &'a str, depth: usize) -> PResult<'a, Expr> {
+        let (mut rest, first) = self.unary(input, depth)?;
+        let mut operands = vec![first];
+        while let Ok((after, _)) = keyword("AND")(skip_ws(rest)) {
+            let (after, operand) = self.unary(after, depth)?;
+            operands.push(operand);
+            rest = after;
+        }
+        Ok((rest, Expr::and(operands)))
+    }
+
+    fn unary<'a>(&self, input: &'a str, depth: usize) -> PResult<'a, Expr> {
+        let input = skip_ws(input);
+        if depth >= MAX_DEPTH {
+            return fail(
+                input,
+                format!("query nests deeper than {MAX_DEPTH} levels of parentheses and NOT"),
+                String::new(),
+            );
+        }
+        if let Ok((rest, _)) = keyword("NOT")(input) {
+            let (rest, inner) = self.unary(rest, depth + 1)?;
+            return Ok((rest, Expr::Not(Box::new(inner))));
+        }
+        if let Some(after_paren) = input.strip_prefix('(') {
+            let (rest, inner) = self.or(after_paren, depth + 1)?;
+            let rest = skip_ws(rest);
+            return match rest.strip_prefix(')') {
+                Some(rest) => Ok((rest, inner)),
+                None => {
+                    let column = self.column(input);
+                    fail(
+                        rest,
+                        "expected ')'".to_string(),
+                        format!(
+                            " to close the '(' at column {column}, found {}",
+                            describe(rest)
+                        ),
+                    )
+                }
+            };
+        }
+        self.comparison(input)
+    }
+
+    fn comparison<'a>(&self, input: &'a str) -> PResult<'a, Expr> {
+        let (rest, path) = self.path(input)?;
+        let rest = skip_ws(rest);
+        let Ok((rest, op)) = operator(rest) else {
+            return fail(
+                rest,
+                format!("expected a comparison operator (=, !=, <, >, <=, >=) after '{path}'"),
+                format!(", found {}", describe(rest)),
+            );
+        };
+        let value_start = skip_ws(rest);
+        let (rest, value) = self.value(value_start, op)?;
+        if op.is_ordering() && !matches!(value, Literal::Number(_)) {
+            let found = match value {
+                Literal::String(_) => "a string",
+                Literal::Bool(_) => "a boolean",
+                Literal::Null => "null",
+                Literal::Regex(_) => "a regex",
+                Literal::Number(_) => "a number",
+            };
+            return fail(
+                value_start,
+                format!("'{}' compares numbers only, but the value", op.as_str()),
+                format!(
+                    " is {found} (only numbers support <, >, <=, >=; write the number without quotes)"
+                ),
+            );
+        }
+        Ok((rest, Expr::Compare(Comparison { path, op, value })))
+    }
+
+    fn path<'a>(&self, input: &'a str) -> PResult<'a, Path> {
+        let mut segments = Vec::new();
+        let mut rest = input;
+        loop {
+            let (after, segment) = match rest.chars().next() {
+                Some('"') => self.quoted(rest, "field name")?,
+                Some(c) if is_segment_char(c) => {
+                    let (after, bare) = bare_segment(rest)?;
+                    (after, bare.to_string())
+                }
+                _ => {
+                    let head = if segments.is_empty() {
+                        "expected a comparison such as field=\"value\""
+                    } else {
+                        "expected a field name after '.'"
+                    };
+                    return fail(rest, head.to_string(), format!(", found {}", describe(rest)));
+                }
+            };
+            segments.push(segment);
+            match after.strip_prefix('.') {
+                Some(next) => rest = next,
+                None => return Ok((after, Path { segments })),
+            }
+        }
+    }
+
+    /// A double-quoted string with `\"` and `\\` escapes; `what` names it in errors.
+    fn quoted<'a>(&self, input: &'a str, what: &str) -> PResult<'a, String> {
+        let Some(body) = input.strip_prefix('"') else {
+            return fail(input, format!("expected a quoted {what}"), String::new());
+        };
+        let mut text = String::new();
+        let mut chars = body.char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '"' => return Ok((&body[i + 1..], text)),
+                '\\' => match chars.next() {
+                    Some((_, escaped @ ('"' | '\\'))) => text.push(escaped),
+                    Some((_, other)) => {
+                        return fail(
+                            &body[i..],
+                            format!("invalid escape '\\{other}' in a {what}"),
+                            ": only \\\" and \\\\ are escapes".to_string(),
+                        )
+                    }
+                    None => break,
+                },
+                other => text.push(other),
+            }
+        }
+        let column = self.column(input);
+        fail_placed(
+            input,
+            format!("unterminated {what} starting at column {column} (no closing '\"')"),
+        )
+    }
+
+    fn value<'a>(&self, input: &'a str, op: Op) -> PResult<'a, Literal> {
+        match input.chars().next() {
+            None => fail(
+                input,
+                format!("expected a value after '{}'", op.as_str()),
+                ", found the end of the query".to_string(),
+            ),
+            Some('"') => {
+                let (rest, text) = self.quoted(input, "string")?;
+                Ok((rest, Literal::String(text)))
+            }
+            Some('/') => self.regex(input),
+            Some(c) if c == '-' || c.is_ascii_digit() => {
+                let invalid = || {
+                    fail(
+                        input,
+                        format!("invalid number {}", describe(input)),
+                        " (numbers are written as in JSON: 12, -0.5, 1.5e3)".to_string(),
+                    )
+                };
+                let Ok((rest, text)) = json_number(input) else {
+                    return invalid();
+                };
+                if rest.starts_with(is_segment_char) || rest.starts_with('.') {
+                    return invalid();
+                }
+                match text.parse::<f64>() {
+                    Ok(number) if number.is_finite() => Ok((rest, Literal::Number(number))),
+                    _ => fail(input, format!("number {text} is out of range"), String::new()),
+                }
+            }
+            Some(c) if is_segment_char(c) => {
+                let (rest, word) = bare_segment(input)?;
+                let literal = match word {
+                    "true" => Literal::Bool(true),
+                    "false" => Literal::Bool(false),
+                    "null" => Literal::Null,
+                    _ => {
+                        return fail(
+                            input,
+                            format!("unquoted value '{word}'"),
+                            format!(
+                                ": put strings in double quotes (\"{word}\"), or use a number, true, false, null or a /regex/"
+                            ),
+                        )
+                    }
+                };
+                Ok((rest, literal))
+            }
+            Some(_) => fail(
+                input,
+                format!("expected a value after '{}'", op.as_str()),
+                format!(
+                    " (a \"string\", number, true, false, null or /regex/), found {}",
+                    describe(input)
+                ),
+            ),
+        }
+    }
+
+    fn regex<'a>(&self, input: &'a str) -> PResult<'a, Literal> {
+        let body = &input[1..];
+        let mut pattern = String::new();
+        let mut chars = body.char_indices();
+        let mut end = None;
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '/' => {
+                    end = Some(i);
+                    break;
+                }
+                '\\' => match chars.next() {
+                    Some((_, '/')) => pattern.push('/'),
+                    Some((_, other)) => {
+                        pattern.push('\\');
+                        pattern.push(other);
+                    }
+                    None => break,
+                },
+                other => pattern.push(other),
+            }
+        }
+        let Some(end) = end else {
+            let column = self.column(input);
+            return fail_placed(
+                input,
+                format!(
+                    "unterminated regex starting at column {column} (no closing '/'; write \\/ for a '/' inside it)"
+                ),
+            );
+        };
+        let mut rest = &body[end + 1..];
+        let case_insensitive = rest.starts_with('i');
+        if case_insensitive {
+            rest = &rest[1..];
+        }
+        if rest.starts_with(is_segment_char) {
+            return fail(
+                rest,
+                format!("unknown regex flag {}", describe(rest)),
+                ": the only flag is 'i' (case-insensitive)".to_string(),
+            );
+        }
+        let compiled = regex_lite::RegexBuilder::new(&pattern)
+            .case_insensitive(case_insensitive)
+            .size_limit(MAX_REGEX_BYTES)
+            .build();
+        match compiled {
+            Ok(regex) => Ok((
+                rest,
+                Literal::Regex(RegexLiteral {
+                    pattern,
+                    case_insensitive,
+                    regex,
+                }),
+            )),
+            Err(e) => {
+                let reason = e.to_string().replace('\n', " ");
+                let column = self.column(input);
+                fail_placed(input, format!("invalid regex at column {column}: {reason}"))
+            }
+        }
+    }
+}
+
+/// Fails with `{head} at column N{tail}`.
+fn fail<T>(at: &str, head: String, tail: String) -> PResult<'_, T> {
+    Err(nom::Err::Failure(Failure {
+        at,
+        message: Some((head, tail)),
+        placed: false,
+    }))
+}
+
+/// Like `fail`, for a message that already names its column.
+fn fail_placed<T>(at: &str, message: String) -> PResult<'_, T> {
+    Err(nom::Err::Failure(Failure {
+        at,
+        message: Some((message, String::new())),
+        placed: true,
+    }))
+}
+
+fn skip_ws(input: &str) -> &str {
+    match multispace0::<_, Failure<'_>>(input) {
+        Ok((rest, _)) => rest,
+        Err(_) => input,
+    }
+}
+
+fn is_segment_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+fn bare_segment(input: &str) -> PResult<'_, &str> {
+    take_while1(is_segment_char).parse(input)
+}
+
+/// `AND`, `OR` or `NOT`, any case, as a whole word: followed by whitespace, `(`, `"` or the end.
+fn keyword<'a>(word: &'static str) -> impl Fn(&'a str) -> PResult<'a, &'a str> {
+    move |input: &'a str| {
+        let (rest, matched) = tag_no_case(word).parse(input)?;
+        match rest.chars().next() {
+            None => Ok((rest, matched)),
+            Some(c) if c.is_whitespace() || c == '(' || c == '"' => Ok((rest, matched)),
+            _ => Err(nom::Err::Error(Failure {
+                at: input,
+                message: None,
+                placed: false,
+            })),
+        }
+    }
+}
+
+fn operator(input: &str) -> PResult<'_, Op> {
+    alt((
+        tag("!=").map(|_| Op::Ne),
+        tag("<=").map(|_| Op::Le),
+        tag(">=").map(|_| Op::Ge),
+        tag("=").map(|_| Op::Eq),
+        tag("<").map(|_| Op::Lt),
+        tag(">").map(|_| Op::Gt),
+    ))
+    .parse(input)
+}
+
+/// A number in JSON syntax: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn json_number(input: &str) -> PResult<'_, &str> {
+    recognize((
+        opt(char('-')),
+        alt((
+            recognize((satisfy(|c| ('1'..='9').contains(&c)), opt(digit1))),
+            tag("0"),
+        )),
+        opt((char('.'), digit1)),
+        opt((one_of("eE"), opt(one_of("+-")), digit1)),
+    ))
+    .parse(input)
+}
+
+/// The value of a string holding exactly one JSON number (surrounding
+/// whitespace allowed), as iconik converts `"3840"` for `width>=1920`.
+pub(crate) fn number_in_string(text: &str) -> Option<f64> {
+    let trimmed = text.trim();
+    match json_number(trimmed) {
+        Ok(("", digits)) => digits.parse::<f64>().ok().filter(|n| n.is_finite()),
+        _ => None,
+    }
+}
+
+/// `'x'` for the next token, or `the end of the query`.
+fn describe(rest: &str) -> String {
+    let token: String = rest
+        .chars()
+        .take_while(|c| !c.is_whitespace())
+        .take(20)
+        .collect();
+    if token.is_empty() {
+        if rest.is_empty() {
+            "the end of the query".to_string()
+        } else {
+            "whitespace".to_string()
+        }
+    } else {
+        format!("'{token}'")
+    }
+}
