@@ -3,4 +3,14 @@
 //! The core (query language, webhook definitions, matching, delivery policy)
 //! is plain Rust and runs natively; only `wasm_host` talks to the proxy-wasm host.
 
+pub mod admin;
+pub mod config;
+pub mod delivery;
+pub mod events;
+pub mod health;
+pub mod matcher;
 pub mod query;
+pub mod status;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm_host;

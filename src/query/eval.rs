@@ -64,9 +64,7 @@ fn literal_equals(literal: &Literal, candidate: &Value) -> bool {
         (Literal::Bool(expected), Value::Bool(value)) => expected == value,
         (Literal::Null, Value::Null) => true,
         (Literal::Regex(regex), Value::String(text)) => regex.regex.is_match(text),
-        (Literal::Regex(regex), Value::Number(number)) => {
-            regex.regex.is_match(&number.to_string())
-        }
+        (Literal::Regex(regex), Value::Number(number)) => regex.regex.is_match(&number.to_string()),
         (Literal::Regex(regex), Value::Bool(value)) => {
             regex.regex.is_match(if *value { "true" } else { "false" })
         }

@@ -98,9 +98,7 @@ pub(crate) fn parse(src: &str) -> Result<Option<Expr>, QueryError> {
                     Err(parser.error(e.at, &head, &tail))
                 }
             }
-            Err(nom::Err::Incomplete(_)) => {
-                Err(parser.error("", "unexpected end of query", ""))
-            }
+            Err(nom::Err::Incomplete(_)) => Err(parser.error("", "unexpected end of query", "")),
         }
     };
     finish(parser.or(src, 0)).map(Some)
@@ -225,7 +223,11 @@ impl<'s> QueryParser<'s> {
                     } else {
                         "expected a field name after '.'"
                     };
-                    return fail(rest, head.to_string(), format!(", found {}", describe(rest)));
+                    return fail(
+                        rest,
+                        head.to_string(),
+                        format!(", found {}", describe(rest)),
+                    );
                 }
             };
             segments.push(segment);
@@ -295,7 +297,11 @@ impl<'s> QueryParser<'s> {
                 }
                 match text.parse::<f64>() {
                     Ok(number) if number.is_finite() => Ok((rest, Literal::Number(number))),
-                    _ => fail(input, format!("number {text} is out of range"), String::new()),
+                    _ => fail(
+                        input,
+                        format!("number {text} is out of range"),
+                        String::new(),
+                    ),
                 }
             }
             Some(c) if is_segment_char(c) => {

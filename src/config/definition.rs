@@ -1,0 +1,319 @@
+//! A webhook definition: what it listens to and where it calls.
+
+use std::hash::{Hash, Hasher};
+
+use serde_json::Value;
+
+use super::problems::{short, Fields, Problem};
+use crate::query::Query;
+use crate::status::Status;
+
+/// iconik's webhook operations; `None` in a definition means `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Create,
+    Delete,
+    Purge,
+    Restore,
+    Update,
+    Download,
+}
+
+impl Operation {
+    const NAMES: [(&'static str, Operation); 6] = [
+        ("create", Operation::Create),
+        ("delete", Operation::Delete),
+        ("purge", Operation::Purge),
+        ("restore", Operation::Restore),
+        ("update", Operation::Update),
+        ("download", Operation::Download),
+    ];
+
+    /// Case-insensitive.
+    pub fn parse(text: &str) -> Option<Operation> {
+        Self::NAMES
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(text))
+            .map(|(_, op)| *op)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, op)| *op == self)
+            .map_or("all", |(name, _)| name)
+    }
+}
+
+/// Where a webhook is called: parsed from its `url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookUrl {
+    /// The URL as configured.
+    pub text: String,
+    /// `host` or `host:port`, sent as `:authority`.
+    pub authority: String,
+    pub host: String,
+    /// Path and query, sent as `:path`.
+    pub path: String,
+}
+
+/// One webhook of the plugin configuration.
+#[derive(Debug, Clone)]
+pub struct WebhookDefinition {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    /// Lower case; compared case-insensitively with the event's `event_type`.
+    pub event_type: String,
+    /// Lower case; `None` matches any realm.
+    pub realm: Option<String>,
+    /// `None` matches any operation (`all`).
+    pub operation: Option<Operation>,
+    /// `None` matches any object.
+    pub object_id: Option<String>,
+    pub url: WebhookUrl,
+    /// The Envoy cluster that delivery calls go to.
+    pub cluster: String,
+    /// The status the configuration gives.
+    pub status: Status,
+    pub query: Query,
+    /// Header names in lower case, in configuration order.
+    pub headers: Vec<(String, String)>,
+    /// Identifies this exact definition: when it changes, its status starts afresh.
+    pub fingerprint: u64,
+}
+
+const KNOWN_FIELDS: &str = "id, name, description, event_type, realm, operation, object_id, url, cluster, status, query, headers";
+
+/// Headers the filter sets itself on delivery calls.
+const RESERVED_HEADERS: [&str; 5] = [
+    "content-length",
+    "content-type",
+    "host",
+    "transfer-encoding",
+    "user-agent",
+];
+
+pub const MAX_ID_LEN: usize = 128;
+
+/// Reads the definition at `webhooks[index]`; `None` if it has problems (all recorded).
+pub(crate) fn parse_definition(
+    value: &Value,
+    index: usize,
+    problems: &mut Vec<Problem>,
+) -> Option<WebhookDefinition> {
+    let before = problems.len();
+    let mut fields = Fields::of(value, format!("webhooks[{index}]"), problems)?;
+
+    let id = fields.required_string("id");
+    if let Some(id) = id {
+        fields.set_place(format!("webhook \"{id}\""));
+        let valid = !id.is_empty()
+            && id.len() <= MAX_ID_LEN
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            fields.problem(
+                "id",
+                format!("must be 1 to {MAX_ID_LEN} letters, digits, '-' or '_' (it names metrics and admin URLs)"),
+            );
+        }
+    }
+    let name = fields.string("name").unwrap_or_default().to_string();
+    let description = fields.string("description").unwrap_or_default().to_string();
+
+    let event_type = fields
+        .required_string("event_type")
+        .map(str::to_ascii_lowercase);
+    if event_type.as_deref() == Some("") {
+        fields.problem(
+            "event_type",
+            "must not be empty (e.g. \"assets\", \"collections\")",
+        );
+    }
+    let realm = fields.string("realm").map(str::to_ascii_lowercase);
+    if realm.as_deref() == Some("") {
+        fields.problem(
+            "realm",
+            "must not be empty; leave it out (or null) to match any realm",
+        );
+    }
+
+    let mut operation = None;
+    if let Some(text) = fields.string("operation") {
+        if !text.eq_ignore_ascii_case("all") {
+            match Operation::parse(text) {
+                Some(op) => operation = Some(op),
+                None => fields.problem(
+                    "operation",
+                    format!("unknown operation \"{text}\" (expected all, create, delete, purge, restore, update or download)"),
+                ),
+            }
+        }
+    }
+    if operation == Some(Operation::Download)
+        && event_type.as_deref().is_some_and(|t| t != "assets")
+    {
+        fields.problem(
+            "operation",
+            "\"download\" is only allowed with event_type \"assets\"",
+        );
+    }
+
+    let object_id = fields.string("object_id").map(str::to_string);
+    let url = fields
+        .required_string("url")
+        .and_then(|text| match parse_url(text) {
+            Ok(url) => Some(url),
+            Err(message) => {
+                fields.problem("url", message);
+                None
+            }
+        });
+    let cluster = match fields.string("cluster") {
+        Some("") => {
+            fields.problem(
+                "cluster",
+                "must not be empty; leave it out to use the URL's host",
+            );
+            None
+        }
+        Some(cluster) => Some(cluster.to_string()),
+        None => url.as_ref().map(|url| url.host.clone()),
+    };
+
+    let status = match fields.string("status") {
+        None => Some(Status::Enabled),
+        Some(text) => {
+            let status = Status::parse(text);
+            if status.is_none() {
+                fields.problem(
+                    "status",
+                    format!(
+                        "unknown status \"{text}\" (expected ENABLED, DISABLED, FAILING or FAILED)"
+                    ),
+                );
+            }
+            status
+        }
+    };
+
+    let query = match fields.string("query") {
+        None => Some(Query::match_all()),
+        Some(text) => match Query::parse(text) {
+            Ok(query) => Some(query),
+            Err(e) => {
+                fields.problem("query", e.to_string());
+                None
+            }
+        },
+    };
+
+    let headers = fields
+        .get("headers")
+        .map(|value| parse_headers(value, &mut fields));
+    fields.reject_unknown(KNOWN_FIELDS);
+
+    if problems.len() > before {
+        return None;
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.to_string().hash(&mut hasher);
+    Some(WebhookDefinition {
+        id: id?.to_string(),
+        name,
+        description,
+        event_type: event_type?,
+        realm,
+        operation,
+        object_id,
+        url: url?,
+        cluster: cluster?,
+        status: status?,
+        query: query?,
+        headers: headers.unwrap_or_default(),
+        fingerprint: hasher.finish(),
+    })
+}
+
+fn parse_headers(value: &Value, fields: &mut Fields<'_, '_>) -> Vec<(String, String)> {
+    let Some(object) = value.as_object() else {
+        fields.problem(
+            "headers",
+            format!(
+                "expected an object of header names to values, found {}",
+                short(value)
+            ),
+        );
+        return Vec::new();
+    };
+    let mut headers = Vec::new();
+    for (name, value) in object {
+        let lower = name.to_ascii_lowercase();
+        let is_token = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        // Never echo header values: they hold secrets.
+        if !is_token {
+            fields.problem("headers", format!("\"{name}\" is not a valid header name"));
+        } else if RESERVED_HEADERS.contains(&lower.as_str()) {
+            fields.problem(
+                "headers",
+                format!("\"{name}\" is set by the filter and cannot be configured"),
+            );
+        } else {
+            match value.as_str() {
+                Some(text) if text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) => fields
+                    .problem(
+                        "headers",
+                        format!("the value of \"{name}\" contains a line break or NUL"),
+                    ),
+                Some(text) => headers.push((lower, text.to_string())),
+                None => fields.problem(
+                    "headers",
+                    format!("the value of \"{name}\" must be a string"),
+                ),
+            }
+        }
+    }
+    headers
+}
+
+/// Parses an `http://` or `https://` URL into what a delivery call needs.
+pub fn parse_url(text: &str) -> Result<WebhookUrl, String> {
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("\"{text}\" is not a valid URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("\"{text}\" must start with http:// or https://")),
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(format!("\"{text}\" has no host"));
+    };
+    if authority.as_str().contains('@') {
+        return Err(format!(
+            "\"{text}\" must not hold credentials; put them in \"headers\" instead"
+        ));
+    }
+    let host = authority.host();
+    if host.is_empty() {
+        return Err(format!("\"{text}\" has no host"));
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    Ok(WebhookUrl {
+        text: text.to_string(),
+        authority: authority.as_str().to_string(),
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string(),
+        path: if path.is_empty() {
+            "/".to_string()
+        } else {
+            path
+        },
+    })
+}

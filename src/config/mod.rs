@@ -1,0 +1,285 @@
+//! The plugin configuration: webhook definitions and the filter's settings.
+//!
+//! Parsing reports every problem at once, each with the webhook id and field,
+//! and rejects unknown fields so that a typo never silently disables filtering.
+
+mod definition;
+mod problems;
+
+use serde_json::Value;
+
+pub use definition::{parse_url, Operation, WebhookDefinition, WebhookUrl, MAX_ID_LEN};
+pub use problems::{ConfigError, Problem};
+
+use problems::{kind_of, Fields};
+
+/// Which requests carry events, and how to read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// Upper case, e.g. `POST`.
+    pub methods: Vec<String>,
+    pub path_prefixes: Vec<String>,
+    /// Events larger than this are skipped (and counted).
+    pub max_event_bytes: usize,
+    pub deliver_on: DeliverOn,
+}
+
+/// When the filter delivers an event's webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliverOn {
+    /// As soon as the request body is complete.
+    Request,
+    /// Only once the platform's upstream answered 2xx.
+    Response2xx,
+}
+
+/// How deliveries are made and when a webhook counts as failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeliveryPolicy {
+    pub timeout_ms: u64,
+    /// Callouts in flight per worker; more are dropped and counted.
+    pub max_in_flight: usize,
+    /// A webhook failing for this long becomes `FAILED`.
+    pub failing_window_s: u64,
+    /// This many consecutive failures make a webhook `FAILED`.
+    pub failure_threshold: u64,
+}
+
+/// Where the admin token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminToken {
+    Literal(String),
+    /// The name of an environment variable of the Wasm VM.
+    Env(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Starts with `/`, no trailing `/`.
+    pub path_prefix: String,
+    pub token: AdminToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct PluginConfig {
+    pub webhooks: Vec<WebhookDefinition>,
+    pub events: EventsConfig,
+    pub delivery: DeliveryPolicy,
+    pub admin: Option<AdminConfig>,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            methods: vec!["POST".to_string()],
+            path_prefixes: vec!["/".to_string()],
+            max_event_bytes: 1024 * 1024,
+            deliver_on: DeliverOn::Request,
+        }
+    }
+}
+
+impl Default for DeliveryPolicy {
+    fn default() -> Self {
+        DeliveryPolicy {
+            timeout_ms: 10_000,
+            max_in_flight: 1_000,
+            failing_window_s: 18_000,
+            failure_threshold: 10,
+        }
+    }
+}
+
+impl PluginConfig {
+    /// Parses the plugin configuration from JSON bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| ConfigError {
+            problems: vec![Problem {
+                place: "configuration".to_string(),
+                field: String::new(),
+                message: format!("is not valid JSON: {e}"),
+            }],
+        })?;
+        PluginConfig::from_value(&value)
+    }
+
+    pub fn from_value(value: &Value) -> Result<PluginConfig, ConfigError> {
+        let mut problems = Vec::new();
+        let config = parse_config(value, &mut problems);
+        match config {
+            Some(config) if problems.is_empty() => Ok(config),
+            _ => Err(ConfigError { problems }),
+        }
+    }
+}
+
+fn parse_config(value: &Value, problems: &mut Vec<Problem>) -> Option<PluginConfig> {
+    let mut fields = Fields::of(value, "configuration", problems)?;
+    let webhooks_value = fields.get("webhooks");
+    let events_value = fields.get("events");
+    let delivery_value = fields.get("delivery");
+    let admin_value = fields.get("admin");
+    fields.reject_unknown("webhooks, events, delivery, admin");
+
+    let webhooks = match webhooks_value {
+        None => {
+            problems.push(Problem {
+                place: "configuration".to_string(),
+                field: "webhooks".to_string(),
+                message: "is required (a list of webhook definitions)".to_string(),
+            });
+            Vec::new()
+        }
+        Some(Value::Array(items)) => {
+            let mut webhooks: Vec<WebhookDefinition> = Vec::with_capacity(items.len());
+            for (index, item) in items.iter().enumerate() {
+                if let Some(webhook) = definition::parse_definition(item, index, problems) {
+                    if webhooks.iter().any(|seen| seen.id == webhook.id) {
+                        problems.push(Problem {
+                            place: format!("webhook \"{}\"", webhook.id),
+                            field: "id".to_string(),
+                            message: format!("is used by another webhook too (webhooks[{index}]); ids must be unique"),
+                        });
+                    } else {
+                        webhooks.push(webhook);
+                    }
+                }
+            }
+            webhooks
+        }
+        Some(other) => {
+            problems.push(Problem {
+                place: "configuration".to_string(),
+                field: "webhooks".to_string(),
+                message: format!(
+                    "expected a list of webhook definitions, found {}",
+                    kind_of(other)
+                ),
+            });
+            Vec::new()
+        }
+    };
+    let events = events_value.map_or(Some(EventsConfig::default()), |v| parse_events(v, problems));
+    let delivery = delivery_value.map_or(Some(DeliveryPolicy::default()), |v| {
+        parse_delivery(v, problems)
+    });
+    let admin = match admin_value {
+        None => Some(None),
+        Some(v) => parse_admin(v, problems).map(Some),
+    };
+    Some(PluginConfig {
+        webhooks,
+        events: events?,
+        delivery: delivery?,
+        admin: admin?,
+    })
+}
+
+fn parse_events(value: &Value, problems: &mut Vec<Problem>) -> Option<EventsConfig> {
+    let mut fields = Fields::of(value, "events", problems)?;
+    let defaults = EventsConfig::default();
+    let methods = match fields.string_list("methods") {
+        None => defaults.methods,
+        Some(list) if list.is_empty() => {
+            fields.problem("methods", "must list at least one method, e.g. [\"POST\"]");
+            Vec::new()
+        }
+        Some(list) => list.iter().map(|m| m.to_ascii_uppercase()).collect(),
+    };
+    let path_prefixes = match fields.string_list("path_prefixes") {
+        None => defaults.path_prefixes,
+        Some(list) => {
+            if list.is_empty() {
+                fields.problem(
+                    "path_prefixes",
+                    "must list at least one prefix, e.g. [\"/\"]",
+                );
+            }
+            for prefix in &list {
+                if !prefix.starts_with('/') {
+                    fields.problem("path_prefixes", format!("\"{prefix}\" must start with '/'"));
+                }
+            }
+            list.iter().map(|p| p.to_string()).collect()
+        }
+    };
+    let max_event_bytes = fields
+        .integer("max_event_bytes", 1, 64 * 1024 * 1024)
+        .map_or(defaults.max_event_bytes, |n| n as usize);
+    let deliver_on = match fields.string("deliver_on") {
+        None | Some("request") => DeliverOn::Request,
+        Some("response_2xx") => DeliverOn::Response2xx,
+        Some(other) => {
+            fields.problem(
+                "deliver_on",
+                format!("unknown value \"{other}\" (expected \"request\" or \"response_2xx\")"),
+            );
+            DeliverOn::Request
+        }
+    };
+    fields.reject_unknown("methods, path_prefixes, max_event_bytes, deliver_on");
+    Some(EventsConfig {
+        methods,
+        path_prefixes,
+        max_event_bytes,
+        deliver_on,
+    })
+}
+
+fn parse_delivery(value: &Value, problems: &mut Vec<Problem>) -> Option<DeliveryPolicy> {
+    let mut fields = Fields::of(value, "delivery", problems)?;
+    let defaults = DeliveryPolicy::default();
+    let policy = DeliveryPolicy {
+        timeout_ms: fields
+            .integer("timeout_ms", 1, 3_600_000)
+            .unwrap_or(defaults.timeout_ms),
+        max_in_flight: fields
+            .integer("max_in_flight", 1, 1_000_000)
+            .map_or(defaults.max_in_flight, |n| n as usize),
+        failing_window_s: fields
+            .integer("failing_window_s", 1, 365 * 24 * 3600)
+            .unwrap_or(defaults.failing_window_s),
+        failure_threshold: fields
+            .integer("failure_threshold", 1, 1_000_000)
+            .unwrap_or(defaults.failure_threshold),
+    };
+    fields.reject_unknown("timeout_ms, max_in_flight, failing_window_s, failure_threshold");
+    Some(policy)
+}
+
+fn parse_admin(value: &Value, problems: &mut Vec<Problem>) -> Option<AdminConfig> {
+    let mut fields = Fields::of(value, "admin", problems)?;
+    let path_prefix = fields.required_string("path_prefix");
+    if let Some(prefix) = path_prefix {
+        if !prefix.starts_with('/') || prefix.len() < 2 || prefix.ends_with('/') {
+            fields.problem(
+                "path_prefix",
+                format!("\"{prefix}\" must start with '/' and not end with '/', e.g. \"/webhooks-admin\""),
+            );
+        }
+    }
+    let token = match (fields.string("token"), fields.string("token_env")) {
+        (Some(_), Some(_)) => {
+            fields.problem("token", "set either token or token_env, not both");
+            None
+        }
+        (Some(""), None) => {
+            fields.problem("token", "must not be empty");
+            None
+        }
+        (Some(token), None) => Some(AdminToken::Literal(token.to_string())),
+        (None, Some(name)) if !name.is_empty() => Some(AdminToken::Env(name.to_string())),
+        _ => {
+            fields.problem(
+                "token",
+                "the admin API needs a bearer token: set token, or token_env to an environment variable's name",
+            );
+            None
+        }
+    };
+    fields.reject_unknown("path_prefix, token, token_env");
+    Some(AdminConfig {
+        path_prefix: path_prefix?.to_string(),
+        token: token?,
+    })
+}

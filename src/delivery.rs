@@ -1,0 +1,68 @@
+//! Delivery calls: what is sent, how outcomes are judged, and the message
+//! that carries a delivery from the request's context to the root context.
+
+use crate::config::WebhookDefinition;
+
+/// Sent as `user-agent` on every delivery.
+pub const USER_AGENT: &str = concat!("envoy-webhooks/", env!("CARGO_PKG_VERSION"));
+
+/// The headers of a delivery call: pseudo-headers, then ours, then the webhook's own.
+pub fn request_headers(definition: &WebhookDefinition) -> Vec<(&str, &str)> {
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", definition.url.path.as_str()),
+        (":authority", definition.url.authority.as_str()),
+        ("content-type", "application/json"),
+        ("user-agent", USER_AGENT),
+    ];
+    headers.extend(
+        definition
+            .headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    );
+    headers
+}
+
+/// Judges a finished call: `Ok` for a 2xx answer, else the error to record.
+/// `status` is the `:status` header, absent when the call got no answer.
+pub fn outcome(status: Option<&str>, elapsed_ms: u64, timeout_ms: u64) -> Result<(), String> {
+    match status {
+        Some(code) if code.len() == 3 && code.starts_with('2') => Ok(()),
+        Some(code) => Err(format!("HTTP {code}")),
+        // Envoy reports a timeout and a reset alike; the clock tells them apart.
+        None if elapsed_ms + 50 >= timeout_ms => Err(format!("timeout after {timeout_ms} ms")),
+        None => Err("no response (connection refused or reset)".to_string()),
+    }
+}
+
+/// A delivery handed to the root context through the worker's shared queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedDelivery {
+    /// Index of the webhook in the configuration.
+    pub webhook: u32,
+    /// The definition's fingerprint, so that a delivery queued under an older
+    /// configuration is never sent with a newer definition.
+    pub fingerprint: u64,
+    pub body: Vec<u8>,
+}
+
+impl QueuedDelivery {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(12 + self.body.len());
+        bytes.extend_from_slice(&self.webhook.to_le_bytes());
+        bytes.extend_from_slice(&self.fingerprint.to_le_bytes());
+        bytes.extend_from_slice(&self.body);
+        bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<QueuedDelivery> {
+        let webhook = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
+        let fingerprint = u64::from_le_bytes(bytes.get(4..12)?.try_into().ok()?);
+        Some(QueuedDelivery {
+            webhook,
+            fingerprint,
+            body: bytes.get(12..)?.to_vec(),
+        })
+    }
+}

@@ -1,0 +1,196 @@
+//! Reading events out of the platform's request bodies.
+//!
+//! A body is one JSON event, a JSON array of events, or NDJSON (one event a
+//! line). Each event keeps its exact JSON text, which is what gets delivered.
+
+use std::fmt;
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// One event: its JSON text as it appeared in the body, and its parsed value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub json: String,
+    pub value: Value,
+}
+
+/// Why part of a body is not an event. Such input passes through untouched;
+/// it is only counted and logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotAnEvent {
+    Empty,
+    /// Not JSON, invalid UTF-8, or nested beyond serde_json's limit.
+    InvalidJson(String),
+    /// Valid JSON, but not an object (e.g. `42`).
+    NotAnObject(&'static str),
+    /// Bigger than `events.max_event_bytes`.
+    Oversized {
+        limit: usize,
+    },
+}
+
+impl fmt::Display for NotAnEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotAnEvent::Empty => f.write_str("empty body"),
+            NotAnEvent::InvalidJson(reason) => write!(f, "not valid JSON: {reason}"),
+            NotAnEvent::NotAnObject(kind) => write!(f, "JSON {kind} is not an event object"),
+            NotAnEvent::Oversized { limit } => {
+                write!(
+                    f,
+                    "event larger than max_event_bytes ({limit} bytes), skipped"
+                )
+            }
+        }
+    }
+}
+
+/// Parses a JSON body: one event, or an array of events.
+pub fn parse_json_body(body: &[u8]) -> Vec<Result<Event, NotAnEvent>> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() {
+        return vec![Err(NotAnEvent::Empty)];
+    }
+    if trimmed[0] == b'[' {
+        return match serde_json::from_slice::<Vec<&RawValue>>(trimmed) {
+            Ok(items) => items
+                .into_iter()
+                .map(|raw| parse_event(raw.get().as_bytes()))
+                .collect(),
+            Err(e) => vec![Err(NotAnEvent::InvalidJson(e.to_string()))],
+        };
+    }
+    vec![parse_event(trimmed)]
+}
+
+/// Parses one event's JSON text (an NDJSON line, an array element or a whole body).
+pub fn parse_event(text: &[u8]) -> Result<Event, NotAnEvent> {
+    let text = text.trim_ascii();
+    if text.is_empty() {
+        return Err(NotAnEvent::Empty);
+    }
+    let value: Value =
+        serde_json::from_slice(text).map_err(|e| NotAnEvent::InvalidJson(e.to_string()))?;
+    if !value.is_object() {
+        return Err(NotAnEvent::NotAnObject(kind_of(&value)));
+    }
+    // from_slice succeeded, so the text is valid UTF-8.
+    let json = String::from_utf8_lossy(text).into_owned();
+    Ok(Event { json, value })
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// How a body's events are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// One JSON event or a JSON array of events.
+    Json,
+    /// One event a line (`application/x-ndjson`).
+    Ndjson,
+}
+
+impl BodyFormat {
+    /// From the request's `content-type`.
+    pub fn from_content_type(content_type: Option<&str>) -> BodyFormat {
+        let is_ndjson = content_type.is_some_and(|ct| {
+            let mime = ct.split(';').next().unwrap_or("").trim();
+            mime.eq_ignore_ascii_case("application/x-ndjson")
+                || mime.eq_ignore_ascii_case("application/ndjson")
+                || mime.eq_ignore_ascii_case("application/jsonl")
+        });
+        if is_ndjson {
+            BodyFormat::Ndjson
+        } else {
+            BodyFormat::Json
+        }
+    }
+}
+
+/// Copies a body as it streams past, keeping at most `limit` bytes of any one
+/// event, and hands out events as they complete (NDJSON lines at once, a JSON
+/// body at the end).
+#[derive(Debug)]
+pub struct BodyCollector {
+    format: BodyFormat,
+    limit: usize,
+    /// The JSON body so far, or the current NDJSON line.
+    buffer: Vec<u8>,
+    /// The current event went over the limit; its remaining bytes are ignored.
+    oversized: bool,
+}
+
+impl BodyCollector {
+    pub fn new(format: BodyFormat, limit: usize) -> BodyCollector {
+        BodyCollector {
+            format,
+            limit,
+            buffer: Vec::new(),
+            oversized: false,
+        }
+    }
+
+    /// Takes the next chunk; events completed by it are appended to `out`.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<Result<Event, NotAnEvent>>) {
+        match self.format {
+            BodyFormat::Json => self.append(chunk),
+            BodyFormat::Ndjson => {
+                let mut rest = chunk;
+                while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
+                    self.append(&rest[..newline]);
+                    self.finish_line(out);
+                    rest = &rest[newline + 1..];
+                }
+                self.append(rest);
+            }
+        }
+    }
+
+    /// The body ended; remaining events are appended to `out`.
+    pub fn finish(&mut self, out: &mut Vec<Result<Event, NotAnEvent>>) {
+        match self.format {
+            BodyFormat::Json => {
+                if self.oversized {
+                    out.push(Err(NotAnEvent::Oversized { limit: self.limit }));
+                } else {
+                    out.extend(parse_json_body(&self.buffer));
+                }
+                self.buffer = Vec::new();
+                self.oversized = false;
+            }
+            BodyFormat::Ndjson => self.finish_line(out),
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) {
+        if self.oversized {
+            return;
+        }
+        if self.buffer.len() + bytes.len() > self.limit {
+            self.oversized = true;
+            self.buffer = Vec::new();
+        } else {
+            self.buffer.extend_from_slice(bytes);
+        }
+    }
+
+    fn finish_line(&mut self, out: &mut Vec<Result<Event, NotAnEvent>>) {
+        if self.oversized {
+            out.push(Err(NotAnEvent::Oversized { limit: self.limit }));
+        } else if !self.buffer.trim_ascii().is_empty() {
+            out.push(parse_event(&self.buffer));
+        }
+        self.buffer.clear();
+        self.oversized = false;
+    }
+}

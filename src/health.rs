@@ -1,0 +1,157 @@
+//! A webhook's delivery health: the status machine iconik describes ("if
+//! calling the webhook keeps failing the status will automatically be set to
+//! failed"), with the counts behind it.
+//!
+//! The state lives in proxy-wasm shared data so that every worker sees and
+//! updates the same record; this module is the pure part: the record, its
+//! encoding and its transitions.
+
+use serde_json::{json, Value};
+
+use crate::config::{DeliveryPolicy, WebhookDefinition};
+use crate::status::Status;
+
+/// What all workers know about one webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookHealth {
+    /// The definition this record belongs to; a changed definition starts afresh.
+    pub fingerprint: u64,
+    pub status: Status,
+    pub consecutive_failures: u64,
+    /// Unix seconds of the first failure of the current run of failures.
+    pub first_failed_at: Option<u64>,
+    pub last_error: Option<String>,
+    /// Successful deliveries so far.
+    pub delivered: u64,
+    /// Failed deliveries so far.
+    pub failed: u64,
+}
+
+/// A change of status, with its reason, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub from: Status,
+    pub to: Status,
+    pub reason: String,
+}
+
+impl WebhookHealth {
+    /// The state a definition starts in: its configured status.
+    pub fn initial(definition: &WebhookDefinition, now_s: u64) -> WebhookHealth {
+        WebhookHealth {
+            fingerprint: definition.fingerprint,
+            status: definition.status,
+            consecutive_failures: 0,
+            first_failed_at: (definition.status == Status::Failing).then_some(now_s),
+            last_error: None,
+            delivered: 0,
+            failed: 0,
+        }
+    }
+
+    /// A delivery got a 2xx answer.
+    pub fn record_success(&mut self) -> Option<Transition> {
+        self.delivered += 1;
+        if self.status != Status::Failing {
+            // A late success does not revive a FAILED webhook: only an operator does.
+            return None;
+        }
+        let failures = self.consecutive_failures;
+        self.status = Status::Enabled;
+        self.consecutive_failures = 0;
+        self.first_failed_at = None;
+        Some(Transition {
+            from: Status::Failing,
+            to: Status::Enabled,
+            reason: format!("delivery succeeded after {failures} consecutive failure(s)"),
+        })
+    }
+
+    /// A delivery failed with `error` (e.g. `HTTP 503`) at `now_s`.
+    pub fn record_failure(
+        &mut self,
+        error: &str,
+        now_s: u64,
+        policy: &DeliveryPolicy,
+    ) -> Option<Transition> {
+        self.failed += 1;
+        self.last_error = Some(error.to_string());
+        let from = self.status;
+        if !matches!(from, Status::Enabled | Status::Failing) {
+            return None;
+        }
+        self.consecutive_failures += 1;
+        let first_failed_at = *self.first_failed_at.get_or_insert(now_s);
+        let failing_for = now_s.saturating_sub(first_failed_at);
+        let reason = if self.consecutive_failures >= policy.failure_threshold {
+            self.status = Status::Failed;
+            format!(
+                "{} consecutive failures reached failure_threshold {}; last error: {error}",
+                self.consecutive_failures, policy.failure_threshold
+            )
+        } else if failing_for >= policy.failing_window_s {
+            self.status = Status::Failed;
+            format!(
+                "failing for {failing_for} s, reaching failing_window_s {}; last error: {error}",
+                policy.failing_window_s
+            )
+        } else {
+            self.status = Status::Failing;
+            format!("delivery failed: {error}")
+        };
+        (self.status != from).then_some(Transition {
+            from,
+            to: self.status,
+            reason,
+        })
+    }
+
+    /// An operator says the receiver is fixed: back to `ENABLED`.
+    pub fn enable(&mut self) -> Option<Transition> {
+        let from = self.status;
+        if !matches!(from, Status::Failing | Status::Failed) {
+            return None;
+        }
+        self.status = Status::Enabled;
+        self.consecutive_failures = 0;
+        self.first_failed_at = None;
+        Some(Transition {
+            from,
+            to: Status::Enabled,
+            reason: "enabled through the admin API".to_string(),
+        })
+    }
+
+    /// The record as stored in shared data.
+    pub fn encode(&self) -> Vec<u8> {
+        json!({
+            "fingerprint": self.fingerprint.to_string(),
+            "status": self.status.as_str(),
+            "consecutive_failures": self.consecutive_failures,
+            "first_failed_at": self.first_failed_at,
+            "last_error": self.last_error,
+            "delivered": self.delivered,
+            "failed": self.failed,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// `None` for bytes that are not a record (e.g. written by another version).
+    pub fn decode(bytes: &[u8]) -> Option<WebhookHealth> {
+        let value: Value = serde_json::from_slice(bytes).ok()?;
+        let count = |name: &str| value.get(name).and_then(Value::as_u64);
+        Some(WebhookHealth {
+            fingerprint: value.get("fingerprint")?.as_str()?.parse().ok()?,
+            status: Status::parse(value.get("status")?.as_str()?)?,
+            consecutive_failures: count("consecutive_failures")?,
+            first_failed_at: count("first_failed_at"),
+            last_error: value
+                .get("last_error")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            delivered: count("delivered")?,
+            failed: count("failed")?,
+        })
+    }
+}

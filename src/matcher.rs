@@ -1,0 +1,143 @@
+//! Which webhooks fire for an event, without looking at definitions that cannot apply.
+//!
+//! Definitions are indexed by event type, then realm, then operation, so an
+//! event only meets the definitions for its own type/realm/operation (and the
+//! "any realm"/"any operation" ones). Only those have their `object_id` and
+//! query checked.
+
+use hashbrown::HashMap;
+use serde_json::Value;
+
+use crate::config::{Operation, WebhookDefinition};
+use crate::status::Status;
+
+/// Definitions indexed for matching.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    definitions: Vec<WebhookDefinition>,
+    by_event_type: HashMap<String, TypeIndex>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TypeIndex {
+    by_realm: HashMap<String, OperationIndex>,
+    any_realm: OperationIndex,
+}
+
+#[derive(Debug, Clone, Default)]
+struct OperationIndex {
+    by_operation: [Vec<u32>; 6],
+    any_operation: Vec<u32>,
+}
+
+impl OperationIndex {
+    fn push(&mut self, operation: Option<Operation>, index: u32) {
+        match operation {
+            Some(op) => self.by_operation[op as usize].push(index),
+            None => self.any_operation.push(index),
+        }
+    }
+
+    fn candidates<'a>(&'a self, operation: Option<Operation>, out: &mut Vec<&'a [u32]>) {
+        if let Some(op) = operation {
+            out.push(&self.by_operation[op as usize]);
+        }
+        out.push(&self.any_operation);
+    }
+}
+
+/// The routing fields at the top of an event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventKeys<'a> {
+    pub event_type: Option<&'a str>,
+    pub realm: Option<&'a str>,
+    pub operation: Option<&'a str>,
+    pub object_id: Option<&'a str>,
+}
+
+impl<'a> EventKeys<'a> {
+    pub fn of(event: &'a Value) -> EventKeys<'a> {
+        let field = |name: &str| event.get(name).and_then(Value::as_str);
+        EventKeys {
+            event_type: field("event_type"),
+            realm: field("realm"),
+            operation: field("operation"),
+            object_id: field("object_id"),
+        }
+    }
+}
+
+impl Matcher {
+    /// Indexes `definitions`; `DISABLED` ones are left out, as they never fire.
+    pub fn new(definitions: Vec<WebhookDefinition>) -> Matcher {
+        let mut by_event_type: HashMap<String, TypeIndex> = HashMap::new();
+        for (index, definition) in definitions.iter().enumerate() {
+            if definition.status == Status::Disabled {
+                continue;
+            }
+            let type_index = by_event_type
+                .entry(definition.event_type.clone())
+                .or_default();
+            let operations = match &definition.realm {
+                Some(realm) => type_index.by_realm.entry(realm.clone()).or_default(),
+                None => &mut type_index.any_realm,
+            };
+            operations.push(definition.operation, index as u32);
+        }
+        Matcher {
+            definitions,
+            by_event_type,
+        }
+    }
+
+    pub fn definitions(&self) -> &[WebhookDefinition] {
+        &self.definitions
+    }
+
+    /// Appends to `out` the index of each definition whose type, realm,
+    /// operation, object and query match `event`, in configuration order.
+    /// Statuses are the caller's business (they change at run time), except
+    /// that `DISABLED` definitions never match.
+    pub fn matching(&self, event: &Value, out: &mut Vec<usize>) {
+        let keys = EventKeys::of(event);
+        let Some(event_type) = keys.event_type else {
+            return;
+        };
+        let Some(type_index) = lookup(&self.by_event_type, event_type) else {
+            return;
+        };
+        let operation = keys.operation.and_then(Operation::parse);
+        let mut lists: Vec<&[u32]> = Vec::with_capacity(4);
+        if let Some(realm) = keys.realm {
+            if let Some(operations) = lookup(&type_index.by_realm, realm) {
+                operations.candidates(operation, &mut lists);
+            }
+        }
+        type_index.any_realm.candidates(operation, &mut lists);
+
+        let start = out.len();
+        for list in lists {
+            for &index in list {
+                let definition = &self.definitions[index as usize];
+                let object_matches = definition
+                    .object_id
+                    .as_deref()
+                    .is_none_or(|wanted| keys.object_id == Some(wanted));
+                if object_matches && definition.query.matches(event) {
+                    out.push(index as usize);
+                }
+            }
+        }
+        out[start..].sort_unstable();
+    }
+}
+
+/// Case-insensitive lookup in a map whose keys are lower case; allocates only
+/// for keys that hold upper-case letters.
+fn lookup<'m, V>(map: &'m HashMap<String, V>, key: &str) -> Option<&'m V> {
+    if key.bytes().any(|b| b.is_ascii_uppercase()) {
+        map.get(key.to_ascii_lowercase().as_str())
+    } else {
+        map.get(key)
+    }
+}

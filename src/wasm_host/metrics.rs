@@ -1,0 +1,92 @@
+//! Envoy stats (`define_metric`). Envoy prefixes them with `wasmcustom.`;
+//! per-webhook names carry the id as `webhook_id.<id>.` for a `stats_tags` rule.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+use crate::config::WebhookDefinition;
+use crate::status::Status;
+
+const PREFIX: &str = "envoy_webhooks";
+
+/// A stat that may have failed to be defined; then updates are skipped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Metric(Option<u32>);
+
+impl Metric {
+    fn define(kind: MetricType, name: &str) -> Metric {
+        match hostcalls::define_metric(kind, name) {
+            Ok(id) => Metric(Some(id)),
+            Err(status) => {
+                log::warn!("envoy-webhooks: cannot define metric {name}: {status:?}");
+                Metric(None)
+            }
+        }
+    }
+
+    pub fn increment(self) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::increment_metric(id, 1);
+        }
+    }
+
+    pub fn record(self, value: u64) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WebhookMetrics {
+    pub matched: Metric,
+    pub delivered: Metric,
+    pub failed: Metric,
+    pub dropped: Metric,
+    /// 0 ENABLED, 1 FAILING, 2 FAILED, 3 DISABLED.
+    pub status: Metric,
+}
+
+impl WebhookMetrics {
+    pub fn set_status(&self, status: Status) {
+        self.status.record(status.gauge_value());
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    pub events_seen: Metric,
+    pub events_invalid: Metric,
+    pub events_oversized: Metric,
+    /// In configuration order.
+    pub webhooks: Vec<WebhookMetrics>,
+}
+
+impl Metrics {
+    pub fn define(definitions: &[WebhookDefinition]) -> Metrics {
+        let global = |name: &str| Metric::define(MetricType::Counter, &format!("{PREFIX}.{name}"));
+        let webhooks = definitions
+            .iter()
+            .map(|definition| {
+                let name = |what: &str| format!("{PREFIX}.webhook_id.{}.{what}", definition.id);
+                WebhookMetrics {
+                    matched: Metric::define(MetricType::Counter, &name("matched")),
+                    delivered: Metric::define(MetricType::Counter, &name("delivered")),
+                    failed: Metric::define(MetricType::Counter, &name("failed")),
+                    dropped: Metric::define(MetricType::Counter, &name("dropped")),
+                    status: Metric::define(MetricType::Gauge, &name("status")),
+                }
+            })
+            .collect();
+        Metrics {
+            events_seen: global("events_seen"),
+            events_invalid: global("events_invalid"),
+            events_oversized: global("events_oversized"),
+            webhooks,
+        }
+    }
+
+    pub fn webhook(&self, index: usize) -> WebhookMetrics {
+        self.webhooks.get(index).cloned().unwrap_or_default()
+    }
+}

@@ -1,0 +1,40 @@
+//! A loaded configuration, shared by a worker's root and its request contexts.
+
+use crate::config::{PluginConfig, WebhookDefinition};
+use crate::health::Transition;
+use crate::matcher::Matcher;
+
+use super::metrics::Metrics;
+
+pub struct Plugin {
+    pub config: PluginConfig,
+    pub matcher: Matcher,
+    /// The admin bearer token, resolved from the configuration or the VM's environment.
+    pub admin_token: Option<String>,
+    pub metrics: Metrics,
+    /// This worker's delivery queue.
+    pub queue_id: u32,
+}
+
+impl Plugin {
+    pub fn definitions(&self) -> &[WebhookDefinition] {
+        self.matcher.definitions()
+    }
+
+    /// Logs a status change (one info line, with the reason) and updates the gauge.
+    pub fn report(&self, index: usize, transition: Option<&Transition>) {
+        let Some(transition) = transition else {
+            return;
+        };
+        if let Some(definition) = self.definitions().get(index) {
+            log::info!(
+                "envoy-webhooks: webhook {} status {} -> {}: {}",
+                definition.id,
+                transition.from,
+                transition.to,
+                transition.reason
+            );
+        }
+        self.metrics.webhook(index).set_status(transition.to);
+    }
+}
