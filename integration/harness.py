@@ -13,6 +13,7 @@ import http.client
 import http.server
 import json
 import os
+import re
 import socket
 import subprocess
 import threading
@@ -278,10 +279,14 @@ class RecordingServer:
                     time.sleep(reply.delay)
                 try:
                     self.send_response(reply.status)
+                    if reply.status in (204, 304) or 100 <= reply.status < 200:
+                        self.end_headers()  # no body allowed, not even Content-Length
+                        return
                     self.send_header("Content-Type", reply.content_type)
                     self.send_header("Content-Length", str(len(reply.body)))
                     self.end_headers()
-                    self.wfile.write(reply.body)
+                    if self.command != "HEAD":
+                        self.wfile.write(reply.body)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
 
@@ -628,7 +633,10 @@ class Envoy:
             return ""
 
     def log_tail(self, lines: int = 60) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+        """The last ``lines`` lines of the log, without the start-up listing of extensions
+        and header maps (indented lines from server.cc)."""
+        kept = [l for l in self.log_text().splitlines() if not re.search(r"\[source/server/server\.cc:\d+\]  ", l)]
+        return "\n".join(kept[-lines:])
 
     def plugin_log_lines(self) -> list[str]:
         """The lines the filter logged (Envoy prefixes them with 'wasm log')."""

@@ -52,6 +52,8 @@ def test_recording_server_replies_and_records(make_server):
     r = http_request(server.port, "POST", "/chunked", [b"ab", b"", b"cd" * 1000], chunked=True)
     assert r.status == 200
     got = server.wait_for(3)
+    server.set_reply("/empty", status=204)
+    assert (http_request(server.port, "POST", "/empty", b"").status, server.wait_for(4)[3].path) == (204, "/empty")
     assert [(g.method, g.path, g.body[:3]) for g in got] == [("POST", "/fast", b"abc"), ("POST", "/slow", b"def"),
                                                             ("POST", "/chunked", b"abc")]
     assert got[0].headers["x-one"] == "1"
