@@ -681,6 +681,12 @@ class Envoy:
     def hook_stat(self, hook_id: str, metric: str, default: int = 0) -> int:
         return self.wasm_stat(f"envoy_webhooks.webhook_id.{hook_id}.{metric}", default)
 
+    def connections_per_worker(self) -> list[int]:
+        """downstream_cx_total of the first listener, per worker thread."""
+        stats = self.stats()
+        return [stats.get(f"listener.127.0.0.1_{self.port}.worker_{w}.downstream_cx_total", 0)
+                for w in range(self.concurrency)]
+
     def prometheus(self) -> str:
         return self.admin("/stats/prometheus").body.decode()
 

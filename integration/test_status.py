@@ -155,7 +155,7 @@ def test_two_workers_share_status(start_envoy, hooks):
     for t in threads:
         t.join()
     assert not errors
-    per_worker = [envoy.stat(f"listener.127.0.0.1_{envoy.port}.worker_{w}.downstream_cx_total") for w in (0, 1)]
+    per_worker = envoy.connections_per_worker()
     assert all(c > 0 for c in per_worker), f"connections per worker: {per_worker}"
 
     fail = wait_until(lambda: (e := envoy.hook_status("shared-fail"))["failed"] == n // 2 and e,
