@@ -4,7 +4,7 @@ use std::hash::{Hash, Hasher};
 
 use serde_json::Value;
 
-use super::problems::{short, Fields, Problem};
+use super::problems::{kind_of, Fields, Problem};
 use crate::query::Query;
 use crate::status::Status;
 
@@ -239,11 +239,12 @@ pub(crate) fn parse_definition(
 
 fn parse_headers(value: &Value, fields: &mut Fields<'_, '_>) -> Vec<(String, String)> {
     let Some(object) = value.as_object() else {
+        // The kind only: the value may hold a secret.
         fields.problem(
             "headers",
             format!(
                 "expected an object of header names to values, found {}",
-                short(value)
+                kind_of(value)
             ),
         );
         return Vec::new();
@@ -283,24 +284,26 @@ fn parse_headers(value: &Value, fields: &mut Fields<'_, '_>) -> Vec<(String, Str
 
 /// Parses an `http://` or `https://` URL into what a delivery call needs.
 pub fn parse_url(text: &str) -> Result<WebhookUrl, String> {
+    // Messages show the URL without any credentials it holds.
+    let shown = without_credentials(text);
     let uri: http::Uri = text
         .parse()
-        .map_err(|e| format!("\"{text}\" is not a valid URL: {e}"))?;
+        .map_err(|e| format!("\"{shown}\" is not a valid URL: {e}"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
-        _ => return Err(format!("\"{text}\" must start with http:// or https://")),
+        _ => return Err(format!("\"{shown}\" must start with http:// or https://")),
     }
     let Some(authority) = uri.authority() else {
-        return Err(format!("\"{text}\" has no host"));
+        return Err(format!("\"{shown}\" has no host"));
     };
     if authority.as_str().contains('@') {
         return Err(format!(
-            "\"{text}\" must not hold credentials; put them in \"headers\" instead"
+            "\"{shown}\" must not hold credentials; put them in \"headers\" instead"
         ));
     }
     let host = authority.host();
     if host.is_empty() {
-        return Err(format!("\"{text}\" has no host"));
+        return Err(format!("\"{shown}\" has no host"));
     }
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     Ok(WebhookUrl {
@@ -316,4 +319,16 @@ pub fn parse_url(text: &str) -> Result<WebhookUrl, String> {
             path
         },
     })
+}
+
+/// `text` with the user-info part of its authority (`user:password@`) replaced by `***@`.
+fn without_credentials(text: &str) -> String {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    let end = text[start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| start + i);
+    match text[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_string(),
+    }
 }
