@@ -179,7 +179,16 @@ impl fmt::Display for Literal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Literal::String(text) => write_quoted(f, text),
-            Literal::Number(number) => write!(f, "{number}"),
+            Literal::Number(number) => {
+                // Plain digits in the usual range; an exponent outside it, so that
+                // 1e300 does not print as 301 digits (both forms are JSON numbers).
+                let magnitude = number.abs();
+                if magnitude != 0.0 && !(1e-6..1e21).contains(&magnitude) {
+                    write!(f, "{number:e}")
+                } else {
+                    write!(f, "{number}")
+                }
+            }
             Literal::Bool(value) => write!(f, "{value}"),
             Literal::Null => f.write_str("null"),
             Literal::Regex(regex) => {

@@ -13,7 +13,7 @@
 
 use nom::branch::alt;
 use nom::bytes::complete::{tag, tag_no_case, take_while1};
-use nom::character::complete::{char, digit1, multispace0, one_of, satisfy};
+use nom::character::complete::{char, digit1, one_of, satisfy};
 use nom::combinator::{opt, recognize};
 use nom::error::{ErrorKind, ParseError};
 use nom::{IResult, Parser};
@@ -142,16 +142,19 @@ impl<'s> QueryParser<'s> {
         Ok((rest, Expr::and(operands)))
     }
 
+    /// `depth` counts the parentheses and `NOT`s around `input`; the one that
+    /// would make it exceed `MAX_DEPTH` is reported.
     fn unary<'a>(&self, input: &'a str, depth: usize) -> PResult<'a, Expr> {
         let input = skip_ws(input);
-        if depth >= MAX_DEPTH {
+        let not = keyword("NOT")(input);
+        if depth >= MAX_DEPTH && (not.is_ok() || input.starts_with('(')) {
             return fail(
                 input,
                 format!("query nests deeper than {MAX_DEPTH} levels of parentheses and NOT"),
                 String::new(),
             );
         }
-        if let Ok((rest, _)) = keyword("NOT")(input) {
+        if let Ok((rest, _)) = not {
             let (rest, inner) = self.unary(rest, depth + 1)?;
             return Ok((rest, Expr::Not(Box::new(inner))));
         }
@@ -416,11 +419,10 @@ fn fail_placed<T>(at: &str, message: String) -> PResult<'_, T> {
     }))
 }
 
+/// Skips whitespace, Unicode's included (as `trim` does for the empty query,
+/// and as `keyword` and `describe` see it): a no-break space separates tokens.
 fn skip_ws(input: &str) -> &str {
-    match multispace0::<_, Failure<'_>>(input) {
-        Ok((rest, _)) => rest,
-        Err(_) => input,
-    }
+    input.trim_start()
 }
 
 fn is_segment_char(c: char) -> bool {
