@@ -35,8 +35,10 @@ pub fn route(
     if !(rest.is_empty() || rest.starts_with('/')) {
         return AdminRoute::NotAdmin;
     }
+    // The scheme is case-insensitive (RFC 7235): `bearer` is as good as `Bearer`.
     let presented = authorization
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|value| value.split_at_checked("Bearer ".len()))
+        .and_then(|(scheme, rest)| scheme.eq_ignore_ascii_case("Bearer ").then_some(rest))
         .map(str::trim);
     if !presented.is_some_and(|presented| same_secret(presented, token)) {
         return AdminRoute::Unauthorized;

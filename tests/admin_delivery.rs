@@ -1,0 +1,479 @@
+//! The admin API (routing, bearer token, status entries) and delivery calls
+//! (headers, outcome classification, queue messages).
+
+use envoy_webhooks::admin::{error_body, route, status_entry, AdminRoute};
+use envoy_webhooks::config::{DeliveryPolicy, PluginConfig, WebhookDefinition};
+use envoy_webhooks::delivery::{outcome, request_headers, QueuedDelivery, USER_AGENT};
+use envoy_webhooks::health::WebhookHealth;
+use envoy_webhooks::status::Status;
+use serde_json::{json, Value};
+
+const PREFIX: &str = "/webhooks-admin";
+const TOKEN: &str = "s3cret-Token";
+const AUTH: &str = "Bearer s3cret-Token";
+
+fn admin(method: &str, path: &str, authorization: Option<&str>) -> AdminRoute {
+    route(PREFIX, TOKEN, method, path, authorization)
+}
+
+fn definition(webhook: Value) -> WebhookDefinition {
+    match PluginConfig::from_value(&json!({ "webhooks": [webhook] })) {
+        Ok(mut config) => config.webhooks.remove(0),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Admin routing
+
+#[test]
+fn paths_outside_the_prefix_are_not_admin() {
+    for path in [
+        "/",
+        "/webhooks",
+        "/webhooks-admi",
+        "/webhooks-adminX",
+        "/webhooks-adminX/status",
+        "/webhooks-admin-status",
+        "/webhooks-admin.json",
+        "/api/webhooks-admin/status",
+        "webhooks-admin/status",
+        "/WEBHOOKS-ADMIN/status",
+        "/webhooks-adminX?/status",
+        "",
+    ] {
+        for authorization in [None, Some(AUTH), Some("Bearer wrong")] {
+            assert_eq!(
+                admin("GET", path, authorization),
+                AdminRoute::NotAdmin,
+                "{path} with {authorization:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn status_is_get_under_the_prefix() {
+    for path in [
+        "/webhooks-admin/status",
+        "/webhooks-admin/status/",
+        "/webhooks-admin/status?pretty=1",
+        "/webhooks-admin/status?x=/webhooks/a/enable",
+        "/webhooks-admin/status#top",
+    ] {
+        assert_eq!(admin("GET", path, Some(AUTH)), AdminRoute::Status, "{path}");
+    }
+}
+
+#[test]
+fn enable_is_post_with_the_webhook_id() {
+    assert_eq!(
+        admin(
+            "POST",
+            "/webhooks-admin/webhooks/formats-avc/enable",
+            Some(AUTH)
+        ),
+        AdminRoute::Enable("formats-avc".to_string())
+    );
+    assert_eq!(
+        admin(
+            "POST",
+            "/webhooks-admin/webhooks/a_b/enable?now=1",
+            Some(AUTH)
+        ),
+        AdminRoute::Enable("a_b".to_string())
+    );
+}
+
+#[test]
+fn wrong_methods_say_which_is_allowed() {
+    for method in ["POST", "PUT", "DELETE", "HEAD", "PATCH"] {
+        assert_eq!(
+            admin(method, "/webhooks-admin/status", Some(AUTH)),
+            AdminRoute::MethodNotAllowed { allow: "GET" },
+            "{method}"
+        );
+    }
+    for method in ["GET", "PUT", "DELETE", "HEAD"] {
+        assert_eq!(
+            admin(method, "/webhooks-admin/webhooks/a/enable", Some(AUTH)),
+            AdminRoute::MethodNotAllowed { allow: "POST" },
+            "{method}"
+        );
+    }
+}
+
+#[test]
+fn unknown_admin_paths_are_not_found() {
+    for path in [
+        "/webhooks-admin",
+        "/webhooks-admin/",
+        "/webhooks-admin?status",
+        "/webhooks-admin/stats",
+        "/webhooks-admin/status/extra",
+        "/webhooks-admin/webhooks",
+        "/webhooks-admin/webhooks/a",
+        "/webhooks-admin/webhooks/a/disable",
+        "/webhooks-admin/webhooks/a/enable/now",
+        "/webhooks-admin/webhooks//enable",
+        "/webhooks-admin/enable",
+    ] {
+        for method in ["GET", "POST"] {
+            assert_eq!(
+                admin(method, path, Some(AUTH)),
+                AdminRoute::NotFound,
+                "{method} {path}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_credentials_are_unauthorized_everywhere_under_the_prefix() {
+    let bad = [
+        None,
+        Some(""),
+        Some("Bearer"),
+        Some("Bearer "),
+        Some("Bearer wrong"),
+        Some("Bearer s3cret-Token-and-more"),
+        Some("Bearer s3cret-Toke"),
+        Some("Bearer s3cret-token"),
+        Some("Bearer s3cret Token"),
+        Some("Bearers3cret-Token"),
+        Some("Basic s3cret-Token"),
+        Some("s3cret-Token"),
+        Some("Token s3cret-Token"),
+        Some("Bearer Bearer s3cret-Token"),
+    ];
+    // Unauthenticated callers learn nothing: not even which paths or methods exist.
+    let requests = [
+        ("GET", "/webhooks-admin/status"),
+        ("POST", "/webhooks-admin/webhooks/a/enable"),
+        ("POST", "/webhooks-admin/status"),
+        ("GET", "/webhooks-admin/webhooks/a/enable"),
+        ("GET", "/webhooks-admin/no-such-thing"),
+        ("GET", "/webhooks-admin"),
+        ("DELETE", "/webhooks-admin/"),
+    ];
+    for authorization in bad {
+        for (method, path) in requests {
+            assert_eq!(
+                admin(method, path, authorization),
+                AdminRoute::Unauthorized,
+                "{method} {path} with {authorization:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bearer_scheme_is_case_insensitive_and_spacing_tolerated() {
+    for authorization in [
+        "Bearer s3cret-Token",
+        "bearer s3cret-Token",
+        "BEARER s3cret-Token",
+        "Bearer  s3cret-Token",
+        "Bearer s3cret-Token ",
+    ] {
+        assert_eq!(
+            admin("GET", "/webhooks-admin/status", Some(authorization)),
+            AdminRoute::Status,
+            "{authorization:?}"
+        );
+    }
+}
+
+#[test]
+fn deeper_prefixes_work_too() {
+    let prefix = "/internal/hooks";
+    assert_eq!(
+        route(prefix, TOKEN, "GET", "/internal/hooks/status", Some(AUTH)),
+        AdminRoute::Status
+    );
+    assert_eq!(
+        route(prefix, TOKEN, "GET", "/internal/status", Some(AUTH)),
+        AdminRoute::NotAdmin
+    );
+    assert_eq!(
+        route(prefix, TOKEN, "GET", "/internal/hooksX/status", None),
+        AdminRoute::NotAdmin
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Admin bodies
+
+#[test]
+fn status_entry_has_exactly_the_documented_fields() {
+    let def = definition(json!({
+        "id": "formats-avc",
+        "name": "AVC formats",
+        "event_type": "assets",
+        "url": "http://receiver/",
+        "headers": {"authorization": "Bearer do-not-show"},
+    }));
+    let mut health = WebhookHealth::initial(&def, 1_000);
+    let policy = DeliveryPolicy::default();
+    health.record_success();
+    health.record_failure("HTTP 503", 1_234, &policy);
+    health.record_failure("HTTP 502", 1_240, &policy);
+
+    let entry = status_entry(&def, &health);
+    assert_eq!(
+        entry,
+        json!({
+            "id": "formats-avc",
+            "name": "AVC formats",
+            "status": "FAILING",
+            "configured_status": "ENABLED",
+            "consecutive_failures": 2,
+            "first_failed_at": 1_234,
+            "last_error": "HTTP 502",
+            "delivered": 1,
+            "failed": 2,
+        })
+    );
+    assert!(
+        !entry.to_string().contains("do-not-show"),
+        "no header values in status"
+    );
+}
+
+#[test]
+fn status_entry_of_a_fresh_webhook_has_nulls() {
+    let def = definition(json!({
+        "id": "quiet", "event_type": "assets", "url": "http://receiver/", "status": "disabled",
+    }));
+    let entry = status_entry(&def, &WebhookHealth::initial(&def, 5));
+    assert_eq!(
+        entry,
+        json!({
+            "id": "quiet",
+            "name": "",
+            "status": "DISABLED",
+            "configured_status": "DISABLED",
+            "consecutive_failures": 0,
+            "first_failed_at": null,
+            "last_error": null,
+            "delivered": 0,
+            "failed": 0,
+        })
+    );
+}
+
+#[test]
+fn status_entry_shows_operator_changes_against_the_configuration() {
+    let def = definition(json!({
+        "id": "h", "event_type": "assets", "url": "http://receiver/", "status": "FAILED",
+    }));
+    let mut health = WebhookHealth::initial(&def, 5);
+    health.enable();
+    let entry = status_entry(&def, &health);
+    assert_eq!(entry["status"], "ENABLED");
+    assert_eq!(entry["configured_status"], "FAILED");
+}
+
+#[test]
+fn error_body_is_json() {
+    let body = error_body("unknown webhook \"a\\b\"\n");
+    let value: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(value, json!({"error": "unknown webhook \"a\\b\"\n"}));
+}
+
+// ---------------------------------------------------------------------------
+// Delivery headers
+
+#[test]
+fn request_headers_in_order_then_the_webhooks_own() {
+    let def = definition(json!({
+        "id": "h",
+        "event_type": "assets",
+        "url": "https://hooks.example.com:8443/iconik/hook?token=abc&x=1",
+        "headers": {"Authorization": "Bearer t", "X-Iconik-App": "app"},
+    }));
+    assert_eq!(
+        request_headers(&def),
+        [
+            (":method", "POST"),
+            (":path", "/iconik/hook?token=abc&x=1"),
+            (":authority", "hooks.example.com:8443"),
+            ("content-type", "application/json"),
+            ("user-agent", USER_AGENT),
+            ("authorization", "Bearer t"),
+            ("x-iconik-app", "app"),
+        ]
+    );
+}
+
+#[test]
+fn request_headers_for_a_bare_url() {
+    let def = definition(json!({"id": "h", "event_type": "assets", "url": "http://receiver"}));
+    let headers = request_headers(&def);
+    assert_eq!(headers.len(), 5, "no configured headers: {headers:?}");
+    assert_eq!(headers[1], (":path", "/"));
+    assert_eq!(headers[2], (":authority", "receiver"));
+}
+
+#[test]
+fn user_agent_names_the_filter_and_its_version() {
+    assert_eq!(
+        USER_AGENT,
+        format!("envoy-webhooks/{}", env!("CARGO_PKG_VERSION"))
+    );
+    let def = definition(json!({"id": "h", "event_type": "assets", "url": "http://r/"}));
+    let user_agent = request_headers(&def)
+        .into_iter()
+        .find(|(name, _)| *name == "user-agent")
+        .map(|(_, value)| value);
+    assert!(user_agent.is_some_and(|ua| ua.starts_with("envoy-webhooks/")));
+}
+
+#[test]
+fn each_header_name_is_sent_once() {
+    let def = definition(json!({
+        "id": "h", "event_type": "assets", "url": "http://r/",
+        "headers": {"x-a": "1", "authorization": "2"},
+    }));
+    let headers = request_headers(&def);
+    let mut names: Vec<&str> = headers.iter().map(|(name, _)| *name).collect();
+    names.sort_unstable();
+    let count = names.len();
+    names.dedup();
+    assert_eq!(names.len(), count, "{headers:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Outcomes
+
+#[test]
+fn two_hundreds_are_success() {
+    for code in ["200", "201", "202", "204", "299"] {
+        assert_eq!(outcome(Some(code), 12, 10_000), Ok(()), "{code}");
+    }
+}
+
+#[test]
+fn other_answers_are_http_errors() {
+    for code in [
+        "100", "199", "301", "304", "400", "404", "429", "500", "503", "2000", "20", "",
+    ] {
+        assert_eq!(
+            outcome(Some(code), 12, 10_000),
+            Err(format!("HTTP {code}")),
+            "{code:?}"
+        );
+    }
+    // An answer is an answer, however late.
+    assert_eq!(
+        outcome(Some("504"), 10_000, 10_000),
+        Err("HTTP 504".to_string())
+    );
+}
+
+#[test]
+fn no_answer_near_the_timeout_is_a_timeout() {
+    for elapsed in [9_990, 10_000, 10_003, 25_000] {
+        assert_eq!(
+            outcome(None, elapsed, 10_000),
+            Err("timeout after 10000 ms".to_string()),
+            "elapsed {elapsed}"
+        );
+    }
+    assert_eq!(
+        outcome(None, 250, 250),
+        Err("timeout after 250 ms".to_string())
+    );
+}
+
+#[test]
+fn no_answer_well_before_the_timeout_is_a_reset() {
+    for elapsed in [0, 3, 1_000, 9_000] {
+        let error = outcome(None, elapsed, 10_000).expect_err("no answer is a failure");
+        assert!(!error.contains("timeout"), "{error}");
+        assert_eq!(error, "no response (connection refused or reset)");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Queue messages
+
+#[test]
+fn queued_delivery_round_trips() {
+    let formats = include_bytes!("fixtures/core/seed-formats-event.json");
+    let cases = [
+        QueuedDelivery {
+            webhook: 0,
+            fingerprint: 0,
+            body: Vec::new(),
+        },
+        QueuedDelivery {
+            webhook: 7,
+            fingerprint: 0x0123_4567_89ab_cdef,
+            body: formats.to_vec(),
+        },
+        QueuedDelivery {
+            webhook: u32::MAX,
+            fingerprint: u64::MAX,
+            body: vec![0, 0xff, b'\n', 0],
+        },
+    ];
+    for delivery in cases {
+        let bytes = delivery.encode();
+        assert_eq!(bytes.len(), 12 + delivery.body.len());
+        assert_eq!(QueuedDelivery::decode(&bytes), Some(delivery));
+    }
+}
+
+#[test]
+fn queued_delivery_fields_do_not_bleed_into_each_other() {
+    let a = QueuedDelivery {
+        webhook: 1,
+        fingerprint: 2,
+        body: b"{}".to_vec(),
+    }
+    .encode();
+    let b = QueuedDelivery {
+        webhook: 2,
+        fingerprint: 1,
+        body: b"{}".to_vec(),
+    }
+    .encode();
+    assert_ne!(a, b);
+    assert_eq!(
+        QueuedDelivery::decode(&b).map(|d| (d.webhook, d.fingerprint)),
+        Some((2, 1))
+    );
+}
+
+#[test]
+fn short_queue_messages_decode_to_none() {
+    let bytes = QueuedDelivery {
+        webhook: 3,
+        fingerprint: 4,
+        body: Vec::new(),
+    }
+    .encode();
+    for length in 0..12 {
+        assert_eq!(
+            QueuedDelivery::decode(&bytes[..length]),
+            None,
+            "{length} bytes"
+        );
+    }
+    assert_eq!(
+        QueuedDelivery::decode(&bytes),
+        Some(QueuedDelivery {
+            webhook: 3,
+            fingerprint: 4,
+            body: Vec::new()
+        })
+    );
+}
+
+#[test]
+fn statuses_that_deliver() {
+    // Only ENABLED and FAILING webhooks are called; FAILED waits for an operator.
+    let delivering: Vec<Status> = Status::ALL.into_iter().filter(|s| s.delivers()).collect();
+    assert_eq!(delivering, [Status::Enabled, Status::Failing]);
+}
