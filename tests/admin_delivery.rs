@@ -329,20 +329,6 @@ fn user_agent_names_the_filter_and_its_version() {
     assert!(user_agent.is_some_and(|ua| ua.starts_with("envoy-webhooks/")));
 }
 
-#[test]
-fn each_header_name_is_sent_once() {
-    let def = definition(json!({
-        "id": "h", "event_type": "assets", "url": "http://r/",
-        "headers": {"x-a": "1", "authorization": "2"},
-    }));
-    let headers = request_headers(&def);
-    let mut names: Vec<&str> = headers.iter().map(|(name, _)| *name).collect();
-    names.sort_unstable();
-    let count = names.len();
-    names.dedup();
-    assert_eq!(names.len(), count, "{headers:?}");
-}
-
 // ---------------------------------------------------------------------------
 // Outcomes
 

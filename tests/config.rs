@@ -350,6 +350,23 @@ fn duplicate_ids_are_reported_for_each_repeat() {
 }
 
 #[test]
+fn duplicate_ids_are_reported_along_with_other_problems() {
+    // Fixing the other problems must not reveal a duplicate only afterwards.
+    let found = problems(json!({"webhooks": [
+        hook("dup", json!({"url": "ftp://r/"})),
+        hook("dup", json!({})),
+        hook("dup", json!({"status": "paused"})),
+    ]}));
+    assert_eq!(found.len(), 4, "{found:#?}");
+    only_problem(&found, "webhook \"dup\"", "url");
+    only_problem(&found, "webhook \"dup\"", "status");
+    let duplicates: Vec<&Problem> = found.iter().filter(|p| p.field == "id").collect();
+    assert_eq!(duplicates.len(), 2, "{found:#?}");
+    assert!(duplicates[0].message.contains("webhooks[1]"));
+    assert!(duplicates[1].message.contains("webhooks[2]"));
+}
+
+#[test]
 fn ids_are_case_sensitive() {
     let config = valid(json!({"webhooks": [hook("Hook", json!({})), hook("hook", json!({}))]}));
     assert_eq!(config.webhooks.len(), 2);

@@ -77,7 +77,8 @@ pub struct WebhookDefinition {
     /// The status the configuration gives.
     pub status: Status,
     pub query: Query,
-    /// Header names in lower case, in configuration order.
+    /// Header names in lower case, ordered by name (serde_json does not keep
+    /// the configuration's order).
     pub headers: Vec<(String, String)>,
     /// Identifies this exact definition: when it changes, its status starts afresh.
     pub fingerprint: u64,

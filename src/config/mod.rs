@@ -132,18 +132,23 @@ fn parse_config(value: &Value, problems: &mut Vec<Problem>) -> Option<PluginConf
         }
         Some(Value::Array(items)) => {
             let mut webhooks: Vec<WebhookDefinition> = Vec::with_capacity(items.len());
+            // Ids of every definition, valid or not, so that duplicates are
+            // reported together with the definitions' other problems.
+            let mut ids: Vec<&str> = Vec::with_capacity(items.len());
             for (index, item) in items.iter().enumerate() {
-                if let Some(webhook) = definition::parse_definition(item, index, problems) {
-                    if webhooks.iter().any(|seen| seen.id == webhook.id) {
+                let webhook = definition::parse_definition(item, index, problems);
+                if let Some(id) = item.get("id").and_then(Value::as_str) {
+                    if ids.contains(&id) {
                         problems.push(Problem {
-                            place: format!("webhook \"{}\"", webhook.id),
+                            place: format!("webhook \"{id}\""),
                             field: "id".to_string(),
                             message: format!("is used by another webhook too (webhooks[{index}]); ids must be unique"),
                         });
-                    } else {
-                        webhooks.push(webhook);
+                        continue;
                     }
+                    ids.push(id);
                 }
+                webhooks.extend(webhook);
             }
             webhooks
         }
