@@ -156,6 +156,21 @@ impl BodyCollector {
         }
     }
 
+    /// Takes the last chunk and finishes. A JSON body that arrives whole is
+    /// parsed straight from the chunk, without copying it.
+    pub fn finish_with(&mut self, chunk: &[u8], out: &mut Vec<Result<Event, NotAnEvent>>) {
+        if self.format == BodyFormat::Json && self.buffer.is_empty() && !self.oversized {
+            if chunk.len() > self.limit {
+                out.push(Err(NotAnEvent::Oversized { limit: self.limit }));
+            } else {
+                out.extend(parse_json_body(chunk));
+            }
+            return;
+        }
+        self.push(chunk, out);
+        self.finish(out);
+    }
+
     /// The body ended; remaining events are appended to `out`.
     pub fn finish(&mut self, out: &mut Vec<Result<Event, NotAnEvent>>) {
         match self.format {

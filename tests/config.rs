@@ -1212,3 +1212,13 @@ fn changing_any_field_changes_the_fingerprint() {
         );
     }
 }
+
+#[test]
+fn a_header_given_twice_in_different_case_is_a_problem() {
+    let found = webhook_problems(hook(
+        "twice",
+        json!({"headers": {"X-Token": "secret-one", "x-token": "secret-two"}}),
+    ));
+    assert_single(&found, "webhook \"twice\"", "headers", "is given twice");
+    assert!(!found[0].message.contains("secret"), "{}", found[0].message);
+}

@@ -483,3 +483,32 @@ fn limits_of_one_byte() {
         ]
     );
 }
+
+#[test]
+fn finish_with_gives_the_same_events_as_push_then_finish() {
+    let bodies: [&[u8]; 5] = [
+        br#"{"event_type":"assets","n":1}"#,
+        br#" [ {"a":1}, 2, {"b":[3]} ] "#,
+        b"not json",
+        b"",
+        br#"{"a": "0123456789012345678901234567890123456789"}"#,
+    ];
+    for format in [BodyFormat::Json, BodyFormat::Ndjson] {
+        for body in bodies {
+            for split in 0..=body.len() {
+                let (head, tail) = body.split_at(split);
+                let mut expected = Vec::new();
+                let mut collector = BodyCollector::new(format, 40);
+                collector.push(head, &mut expected);
+                collector.push(tail, &mut expected);
+                collector.finish(&mut expected);
+
+                let mut got = Vec::new();
+                let mut collector = BodyCollector::new(format, 40);
+                collector.push(head, &mut got);
+                collector.finish_with(tail, &mut got);
+                assert_eq!(got, expected, "{format:?} body {body:?} split at {split}");
+            }
+        }
+    }
+}

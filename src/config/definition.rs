@@ -260,6 +260,14 @@ fn parse_headers(value: &Value, fields: &mut Fields<'_, '_>) -> Vec<(String, Str
         // Never echo header values: they hold secrets.
         if !is_token {
             fields.problem("headers", format!("\"{name}\" is not a valid header name"));
+        } else if headers
+            .iter()
+            .any(|(seen, _): &(String, String)| *seen == lower)
+        {
+            fields.problem(
+                "headers",
+                format!("\"{name}\" is given twice (header names ignore case)"),
+            );
         } else if RESERVED_HEADERS.contains(&lower.as_str()) {
             fields.problem(
                 "headers",

@@ -240,16 +240,19 @@ impl HttpContext for EventStream {
         };
         if let Some(collector) = self.collector.as_mut() {
             let mut events = Vec::new();
-            if body_size > 0 {
-                if let Some(chunk) = host::buffer(BufferType::HttpRequestBody, body_size) {
-                    collector.push(&chunk, &mut events);
-                }
+            let chunk = if body_size > 0 {
+                host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            if end_of_stream {
+                collector.finish_with(&chunk, &mut events);
+                self.collector = None;
+            } else {
+                collector.push(&chunk, &mut events);
             }
             if !events.is_empty() {
                 self.handle(&plugin, events);
-            }
-            if end_of_stream {
-                self.finish_body(&plugin);
             }
         }
         Action::Continue
