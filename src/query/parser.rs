@@ -8,8 +8,10 @@
 //! comparison := path op value
 //! ```
 //!
-//! `AND`/`OR` chains are parsed in loops and only `(` and `NOT` recurse, with
-//! a depth limit, so no input can overflow the stack.
+//! The parser does not recurse: `AND`/`OR` chains are read in loops and each
+//! `(` pushes a group on an explicit stack. `MAX_DEPTH` bounds the nesting of
+//! the resulting tree, which evaluation and printing walk recursively, so no
+//! input can overflow the stack.
 
 use nom::branch::alt;
 use nom::bytes::complete::{tag, tag_no_case, take_while1};
@@ -101,11 +103,48 @@ pub(crate) fn parse(src: &str) -> Result<Option<Expr>, QueryError> {
             Err(nom::Err::Incomplete(_)) => Err(parser.error("", "unexpected end of query", "")),
         }
     };
-    finish(parser.or(src, 0)).map(Some)
+    finish(parser.expression(src)).map(Some)
 }
 
 struct QueryParser<'s> {
     src: &'s str,
+}
+
+/// A parenthesised group being read, or the whole query.
+struct Group<'a> {
+    /// The input at the group's `(` (for the whole query, the query).
+    open: &'a str,
+    /// The `NOT`s written just before the `(`, applied to the whole group.
+    nots: usize,
+    /// The finished `AND` chains, one per `OR` operand.
+    ors: Vec<Expr>,
+    /// The `AND` chain being read.
+    ands: Vec<Expr>,
+}
+
+impl<'a> Group<'a> {
+    fn new(open: &'a str, nots: usize) -> Self {
+        Group {
+            open,
+            nots,
+            ors: Vec::new(),
+            ands: Vec::new(),
+        }
+    }
+
+    /// The group's expression, without its `NOT`s.
+    fn finish(mut self) -> Expr {
+        self.ors.push(Expr::and(self.ands));
+        Expr::or(self.ors)
+    }
+}
+
+/// `expr` under `nots` NOTs.
+fn negate(mut expr: Expr, nots: usize) -> Expr {
+    for _ in 0..nots {
+        expr = Expr::Not(Box::new(expr));
+    }
+    expr
 }
 
 impl<'s> QueryParser<'s> {
@@ -120,63 +159,87 @@ impl<'s> QueryParser<'s> {
         super::error::column_of(self.src, self.src.len() - rest.len())
     }
 
-    fn or<'a>(&self, input: &'a str, depth: usize) -> PResult<'a, Expr> {
-        let (mut rest, first) = self.and(input, depth)?;
-        let mut operands = vec![first];
-        while let Ok((after, _)) = keyword("OR")(skip_ws(rest)) {
-            let (after, operand) = self.and(after, depth)?;
-            operands.push(operand);
-            rest = after;
-        }
-        Ok((rest, Expr::or(operands)))
-    }
-
-    fn and<'a>(&self, input: &'a str, depth: usize) -> PResult<'a, Expr> {
-        let (mut rest, first) = self.unary(input, depth)?;
-        let mut operands = vec![first];
-        while let Ok((after, _)) = keyword("AND")(skip_ws(rest)) {
-            let (after, operand) = self.unary(after, depth)?;
-            operands.push(operand);
-            rest = after;
-        }
-        Ok((rest, Expr::and(operands)))
-    }
-
-    /// `depth` counts the parentheses and `NOT`s around `input`; the one that
-    /// would make it exceed `MAX_DEPTH` is reported.
-    fn unary<'a>(&self, input: &'a str, depth: usize) -> PResult<'a, Expr> {
-        let input = skip_ws(input);
-        let not = keyword("NOT")(input);
-        if depth >= MAX_DEPTH && (not.is_ok() || input.starts_with('(')) {
-            return fail(
-                input,
-                format!("query nests deeper than {MAX_DEPTH} levels of parentheses and NOT"),
-                String::new(),
-            );
-        }
-        if let Ok((rest, _)) = not {
-            let (rest, inner) = self.unary(rest, depth + 1)?;
-            return Ok((rest, Expr::Not(Box::new(inner))));
-        }
-        if let Some(after_paren) = input.strip_prefix('(') {
-            let (rest, inner) = self.or(after_paren, depth + 1)?;
-            let rest = skip_ws(rest);
-            return match rest.strip_prefix(')') {
-                Some(rest) => Ok((rest, inner)),
-                None => {
-                    let column = self.column(input);
-                    fail(
+    /// `query := or ; or := and ("OR" and)* ; and := unary ("AND" unary)* ;
+    /// unary := "NOT" unary | "(" or ")" | comparison`, read without recursion:
+    /// each `(` starts a new [`Group`] and stacks the enclosing one, each `)`
+    /// ends it. `depth` counts the open parentheses and pending `NOT`s; the one
+    /// that would exceed `MAX_DEPTH` is reported, so the tree stays shallow
+    /// enough for evaluation and printing.
+    fn expression<'a>(&self, input: &'a str) -> PResult<'a, Expr> {
+        // The innermost group being read (at first the whole query), and the groups around it.
+        let mut group = Group::new(input, 0);
+        let mut enclosing: Vec<Group<'a>> = Vec::new();
+        let mut depth = 0;
+        let mut rest = input;
+        loop {
+            // A unary: NOTs, then either '(' (start a group and read its first
+            // unary) or a comparison.
+            let mut nots = 0;
+            let comparison = loop {
+                rest = skip_ws(rest);
+                let not = keyword("NOT")(rest);
+                if depth >= MAX_DEPTH && (not.is_ok() || rest.starts_with('(')) {
+                    return fail(
                         rest,
+                        format!(
+                            "query nests deeper than {MAX_DEPTH} levels of parentheses and NOT"
+                        ),
+                        String::new(),
+                    );
+                }
+                if let Ok((after, _)) = not {
+                    nots += 1;
+                    depth += 1;
+                    rest = after;
+                } else if let Some(after) = rest.strip_prefix('(') {
+                    enclosing.push(std::mem::replace(&mut group, Group::new(rest, nots)));
+                    nots = 0;
+                    depth += 1;
+                    rest = after;
+                } else {
+                    let (after, comparison) = self.comparison(rest)?;
+                    rest = after;
+                    break comparison;
+                }
+            };
+            depth -= nots;
+            let mut operand = negate(comparison, nots);
+            // Then AND or OR continue the group; anything else ends it.
+            loop {
+                group.ands.push(operand);
+                let next = skip_ws(rest);
+                if let Ok((after, _)) = keyword("AND")(next) {
+                    rest = after;
+                    break;
+                }
+                if let Ok((after, _)) = keyword("OR")(next) {
+                    let ands = std::mem::take(&mut group.ands);
+                    group.ors.push(Expr::and(ands));
+                    rest = after;
+                    break;
+                }
+                let Some(outer) = enclosing.pop() else {
+                    // The whole query: what follows is for the caller to judge.
+                    return Ok((rest, group.finish()));
+                };
+                let inner = std::mem::replace(&mut group, outer);
+                let Some(after) = next.strip_prefix(')') else {
+                    let column = self.column(inner.open);
+                    return fail(
+                        next,
                         "expected ')'".to_string(),
                         format!(
                             " to close the '(' at column {column}, found {}",
-                            describe(rest)
+                            describe(next)
                         ),
-                    )
-                }
-            };
+                    );
+                };
+                rest = after;
+                depth -= 1 + inner.nots;
+                let nots = inner.nots;
+                operand = negate(inner.finish(), nots);
+            }
         }
-        self.comparison(input)
     }
 
     fn comparison<'a>(&self, input: &'a str) -> PResult<'a, Expr> {
