@@ -1,0 +1,132 @@
+"""The demo behind `bash scripts/demo`: Envoy with envoy/demo.yaml and the envoy-webhooks
+filter, a stand-in platform upstream and a webhook receiver, all on 127.0.0.1 with fixed ports.
+Sends the seed document's two sample events and one event that matches no webhook through
+Envoy, prints what the webhook receiver got and the filter's admin status, then stops
+everything.
+
+Run from anywhere: .venv/bin/python integration/demo.py (after the set-up of scripts/demo).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import (  # noqa: E402
+    ENVOY_DIR,
+    REPO,
+    WASM,
+    Envoy,
+    RecordingServer,
+    Upstream,
+    fixture_bytes,
+    sha256,
+    wait_until,
+)
+
+LISTENER, PLATFORM, RECEIVER, ENVOY_ADMIN = 18080, 18081, 18082, 18901
+ADMIN_TOKEN = "demo-admin-token"
+SHOWN_HEADERS = ("host", "content-type", "content-length", "user-agent", "auth-token")
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def banner(text: str) -> None:
+    print(f"\n=== {text} " + "=" * max(0, 74 - len(text)))
+
+
+def main() -> int:
+    busy = [p for p in (LISTENER, PLATFORM, RECEIVER, ENVOY_ADMIN) if port_in_use(p)]
+    if busy:
+        print(f"demo: port(s) {busy} on 127.0.0.1 are in use; stop whatever listens there", file=sys.stderr)
+        return 2
+    if not WASM.exists():
+        print(f"demo: {WASM} is missing; run bash scripts/demo (it builds the filter)", file=sys.stderr)
+        return 2
+
+    events = [
+        ("seed formats event (assets/formats/update)", fixture_bytes("seed-formats-event.json")),
+        ("seed metadata event (assets/metadata/update)", fixture_bytes("seed-metadata-event.json")),
+        ("collections/entity/create event (matches no webhook)", json.dumps({
+            "system_domain_id": "1297c8b6-3563-11e7-adf1-6c4008b85488", "event_type": "collections",
+            "object_id": "5b1c3f3e-0000-11ee-9b47-7a40066d5234", "user_id": None, "realm": "entity",
+            "operation": "create", "data": {"title": "New collection"},
+            "request_id": "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a"}, indent=2).encode()),
+    ]
+
+    banner("set-up")
+    print(f"platform events listener (Envoy): http://127.0.0.1:{LISTENER}")
+    print(f"platform upstream (stand-in):     http://127.0.0.1:{PLATFORM}")
+    print(f"webhook receiver:                 http://127.0.0.1:{RECEIVER}")
+    print(f"Envoy admin:                      http://127.0.0.1:{ENVOY_ADMIN}")
+    print(f"Envoy config:                     {ENVOY_DIR / 'demo.yaml'}")
+    print(f"filter:                           {WASM}")
+
+    upstream = Upstream(PLATFORM).start()
+    receiver = RecordingServer("webhook-receiver", RECEIVER).start()
+    workdir = Path(tempfile.mkdtemp(prefix="envoy-webhooks-demo-"))
+    envoy = Envoy(ENVOY_DIR / "demo.yaml", workdir, name="envoy", concurrency=2, cwd=REPO,
+                  env={"WEBHOOKS_ADMIN_TOKEN": ADMIN_TOKEN})
+    print(f"Envoy log:                        {envoy.log_path}")
+    try:
+        envoy.start()
+        banner("platform -> Envoy")
+        for label, body in events:
+            r = envoy.post_event(body)
+            print(f"POST /api/v1/events  {label}: {len(body)} bytes -> {r.status} {r.body.decode(errors='replace')}")
+
+        wait_until(lambda: receiver.count() >= 2, 15, message="two webhook calls")
+        wait_until(lambda: envoy.wasm_stat("envoy_webhooks.events_seen") >= len(events), 10,
+                   message="the filter to see every event")
+        time.sleep(0.5)  # a wrong third call would have landed by now
+
+        got = upstream.requests()
+        intact = [g.sha256 for g in got] == [sha256(body) for _, body in events]
+        print(f"the platform upstream got {len(got)} request(s), bodies byte-identical: {intact}")
+
+        banner(f"the webhook receiver got {receiver.count()} call(s)")
+        for rec in receiver.requests():
+            print(f"{rec.method} {rec.path}")
+            for name in SHOWN_HEADERS:
+                if name in rec.headers:
+                    print(f"  {name}: {rec.headers[name]}")
+            event = json.loads(rec.body)
+            print(f"  body: {len(rec.body)} bytes, event_type={event.get('event_type')} realm={event.get('realm')} "
+                  f"operation={event.get('operation')} request_id={event.get('request_id')}")
+            print("  " + rec.body.decode().replace("\n", "\n  "))
+
+        banner("GET /webhooks-admin/status (Authorization: Bearer <token>)")
+        status = envoy.webhooks_admin("GET", "/status", token=ADMIN_TOKEN)
+        print(f"HTTP {status.status}")
+        print(json.dumps(status.json(), indent=2) if status.status == 200 else status.body.decode(errors="replace"))
+
+        banner("Envoy /stats/prometheus (envoy_webhooks_*)")
+        for line in envoy.prometheus().splitlines():
+            if line.startswith("envoy_webhooks_"):
+                print(line)
+
+        ok = receiver.count() == 2 and intact and status.status == 200
+        banner("demo " + ("OK" if ok else "FAILED"))
+        return 0 if ok else 1
+    except Exception as exc:  # noqa: BLE001 - the demo reports and exits non-zero
+        print(f"demo failed: {exc}", file=sys.stderr)
+        print(envoy.log_tail(40), file=sys.stderr)
+        return 1
+    finally:
+        envoy.stop()
+        receiver.stop()
+        upstream.stop()
+        print("stopped Envoy, the receiver and the upstream")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
