@@ -7,6 +7,7 @@ condition works: use ``wait_until``.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import hashlib
 import http.client
@@ -510,6 +511,16 @@ class EnvoyExited(RuntimeError):
     pass
 
 
+_running: "set[Envoy]" = set()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Last resort if the test process ends without teardown: no Envoy outlives it."""
+    for envoy in list(_running):
+        envoy.stop()
+
+
 class Envoy:
     """One Envoy process. ``config`` is a bootstrap dict (written to ``workdir``) or the path
     of a YAML file. ``start()`` waits for admin /ready and for the listener(s) to accept
@@ -569,6 +580,7 @@ class Envoy:
             self.command(), stdout=self._log_file, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=env, cwd=self.cwd, start_new_session=True,
         )
+        _running.add(self)
         return self
 
     def start(self, timeout: float = 60.0) -> "Envoy":
@@ -621,6 +633,7 @@ class Envoy:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+        _running.discard(self)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
