@@ -48,6 +48,10 @@ WEBHOOK_ID_TAG = {
 
 STATUS_CODES = {"ENABLED": 0, "FAILING": 1, "FAILED": 2, "DISABLED": 3}
 
+# Seconds a wrong (extra) webhook call is given to land before a test asserts it did not
+# happen: absence cannot be waited for, only given time.
+GRACE = 0.5
+
 
 # --------------------------------------------------------------------------- utilities
 
@@ -690,6 +694,24 @@ class Envoy:
     def wasm_stat(self, name: str, default: int = 0) -> int:
         """A filter metric by the name the filter defines, e.g. ``envoy_webhooks.events_seen``."""
         return self.stat(f"wasmcustom.{name}", default)
+
+    def wait_wasm_stat(self, name: str, at_least: int, timeout: float = 10.0) -> int:
+        """Waits until the filter metric ``name`` is >= ``at_least``; returns its value."""
+        seen: dict[str, int] = {}
+
+        def check() -> bool:
+            seen["value"] = self.wasm_stat(name)
+            return seen["value"] >= at_least
+
+        wait_until(check, timeout, message=lambda: f"{name} >= {at_least} (last seen {seen.get('value')})")
+        return seen["value"]
+
+    def settle(self, events_seen: int | None = None, grace: float = GRACE) -> None:
+        """Waits until the filter has seen ``events_seen`` events (if given), then ``grace``
+        seconds, so that a call that should NOT happen has had the time to land."""
+        if events_seen is not None:
+            self.wait_wasm_stat("envoy_webhooks.events_seen", events_seen)
+        time.sleep(grace)
 
     def hook_stat(self, hook_id: str, metric: str, default: int = 0) -> int:
         return self.wasm_stat(f"envoy_webhooks.webhook_id.{hook_id}.{metric}", default)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
-
-import pytest
 
 from harness import ADMIN_PREFIX, ADMIN_TOKEN, plugin_config, wait_until, webhook
 
@@ -57,7 +54,7 @@ def test_unauthorized(start_envoy, upstream, hooks):
             assert b"first" not in r.body and b"third" not in r.body  # and nothing else
     # nothing changed, nothing reached the platform
     assert envoy.hook_status("third")["status"] == "FAILED"
-    time.sleep(0.2)
+    envoy.settle()
     assert upstream.count() == 0
     assert hooks.count() == 0
 
@@ -73,7 +70,7 @@ def test_admin_requests_never_reach_upstream(start_envoy, upstream):
     # other paths still go to the platform
     assert envoy.request("GET", "/webhooks-administration").status == 200
     got = upstream.wait_for(1)
-    time.sleep(0.2)
+    envoy.settle()
     assert [g.path for g in upstream.requests()] == ["/webhooks-administration"], got
 
 
@@ -112,7 +109,7 @@ def test_enable_configured_failed_and_failing(start_envoy, hooks):
     # FAILED from the configuration: not called; FAILING from the configuration: called.
     hooks.wait_for(1, "/hooks/fourth")
     hooks.wait_for(1, "/hooks/first")
-    time.sleep(0.3)
+    envoy.settle()
     assert hooks.count("/hooks/third") == 0
 
     assert envoy.enable("third").status == 200

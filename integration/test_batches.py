@@ -4,9 +4,8 @@ delivered as the exact text it had in the platform's request."""
 from __future__ import annotations
 
 import json
-import time
 
-from harness import plugin_config, sha256, wait_until, webhook
+from harness import plugin_config, sha256, webhook
 
 
 def _event(request_id: str, realm: str, operation: str = "update") -> dict:
@@ -41,8 +40,7 @@ def test_json_array(start_envoy, upstream, hooks):
     metadata = _bodies_by_request_id(hooks.wait_for(1, "/hooks/metadata"))
     assert formats == {"a1": e1, "a4": e4}
     assert metadata == {"a2": e2}
-    wait_until(lambda: envoy.wasm_stat("envoy_webhooks.events_seen") >= 4, message="events_seen >= 4")
-    time.sleep(0.3)
+    envoy.settle(events_seen=4)
     assert hooks.count() == 3
 
 
@@ -59,8 +57,7 @@ def test_ndjson(start_envoy, upstream, hooks):
     metadata = _bodies_by_request_id(hooks.wait_for(2, "/hooks/metadata"))
     assert formats == {"n0": lines[0], "n3": lines[3]}
     assert metadata == {"n1": lines[1], "n4": lines[4]}
-    wait_until(lambda: envoy.wasm_stat("envoy_webhooks.events_seen") >= 5, message="events_seen >= 5")
-    time.sleep(0.3)
+    envoy.settle(events_seen=5)
     assert hooks.count() == 4
 
 

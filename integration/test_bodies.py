@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harness import RecordingServer, Upstream, fixture_bytes, plugin_config, sha256, wait_until, webhook
+from harness import RecordingServer, Upstream, fixture_bytes, plugin_config, sha256, webhook
 
 FORMATS = fixture_bytes("seed-formats-event.json")
 MIB = 1024 * 1024
@@ -64,8 +64,8 @@ def test_bad_body_passes_through_and_counts_invalid(catch_all, name):
     envoy, upstream, hooks = catch_all
     invalid = envoy.wasm_stat("envoy_webhooks.events_invalid")
     _send_and_check_passthrough(envoy, upstream, BAD_BODIES[name])
-    wait_until(lambda: envoy.wasm_stat("envoy_webhooks.events_invalid") > invalid, message="events_invalid += 1")
-    time.sleep(0.3)
+    envoy.wait_wasm_stat("envoy_webhooks.events_invalid", invalid + 1)
+    envoy.settle()
     assert hooks.count() == 0
 
 
@@ -73,8 +73,8 @@ def test_empty_body_passes_through_and_counts_invalid(catch_all):
     envoy, upstream, hooks = catch_all
     invalid = envoy.wasm_stat("envoy_webhooks.events_invalid")
     _send_and_check_passthrough(envoy, upstream, b"")
-    wait_until(lambda: envoy.wasm_stat("envoy_webhooks.events_invalid") > invalid, message="events_invalid += 1")
-    time.sleep(0.3)
+    envoy.wait_wasm_stat("envoy_webhooks.events_invalid", invalid + 1)
+    envoy.settle()
     assert hooks.count() == 0
 
 
@@ -86,8 +86,7 @@ def test_bad_ndjson_lines_pass_through(catch_all):
     _send_and_check_passthrough(envoy, upstream, body, content_type="application/x-ndjson")
     (rec,) = hooks.wait_for(1)
     assert rec.body == good
-    wait_until(lambda: envoy.wasm_stat("envoy_webhooks.events_invalid") >= invalid + 3,
-               message="events_invalid += 3 (one per bad line)")
+    envoy.wait_wasm_stat("envoy_webhooks.events_invalid", invalid + 3)  # one per bad line
     hooks.clear()
 
 
@@ -119,9 +118,8 @@ def test_5mib_body_passes_intact(catch_all, chunked):
     got = upstream.wait_for(n + 1)[n]
     assert (len(got.body), got.sha256) == (len(body), sha256(body))
     # over events.max_event_bytes (1 MiB by default): counted, not delivered
-    wait_until(lambda: envoy.wasm_stat("envoy_webhooks.events_oversized") > oversized,
-               message="events_oversized += 1")
-    time.sleep(0.3)
+    envoy.wait_wasm_stat("envoy_webhooks.events_oversized", oversized + 1)
+    envoy.settle()
     assert hooks.count() == 0
 
 
@@ -138,9 +136,9 @@ def test_event_up_to_max_event_bytes_is_delivered(start_envoy, upstream, hooks):
 
     too_big = json.dumps(dict(event, data={"blob": "y" * 400_000})).encode()
     assert envoy.post_event(too_big).status == 200
-    wait_until(lambda: envoy.wasm_stat("envoy_webhooks.events_oversized") >= 1, message="events_oversized >= 1")
+    envoy.wait_wasm_stat("envoy_webhooks.events_oversized", 1)
     assert upstream.wait_for(2)[1].sha256 == sha256(too_big)
-    time.sleep(0.3)
+    envoy.settle()
     assert hooks.count() == 1
 
 
@@ -159,7 +157,7 @@ def test_only_configured_methods_and_paths_carry_events(start_envoy, upstream, h
     got = upstream.wait_for(len(ignored) + len(carried))
     assert all(g.sha256 == sha256(FORMATS) for g in got)
     hooks.wait_for(len(carried))
-    time.sleep(0.4)
+    envoy.settle(events_seen=len(carried))
     assert hooks.count() == len(carried)
     assert envoy.wasm_stat("envoy_webhooks.events_seen") == len(carried)
 

@@ -4,9 +4,8 @@ upstream answers; "response_2xx" only after the upstream answered 2xx."""
 from __future__ import annotations
 
 import json
-import time
 
-from harness import plugin_config, sha256, wait_until, webhook
+from harness import plugin_config, sha256, webhook
 
 
 def _event(request_id: str) -> bytes:
@@ -31,8 +30,7 @@ def test_response_2xx_delivers_only_after_upstream_2xx(start_envoy, upstream, ho
 
     upstream.set_default(status=404, body=b"nope")
     assert envoy.post_event(_event("not-found")).status == 404
-    wait_until(lambda: envoy.wasm_stat("envoy_webhooks.events_seen") >= 3, message="events_seen >= 3")
-    time.sleep(0.5)
+    envoy.settle(events_seen=3)
     assert [h.json()["request_id"] for h in hooks.requests()] == ["accepted"]
 
 

@@ -9,7 +9,6 @@ import socket
 import pytest
 
 from harness import (
-    RecordingServer,
     closed_port,
     envoy_config,
     fixture_bytes,

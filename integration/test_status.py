@@ -50,8 +50,7 @@ def test_500_drives_failing_then_failed_then_stops_calls(start_envoy, hooks):
     # FAILED: no more calls.
     for i in (4, 5):
         assert envoy.post_event(_event(i)).status == 200
-    wait_until(lambda: envoy.wasm_stat("envoy_webhooks.events_seen") >= 5, message="events_seen >= 5")
-    time.sleep(0.5)
+    envoy.settle(events_seen=5)
     assert hooks.count() == 3
     e = envoy.hook_status("flaky")
     assert (e["status"], e["failed"], e["delivered"]) == ("FAILED", 3, 0)
@@ -184,6 +183,5 @@ def test_two_workers_reach_failed_once(start_envoy, hooks):
     envoy.wait_status("both", "FAILED")
     for i in range(4, 10):
         assert envoy.post_event(_event(i)).status == 200
-    wait_until(lambda: envoy.wasm_stat("envoy_webhooks.events_seen") >= 10, message="events_seen >= 10")
-    time.sleep(0.5)
+    envoy.settle(events_seen=10)
     assert hooks.count() == 4
