@@ -13,6 +13,8 @@ pub enum AdminRoute {
     /// Missing or wrong bearer token: 401, and nothing else is revealed.
     Unauthorized,
     Status,
+    /// Deliveries waiting for a retry, per webhook, across all workers.
+    Pending,
     Enable(String),
     NotFound,
     MethodNotAllowed {
@@ -47,6 +49,8 @@ pub fn route(
     match segments.as_slice() {
         ["status"] if method == "GET" => AdminRoute::Status,
         ["status"] => AdminRoute::MethodNotAllowed { allow: "GET" },
+        ["pending"] if method == "GET" => AdminRoute::Pending,
+        ["pending"] => AdminRoute::MethodNotAllowed { allow: "GET" },
         ["webhooks", id, "enable"] if method == "POST" => AdminRoute::Enable(id.to_string()),
         ["webhooks", _, "enable"] => AdminRoute::MethodNotAllowed { allow: "POST" },
         _ => AdminRoute::NotFound,
@@ -77,4 +81,76 @@ pub fn status_entry(definition: &WebhookDefinition, health: &WebhookHealth) -> V
 /// A JSON error body: `{"error": "..."}`.
 pub fn error_body(message: &str) -> String {
     json!({ "error": message }).to_string()
+}
+
+/// Summaries older than this come from VMs that are gone.
+const STALE_SUMMARY_MS: u64 = 30_000;
+
+/// One worker's retry queue, as published in shared data.
+pub fn pending_summary(
+    now_ms: u64,
+    entries: impl IntoIterator<Item = (String, crate::pending::PendingSummary)>,
+) -> Vec<u8> {
+    let webhooks: serde_json::Map<String, Value> = entries
+        .into_iter()
+        .map(|(id, summary)| {
+            (
+                id,
+                json!({
+                    "deliveries": summary.deliveries,
+                    "dead_letters": summary.dead_letters,
+                    "next_due_ms": summary.next_due_ms,
+                }),
+            )
+        })
+        .collect();
+    json!({ "updated_at_ms": now_ms, "webhooks": webhooks })
+        .to_string()
+        .into_bytes()
+}
+
+/// `GET {prefix}/pending`: every worker's summaries added up, per webhook in
+/// configuration order: `{"webhooks":[{"id","pending","dead_letters_pending","next_due_at"}],"workers":N}`.
+pub fn pending_body(
+    definitions: &[WebhookDefinition],
+    published: &[Vec<u8>],
+    now_ms: u64,
+) -> String {
+    let fresh: Vec<Value> = published
+        .iter()
+        .filter_map(|bytes| serde_json::from_slice::<Value>(bytes).ok())
+        .filter(|summary| {
+            summary
+                .get("updated_at_ms")
+                .and_then(Value::as_u64)
+                .is_some_and(|at| now_ms.saturating_sub(at) <= STALE_SUMMARY_MS)
+        })
+        .collect();
+    let webhooks: Vec<Value> = definitions
+        .iter()
+        .map(|definition| {
+            let mut pending = 0;
+            let mut dead_letters = 0;
+            let mut next_due_ms: Option<u64> = None;
+            for summary in &fresh {
+                let Some(entry) = summary.get("webhooks").and_then(|w| w.get(&definition.id))
+                else {
+                    continue;
+                };
+                let count = |name: &str| entry.get(name).and_then(Value::as_u64).unwrap_or(0);
+                pending += count("deliveries");
+                dead_letters += count("dead_letters");
+                if let Some(due) = entry.get("next_due_ms").and_then(Value::as_u64) {
+                    next_due_ms = Some(next_due_ms.map_or(due, |d| d.min(due)));
+                }
+            }
+            json!({
+                "id": definition.id,
+                "pending": pending,
+                "dead_letters_pending": dead_letters,
+                "next_due_at": next_due_ms.map(|ms| ms / 1000),
+            })
+        })
+        .collect();
+    json!({ "webhooks": webhooks, "workers": fresh.len() }).to_string()
 }

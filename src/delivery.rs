@@ -44,14 +44,29 @@ pub struct QueuedDelivery {
     /// The definition's fingerprint, so that a delivery queued under an older
     /// configuration is never sent with a newer definition.
     pub fingerprint: u64,
+    /// The event's `request_id`, for `webhook-id` and logs.
+    pub request_id: Option<String>,
     pub body: Vec<u8>,
 }
 
 impl QueuedDelivery {
+    /// `webhook (u32 LE) | fingerprint (u64 LE) | request_id length (u16 LE,
+    /// 0xFFFF for none) | request_id | body`.
     pub fn encode(&self) -> Vec<u8> {
-        let mut bytes = Vec::with_capacity(12 + self.body.len());
+        let request_id = self
+            .request_id
+            .as_deref()
+            .filter(|id| id.len() < usize::from(u16::MAX));
+        let mut bytes = Vec::with_capacity(14 + request_id.map_or(0, str::len) + self.body.len());
         bytes.extend_from_slice(&self.webhook.to_le_bytes());
         bytes.extend_from_slice(&self.fingerprint.to_le_bytes());
+        match request_id {
+            Some(id) => {
+                bytes.extend_from_slice(&(id.len() as u16).to_le_bytes());
+                bytes.extend_from_slice(id.as_bytes());
+            }
+            None => bytes.extend_from_slice(&u16::MAX.to_le_bytes()),
+        }
         bytes.extend_from_slice(&self.body);
         bytes
     }
@@ -59,10 +74,19 @@ impl QueuedDelivery {
     pub fn decode(bytes: &[u8]) -> Option<QueuedDelivery> {
         let webhook = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
         let fingerprint = u64::from_le_bytes(bytes.get(4..12)?.try_into().ok()?);
+        let id_len = u16::from_le_bytes(bytes.get(12..14)?.try_into().ok()?);
+        let (request_id, body_start) = if id_len == u16::MAX {
+            (None, 14)
+        } else {
+            let end = 14 + usize::from(id_len);
+            let id = std::str::from_utf8(bytes.get(14..end)?).ok()?;
+            (Some(id.to_string()), end)
+        };
         Some(QueuedDelivery {
             webhook,
             fingerprint,
-            body: bytes.get(12..)?.to_vec(),
+            request_id,
+            body: bytes.get(body_start..)?.to_vec(),
         })
     }
 }

@@ -106,6 +106,25 @@ impl WebhookHealth {
         })
     }
 
+    /// The receiver answered `410 Gone`: it wants no more deliveries, so the
+    /// webhook is `FAILED` at once (the Standard Webhooks meaning).
+    pub fn record_gone(&mut self, now_s: u64) -> Option<Transition> {
+        self.failed += 1;
+        self.last_error = Some("HTTP 410".to_string());
+        let from = self.status;
+        if !matches!(from, Status::Enabled | Status::Failing) {
+            return None;
+        }
+        self.consecutive_failures += 1;
+        self.first_failed_at.get_or_insert(now_s);
+        self.status = Status::Failed;
+        Some(Transition {
+            from,
+            to: Status::Failed,
+            reason: "the receiver answered 410 Gone".to_string(),
+        })
+    }
+
     /// An operator says the receiver is fixed: back to `ENABLED`.
     pub fn enable(&mut self) -> Option<Transition> {
         let from = self.status;

@@ -12,5 +12,9 @@ pub mod matcher;
 pub mod query;
 pub mod status;
 
+pub mod dead_letter;
+pub mod pending;
+pub mod retry;
+pub mod signature;
 #[cfg(target_arch = "wasm32")]
 mod wasm_host;

@@ -391,16 +391,19 @@ fn queued_delivery_round_trips() {
         QueuedDelivery {
             webhook: 0,
             fingerprint: 0,
+            request_id: None,
             body: Vec::new(),
         },
         QueuedDelivery {
             webhook: 7,
             fingerprint: 0x0123_4567_89ab_cdef,
+            request_id: Some("476117422b18ed2f915fe9887b77b702".to_string()),
             body: formats.to_vec(),
         },
         QueuedDelivery {
             webhook: u32::MAX,
             fingerprint: u64::MAX,
+            request_id: Some(String::new()),
             body: vec![0, 0xff, b'\n', 0],
         },
     ];
@@ -416,12 +419,14 @@ fn queued_delivery_fields_do_not_bleed_into_each_other() {
     let a = QueuedDelivery {
         webhook: 1,
         fingerprint: 2,
+        request_id: None,
         body: b"{}".to_vec(),
     }
     .encode();
     let b = QueuedDelivery {
         webhook: 2,
         fingerprint: 1,
+        request_id: Some("r".to_string()),
         body: b"{}".to_vec(),
     }
     .encode();
@@ -437,10 +442,12 @@ fn short_queue_messages_decode_to_none() {
     let bytes = QueuedDelivery {
         webhook: 3,
         fingerprint: 4,
+        request_id: Some("req".to_string()),
         body: Vec::new(),
     }
     .encode();
-    for length in 0..12 {
+    // The header is 14 bytes, then 3 of request_id.
+    for length in 0..17 {
         assert_eq!(
             QueuedDelivery::decode(&bytes[..length]),
             None,
@@ -452,6 +459,7 @@ fn short_queue_messages_decode_to_none() {
         Some(QueuedDelivery {
             webhook: 3,
             fingerprint: 4,
+            request_id: Some("req".to_string()),
             body: Vec::new()
         })
     );

@@ -110,9 +110,13 @@ fn minimal_configuration_gets_every_default() {
             max_in_flight: 1_000,
             failing_window_s: 18_000,
             failure_threshold: 10,
+            retry_schedule_s: vec![5, 30, 120, 600, 1800, 3600],
+            max_pending: 10_000,
+            max_pending_bytes: 64 * 1024 * 1024,
         }
     );
     assert_eq!(config.admin, None);
+    assert_eq!(config.dead_letter, None);
 
     let webhook = &config.webhooks[0];
     assert_eq!(webhook.id, "a");
@@ -167,6 +171,9 @@ fn complete_configuration_from_fixture() {
             max_in_flight: 64,
             failing_window_s: 600,
             failure_threshold: 3,
+            retry_schedule_s: vec![1, 2],
+            max_pending: 500,
+            max_pending_bytes: 1_048_576,
         }
     );
     assert_eq!(

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::problems::{kind_of, Fields, Problem};
 use crate::query::Query;
+use crate::signature::SigningSecret;
 use crate::status::Status;
 
 /// iconik's webhook operations; `None` in a definition means `all`.
@@ -45,6 +46,15 @@ impl Operation {
     }
 }
 
+/// Where a webhook's signing secrets come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Secrets(Vec<SigningSecret>),
+    /// The name of an environment variable of the Wasm VM holding one or
+    /// several space-separated `whsec_` secrets (several: during rotation).
+    Env(String),
+}
+
 /// Where a webhook is called: parsed from its `url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookUrl {
@@ -80,19 +90,24 @@ pub struct WebhookDefinition {
     /// Header names in lower case, ordered by name (serde_json does not keep
     /// the configuration's order).
     pub headers: Vec<(String, String)>,
+    /// Standard Webhooks signing secrets; `None`: requests are not signed.
+    pub signing: Option<SecretSource>,
     /// Identifies this exact definition: when it changes, its status starts afresh.
     pub fingerprint: u64,
 }
 
-const KNOWN_FIELDS: &str = "id, name, description, event_type, realm, operation, object_id, url, cluster, status, query, headers";
+const KNOWN_FIELDS: &str = "id, name, description, event_type, realm, operation, object_id, url, cluster, status, query, headers, secret, secret_env";
 
 /// Headers the filter sets itself on delivery calls.
-const RESERVED_HEADERS: [&str; 5] = [
+const RESERVED_HEADERS: [&str; 8] = [
     "content-length",
     "content-type",
     "host",
     "transfer-encoding",
     "user-agent",
+    "webhook-id",
+    "webhook-signature",
+    "webhook-timestamp",
 ];
 
 pub const MAX_ID_LEN: usize = 128;
@@ -214,6 +229,25 @@ pub(crate) fn parse_definition(
     let headers = fields
         .get("headers")
         .map(|value| parse_headers(value, &mut fields));
+    let signing = match (fields.string("secret"), fields.string("secret_env")) {
+        (Some(_), Some(_)) => {
+            fields.problem("secret", "set either secret or secret_env, not both");
+            None
+        }
+        (Some(text), None) => match SigningSecret::parse_list(text) {
+            Ok(secrets) => Some(SecretSource::Secrets(secrets)),
+            Err(message) => {
+                fields.problem("secret", message);
+                None
+            }
+        },
+        (None, Some("")) => {
+            fields.problem("secret_env", "must name an environment variable");
+            None
+        }
+        (None, Some(name)) => Some(SecretSource::Env(name.to_string())),
+        (None, None) => None,
+    };
     fields.reject_unknown(KNOWN_FIELDS);
 
     if problems.len() > before {
@@ -234,11 +268,12 @@ pub(crate) fn parse_definition(
         status: status?,
         query: query?,
         headers: headers.unwrap_or_default(),
+        signing,
         fingerprint: hasher.finish(),
     })
 }
 
-fn parse_headers(value: &Value, fields: &mut Fields<'_, '_>) -> Vec<(String, String)> {
+pub(crate) fn parse_headers(value: &Value, fields: &mut Fields<'_, '_>) -> Vec<(String, String)> {
     let Some(object) = value.as_object() else {
         // The kind only: the value may hold a secret.
         fields.problem(

@@ -8,7 +8,9 @@ mod problems;
 
 use serde_json::Value;
 
-pub use definition::{parse_url, Operation, WebhookDefinition, WebhookUrl, MAX_ID_LEN};
+pub use definition::{
+    parse_url, Operation, SecretSource, WebhookDefinition, WebhookUrl, MAX_ID_LEN,
+};
 pub use problems::{ConfigError, Problem};
 
 use problems::{kind_of, Fields};
@@ -33,16 +35,30 @@ pub enum DeliverOn {
     Response2xx,
 }
 
-/// How deliveries are made and when a webhook counts as failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How deliveries are made and retried, and when a webhook counts as failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryPolicy {
     pub timeout_ms: u64,
-    /// Callouts in flight per worker; more are dropped and counted.
+    /// Calls in flight per worker; more wait in the retry queue.
     pub max_in_flight: usize,
     /// A webhook failing for this long becomes `FAILED`.
     pub failing_window_s: u64,
-    /// This many consecutive failures make a webhook `FAILED`.
+    /// This many consecutive failed deliveries make a webhook `FAILED`.
     pub failure_threshold: u64,
+    /// Delays in seconds before the 2nd, 3rd, ... attempt of a delivery.
+    pub retry_schedule_s: Vec<u64>,
+    /// Deliveries waiting for a retry, per worker; beyond, the oldest is dead-lettered.
+    pub max_pending: usize,
+    /// Bytes of deliveries waiting for a retry, per worker.
+    pub max_pending_bytes: usize,
+}
+
+/// Where deliveries that cannot be made go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterConfig {
+    pub url: WebhookUrl,
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
 }
 
 /// Where the admin token comes from.
@@ -66,6 +82,7 @@ pub struct PluginConfig {
     pub events: EventsConfig,
     pub delivery: DeliveryPolicy,
     pub admin: Option<AdminConfig>,
+    pub dead_letter: Option<DeadLetterConfig>,
 }
 
 impl Default for EventsConfig {
@@ -86,6 +103,9 @@ impl Default for DeliveryPolicy {
             max_in_flight: 1_000,
             failing_window_s: 18_000,
             failure_threshold: 10,
+            retry_schedule_s: crate::retry::DEFAULT_SCHEDULE_S.to_vec(),
+            max_pending: 10_000,
+            max_pending_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -119,7 +139,8 @@ fn parse_config(value: &Value, problems: &mut Vec<Problem>) -> Option<PluginConf
     let events_value = fields.get("events");
     let delivery_value = fields.get("delivery");
     let admin_value = fields.get("admin");
-    fields.reject_unknown("webhooks, events, delivery, admin");
+    let dead_letter_value = fields.get("dead_letter");
+    fields.reject_unknown("webhooks, events, delivery, admin, dead_letter");
 
     let webhooks = match webhooks_value {
         None => {
@@ -172,11 +193,16 @@ fn parse_config(value: &Value, problems: &mut Vec<Problem>) -> Option<PluginConf
         None => Some(None),
         Some(v) => parse_admin(v, problems).map(Some),
     };
+    let dead_letter = match dead_letter_value {
+        None => Some(None),
+        Some(v) => parse_dead_letter(v, problems).map(Some),
+    };
     Some(PluginConfig {
         webhooks,
         events: events?,
         delivery: delivery?,
         admin: admin?,
+        dead_letter: dead_letter?,
     })
 }
 
@@ -247,8 +273,17 @@ fn parse_delivery(value: &Value, problems: &mut Vec<Problem>) -> Option<Delivery
         failure_threshold: fields
             .integer("failure_threshold", 1, 1_000_000)
             .unwrap_or(defaults.failure_threshold),
+        retry_schedule_s: parse_schedule(&mut fields).unwrap_or(defaults.retry_schedule_s),
+        max_pending: fields
+            .integer("max_pending", 1, 10_000_000)
+            .map_or(defaults.max_pending, |n| n as usize),
+        max_pending_bytes: fields
+            .integer("max_pending_bytes", 1024, 16 * 1024 * 1024 * 1024)
+            .map_or(defaults.max_pending_bytes, |n| n as usize),
     };
-    fields.reject_unknown("timeout_ms, max_in_flight, failing_window_s, failure_threshold");
+    fields.reject_unknown(
+        "timeout_ms, max_in_flight, failing_window_s, failure_threshold, retry_schedule_s, max_pending, max_pending_bytes",
+    );
     Some(policy)
 }
 
@@ -286,5 +321,65 @@ fn parse_admin(value: &Value, problems: &mut Vec<Problem>) -> Option<AdminConfig
     Some(AdminConfig {
         path_prefix: path_prefix?.to_string(),
         token: token?,
+    })
+}
+
+/// Most retries a delivery may have.
+pub const MAX_RETRIES: usize = 32;
+
+fn parse_schedule(fields: &mut Fields<'_, '_>) -> Option<Vec<u64>> {
+    let value = fields.get("retry_schedule_s")?;
+    let delays: Option<Vec<u64>> = value
+        .as_array()
+        .and_then(|items| items.iter().map(Value::as_u64).collect());
+    match delays {
+        Some(delays)
+            if delays.len() <= MAX_RETRIES && delays.iter().all(|d| *d <= 7 * 24 * 3600) =>
+        {
+            Some(delays)
+        }
+        _ => {
+            fields.problem(
+                "retry_schedule_s",
+                format!(
+                    "expected a list of at most {MAX_RETRIES} delays in whole seconds (each at most a week), e.g. [5, 30, 120]; [] turns retries off"
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn parse_dead_letter(value: &Value, problems: &mut Vec<Problem>) -> Option<DeadLetterConfig> {
+    let mut fields = Fields::of(value, "dead_letter", problems)?;
+    let url = fields
+        .required_string("url")
+        .and_then(|text| match parse_url(text) {
+            Ok(url) => Some(url),
+            Err(message) => {
+                fields.problem("url", message);
+                None
+            }
+        });
+    let cluster = match fields.string("cluster") {
+        Some("") => {
+            fields.problem(
+                "cluster",
+                "must not be empty; leave it out to use the URL's host",
+            );
+            None
+        }
+        Some(cluster) => Some(cluster.to_string()),
+        None => url.as_ref().map(|url| url.host.clone()),
+    };
+    let headers = fields
+        .get("headers")
+        .map(|value| definition::parse_headers(value, &mut fields))
+        .unwrap_or_default();
+    fields.reject_unknown("url, cluster, headers");
+    Some(DeadLetterConfig {
+        url: url?,
+        cluster: cluster?,
+        headers,
     })
 }

@@ -70,11 +70,12 @@ pub fn update(
     None
 }
 
+const VM_COUNTER_KEY: &str = "envoy_webhooks/vm_counter";
+
 /// A number no other VM of this vm_id gets, for naming this VM's shared queue.
 pub fn unique_vm_number() -> Option<u64> {
-    const KEY: &str = "envoy_webhooks/vm_counter";
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let (bytes, cas) = hostcalls::get_shared_data(KEY).ok()?;
+        let (bytes, cas) = hostcalls::get_shared_data(VM_COUNTER_KEY).ok()?;
         let current: u64 = bytes
             .as_deref()
             .and_then(|b| std::str::from_utf8(b).ok())
@@ -82,7 +83,7 @@ pub fn unique_vm_number() -> Option<u64> {
             .unwrap_or(0);
         let next = current + 1;
         match hostcalls::set_shared_data(
-            KEY,
+            VM_COUNTER_KEY,
             Some(next.to_string().as_bytes()),
             Some(cas.unwrap_or(CREATE_ONLY_CAS)),
         ) {
@@ -92,4 +93,29 @@ pub fn unique_vm_number() -> Option<u64> {
         }
     }
     None
+}
+
+fn pending_key(vm_number: u64) -> String {
+    format!("envoy_webhooks/pending/{vm_number}")
+}
+
+/// Publishes this VM's retry-queue summary for the admin API (any worker may answer it).
+pub fn publish_pending(vm_number: u64, summary: &[u8]) {
+    if let Err(status) = hostcalls::set_shared_data(&pending_key(vm_number), Some(summary), None) {
+        log::debug!("envoy-webhooks: cannot publish the retry queue summary: {status:?}");
+    }
+}
+
+/// Every VM's published retry-queue summary.
+pub fn read_pending() -> Vec<Vec<u8>> {
+    let count: u64 = hostcalls::get_shared_data(VM_COUNTER_KEY)
+        .ok()
+        .and_then(|(bytes, _)| bytes)
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (1..=count)
+        .filter_map(|n| hostcalls::get_shared_data(&pending_key(n)).ok())
+        .filter_map(|(bytes, _)| bytes)
+        .collect()
 }

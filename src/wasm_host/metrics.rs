@@ -43,6 +43,13 @@ pub struct WebhookMetrics {
     pub delivered: Metric,
     pub failed: Metric,
     pub dropped: Metric,
+    /// Attempts after the first.
+    pub retried: Metric,
+    /// Failed or dropped deliveries the dead-letter destination accepted.
+    pub dead_lettered: Metric,
+    /// Failed or dropped deliveries that reached no dead-letter destination
+    /// (none configured, or it kept failing); each is logged with its request_id.
+    pub lost: Metric,
     /// 0 ENABLED, 1 FAILING, 2 FAILED, 3 DISABLED.
     pub status: Metric,
 }
@@ -74,6 +81,9 @@ impl Metrics {
                     delivered: Metric::define(MetricType::Counter, &name("delivered")),
                     failed: Metric::define(MetricType::Counter, &name("failed")),
                     dropped: Metric::define(MetricType::Counter, &name("dropped")),
+                    retried: Metric::define(MetricType::Counter, &name("retried")),
+                    dead_lettered: Metric::define(MetricType::Counter, &name("dead_lettered")),
+                    lost: Metric::define(MetricType::Counter, &name("lost")),
                     status: Metric::define(MetricType::Gauge, &name("status")),
                 }
             })

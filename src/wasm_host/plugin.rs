@@ -3,6 +3,7 @@
 use crate::config::{PluginConfig, WebhookDefinition};
 use crate::health::Transition;
 use crate::matcher::Matcher;
+use crate::signature::SigningSecret;
 
 use super::metrics::Metrics;
 
@@ -11,6 +12,8 @@ pub struct Plugin {
     pub matcher: Matcher,
     /// The admin bearer token, resolved from the configuration or the VM's environment.
     pub admin_token: Option<String>,
+    /// Each webhook's signing secrets (empty: unsigned), in configuration order.
+    pub secrets: Vec<Vec<SigningSecret>>,
     pub metrics: Metrics,
     /// This worker's delivery queue.
     pub queue_id: u32,
@@ -19,6 +22,13 @@ pub struct Plugin {
 impl Plugin {
     pub fn definitions(&self) -> &[WebhookDefinition] {
         self.matcher.definitions()
+    }
+
+    /// The definition at `index`, if it is still the one with `fingerprint`.
+    pub fn definition(&self, index: usize, fingerprint: u64) -> Option<&WebhookDefinition> {
+        self.definitions()
+            .get(index)
+            .filter(|d| d.fingerprint == fingerprint)
     }
 
     /// Logs a status change (one info line, with the reason) and updates the gauge.

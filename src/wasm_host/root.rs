@@ -1,4 +1,8 @@
-//! The worker's root context: configuration, and every delivery call.
+//! The worker's root context: configuration, and every delivery call with
+//! its retries and dead letters.
+//!
+//! Calls are made here, not in the request's context, because the SDK drops a
+//! call's response when the context that made it has ended.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -8,9 +12,15 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
-use crate::config::{AdminToken, PluginConfig};
-use crate::delivery::{self, QueuedDelivery};
+use crate::admin;
+use crate::config::{AdminToken, PluginConfig, SecretSource};
+use crate::dead_letter::{self, FailedDelivery, Reason};
+use crate::delivery::{self, QueuedDelivery, USER_AGENT};
 use crate::matcher::Matcher;
+use crate::pending::{PendingDelivery, RetryQueue, Target};
+use crate::retry::{self, AttemptOutcome, RetryDecision};
+use crate::signature::{self, SigningSecret};
+use crate::status::Status;
 
 use super::health_store;
 use super::host;
@@ -18,18 +28,48 @@ use super::metrics::Metrics;
 use super::plugin::Plugin;
 use super::stream::EventStream;
 
-/// A delivery call waiting for its answer.
+/// While deliveries wait, the tick comes at least this often (to publish the
+/// queue for the admin API and to notice freed call slots).
+const MAX_TICK_MS: u64 = 1_000;
+const MIN_TICK_MS: u64 = 10;
+/// How soon a delivery that found every call slot taken tries again.
+const SLOT_WAIT_MS: u64 = 50;
+
+/// A call waiting for its answer.
 struct InFlight {
-    webhook: usize,
-    fingerprint: u64,
+    delivery: PendingDelivery,
     started_ms: u64,
 }
 
-#[derive(Default)]
 pub struct WebhooksRoot {
     plugin: Option<Rc<Plugin>>,
     queue_id: Option<u32>,
+    vm_number: u64,
     in_flight: HashMap<u32, InFlight>,
+    retries: RetryQueue,
+    tick_ms: u64,
+    published_ms: u64,
+}
+
+impl Default for WebhooksRoot {
+    fn default() -> Self {
+        WebhooksRoot {
+            plugin: None,
+            queue_id: None,
+            vm_number: 0,
+            in_flight: HashMap::new(),
+            retries: RetryQueue::new(usize::MAX, usize::MAX),
+            tick_ms: 0,
+            published_ms: 0,
+        }
+    }
+}
+
+fn env_secrets(name: &str) -> Result<Vec<SigningSecret>, String> {
+    let text = std::env::var(name).map_err(|_| {
+        format!("environment variable {name} is not set in the Wasm VM (list it in vm_config.environment_variables)")
+    })?;
+    SigningSecret::parse_list(&text).map_err(|e| format!("environment variable {name}: {e}"))
 }
 
 impl WebhooksRoot {
@@ -42,18 +82,37 @@ impl WebhooksRoot {
         }
         let config = PluginConfig::from_json(&bytes)
             .map_err(|e| e.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
+        let mut problems = Vec::new();
         let admin_token = match config.admin.as_ref().map(|admin| &admin.token) {
             None => None,
             Some(AdminToken::Literal(token)) => Some(token.clone()),
             Some(AdminToken::Env(name)) => match std::env::var(name) {
                 Ok(token) if !token.is_empty() => Some(token),
                 _ => {
-                    return Err(vec![format!(
+                    problems.push(format!(
                         "admin: field 'token_env': environment variable {name} is not set in the Wasm VM (list it in vm_config.environment_variables)"
-                    )])
+                    ));
+                    None
                 }
             },
         };
+        let mut secrets = Vec::with_capacity(config.webhooks.len());
+        for definition in &config.webhooks {
+            secrets.push(match &definition.signing {
+                None => Vec::new(),
+                Some(SecretSource::Secrets(list)) => list.clone(),
+                Some(SecretSource::Env(name)) => env_secrets(name).unwrap_or_else(|e| {
+                    problems.push(format!(
+                        "webhook \"{}\": field 'secret_env': {e}",
+                        definition.id
+                    ));
+                    Vec::new()
+                }),
+            });
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
         let queue_id = match self.queue_id {
             Some(id) => id,
             None => {
@@ -64,6 +123,7 @@ impl WebhooksRoot {
                 let id = hostcalls::register_shared_queue(&name).map_err(|status| {
                     vec![format!("cannot register shared queue {name}: {status:?}")]
                 })?;
+                self.vm_number = number;
                 self.queue_id = Some(id);
                 id
             }
@@ -82,100 +142,349 @@ impl WebhooksRoot {
             matcher: Matcher::new(webhooks),
             config,
             admin_token,
+            secrets,
             metrics,
             queue_id,
         })
     }
 
-    fn dispatch(&mut self, plugin: &Plugin, delivery: QueuedDelivery) {
-        let index = delivery.webhook as usize;
-        let Some(definition) = plugin
-            .definitions()
-            .get(index)
-            .filter(|d| d.fingerprint == delivery.fingerprint)
-        else {
-            log::debug!(
-                "envoy-webhooks: dropping a delivery queued under a previous configuration"
+    /// A delivery arrives from a request: its first attempt is now.
+    fn accept(&mut self, plugin: &Plugin, queued: QueuedDelivery) {
+        let index = queued.webhook as usize;
+        let Some(definition) = plugin.definition(index, queued.fingerprint) else {
+            log::warn!(
+                "envoy-webhooks: a delivery queued under a previous configuration was not made"
             );
             return;
         };
-        let metrics = plugin.metrics.webhook(index);
-        let now_ms = host::now_ms();
-        let health = health_store::load(definition, now_ms / 1000);
-        if !health.status.delivers() {
-            log::debug!(
-                "envoy-webhooks: webhook {} is {}: not called",
-                definition.id,
-                health.status
-            );
-            return;
-        }
-        let policy = plugin.config.delivery;
-        if self.in_flight.len() >= policy.max_in_flight {
-            metrics.dropped.increment();
+        let delivery = PendingDelivery {
+            target: Target::Webhook {
+                index,
+                fingerprint: queued.fingerprint,
+            },
+            message_id: signature::message_id(
+                &definition.id,
+                queued.request_id.as_deref(),
+                &queued.body,
+            ),
+            body: queued.body,
+            request_id: queued.request_id,
+            attempts: 0,
+            first_attempt_at_ms: host::now_ms(),
+            last_error: None,
+        };
+        self.attempt(plugin, delivery);
+    }
+
+    /// Makes the next attempt of `delivery`, or parks it while every call slot is taken.
+    fn attempt(&mut self, plugin: &Plugin, delivery: PendingDelivery) {
+        let target = delivery.target;
+        let index = target.webhook_index();
+        let Some(definition) = plugin.definition(index, target.fingerprint()) else {
             log::warn!(
-                "envoy-webhooks: webhook {}: delivery dropped: {} calls already in flight on this worker (delivery.max_in_flight)",
-                definition.id,
-                self.in_flight.len()
+                "envoy-webhooks: delivery of request_id={} not made: its webhook changed in a configuration reload",
+                delivery.request_id.as_deref().unwrap_or("-")
             );
             return;
+        };
+        let now_ms = host::now_ms();
+        if let Target::Webhook { .. } = target {
+            let status = health_store::load(definition, now_ms / 1000).status;
+            if !status.delivers() {
+                plugin.metrics.webhook(index).dropped.increment();
+                self.dead_letter(plugin, &delivery, Reason::WebhookFailed);
+                return;
+            }
         }
-        let headers = delivery::request_headers(definition);
-        match hostcalls::dispatch_http_call(
-            &definition.cluster,
+        let policy = &plugin.config.delivery;
+        if self.in_flight.len() >= policy.max_in_flight {
+            self.park(plugin, delivery, now_ms + SLOT_WAIT_MS);
+            return;
+        }
+        let (cluster, headers, timestamp) = match target {
+            Target::Webhook { .. } => (
+                definition.cluster.as_str(),
+                delivery::request_headers(definition),
+                (now_ms / 1000).to_string(),
+            ),
+            Target::DeadLetter { .. } => {
+                let Some(dead_letter) = &plugin.config.dead_letter else {
+                    return;
+                };
+                let mut headers = vec![
+                    (":method", "POST"),
+                    (":path", dead_letter.url.path.as_str()),
+                    (":authority", dead_letter.url.authority.as_str()),
+                    ("content-type", "application/json"),
+                    ("user-agent", USER_AGENT),
+                ];
+                headers.extend(
+                    dead_letter
+                        .headers
+                        .iter()
+                        .map(|(n, v)| (n.as_str(), v.as_str())),
+                );
+                (dead_letter.cluster.as_str(), headers, String::new())
+            }
+        };
+        let mut headers = headers;
+        let signature_value;
+        let secrets = plugin.secrets.get(index).map_or(&[][..], Vec::as_slice);
+        if matches!(target, Target::Webhook { .. }) && !secrets.is_empty() {
+            signature_value = signature::signature_header(
+                secrets,
+                &delivery.message_id,
+                now_ms / 1000,
+                &delivery.body,
+            );
+            headers.push(("webhook-id", delivery.message_id.as_str()));
+            headers.push(("webhook-timestamp", timestamp.as_str()));
+            headers.push(("webhook-signature", signature_value.as_str()));
+        }
+        let dispatched = hostcalls::dispatch_http_call(
+            cluster,
             headers,
             Some(&delivery.body),
             Vec::new(),
             Duration::from_millis(policy.timeout_ms),
-        ) {
+        );
+        let mut delivery = delivery;
+        delivery.attempts += 1;
+        if delivery.attempts > 1 && matches!(target, Target::Webhook { .. }) {
+            plugin.metrics.webhook(index).retried.increment();
+        }
+        match dispatched {
             Ok(token) => {
                 self.in_flight.insert(
                     token,
                     InFlight {
-                        webhook: index,
-                        fingerprint: definition.fingerprint,
+                        delivery,
                         started_ms: now_ms,
                     },
                 );
             }
             Err(status) => {
                 log::warn!(
-                    "envoy-webhooks: webhook {}: cannot call cluster '{}' ({status:?}): define a cluster of that name in Envoy, or set the webhook's \"cluster\" to one",
-                    definition.id,
-                    definition.cluster
+                    "envoy-webhooks: webhook {}: cannot call cluster '{cluster}' ({status:?}): define a cluster of that name in Envoy, or set the \"cluster\" field to one",
+                    definition.id
                 );
-                let error = format!("cannot call cluster '{}'", definition.cluster);
-                self.record(plugin, index, Err(error));
+                let error = format!("cannot call cluster '{cluster}'");
+                self.failed_attempt(plugin, delivery, error, AttemptOutcome::NoAnswer);
             }
         }
     }
 
-    fn record(&self, plugin: &Plugin, index: usize, outcome: Result<(), String>) {
-        let Some(definition) = plugin.definitions().get(index) else {
+    /// Queues `delivery` for `due_ms`, dead-lettering whatever that pushes out.
+    fn park(&mut self, plugin: &Plugin, delivery: PendingDelivery, due_ms: u64) {
+        let evicted = self.retries.push(delivery, due_ms);
+        self.handle_evicted(plugin, evicted);
+        self.schedule_tick();
+    }
+
+    /// Deliveries pushed out of a full retry queue go to the dead letters.
+    fn handle_evicted(&mut self, plugin: &Plugin, evicted: Vec<PendingDelivery>) {
+        for delivery in evicted {
+            let index = delivery.target.webhook_index();
+            match delivery.target {
+                Target::Webhook { .. } => {
+                    plugin.metrics.webhook(index).dropped.increment();
+                    self.dead_letter(plugin, &delivery, Reason::PendingLimit);
+                }
+                Target::DeadLetter { .. } => {
+                    self.lose(plugin, &delivery, "the retry queue is full")
+                }
+            }
+        }
+    }
+
+    fn succeeded(&mut self, plugin: &Plugin, delivery: PendingDelivery) {
+        let index = delivery.target.webhook_index();
+        let metrics = plugin.metrics.webhook(index);
+        match delivery.target {
+            Target::Webhook { fingerprint, .. } => {
+                metrics.delivered.increment();
+                if let Some(definition) = plugin.definition(index, fingerprint) {
+                    let now_s = host::now_ms() / 1000;
+                    if let Some((_, transition)) =
+                        health_store::update(definition, now_s, |health| health.record_success())
+                    {
+                        plugin.report(index, transition.as_ref());
+                    }
+                }
+            }
+            Target::DeadLetter { .. } => metrics.dead_lettered.increment(),
+        }
+    }
+
+    fn failed_attempt(
+        &mut self,
+        plugin: &Plugin,
+        mut delivery: PendingDelivery,
+        error: String,
+        outcome: AttemptOutcome<'_>,
+    ) {
+        let now_ms = host::now_ms();
+        let decision = retry::after_failure(
+            &plugin.config.delivery.retry_schedule_s,
+            delivery.attempts,
+            outcome,
+            fastrand::f64(),
+            retry::system_time(now_ms),
+        );
+        log::debug!(
+            "envoy-webhooks: attempt {} of request_id={} failed: {error}",
+            delivery.attempts,
+            delivery.request_id.as_deref().unwrap_or("-")
+        );
+        delivery.last_error = Some(error);
+        let index = delivery.target.webhook_index();
+        match (decision, delivery.target) {
+            (RetryDecision::RetryIn(delay_ms), _) => self.park(plugin, delivery, now_ms + delay_ms),
+            (_, Target::DeadLetter { .. }) => self.lose(
+                plugin,
+                &delivery,
+                "the dead-letter destination kept failing",
+            ),
+            (
+                RetryDecision::Exhausted | RetryDecision::Gone,
+                Target::Webhook { fingerprint, .. },
+            ) => {
+                plugin.metrics.webhook(index).failed.increment();
+                let gone = decision == RetryDecision::Gone;
+                if let Some(definition) = plugin.definition(index, fingerprint) {
+                    let error = delivery.last_error.clone().unwrap_or_default();
+                    let policy = &plugin.config.delivery;
+                    let now_s = now_ms / 1000;
+                    let updated = health_store::update(definition, now_s, |health| {
+                        if gone {
+                            health.record_gone(now_s)
+                        } else {
+                            health.record_failure(&error, now_s, policy)
+                        }
+                    });
+                    if let Some((health, transition)) = updated {
+                        plugin.report(index, transition.as_ref());
+                        if health.status == Status::Failed {
+                            self.flush_failed_webhook(plugin, index);
+                        }
+                    }
+                }
+                let reason = if gone {
+                    Reason::Gone
+                } else {
+                    Reason::RetriesExhausted
+                };
+                self.dead_letter(plugin, &delivery, reason);
+            }
+        }
+    }
+
+    /// A webhook became `FAILED`: its waiting retries stop and go to the dead letters.
+    fn flush_failed_webhook(&mut self, plugin: &Plugin, index: usize) {
+        let stopped = self
+            .retries
+            .remove_where(|d| matches!(d.target, Target::Webhook { index: i, .. } if i == index));
+        for delivery in stopped {
+            plugin.metrics.webhook(index).dropped.increment();
+            self.dead_letter(plugin, &delivery, Reason::WebhookFailed);
+        }
+        self.schedule_tick();
+    }
+
+    /// Sends a delivery that could not be made to the dead-letter destination,
+    /// or counts and logs it when there is none.
+    fn dead_letter(&mut self, plugin: &Plugin, delivery: &PendingDelivery, reason: Reason) {
+        let Target::Webhook { index, fingerprint } = delivery.target else {
             return;
         };
-        let metrics = plugin.metrics.webhook(index);
-        let now_s = host::now_ms() / 1000;
-        let policy = plugin.config.delivery;
-        let updated = match &outcome {
-            Ok(()) => {
-                metrics.delivered.increment();
-                health_store::update(definition, now_s, |health| health.record_success())
-            }
-            Err(error) => {
-                metrics.failed.increment();
-                log::debug!(
-                    "envoy-webhooks: webhook {}: delivery failed: {error}",
-                    definition.id
-                );
-                health_store::update(definition, now_s, |health| {
-                    health.record_failure(error, now_s, &policy)
-                })
-            }
-        };
-        if let Some((_, transition)) = updated {
-            plugin.report(index, transition.as_ref());
+        if plugin.config.dead_letter.is_none() {
+            self.lose(
+                plugin,
+                delivery,
+                &format!(
+                    "{} and no dead_letter destination is configured",
+                    reason.as_str()
+                ),
+            );
+            return;
         }
+        let webhook_id = plugin
+            .definitions()
+            .get(index)
+            .map_or("", |d| d.id.as_str());
+        let record = dead_letter::record(&FailedDelivery {
+            webhook_id,
+            message_id: &delivery.message_id,
+            request_id: delivery.request_id.as_deref(),
+            event: &delivery.body,
+            attempts: delivery.attempts,
+            last_error: delivery.last_error.as_deref(),
+            first_attempt_at_ms: delivery.first_attempt_at_ms,
+            reason,
+        });
+        let letter = PendingDelivery {
+            target: Target::DeadLetter { index, fingerprint },
+            body: record,
+            message_id: delivery.message_id.clone(),
+            request_id: delivery.request_id.clone(),
+            attempts: 0,
+            first_attempt_at_ms: host::now_ms(),
+            last_error: None,
+        };
+        self.attempt(plugin, letter);
+    }
+
+    /// Counts and logs a delivery that reached neither its webhook nor a dead-letter destination.
+    fn lose(&self, plugin: &Plugin, delivery: &PendingDelivery, why: &str) {
+        let index = delivery.target.webhook_index();
+        plugin.metrics.webhook(index).lost.increment();
+        let webhook_id = plugin
+            .definitions()
+            .get(index)
+            .map_or("?", |d| d.id.as_str());
+        log::warn!(
+            "envoy-webhooks: webhook {webhook_id}: event request_id={} not delivered ({why}); last error: {}",
+            delivery.request_id.as_deref().unwrap_or("-"),
+            delivery.last_error.as_deref().unwrap_or("-")
+        );
+    }
+
+    /// Keeps one tick running while deliveries wait, and none otherwise.
+    fn schedule_tick(&mut self) {
+        let now_ms = host::now_ms();
+        let wanted = match self.retries.next_due_ms() {
+            None => 0,
+            Some(due) => due.saturating_sub(now_ms).clamp(MIN_TICK_MS, MAX_TICK_MS),
+        };
+        if wanted != self.tick_ms
+            && hostcalls::set_tick_period(Duration::from_millis(wanted)).is_ok()
+        {
+            self.tick_ms = wanted;
+        }
+        self.publish_pending(now_ms, false);
+    }
+
+    /// Publishes this worker's queue for the admin API, at most every 250 ms
+    /// (and always once it is empty).
+    fn publish_pending(&mut self, now_ms: u64, force: bool) {
+        let Some(plugin) = self.plugin.clone() else {
+            return;
+        };
+        if !force && !self.retries.is_empty() && now_ms.saturating_sub(self.published_ms) < 250 {
+            return;
+        }
+        let entries = self
+            .retries
+            .summary()
+            .into_iter()
+            .filter_map(|(index, summary)| {
+                plugin
+                    .definitions()
+                    .get(index)
+                    .map(|d| (d.id.clone(), summary))
+            });
+        health_store::publish_pending(self.vm_number, &admin::pending_summary(now_ms, entries));
+        self.published_ms = now_ms;
     }
 }
 
@@ -193,21 +502,30 @@ impl Context for WebhooksRoot {
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
-        let still_same = plugin
-            .definitions()
-            .get(call.webhook)
-            .is_some_and(|d| d.fingerprint == call.fingerprint);
-        if !still_same {
-            return;
-        }
         let status = host::call_response_header(":status");
         let elapsed_ms = host::now_ms().saturating_sub(call.started_ms);
-        let outcome = delivery::outcome(
+        match delivery::outcome(
             status.as_deref(),
             elapsed_ms,
             plugin.config.delivery.timeout_ms,
-        );
-        self.record(&plugin, call.webhook, outcome);
+        ) {
+            Ok(()) => self.succeeded(&plugin, call.delivery),
+            Err(error) => {
+                let retry_after = host::call_response_header("retry-after");
+                let outcome = match status.as_deref().and_then(|s| s.parse::<u16>().ok()) {
+                    Some(code) => AttemptOutcome::Status {
+                        code,
+                        retry_after: retry_after.as_deref(),
+                    },
+                    None => AttemptOutcome::NoAnswer,
+                };
+                self.failed_attempt(&plugin, call.delivery, error, outcome);
+            }
+        }
+        // A freed call slot may let a parked delivery go.
+        if !self.retries.is_empty() {
+            self.on_tick();
+        }
     }
 }
 
@@ -220,7 +538,14 @@ impl RootContext for WebhooksRoot {
                     env!("CARGO_PKG_VERSION"),
                     plugin.definitions().len()
                 );
-                self.plugin = Some(Rc::new(plugin));
+                let policy = &plugin.config.delivery;
+                let evicted = self
+                    .retries
+                    .set_bounds(policy.max_pending, policy.max_pending_bytes);
+                let plugin = Rc::new(plugin);
+                self.plugin = Some(plugin.clone());
+                self.handle_evicted(&plugin, evicted);
+                self.publish_pending(host::now_ms(), true);
                 true
             }
             Err(problems) => {
@@ -243,10 +568,23 @@ impl RootContext for WebhooksRoot {
         };
         while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue_id) {
             match QueuedDelivery::decode(&bytes) {
-                Some(delivery) => self.dispatch(&plugin, delivery),
+                Some(delivery) => self.accept(&plugin, delivery),
                 None => log::warn!("envoy-webhooks: ignoring a malformed queued delivery"),
             }
         }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(plugin) = self.plugin.clone() {
+            let now_ms = host::now_ms();
+            while self.in_flight.len() < plugin.config.delivery.max_in_flight {
+                let Some(delivery) = self.retries.pop_due(now_ms) else {
+                    break;
+                };
+                self.attempt(&plugin, delivery);
+            }
+        }
+        self.schedule_tick();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -68,6 +68,14 @@ impl EventStream {
                     .collect();
                 (200, serde_json::json!({ "webhooks": webhooks }).to_string())
             }
+            AdminRoute::Pending => (
+                200,
+                admin::pending_body(
+                    plugin.definitions(),
+                    &health_store::read_pending(),
+                    host::now_ms(),
+                ),
+            ),
             AdminRoute::Enable(id) => self.enable(plugin, &id),
         };
         let mut headers = vec![
@@ -137,6 +145,11 @@ impl EventStream {
             if self.matches.is_empty() {
                 continue;
             }
+            let request_id = event
+                .value
+                .get("request_id")
+                .and_then(|id| id.as_str())
+                .map(str::to_string);
             let body = event.json.into_bytes();
             for &index in &self.matches {
                 let Some(definition) = plugin.definitions().get(index) else {
@@ -146,6 +159,7 @@ impl EventStream {
                 let delivery = QueuedDelivery {
                     webhook: index as u32,
                     fingerprint: definition.fingerprint,
+                    request_id: request_id.clone(),
                     body: body.clone(),
                 };
                 self.held.push(delivery);

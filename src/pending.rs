@@ -1,0 +1,199 @@
+//! A worker's deliveries waiting for their next attempt: ordered by due time,
+//! bounded in count and bytes, evicting the oldest when full.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// Where a pending delivery goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// The webhook at this index of the configuration, as defined when queued.
+    Webhook { index: usize, fingerprint: u64 },
+    /// The dead-letter destination, carrying a delivery of this webhook.
+    DeadLetter { index: usize, fingerprint: u64 },
+}
+
+impl Target {
+    pub fn webhook_index(self) -> usize {
+        match self {
+            Target::Webhook { index, .. } | Target::DeadLetter { index, .. } => index,
+        }
+    }
+
+    pub fn fingerprint(self) -> u64 {
+        match self {
+            Target::Webhook { fingerprint, .. } | Target::DeadLetter { fingerprint, .. } => {
+                fingerprint
+            }
+        }
+    }
+}
+
+/// One delivery and its history so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDelivery {
+    pub target: Target,
+    /// What is POSTed: the event, or the dead-letter record.
+    pub body: Vec<u8>,
+    /// `webhook-id`, stable across attempts.
+    pub message_id: String,
+    /// The event's `request_id`, for logs.
+    pub request_id: Option<String>,
+    /// Attempts made so far.
+    pub attempts: u32,
+    pub first_attempt_at_ms: u64,
+    pub last_error: Option<String>,
+}
+
+impl PendingDelivery {
+    /// What this delivery counts against `max_pending_bytes`.
+    pub fn cost_bytes(&self) -> usize {
+        self.body.len()
+            + self.message_id.len()
+            + self.request_id.as_ref().map_or(0, String::len)
+            + self.last_error.as_ref().map_or(0, String::len)
+            + 64
+    }
+}
+
+/// Deliveries waiting for a retry, per worker.
+#[derive(Debug)]
+pub struct RetryQueue {
+    /// By insertion order, so the oldest is first; with each one's due time.
+    entries: BTreeMap<u64, (u64, PendingDelivery)>,
+    /// (due time, sequence) of every entry; stale pairs are skipped on pop.
+    due: BinaryHeap<Reverse<(u64, u64)>>,
+    next_seq: u64,
+    bytes: usize,
+    max_count: usize,
+    max_bytes: usize,
+}
+
+/// Per-webhook view of a queue, for the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PendingSummary {
+    pub deliveries: usize,
+    pub dead_letters: usize,
+    pub next_due_ms: Option<u64>,
+}
+
+impl RetryQueue {
+    pub fn new(max_count: usize, max_bytes: usize) -> RetryQueue {
+        RetryQueue {
+            entries: BTreeMap::new(),
+            due: BinaryHeap::new(),
+            next_seq: 0,
+            bytes: 0,
+            max_count,
+            max_bytes,
+        }
+    }
+
+    /// Changes the bounds (a new configuration); returns what no longer fits, oldest first.
+    pub fn set_bounds(&mut self, max_count: usize, max_bytes: usize) -> Vec<PendingDelivery> {
+        self.max_count = max_count;
+        self.max_bytes = max_bytes;
+        self.evict_over_bounds()
+    }
+
+    /// Queues `delivery` for `due_ms`; returns the deliveries evicted to stay
+    /// within bounds, oldest first (possibly `delivery` itself, if it alone is too big).
+    pub fn push(&mut self, delivery: PendingDelivery, due_ms: u64) -> Vec<PendingDelivery> {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.bytes += delivery.cost_bytes();
+        self.entries.insert(seq, (due_ms, delivery));
+        self.due.push(Reverse((due_ms, seq)));
+        self.evict_over_bounds()
+    }
+
+    fn evict_over_bounds(&mut self) -> Vec<PendingDelivery> {
+        let mut evicted = Vec::new();
+        while self.entries.len() > self.max_count || self.bytes > self.max_bytes {
+            let Some((_, (_, delivery))) = self.entries.pop_first() else {
+                break;
+            };
+            self.bytes -= delivery.cost_bytes();
+            evicted.push(delivery);
+        }
+        evicted
+    }
+
+    /// The earliest delivery due at `now_ms`, if any.
+    pub fn pop_due(&mut self, now_ms: u64) -> Option<PendingDelivery> {
+        while let Some(&Reverse((due_ms, seq))) = self.due.peek() {
+            if due_ms > now_ms {
+                return None;
+            }
+            self.due.pop();
+            if let Some((entry_due, _)) = self.entries.get(&seq) {
+                if *entry_due == due_ms {
+                    if let Some((_, delivery)) = self.entries.remove(&seq) {
+                        self.bytes -= delivery.cost_bytes();
+                        return Some(delivery);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// When the next delivery is due.
+    pub fn next_due_ms(&mut self) -> Option<u64> {
+        // Drop stale heap entries so the answer is exact.
+        while let Some(&Reverse((due_ms, seq))) = self.due.peek() {
+            if self.entries.get(&seq).is_some_and(|(d, _)| *d == due_ms) {
+                return Some(due_ms);
+            }
+            self.due.pop();
+        }
+        None
+    }
+
+    /// Removes and returns every delivery for which `select` holds, oldest first.
+    pub fn remove_where(
+        &mut self,
+        mut select: impl FnMut(&PendingDelivery) -> bool,
+    ) -> Vec<PendingDelivery> {
+        let chosen: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, (_, delivery))| select(delivery))
+            .map(|(seq, _)| *seq)
+            .collect();
+        let mut removed = Vec::with_capacity(chosen.len());
+        for seq in chosen {
+            if let Some((_, delivery)) = self.entries.remove(&seq) {
+                self.bytes -= delivery.cost_bytes();
+                removed.push(delivery);
+            }
+        }
+        removed
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Counts and next due time per webhook index.
+    pub fn summary(&self) -> BTreeMap<usize, PendingSummary> {
+        let mut summary: BTreeMap<usize, PendingSummary> = BTreeMap::new();
+        for (due_ms, delivery) in self.entries.values() {
+            let entry = summary.entry(delivery.target.webhook_index()).or_default();
+            match delivery.target {
+                Target::Webhook { .. } => entry.deliveries += 1,
+                Target::DeadLetter { .. } => entry.dead_letters += 1,
+            }
+            entry.next_due_ms = Some(entry.next_due_ms.map_or(*due_ms, |d| d.min(*due_ms)));
+        }
+        summary
+    }
+}
