@@ -25,13 +25,35 @@ pub fn request_headers(definition: &WebhookDefinition) -> Vec<(&str, &str)> {
 }
 
 /// Judges a finished call: `Ok` for a 2xx answer, else the error to record.
-/// `status` is the `:status` header, absent when the call got no answer.
-pub fn outcome(status: Option<&str>, elapsed_ms: u64, timeout_ms: u64) -> Result<(), String> {
+///
+/// `status` is the `:status` header (absent when the call got no answer) and
+/// `body` the start of the answer's body. Envoy answers a call that timed out
+/// or could not connect itself, with a 504 or 503 and a telltale body; those
+/// are reported as what they are, since the receiver never answered.
+pub fn outcome(
+    status: Option<&str>,
+    body: &[u8],
+    elapsed_ms: u64,
+    timeout_ms: u64,
+) -> Result<(), String> {
     match status {
         Some(code) if code.len() == 3 && code.starts_with('2') => Ok(()),
+        Some("504") if body == b"upstream request timeout" => {
+            Err(format!("timeout after {timeout_ms} ms"))
+        }
+        Some(code @ "503")
+            if body.starts_with(b"upstream connect error") || body == b"no healthy upstream" =>
+        {
+            let reason = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            Err(format!(
+                "HTTP {code} from Envoy, the receiver was not reached: {reason}"
+            ))
+        }
         Some(code) => Err(format!("HTTP {code}")),
-        // Envoy reports a timeout and a reset alike; the clock tells them apart.
-        None if elapsed_ms + 50 >= timeout_ms => Err(format!("timeout after {timeout_ms} ms")),
+        // Without an answer, the clock tells a timeout from a reset.
+        None if elapsed_ms.saturating_add(50) >= timeout_ms => {
+            Err(format!("timeout after {timeout_ms} ms"))
+        }
         None => Err("no response (connection refused or reset)".to_string()),
     }
 }

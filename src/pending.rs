@@ -41,6 +41,8 @@ pub struct PendingDelivery {
     pub request_id: Option<String>,
     /// Attempts made so far.
     pub attempts: u32,
+    /// Times the host could not even start the call (not counted as attempts).
+    pub dispatch_failures: u32,
     pub first_attempt_at_ms: u64,
     pub last_error: Option<String>,
 }

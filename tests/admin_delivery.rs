@@ -335,7 +335,7 @@ fn user_agent_names_the_filter_and_its_version() {
 #[test]
 fn two_hundreds_are_success() {
     for code in ["200", "201", "202", "204", "299"] {
-        assert_eq!(outcome(Some(code), 12, 10_000), Ok(()), "{code}");
+        assert_eq!(outcome(Some(code), b"", 12, 10_000), Ok(()), "{code}");
     }
 }
 
@@ -345,14 +345,14 @@ fn other_answers_are_http_errors() {
         "100", "199", "301", "304", "400", "404", "429", "500", "503", "2000", "20", "",
     ] {
         assert_eq!(
-            outcome(Some(code), 12, 10_000),
+            outcome(Some(code), b"", 12, 10_000),
             Err(format!("HTTP {code}")),
             "{code:?}"
         );
     }
     // An answer is an answer, however late.
     assert_eq!(
-        outcome(Some("504"), 10_000, 10_000),
+        outcome(Some("504"), b"gateway timeout", 10_000, 10_000),
         Err("HTTP 504".to_string())
     );
 }
@@ -361,13 +361,13 @@ fn other_answers_are_http_errors() {
 fn no_answer_near_the_timeout_is_a_timeout() {
     for elapsed in [9_990, 10_000, 10_003, 25_000] {
         assert_eq!(
-            outcome(None, elapsed, 10_000),
+            outcome(None, b"", elapsed, 10_000),
             Err("timeout after 10000 ms".to_string()),
             "elapsed {elapsed}"
         );
     }
     assert_eq!(
-        outcome(None, 250, 250),
+        outcome(None, b"", 250, 250),
         Err("timeout after 250 ms".to_string())
     );
 }
@@ -375,10 +375,39 @@ fn no_answer_near_the_timeout_is_a_timeout() {
 #[test]
 fn no_answer_well_before_the_timeout_is_a_reset() {
     for elapsed in [0, 3, 1_000, 9_000] {
-        let error = outcome(None, elapsed, 10_000).expect_err("no answer is a failure");
+        let error = outcome(None, b"", elapsed, 10_000).expect_err("no answer is a failure");
         assert!(!error.contains("timeout"), "{error}");
         assert_eq!(error, "no response (connection refused or reset)");
     }
+}
+
+#[test]
+fn envoys_own_answers_say_what_happened() {
+    // A timed-out call comes back as Envoy's local 504.
+    assert_eq!(
+        outcome(Some("504"), b"upstream request timeout", 200, 200),
+        Err("timeout after 200 ms".to_string())
+    );
+    // A refused connection comes back as Envoy's local 503.
+    let refused = b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+    let error = outcome(Some("503"), refused, 3, 10_000).expect_err("a failure");
+    assert!(
+        error.starts_with(
+            "HTTP 503 from Envoy, the receiver was not reached: upstream connect error"
+        ),
+        "{error}"
+    );
+    let error = outcome(Some("503"), b"no healthy upstream", 3, 10_000).expect_err("a failure");
+    assert!(error.ends_with("no healthy upstream"), "{error}");
+    // The receiver's own 503 and 504 stay plain.
+    assert_eq!(
+        outcome(Some("503"), b"busy", 3, 10_000),
+        Err("HTTP 503".to_string())
+    );
+    assert_eq!(
+        outcome(Some("504"), b"", 3, 10_000),
+        Err("HTTP 504".to_string())
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -409,7 +438,9 @@ fn queued_delivery_round_trips() {
     ];
     for delivery in cases {
         let bytes = delivery.encode();
-        assert_eq!(bytes.len(), 12 + delivery.body.len());
+        // 14 header bytes, then the request id, then the body.
+        let id_len = delivery.request_id.as_ref().map_or(0, String::len);
+        assert_eq!(bytes.len(), 14 + id_len + delivery.body.len());
         assert_eq!(QueuedDelivery::decode(&bytes), Some(delivery));
     }
 }

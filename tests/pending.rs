@@ -12,6 +12,7 @@ fn delivery(index: usize, tag: &str, body_len: usize) -> PendingDelivery {
         message_id: format!("msg_{tag}"),
         request_id: Some(tag.to_string()),
         attempts: 1,
+        dispatch_failures: 0,
         first_attempt_at_ms: 0,
         last_error: Some("HTTP 503".to_string()),
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use hashbrown::HashMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType};
+use proxy_wasm::types::{BufferType, ContextType, Status as HostStatus};
 
 use crate::admin;
 use crate::config::{AdminToken, PluginConfig, SecretSource};
@@ -34,6 +34,11 @@ const MAX_TICK_MS: u64 = 1_000;
 const MIN_TICK_MS: u64 = 10;
 /// How soon a delivery that found every call slot taken tries again.
 const SLOT_WAIT_MS: u64 = 50;
+/// A call the host could not start for an internal reason (not an unknown
+/// cluster) is started again this often, this many times, before it counts
+/// as a failed attempt.
+const MAX_DISPATCH_FAILURES: u32 = 5;
+const DISPATCH_RETRY_MS: u64 = 200;
 
 /// A call waiting for its answer.
 struct InFlight {
@@ -170,6 +175,7 @@ impl WebhooksRoot {
             body: queued.body,
             request_id: queued.request_id,
             attempts: 0,
+            dispatch_failures: 0,
             first_attempt_at_ms: host::now_ms(),
             last_error: None,
         };
@@ -249,6 +255,15 @@ impl WebhooksRoot {
             Duration::from_millis(policy.timeout_ms),
         );
         let mut delivery = delivery;
+        if let Err(HostStatus::InternalFailure) = dispatched {
+            // The dynamic forward proxy fails a call from a root context to a
+            // host it has not resolved yet, while it resolves it: try again soon.
+            if delivery.dispatch_failures < MAX_DISPATCH_FAILURES {
+                delivery.dispatch_failures += 1;
+                self.park(plugin, delivery, now_ms + DISPATCH_RETRY_MS);
+                return;
+            }
+        }
         delivery.attempts += 1;
         if delivery.attempts > 1 && matches!(target, Target::Webhook { .. }) {
             plugin.metrics.webhook(index).retried.increment();
@@ -428,6 +443,7 @@ impl WebhooksRoot {
             message_id: delivery.message_id.clone(),
             request_id: delivery.request_id.clone(),
             attempts: 0,
+            dispatch_failures: 0,
             first_attempt_at_ms: host::now_ms(),
             last_error: None,
         };
@@ -493,7 +509,7 @@ impl Context for WebhooksRoot {
         &mut self,
         token_id: u32,
         _num_headers: usize,
-        _body_size: usize,
+        body_size: usize,
         _num_trailers: usize,
     ) {
         let Some(call) = self.in_flight.remove(&token_id) else {
@@ -504,8 +520,12 @@ impl Context for WebhooksRoot {
         };
         let status = host::call_response_header(":status");
         let elapsed_ms = host::now_ms().saturating_sub(call.started_ms);
+        // Enough of the body to recognise Envoy's own answers.
+        let body =
+            host::buffer(BufferType::HttpCallResponseBody, body_size.min(256)).unwrap_or_default();
         match delivery::outcome(
             status.as_deref(),
+            &body,
             elapsed_ms,
             plugin.config.delivery.timeout_ms,
         ) {
