@@ -344,8 +344,13 @@ ADMIN_TOKEN = "secret-token"
 
 def plugin_config(webhooks: list[dict], admin: bool | dict = True, **sections: Any) -> dict:
     """The plugin configuration JSON (as a dict). ``admin=True`` adds the admin section with
-    ADMIN_PREFIX/ADMIN_TOKEN; other sections (events, delivery) pass through."""
+    ADMIN_PREFIX/ADMIN_TOKEN; other sections (events, delivery, dead_letter) pass through.
+    ``delivery.retry_schedule_s`` defaults to [] (no retries) here."""
     cfg: dict[str, Any] = {"webhooks": webhooks}
+    # One attempt per delivery unless a test asks for retries: the scenarios
+    # of the status machine count each failed attempt.
+    sections.setdefault("delivery", {})
+    sections["delivery"].setdefault("retry_schedule_s", [])
     if admin is True:
         cfg["admin"] = {"path_prefix": ADMIN_PREFIX, "token": ADMIN_TOKEN}
     elif admin:

@@ -124,7 +124,7 @@ def test_dynamic_forward_proxy_unreachable_host_is_a_failure(launch_envoy, wasm,
     plugin = plugin_of(config)
     down = free_port()
     plugin["webhooks"] = [dict(plugin["webhooks"][0], url=f"http://127.0.0.1:{down}/nobody-home")]
-    plugin["delivery"] = {"failure_threshold": 5}
+    plugin["delivery"] = {"failure_threshold": 5, "retry_schedule_s": []}
 
     def put(d):
         if d.get("@type") == "type.googleapis.com/google.protobuf.StringValue":
