@@ -32,6 +32,8 @@ use super::stream::EventStream;
 /// queue for the admin API and to notice freed call slots).
 const MAX_TICK_MS: u64 = 1_000;
 const MIN_TICK_MS: u64 = 10;
+/// How long successful deliveries may wait before they are added to the shared counts.
+const FLUSH_TICK_MS: u64 = 200;
 /// How soon a delivery that found every call slot taken tries again.
 const SLOT_WAIT_MS: u64 = 50;
 /// A call the host could not start for an internal reason (not an unknown
@@ -44,6 +46,9 @@ const DISPATCH_RETRY_MS: u64 = 200;
 struct InFlight {
     delivery: PendingDelivery,
     started_ms: u64,
+    /// The webhook was ENABLED with no failures when the call was made: a
+    /// success then changes nothing but the count.
+    clean: bool,
 }
 
 pub struct WebhooksRoot {
@@ -52,6 +57,8 @@ pub struct WebhooksRoot {
     vm_number: u64,
     in_flight: HashMap<u32, InFlight>,
     retries: RetryQueue,
+    /// Successful deliveries not yet added to the shared counts, by (webhook, fingerprint).
+    unflushed_delivered: HashMap<(usize, u64), u64>,
     tick_ms: u64,
     published_ms: u64,
 }
@@ -63,6 +70,7 @@ impl Default for WebhooksRoot {
             queue_id: None,
             vm_number: 0,
             in_flight: HashMap::new(),
+            unflushed_delivered: HashMap::new(),
             retries: RetryQueue::new(usize::MAX, usize::MAX),
             tick_ms: 0,
             published_ms: 0,
@@ -156,22 +164,19 @@ impl WebhooksRoot {
     /// A delivery arrives from a request: its first attempt is now.
     fn accept(&mut self, plugin: &Plugin, queued: QueuedDelivery) {
         let index = queued.webhook as usize;
-        let Some(definition) = plugin.definition(index, queued.fingerprint) else {
+        if plugin.definition(index, queued.fingerprint).is_none() {
             log::warn!(
                 "envoy-webhooks: a delivery queued under a previous configuration was not made"
             );
             return;
-        };
+        }
         let delivery = PendingDelivery {
             target: Target::Webhook {
                 index,
                 fingerprint: queued.fingerprint,
             },
-            message_id: signature::message_id(
-                &definition.id,
-                queued.request_id.as_deref(),
-                &queued.body,
-            ),
+            // Computed when first needed (signing, dead letters): hashing every body costs.
+            message_id: String::new(),
             body: queued.body,
             request_id: queued.request_id,
             attempts: 0,
@@ -194,8 +199,11 @@ impl WebhooksRoot {
             return;
         };
         let now_ms = host::now_ms();
+        let mut clean = false;
         if let Target::Webhook { .. } = target {
-            let status = health_store::load(definition, now_ms / 1000).status;
+            let health = health_store::load(definition, now_ms / 1000);
+            let status = health.status;
+            clean = status == Status::Enabled && health.consecutive_failures == 0;
             if !status.delivers() {
                 plugin.metrics.webhook(index).dropped.increment();
                 self.dead_letter(plugin, &delivery, Reason::WebhookFailed);
@@ -234,6 +242,14 @@ impl WebhooksRoot {
             }
         };
         let mut headers = headers;
+        let mut delivery = delivery;
+        if delivery.message_id.is_empty() {
+            delivery.message_id = signature::message_id(
+                &definition.id,
+                delivery.request_id.as_deref(),
+                &delivery.body,
+            );
+        }
         let signature_value;
         let secrets = plugin.secrets.get(index).map_or(&[][..], Vec::as_slice);
         if matches!(target, Target::Webhook { .. }) && !secrets.is_empty() {
@@ -254,7 +270,6 @@ impl WebhooksRoot {
             Vec::new(),
             Duration::from_millis(policy.timeout_ms),
         );
-        let mut delivery = delivery;
         if let Err(HostStatus::InternalFailure) = dispatched {
             // The dynamic forward proxy fails a call from a root context to a
             // host it has not resolved yet, while it resolves it: try again soon.
@@ -275,6 +290,7 @@ impl WebhooksRoot {
                     InFlight {
                         delivery,
                         started_ms: now_ms,
+                        clean,
                     },
                 );
             }
@@ -312,13 +328,20 @@ impl WebhooksRoot {
         }
     }
 
-    fn succeeded(&mut self, plugin: &Plugin, delivery: PendingDelivery) {
+    fn succeeded(&mut self, plugin: &Plugin, delivery: PendingDelivery, clean: bool) {
         let index = delivery.target.webhook_index();
         let metrics = plugin.metrics.webhook(index);
         match delivery.target {
             Target::Webhook { fingerprint, .. } => {
                 metrics.delivered.increment();
-                if let Some(definition) = plugin.definition(index, fingerprint) {
+                if clean {
+                    // Counted in shared data by the next tick, sparing a write per delivery.
+                    *self
+                        .unflushed_delivered
+                        .entry((index, fingerprint))
+                        .or_default() += 1;
+                    self.schedule_tick();
+                } else if let Some(definition) = plugin.definition(index, fingerprint) {
                     let now_s = host::now_ms() / 1000;
                     if let Some((_, transition)) =
                         health_store::update(definition, now_s, |health| health.record_success())
@@ -427,9 +450,14 @@ impl WebhooksRoot {
             .definitions()
             .get(index)
             .map_or("", |d| d.id.as_str());
+        let message_id = if delivery.message_id.is_empty() {
+            signature::message_id(webhook_id, delivery.request_id.as_deref(), &delivery.body)
+        } else {
+            delivery.message_id.clone()
+        };
         let record = dead_letter::record(&FailedDelivery {
             webhook_id,
-            message_id: &delivery.message_id,
+            message_id: &message_id,
             request_id: delivery.request_id.as_deref(),
             event: &delivery.body,
             attempts: delivery.attempts,
@@ -440,7 +468,7 @@ impl WebhooksRoot {
         let letter = PendingDelivery {
             target: Target::DeadLetter { index, fingerprint },
             body: record,
-            message_id: delivery.message_id.clone(),
+            message_id,
             request_id: delivery.request_id.clone(),
             attempts: 0,
             dispatch_failures: 0,
@@ -465,12 +493,38 @@ impl WebhooksRoot {
         );
     }
 
-    /// Keeps one tick running while deliveries wait, and none otherwise.
+    /// Adds the buffered successful deliveries to the shared counts.
+    fn flush_delivered(&mut self) {
+        let Some(plugin) = self.plugin.clone() else {
+            self.unflushed_delivered.clear();
+            return;
+        };
+        let now_s = host::now_ms() / 1000;
+        for ((index, fingerprint), count) in self.unflushed_delivered.drain() {
+            if let Some(definition) = plugin.definition(index, fingerprint) {
+                health_store::update(definition, now_s, |health| {
+                    health.delivered += count;
+                    None
+                });
+            }
+        }
+    }
+
+    /// Keeps one tick running while deliveries wait or counts are to be
+    /// flushed, and none otherwise.
     fn schedule_tick(&mut self) {
         let now_ms = host::now_ms();
         let wanted = match self.retries.next_due_ms() {
-            None => 0,
-            Some(due) => due.saturating_sub(now_ms).clamp(MIN_TICK_MS, MAX_TICK_MS),
+            None if self.unflushed_delivered.is_empty() => 0,
+            None => FLUSH_TICK_MS,
+            Some(due) => due
+                .saturating_sub(now_ms)
+                .clamp(MIN_TICK_MS, MAX_TICK_MS)
+                .min(if self.unflushed_delivered.is_empty() {
+                    MAX_TICK_MS
+                } else {
+                    FLUSH_TICK_MS
+                }),
         };
         if wanted != self.tick_ms
             && hostcalls::set_tick_period(Duration::from_millis(wanted)).is_ok()
@@ -529,7 +583,7 @@ impl Context for WebhooksRoot {
             elapsed_ms,
             plugin.config.delivery.timeout_ms,
         ) {
-            Ok(()) => self.succeeded(&plugin, call.delivery),
+            Ok(()) => self.succeeded(&plugin, call.delivery, call.clean),
             Err(error) => {
                 let retry_after = host::call_response_header("retry-after");
                 let outcome = match status.as_deref().and_then(|s| s.parse::<u16>().ok()) {
@@ -551,6 +605,10 @@ impl Context for WebhooksRoot {
 
 impl RootContext for WebhooksRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        // Log only what Envoy would print: formatting dropped messages costs.
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
         match self.load() {
             Ok(plugin) => {
                 log::info!(
@@ -595,6 +653,9 @@ impl RootContext for WebhooksRoot {
     }
 
     fn on_tick(&mut self) {
+        if !self.unflushed_delivered.is_empty() {
+            self.flush_delivered();
+        }
         if let Some(plugin) = self.plugin.clone() {
             let now_ms = host::now_ms();
             while self.in_flight.len() < plugin.config.delivery.max_in_flight {

@@ -219,7 +219,11 @@ impl HttpContext for EventStream {
         let method = host::request_header(":method").unwrap_or_default();
         let path = host::request_header(":path").unwrap_or_default();
         if let (Some(admin_config), Some(token)) = (&plugin.config.admin, &plugin.admin_token) {
-            let authorization = host::request_header("authorization");
+            let authorization = if path.starts_with(admin_config.path_prefix.as_str()) {
+                host::request_header("authorization")
+            } else {
+                None
+            };
             let route = admin::route(
                 &admin_config.path_prefix,
                 token,
