@@ -163,6 +163,7 @@ class Recorded:
     headers: dict[str, str]  # lower-cased names; repeated headers joined with ", "
     body: bytes
     received_at: float = field(default_factory=time.monotonic)
+    received_wall: float = field(default_factory=time.time)  # Unix seconds, for header timestamps
 
     @property
     def sha256(self) -> str:
@@ -178,19 +179,22 @@ class Reply:
     delay: float = 0.0  # seconds before answering
     body: bytes = b"ok"
     content_type: str = "text/plain"
+    headers: dict[str, str] = field(default_factory=dict)  # extra response headers, e.g. Retry-After
 
 
 class RecordingServer:
     """A threaded HTTP/1.1 server on 127.0.0.1 that records every request (method, path,
     headers, body; chunked request bodies are decoded) and answers per path with a
-    configurable ``Reply`` (status, delay, body). ``set_reply(path, ...)``; ``default``
-    answers the rest."""
+    configurable ``Reply`` (status, delay, body, headers). ``set_reply(path, ...)``;
+    ``set_script(path, [500, 500, 200])`` answers that path's requests in turn, the last
+    reply repeating; ``default`` answers the rest."""
 
     def __init__(self, name: str = "server", port: int | None = None, default: Reply | None = None):
         self.name = name
         self.port = port or free_port()
         self.default = default or Reply()
         self.replies: dict[str, Reply] = {}
+        self.scripts: dict[str, list[Reply]] = {}
         self._records: list[Recorded] = []
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
@@ -198,9 +202,20 @@ class RecordingServer:
         self._thread: threading.Thread | None = None
 
     # configuration -----------------------------------------------------------------
-    def set_reply(self, path: str, status: int = 200, delay: float = 0.0, body: bytes = b"ok") -> None:
+    def set_reply(self, path: str, status: int = 200, delay: float = 0.0, body: bytes = b"ok",
+                  headers: dict[str, str] | None = None) -> None:
         with self._lock:
-            self.replies[path] = Reply(status=status, delay=delay, body=body)
+            self.replies[path] = Reply(status=status, delay=delay, body=body, headers=dict(headers or {}))
+
+    def set_script(self, path: str, replies: Iterable[Reply | int]) -> None:
+        """Answers the requests to ``path`` with ``replies`` in turn (an int is a status);
+        once they are used up, the last one answers every further request. A script
+        takes precedence over ``set_reply`` for the same path."""
+        script = [r if isinstance(r, Reply) else Reply(status=r) for r in replies]
+        if not script:
+            raise ValueError("a script needs at least one reply")
+        with self._lock:
+            self.scripts[path] = script
 
     def set_default(self, status: int = 200, delay: float = 0.0, body: bytes = b"ok") -> None:
         with self._lock:
@@ -209,6 +224,9 @@ class RecordingServer:
     def _reply_for(self, path: str) -> Reply:
         with self._lock:
             bare = path.split("?", 1)[0]
+            script = self.scripts.get(path) or self.scripts.get(bare)
+            if script:
+                return script.pop(0) if len(script) > 1 else script[0]
             return self.replies.get(path) or self.replies.get(bare) or self.default
 
     # records -----------------------------------------------------------------------
@@ -284,6 +302,8 @@ class RecordingServer:
                     time.sleep(reply.delay)
                 try:
                     self.send_response(reply.status)
+                    for name, value in reply.headers.items():
+                        self.send_header(name, value)
                     if reply.status in (204, 304) or 100 <= reply.status < 200:
                         self.end_headers()  # no body allowed, not even Content-Length
                         return
