@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use envoy_webhooks::config::PluginConfig;
-use envoy_webhooks::events::parse_event;
+use envoy_webhooks::events::{parse_event, parse_event_with};
 use envoy_webhooks::matcher::Matcher;
 use envoy_webhooks::query::Query;
 use serde_json::{json, Value};
@@ -94,6 +94,24 @@ fn bench_match(c: &mut Criterion) {
             b.iter(|| {
                 out.clear();
                 if let Ok(event) = parse_event(black_box(EVENT)) {
+                    matcher.matching(&event.value, &mut out);
+                }
+                out.len()
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("match event (pruned parse included)");
+    group.throughput(Throughput::Elements(1));
+    for count in [10, 100, 1000] {
+        let matcher = matcher(count);
+        let fields = matcher.field_tree();
+        let mut out = Vec::new();
+        group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {
+            b.iter(|| {
+                out.clear();
+                if let Ok(event) = parse_event_with(black_box(EVENT), Some(&fields)) {
                     matcher.matching(&event.value, &mut out);
                 }
                 out.len()

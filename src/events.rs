@@ -4,9 +4,12 @@
 //! line). Each event keeps its exact JSON text, which is what gets delivered.
 
 use std::fmt;
+use std::rc::Rc;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
+
+use crate::fields::FieldTree;
 
 /// One event: its JSON text as it appeared in the body, and its parsed value.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +51,14 @@ impl fmt::Display for NotAnEvent {
 
 /// Parses a JSON body: one event, or an array of events.
 pub fn parse_json_body(body: &[u8]) -> Vec<Result<Event, NotAnEvent>> {
+    parse_json_body_with(body, None)
+}
+
+/// Like [`parse_json_body`], keeping only the paths of `fields` (all when `None`).
+pub fn parse_json_body_with(
+    body: &[u8],
+    fields: Option<&FieldTree>,
+) -> Vec<Result<Event, NotAnEvent>> {
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() {
         return vec![Err(NotAnEvent::Empty)];
@@ -56,27 +67,38 @@ pub fn parse_json_body(body: &[u8]) -> Vec<Result<Event, NotAnEvent>> {
         return match serde_json::from_slice::<Vec<&RawValue>>(trimmed) {
             Ok(items) => items
                 .into_iter()
-                .map(|raw| parse_event(raw.get().as_bytes()))
+                .map(|raw| parse_event_with(raw.get().as_bytes(), fields))
                 .collect(),
             Err(e) => vec![Err(NotAnEvent::InvalidJson(e.to_string()))],
         };
     }
-    vec![parse_event(trimmed)]
+    vec![parse_event_with(trimmed, fields)]
 }
 
 /// Parses one event's JSON text (an NDJSON line, an array element or a whole body).
 pub fn parse_event(text: &[u8]) -> Result<Event, NotAnEvent> {
+    parse_event_with(text, None)
+}
+
+/// Like [`parse_event`], keeping only the paths of `fields` (all when `None`).
+pub fn parse_event_with(text: &[u8], fields: Option<&FieldTree>) -> Result<Event, NotAnEvent> {
     let text = text.trim_ascii();
     if text.is_empty() {
         return Err(NotAnEvent::Empty);
     }
-    let value: Value =
-        serde_json::from_slice(text).map_err(|e| NotAnEvent::InvalidJson(e.to_string()))?;
+    // Checked up front: a pruned parse does not look inside the strings it skips.
+    let text = std::str::from_utf8(text).map_err(|e| {
+        NotAnEvent::InvalidJson(format!("invalid UTF-8 at byte {}", e.valid_up_to()))
+    })?;
+    let parsed = match fields {
+        Some(fields) => fields.parse(text),
+        None => serde_json::from_str(text).map_err(|e| e.to_string()),
+    };
+    let value: Value = parsed.map_err(NotAnEvent::InvalidJson)?;
     if !value.is_object() {
         return Err(NotAnEvent::NotAnObject(kind_of(&value)));
     }
-    // from_slice succeeded, so the text is valid UTF-8.
-    let json = String::from_utf8_lossy(text).into_owned();
+    let json = text.to_string();
     Ok(Event { json, value })
 }
 
@@ -128,6 +150,8 @@ pub struct BodyCollector {
     buffer: Vec<u8>,
     /// The current event went over the limit; its remaining bytes are ignored.
     oversized: bool,
+    /// Only these paths are parsed; `None`: everything.
+    fields: Option<Rc<FieldTree>>,
 }
 
 impl BodyCollector {
@@ -137,7 +161,14 @@ impl BodyCollector {
             limit,
             buffer: Vec::new(),
             oversized: false,
+            fields: None,
         }
+    }
+
+    /// Parses only the paths of `fields` (see [`FieldTree`]).
+    pub fn with_fields(mut self, fields: Rc<FieldTree>) -> BodyCollector {
+        self.fields = Some(fields);
+        self
     }
 
     /// Takes the next chunk; events completed by it are appended to `out`.
@@ -163,7 +194,7 @@ impl BodyCollector {
             if chunk.len() > self.limit {
                 out.push(Err(NotAnEvent::Oversized { limit: self.limit }));
             } else {
-                out.extend(parse_json_body(chunk));
+                out.extend(parse_json_body_with(chunk, self.fields.as_deref()));
             }
             return;
         }
@@ -178,7 +209,7 @@ impl BodyCollector {
                 if self.oversized {
                     out.push(Err(NotAnEvent::Oversized { limit: self.limit }));
                 } else {
-                    out.extend(parse_json_body(&self.buffer));
+                    out.extend(parse_json_body_with(&self.buffer, self.fields.as_deref()));
                 }
                 self.buffer = Vec::new();
                 self.oversized = false;
@@ -203,7 +234,7 @@ impl BodyCollector {
         if self.oversized {
             out.push(Err(NotAnEvent::Oversized { limit: self.limit }));
         } else if !self.buffer.trim_ascii().is_empty() {
-            out.push(parse_event(&self.buffer));
+            out.push(parse_event_with(&self.buffer, self.fields.as_deref()));
         }
         self.buffer.clear();
         self.oversized = false;

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod events;
+pub mod fields;
 pub mod health;
 pub mod matcher;
 pub mod query;

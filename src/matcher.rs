@@ -9,6 +9,7 @@ use hashbrown::HashMap;
 use serde_json::Value;
 
 use crate::config::{Operation, WebhookDefinition};
+use crate::fields::FieldTree;
 use crate::status::Status;
 
 /// Definitions indexed for matching.
@@ -88,6 +89,27 @@ impl Matcher {
             definitions,
             by_event_type,
         }
+    }
+
+    /// Every path that matching reads: the routing fields, `request_id`, and
+    /// the paths of every query. Events parsed to just these match the same.
+    pub fn field_tree(&self) -> FieldTree {
+        let mut tree = FieldTree::default();
+        for key in [
+            "event_type",
+            "realm",
+            "operation",
+            "object_id",
+            "request_id",
+        ] {
+            tree.add(&[key]);
+        }
+        for definition in &self.definitions {
+            if let Some(expr) = definition.query.expr() {
+                expr.for_each_comparison(&mut |comparison| tree.add(&comparison.path.segments));
+            }
+        }
+        tree
     }
 
     pub fn definitions(&self) -> &[WebhookDefinition] {

@@ -1,6 +1,9 @@
 //! A loaded configuration, shared by a worker's root and its request contexts.
 
+use std::rc::Rc;
+
 use crate::config::{PluginConfig, WebhookDefinition};
+use crate::fields::FieldTree;
 use crate::health::Transition;
 use crate::matcher::Matcher;
 use crate::signature::SigningSecret;
@@ -10,6 +13,8 @@ use super::metrics::Metrics;
 pub struct Plugin {
     pub config: PluginConfig,
     pub matcher: Matcher,
+    /// What of an event matching reads: events are parsed to just that.
+    pub fields: Rc<FieldTree>,
     /// The admin bearer token, resolved from the configuration or the VM's environment.
     pub admin_token: Option<String>,
     /// Each webhook's signing secrets (empty: unsigned), in configuration order.

@@ -150,9 +150,10 @@ impl WebhooksRoot {
                 .unwrap_or_else(|| health_store::load(definition, now_s));
             metrics.webhook(index).set_status(health.status);
         }
-        let webhooks = config.webhooks.clone();
+        let matcher = Matcher::new(config.webhooks.clone());
         Ok(Plugin {
-            matcher: Matcher::new(webhooks),
+            fields: Rc::new(matcher.field_tree()),
+            matcher,
             config,
             admin_token,
             secrets,

@@ -240,7 +240,8 @@ impl HttpContext for EventStream {
             return Action::Continue;
         }
         let format = BodyFormat::from_content_type(host::request_header("content-type").as_deref());
-        let mut collector = BodyCollector::new(format, plugin.config.events.max_event_bytes);
+        let mut collector = BodyCollector::new(format, plugin.config.events.max_event_bytes)
+            .with_fields(plugin.fields.clone());
         if end_of_stream {
             // No body at all.
             let mut events = Vec::new();

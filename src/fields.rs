@@ -1,0 +1,202 @@
+//! Parsing only the parts of an event that matching can look at.
+//!
+//! The loaded definitions reference a known set of paths (the routing fields
+//! and every query's paths). Parsing builds values for those paths only and
+//! skips everything else without allocating, while still checking that the
+//! whole text is valid JSON, so an event is accepted or rejected exactly as a
+//! full parse would.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use hashbrown::HashMap;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Value};
+
+/// The paths that matching reads, as a tree of object keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldTree {
+    children: HashMap<String, FieldTree>,
+    /// A path ends here: keep the whole value.
+    whole: bool,
+}
+
+impl FieldTree {
+    /// Adds a path (object keys from the top of the event).
+    pub fn add<S: AsRef<str>>(&mut self, segments: &[S]) {
+        let mut node = self;
+        for segment in segments {
+            if node.whole {
+                return;
+            }
+            node = node
+                .children
+                .entry(segment.as_ref().to_string())
+                .or_default();
+        }
+        node.whole = true;
+        node.children.clear();
+    }
+
+    /// Parses `text` keeping only this tree's paths; the top level must be an object.
+    pub fn parse(&self, text: &str) -> Result<Value, String> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let value = Pruned(self)
+            .deserialize(&mut deserializer)
+            .and_then(|value| deserializer.end().map(|()| value))
+            .map_err(|e| e.to_string())?;
+        // Skipped parts are not depth-checked by serde_json: check them here, so
+        // that a pruned parse refuses what a full parse refuses.
+        if let Some(offset) = nesting_beyond(text.as_bytes(), MAX_NESTING) {
+            return Err(format!(
+                "recursion limit exceeded: nested deeper than {MAX_NESTING} levels at byte {offset}"
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// The deepest nesting serde_json accepts.
+const MAX_NESTING: usize = 127;
+
+/// The offset of the first `[` or `{` nested deeper than `limit`, outside strings.
+fn nesting_beyond(text: &[u8], limit: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (offset, &byte) in text.iter().enumerate() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return Some(offset);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// An object key, borrowed from the input when it has no escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// Deserializes a value, keeping the subtrees its `FieldTree` names.
+struct Pruned<'t>(&'t FieldTree);
+
+impl<'de> DeserializeSeed<'de> for Pruned<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        if self.0.whole {
+            serde::Deserialize::deserialize(deserializer)
+        } else {
+            deserializer.deserialize_any(self)
+        }
+    }
+}
+
+impl<'de> Visitor<'de> for Pruned<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut kept = Map::new();
+        while let Some(key) = map.next_key_seed(Key)? {
+            match self.0.children.get(key.as_ref()) {
+                Some(child) => {
+                    let value = map.next_value_seed(Pruned(child))?;
+                    kept.insert(key.into_owned(), value);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Value::Object(kept))
+    }
+
+    /// Arrays are entered element by element, as path resolution does.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Pruned(self.0))? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    // Scalars where the tree expects more are kept: they are what the path finds.
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}

@@ -1,0 +1,185 @@
+//! Parsing only the paths that matching reads gives the same matches as a
+//! full parse, and accepts or rejects exactly the same texts.
+
+use envoy_webhooks::config::PluginConfig;
+use envoy_webhooks::events::{parse_event, parse_event_with};
+use envoy_webhooks::fields::FieldTree;
+use envoy_webhooks::matcher::Matcher;
+use envoy_webhooks::query::Query;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+const FORMATS: &[u8] = include_bytes!("fixtures/seed-formats-event.json");
+const METADATA: &[u8] = include_bytes!("fixtures/seed-metadata-event.json");
+
+fn tree_of(queries: &[&str]) -> FieldTree {
+    let webhooks: Vec<Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| json!({"id": format!("h{i}"), "event_type": "assets", "url": "http://r/", "query": q}))
+        .collect();
+    let config = PluginConfig::from_value(&json!({ "webhooks": webhooks })).expect("valid config");
+    Matcher::new(config.webhooks).field_tree()
+}
+
+#[test]
+fn only_the_referenced_paths_are_kept() {
+    let tree = tree_of(&[
+        r#"data.components.metadata.format="AVC""#,
+        "data.status != null",
+    ]);
+    let event = parse_event_with(FORMATS, Some(&tree)).expect("an event");
+    assert_eq!(
+        event.value,
+        json!({
+            "event_type": "assets", "realm": "formats", "operation": "update",
+            "object_id": "918728e2-bc1c-11ed-aaef-66cff3148306",
+            "request_id": "476117422b18ed2f915fe9887b77b702",
+            "data": {"status": "ACTIVE", "components": [
+                {"metadata": {"format": "AVC"}}, {"metadata": {"format": "AAC"}}]}
+        })
+    );
+    // The delivered text is still the whole event.
+    assert_eq!(event.json.as_bytes(), FORMATS.trim_ascii());
+}
+
+#[test]
+fn a_path_ending_at_a_subtree_keeps_all_of_it() {
+    let mut tree = FieldTree::default();
+    tree.add(&["data", "components", "metadata", "format"]);
+    tree.add(&["data", "components"]);
+    let value = tree
+        .parse(std::str::from_utf8(FORMATS).expect("UTF-8"))
+        .expect("valid");
+    let full: Value = serde_json::from_slice(FORMATS).expect("valid");
+    assert_eq!(value["data"]["components"], full["data"]["components"]);
+}
+
+#[test]
+fn seed_queries_match_the_same_on_both_parses() {
+    let queries = [
+        r#"data.status="ACTIVE" AND data.is_online=true AND (data.components.metadata.format="AVC" OR data.components.metadata.format="MPEG-4")"#,
+        r#"(data.components.metadata.width>=1920 OR data.components.metadata.height>=1920) AND data.components.metadata.duration>6000"#,
+        "data.deleted_by_user=null",
+        "data.components.metadata.format=/MPEG-[2,4]/",
+        r#"data.metadata_values.share.field_values.value="true""#,
+        r#"user_id="1fb4c6f8-cded-11eb-b943-669489a791b1""#,
+        "data.storage_methods=\"GCS\" AND data.missing != null",
+        "data != null",
+        "data.metadata = null",
+    ];
+    let tree = tree_of(&queries);
+    for event in [FORMATS, METADATA] {
+        let full = parse_event(event).expect("event").value;
+        let pruned = parse_event_with(event, Some(&tree)).expect("event").value;
+        for query in queries {
+            let query = Query::parse(query).expect("query");
+            assert_eq!(query.matches(&pruned), query.matches(&full), "{query}");
+        }
+    }
+}
+
+#[test]
+fn invalid_text_is_rejected_by_both() {
+    let tree = tree_of(&["a=1"]);
+    for bad in [
+        &br#"{"a": 1, "skipped": [1, 2,]}"#[..],
+        br#"{"a": 1, "skipped": "\x"}"#,
+        br#"{"a": 1} trailing"#,
+        b"{\"a\": 1, \"skipped\": \"\xff\"}",
+        br#"{"skipped": {"deep": [[[[[["#,
+    ] {
+        assert!(parse_event(bad).is_err(), "{bad:?}");
+        assert!(parse_event_with(bad, Some(&tree)).is_err(), "{bad:?}");
+    }
+    // serde_json accepts 127 levels and refuses 128; so must the pruned parse.
+    for (depth, ok) in [(126, true), (127, false), (300, false)] {
+        // The event object itself is one level.
+        let deep = format!(
+            "{{\"skipped\": {}{}}}",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        assert_eq!(parse_event(deep.as_bytes()).is_ok(), ok, "full, {depth}");
+        assert_eq!(
+            parse_event_with(deep.as_bytes(), Some(&tree)).is_ok(),
+            ok,
+            "pruned, {depth}"
+        );
+    }
+    // Brackets inside strings do not count.
+    let text = format!(
+        "{{\"skipped\": \"{}\\\"{}\"}}",
+        "[".repeat(300),
+        "{".repeat(300)
+    );
+    assert!(parse_event(text.as_bytes()).is_ok());
+    assert!(parse_event_with(text.as_bytes(), Some(&tree)).is_ok());
+}
+
+const KEYS: [&str; 4] = ["a", "b", "c", "d e"];
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        (-5i64..5).prop_map(Value::from),
+        prop::sample::select(vec!["x", "1", "2.5", "a"]).prop_map(|s| Value::String(s.into())),
+    ];
+    leaf.prop_recursive(4, 48, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec((prop::sample::select(KEYS.to_vec()), inner), 0..4).prop_map(
+                |pairs| Value::Object(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+            ),
+        ]
+    })
+}
+
+fn path() -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(KEYS.to_vec()), 1..4).prop_map(|segments| {
+        segments
+            .iter()
+            .map(|s| {
+                if s.contains(' ') {
+                    format!("\"{s}\"")
+                } else {
+                    s.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    })
+}
+
+fn comparison() -> impl Strategy<Value = String> {
+    (
+        path(),
+        prop::sample::select(vec!["=", "!=", ">", "<="]),
+        prop::sample::select(vec!["1", "\"x\"", "null", "true", "/a|x/"]),
+    )
+        .prop_filter("ordering takes numbers", |(_, op, value)| {
+            !(op.starts_with('>') || op.starts_with('<')) || *value == "1"
+        })
+        .prop_map(|(p, op, v)| format!("{p} {op} {v}"))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn pruned_and_full_parses_match_alike(
+        body in prop::collection::vec((prop::sample::select(KEYS.to_vec()), json_value()), 0..5),
+        queries in prop::collection::vec(prop::collection::vec(comparison(), 1..3), 1..4),
+    ) {
+        let event = Value::Object(body.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
+        let text = serde_json::to_vec(&event).expect("serialisable");
+        let queries: Vec<String> = queries.iter().map(|q| q.join(" AND ")).collect();
+        let tree = tree_of(&queries.iter().map(String::as_str).collect::<Vec<_>>());
+        let pruned = parse_event_with(&text, Some(&tree)).expect("valid").value;
+        for query in &queries {
+            let query = Query::parse(query).expect("generated queries parse");
+            prop_assert_eq!(query.matches(&pruned), query.matches(&event), "{}", query);
+        }
+    }
+}
