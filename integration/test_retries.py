@@ -206,6 +206,23 @@ def test_success_on_a_retry_resets_the_failure_count(start_envoy, hooks):
     wait_metrics(envoy, "recovers", matched=2, delivered=1, failed=1, retried=2, dropped=0, lost=1)
 
 
+def test_a_success_answered_after_a_failure_resets_the_status(start_envoy, hooks):
+    """Event 1's call is slow and succeeds; event 2's fails at once (no retries) and makes the
+    webhook FAILING while event 1's call is still waiting. Event 1's success comes after the
+    failure, so it resets the webhook to ENABLED, as any success does."""
+    hooks.set_script("/hooks/race", [Reply(status=200, delay=1.5), 500])
+    plugin = plugin_config([webhook("race")], delivery={"retry_schedule_s": [], "failure_threshold": 5})
+    envoy = start_envoy(plugin)
+    assert envoy.post_event(_event(1)).status == 200
+    hooks.wait_for(1)
+    assert envoy.post_event(_event(2)).status == 200
+    e = envoy.wait_status("race", "FAILING")
+    assert (e["consecutive_failures"], e["delivered"]) == (1, 0), "the failure came before the success"
+    wait_metrics(envoy, "race", matched=2, delivered=1, failed=1, lost=1)
+    e = envoy.wait_status("race", "ENABLED", timeout=2)
+    assert (e["consecutive_failures"], e["delivered"], e["failed"]) == (0, 1, 1), e
+
+
 @pytest.mark.parametrize(
     "retry_after, expected_gap",
     [
