@@ -644,6 +644,36 @@ def test_pending_view_needs_the_token_and_get(start_envoy):
     assert envoy.webhooks_admin("POST", "/pending").status == 405
 
 
+# --------------------------------------------------------------------------- accounting
+
+
+def test_configured_failed_webhook_dead_letters_without_calling(start_envoy, hooks, make_server):
+    dlq = make_server("dead-letters")
+    plugin = plugin_config([webhook("off", status="FAILED")], delivery={"retry_schedule_s": [1]},
+                           dead_letter=_dead_letter())
+    envoy = start_envoy(plugin, clusters={"dlq": dlq.port})
+    assert envoy.post_event(_event(1)).status == 200
+    (letter,) = dlq.wait_for(1)
+    assert (letter.json()["reason"], letter.json()["attempts"], letter.json()["last_error"]) == (
+        "webhook_failed", 0, None)
+    wait_metrics(envoy, "off", matched=1, dropped=1, dead_lettered=1, delivered=0, failed=0, lost=0)
+    envoy.settle(grace=GRACE)
+    assert hooks.count() == 0
+
+
+def test_accounting_holds_when_response_2xx_withholds_deliveries(start_envoy, upstream, hooks):
+    """deliver_on response_2xx and an upstream answering 500: the matched delivery is not
+    made. Once settled, every matched delivery is still delivered, failed or dropped."""
+    upstream.set_default(status=500)
+    plugin = plugin_config([webhook("after-ok")], events={"deliver_on": "response_2xx"},
+                           delivery={"retry_schedule_s": [1]})
+    envoy = start_envoy(plugin)
+    assert envoy.post_event(_event(1)).status == 500
+    envoy.settle(events_seen=1)
+    assert hooks.count() == 0
+    wait_metrics(envoy, "after-ok", timeout=2, matched=1, delivered=0, failed=0)
+
+
 # --------------------------------------------------------------------------- no / failing dead-letter destination
 
 
