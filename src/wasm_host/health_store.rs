@@ -26,6 +26,19 @@ pub fn load(definition: &WebhookDefinition, now_s: u64) -> WebhookHealth {
     read(definition, now_s).0
 }
 
+/// Like `load`, with the record's CAS value: the record is unchanged for as
+/// long as `version` still returns it.
+pub fn load_versioned(definition: &WebhookDefinition, now_s: u64) -> (WebhookHealth, Option<u32>) {
+    read(definition, now_s)
+}
+
+/// The record's CAS value, without decoding it.
+pub fn version(definition: &WebhookDefinition) -> Option<u32> {
+    hostcalls::get_shared_data(&key(definition))
+        .ok()
+        .and_then(|(_, cas)| cas)
+}
+
 fn read(definition: &WebhookDefinition, now_s: u64) -> (WebhookHealth, Option<u32>) {
     let (bytes, cas) = hostcalls::get_shared_data(&key(definition)).unwrap_or((None, None));
     let health = bytes

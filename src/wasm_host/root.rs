@@ -46,9 +46,10 @@ const DISPATCH_RETRY_MS: u64 = 200;
 struct InFlight {
     delivery: PendingDelivery,
     started_ms: u64,
-    /// The webhook was ENABLED with no failures when the call was made: a
-    /// success then changes nothing but the count.
-    clean: bool,
+    /// The CAS value of the webhook's record when the call was made, if the
+    /// webhook was then ENABLED with no failures. If the record still has it
+    /// when the call succeeds, the success changes nothing but the count.
+    clean_version: Option<u32>,
 }
 
 pub struct WebhooksRoot {
@@ -200,11 +201,13 @@ impl WebhooksRoot {
             return;
         };
         let now_ms = host::now_ms();
-        let mut clean = false;
+        let mut clean_version = None;
         if let Target::Webhook { .. } = target {
-            let health = health_store::load(definition, now_ms / 1000);
+            let (health, version) = health_store::load_versioned(definition, now_ms / 1000);
             let status = health.status;
-            clean = status == Status::Enabled && health.consecutive_failures == 0;
+            if status == Status::Enabled && health.consecutive_failures == 0 {
+                clean_version = version;
+            }
             if !status.delivers() {
                 plugin.metrics.webhook(index).dropped.increment();
                 self.dead_letter(plugin, &delivery, Reason::WebhookFailed);
@@ -291,7 +294,7 @@ impl WebhooksRoot {
                     InFlight {
                         delivery,
                         started_ms: now_ms,
-                        clean,
+                        clean_version,
                     },
                 );
             }
@@ -329,13 +332,22 @@ impl WebhooksRoot {
         }
     }
 
-    fn succeeded(&mut self, plugin: &Plugin, delivery: PendingDelivery, clean: bool) {
+    fn succeeded(
+        &mut self,
+        plugin: &Plugin,
+        delivery: PendingDelivery,
+        clean_version: Option<u32>,
+    ) {
         let index = delivery.target.webhook_index();
         let metrics = plugin.metrics.webhook(index);
         match delivery.target {
             Target::Webhook { fingerprint, .. } => {
                 metrics.delivered.increment();
-                if clean {
+                let still_clean = clean_version.is_some()
+                    && plugin
+                        .definition(index, fingerprint)
+                        .is_some_and(|d| health_store::version(d) == clean_version);
+                if still_clean {
                     // Counted in shared data by the next tick, sparing a write per delivery.
                     *self
                         .unflushed_delivered
@@ -584,7 +596,7 @@ impl Context for WebhooksRoot {
             elapsed_ms,
             plugin.config.delivery.timeout_ms,
         ) {
-            Ok(()) => self.succeeded(&plugin, call.delivery, call.clean),
+            Ok(()) => self.succeeded(&plugin, call.delivery, call.clean_version),
             Err(error) => {
                 let retry_after = host::call_response_header("retry-after");
                 let outcome = match status.as_deref().and_then(|s| s.parse::<u16>().ok()) {
