@@ -55,7 +55,7 @@ def wait_metrics(envoy, hook_id: str, timeout: float = 15.0, settled: bool = Tru
                  **expected: int) -> dict[str, int]:
     """Waits until the webhook's metrics named in ``expected`` have exactly those values,
     then (``settled``: nothing is pending any more) checks the accounting identity:
-    matched == delivered + failed + dropped and failed + dropped == dead_lettered + lost."""
+    matched == delivered + failed + dropped + withheld and failed + dropped == dead_lettered + lost."""
     seen: dict[str, dict] = {}
 
     def check() -> bool:
@@ -66,7 +66,8 @@ def wait_metrics(envoy, hook_id: str, timeout: float = 15.0, settled: bool = Tru
     m = seen["m"]
     if not settled:
         return m
-    assert m["matched"] == m["delivered"] + m["failed"] + m["dropped"], m
+    withheld = envoy.hook_stat(hook_id, "withheld")
+    assert m["matched"] == m["delivered"] + m["failed"] + m["dropped"] + withheld, (m, withheld)
     assert m["failed"] + m["dropped"] == m["dead_lettered"] + m["lost"], m
     return m
 
@@ -631,10 +632,15 @@ def test_pending_view_shows_the_backlog_across_workers(start_envoy, hooks):
 
 
 @pytest.mark.parametrize("concurrency", [1, 2])
-def test_pending_view_counts_the_workers(start_envoy, concurrency):
-    """`workers` is the number of Envoy workers whose queues are summed."""
-    envoy = start_envoy(plugin_config([webhook("x")], delivery={"retry_schedule_s": [1]}), concurrency=concurrency)
-    assert pending(envoy)["workers"] == concurrency
+def test_pending_view_counts_the_workers_with_a_backlog(start_envoy, hooks, concurrency):
+    """`workers_with_backlog` is the number of Envoy workers with deliveries waiting."""
+    hooks.set_script("/hooks/x", [500, 200])
+    envoy = start_envoy(plugin_config([webhook("x")], delivery={"retry_schedule_s": [2]}), concurrency=concurrency)
+    assert pending(envoy)["workers_with_backlog"] == 0
+    assert envoy.post_event(_event(1)).status == 200
+    wait_until(lambda: pending(envoy)["workers_with_backlog"] == 1, 3, 0.05, message="one worker with a backlog")
+    hooks.wait_for(2, timeout=10)
+    wait_until(lambda: pending(envoy)["workers_with_backlog"] == 0, 3, 0.05, message="no backlog left")
 
 
 def test_pending_view_needs_the_token_and_get(start_envoy):
@@ -671,7 +677,8 @@ def test_accounting_holds_when_response_2xx_withholds_deliveries(start_envoy, up
     assert envoy.post_event(_event(1)).status == 500
     envoy.settle(events_seen=1)
     assert hooks.count() == 0
-    wait_metrics(envoy, "after-ok", timeout=2, matched=1, delivered=0, failed=0)
+    m = wait_metrics(envoy, "after-ok", timeout=2, matched=1, delivered=0, failed=0)
+    assert envoy.hook_stat("after-ok", "withheld") == 1, m
 
 
 # --------------------------------------------------------------------------- no / failing dead-letter destination

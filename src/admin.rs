@@ -110,7 +110,8 @@ pub fn pending_summary(
 }
 
 /// `GET {prefix}/pending`: every worker's summaries added up, per webhook in
-/// configuration order: `{"webhooks":[{"id","pending","dead_letters_pending","next_due_at"}],"workers":N}`.
+/// configuration order: `{"webhooks":[{"id","pending","dead_letters_pending","next_due_at"}],
+/// "workers_with_backlog":N}`.
 pub fn pending_body(
     definitions: &[WebhookDefinition],
     published: &[Vec<u8>],
@@ -152,5 +153,14 @@ pub fn pending_body(
             })
         })
         .collect();
-    json!({ "webhooks": webhooks, "workers": fresh.len() }).to_string()
+    let with_backlog = fresh
+        .iter()
+        .filter(|summary| {
+            summary
+                .get("webhooks")
+                .and_then(Value::as_object)
+                .is_some_and(|w| !w.is_empty())
+        })
+        .count();
+    json!({ "webhooks": webhooks, "workers_with_backlog": with_backlog }).to_string()
 }

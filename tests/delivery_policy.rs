@@ -177,7 +177,7 @@ fn pending_view_adds_up_fresh_worker_summaries() {
         serde_json::from_str(&pending_body(&config.webhooks, &published, now)).expect("JSON");
     assert_eq!(
         body,
-        json!({"workers": 2, "webhooks": [
+        json!({"workers_with_backlog": 2, "webhooks": [
             {"id": "a", "pending": 7, "dead_letters_pending": 2, "next_due_at": (now + 2_000) / 1000},
             {"id": "b", "pending": 0, "dead_letters_pending": 0, "next_due_at": null}]})
     );

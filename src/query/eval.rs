@@ -6,6 +6,40 @@ use super::ast::{Comparison, Expr, Literal, Op, Path};
 use super::parser::number_in_string;
 
 impl Expr {
+    /// Reorders the operands of every AND and OR so that the cheapest are
+    /// evaluated first: they often decide the result before a regex or a
+    /// deep path is reached. The result is the same; only the work differs.
+    pub fn cheapest_first(self) -> Expr {
+        match self {
+            Expr::Or(operands) => Expr::Or(Self::sorted(operands)),
+            Expr::And(operands) => Expr::And(Self::sorted(operands)),
+            Expr::Not(inner) => Expr::Not(Box::new(inner.cheapest_first())),
+            compare @ Expr::Compare(_) => compare,
+        }
+    }
+
+    fn sorted(operands: Vec<Expr>) -> Vec<Expr> {
+        let mut operands: Vec<Expr> = operands.into_iter().map(Expr::cheapest_first).collect();
+        operands.sort_by_key(Expr::cost);
+        operands
+    }
+
+    /// A rough relative cost of evaluating the expression.
+    fn cost(&self) -> usize {
+        match self {
+            Expr::Or(operands) | Expr::And(operands) => operands.iter().map(Expr::cost).sum(),
+            Expr::Not(inner) => inner.cost(),
+            Expr::Compare(comparison) => {
+                let literal = match comparison.value {
+                    Literal::Regex(_) => 20,
+                    Literal::String(_) | Literal::Number(_) => 2,
+                    Literal::Bool(_) | Literal::Null => 1,
+                };
+                comparison.path.segments.len() + literal
+            }
+        }
+    }
+
     pub fn matches(&self, event: &Value) -> bool {
         match self {
             Expr::Or(operands) => operands.iter().any(|e| e.matches(event)),

@@ -31,21 +31,29 @@ pub use parser::{MAX_DEPTH, MAX_QUERY_BYTES, MAX_REGEX_BYTES};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Query {
     expr: Option<Expr>,
+    /// The same expression with cheap operands first, for evaluation.
+    eval: Option<Expr>,
 }
 
 impl Query {
     /// Parses and compiles `text`, regexes included.
     pub fn parse(text: &str) -> Result<Query, QueryError> {
-        parser::parse(text).map(|expr| Query { expr })
+        parser::parse(text).map(|expr| Query {
+            eval: expr.clone().map(Expr::cheapest_first),
+            expr,
+        })
     }
 
     /// A query that matches every event.
     pub fn match_all() -> Query {
-        Query { expr: None }
+        Query {
+            expr: None,
+            eval: None,
+        }
     }
 
     pub fn matches(&self, event: &Value) -> bool {
-        self.expr.as_ref().is_none_or(|expr| expr.matches(event))
+        self.eval.as_ref().is_none_or(|expr| expr.matches(event))
     }
 
     pub fn explain(&self, event: &Value) -> Explanation {

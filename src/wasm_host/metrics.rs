@@ -45,6 +45,9 @@ pub struct WebhookMetrics {
     pub dropped: Metric,
     /// Attempts after the first.
     pub retried: Metric,
+    /// Not made because the platform's upstream did not answer 2xx
+    /// (`deliver_on: response_2xx`) or the request ended before it answered.
+    pub withheld: Metric,
     /// Failed or dropped deliveries the dead-letter destination accepted.
     pub dead_lettered: Metric,
     /// Failed or dropped deliveries that reached no dead-letter destination
@@ -65,6 +68,8 @@ pub struct Metrics {
     pub events_seen: Metric,
     pub events_invalid: Metric,
     pub events_oversized: Metric,
+    /// Deliveries waiting for a retry when their webhook's definition changed.
+    pub deliveries_discarded: Metric,
     /// In configuration order.
     pub webhooks: Vec<WebhookMetrics>,
 }
@@ -82,6 +87,7 @@ impl Metrics {
                     failed: Metric::define(MetricType::Counter, &name("failed")),
                     dropped: Metric::define(MetricType::Counter, &name("dropped")),
                     retried: Metric::define(MetricType::Counter, &name("retried")),
+                    withheld: Metric::define(MetricType::Counter, &name("withheld")),
                     dead_lettered: Metric::define(MetricType::Counter, &name("dead_lettered")),
                     lost: Metric::define(MetricType::Counter, &name("lost")),
                     status: Metric::define(MetricType::Gauge, &name("status")),
@@ -92,6 +98,7 @@ impl Metrics {
             events_seen: global("events_seen"),
             events_invalid: global("events_invalid"),
             events_oversized: global("events_oversized"),
+            deliveries_discarded: global("deliveries_discarded"),
             webhooks,
         }
     }

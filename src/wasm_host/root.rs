@@ -34,6 +34,8 @@ const MAX_TICK_MS: u64 = 1_000;
 const MIN_TICK_MS: u64 = 10;
 /// How long successful deliveries may wait before they are added to the shared counts.
 const FLUSH_TICK_MS: u64 = 200;
+/// How often a worker publishes its retry queue for the admin API.
+const PUBLISH_INTERVAL_MS: u64 = 250;
 /// How soon a delivery that found every call slot taken tries again.
 const SLOT_WAIT_MS: u64 = 50;
 /// A call the host could not start for an internal reason (not an unknown
@@ -62,6 +64,10 @@ pub struct WebhooksRoot {
     unflushed_delivered: HashMap<(usize, u64), u64>,
     tick_ms: u64,
     published_ms: u64,
+    /// The last published summary had deliveries in it.
+    published_nonempty: bool,
+    /// The queue changed since the last publication.
+    summary_stale: bool,
 }
 
 impl Default for WebhooksRoot {
@@ -75,6 +81,8 @@ impl Default for WebhooksRoot {
             retries: RetryQueue::new(usize::MAX, usize::MAX),
             tick_ms: 0,
             published_ms: 0,
+            published_nonempty: false,
+            summary_stale: false,
         }
     }
 }
@@ -167,6 +175,7 @@ impl WebhooksRoot {
     fn accept(&mut self, plugin: &Plugin, queued: QueuedDelivery) {
         let index = queued.webhook as usize;
         if plugin.definition(index, queued.fingerprint).is_none() {
+            plugin.metrics.deliveries_discarded.increment();
             log::warn!(
                 "envoy-webhooks: a delivery queued under a previous configuration was not made"
             );
@@ -194,6 +203,7 @@ impl WebhooksRoot {
         let target = delivery.target;
         let index = target.webhook_index();
         let Some(definition) = plugin.definition(index, target.fingerprint()) else {
+            plugin.metrics.deliveries_discarded.increment();
             log::warn!(
                 "envoy-webhooks: delivery of request_id={} not made: its webhook changed in a configuration reload",
                 delivery.request_id.as_deref().unwrap_or("-")
@@ -523,37 +533,43 @@ impl WebhooksRoot {
         }
     }
 
-    /// Keeps one tick running while deliveries wait or counts are to be
-    /// flushed, and none otherwise.
+    /// Keeps one tick running while deliveries wait, counts are to be flushed
+    /// or the queue's summary is to be published, and none otherwise.
     fn schedule_tick(&mut self) {
         let now_ms = host::now_ms();
-        let wanted = match self.retries.next_due_ms() {
-            None if self.unflushed_delivered.is_empty() => 0,
-            None => FLUSH_TICK_MS,
-            Some(due) => due
-                .saturating_sub(now_ms)
-                .clamp(MIN_TICK_MS, MAX_TICK_MS)
-                .min(if self.unflushed_delivered.is_empty() {
-                    MAX_TICK_MS
-                } else {
-                    FLUSH_TICK_MS
-                }),
+        self.publish_pending(now_ms, false);
+        let mut wanted = match self.retries.next_due_ms() {
+            Some(due) => due.saturating_sub(now_ms).clamp(MIN_TICK_MS, MAX_TICK_MS),
+            None => 0,
         };
+        for (needed, soon) in [
+            (!self.unflushed_delivered.is_empty(), FLUSH_TICK_MS),
+            (self.summary_stale, PUBLISH_INTERVAL_MS),
+        ] {
+            if needed {
+                wanted = if wanted == 0 { soon } else { wanted.min(soon) };
+            }
+        }
         if wanted != self.tick_ms
             && hostcalls::set_tick_period(Duration::from_millis(wanted)).is_ok()
         {
             self.tick_ms = wanted;
         }
-        self.publish_pending(now_ms, false);
     }
 
-    /// Publishes this worker's queue for the admin API, at most every 250 ms
-    /// (and always once it is empty).
+    /// Publishes this worker's queue for the admin API: at most every 250 ms
+    /// (a skipped publication is made by the next tick), and once more when
+    /// the queue becomes empty.
     fn publish_pending(&mut self, now_ms: u64, force: bool) {
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
-        if !force && !self.retries.is_empty() && now_ms.saturating_sub(self.published_ms) < 250 {
+        let changed = !self.retries.is_empty() || self.published_nonempty;
+        if !changed && !force {
+            return;
+        }
+        if !force && now_ms.saturating_sub(self.published_ms) < PUBLISH_INTERVAL_MS {
+            self.summary_stale = true;
             return;
         }
         let entries = self
@@ -568,6 +584,8 @@ impl WebhooksRoot {
             });
         health_store::publish_pending(self.vm_number, &admin::pending_summary(now_ms, entries));
         self.published_ms = now_ms;
+        self.published_nonempty = !self.retries.is_empty();
+        self.summary_stale = false;
     }
 }
 
@@ -636,7 +654,6 @@ impl RootContext for WebhooksRoot {
                 let plugin = Rc::new(plugin);
                 self.plugin = Some(plugin.clone());
                 self.handle_evicted(&plugin, evicted);
-                self.publish_pending(host::now_ms(), true);
                 true
             }
             Err(problems) => {
@@ -677,6 +694,9 @@ impl RootContext for WebhooksRoot {
                 };
                 self.attempt(&plugin, delivery);
             }
+        }
+        if !self.retries.is_empty() || self.summary_stale {
+            self.publish_pending(host::now_ms(), true);
         }
         self.schedule_tick();
     }

@@ -182,7 +182,7 @@ impl EventStream {
                     "envoy-webhooks: upstream answered {status}: {} delivery(ies) not made",
                     self.held.len()
                 );
-                self.held.clear();
+                self.withhold(plugin);
                 return;
             }
         }
@@ -200,6 +200,17 @@ impl EventStream {
         }
     }
 
+    /// Counts and drops the held deliveries: the platform's request did not succeed.
+    fn withhold(&mut self, plugin: &Plugin) {
+        for delivery in self.held.drain(..) {
+            plugin
+                .metrics
+                .webhook(delivery.webhook as usize)
+                .withheld
+                .increment();
+        }
+    }
+
     fn finish_body(&mut self, plugin: &Plugin) {
         if let Some(mut collector) = self.collector.take() {
             let mut events = Vec::new();
@@ -209,7 +220,17 @@ impl EventStream {
     }
 }
 
-impl Context for EventStream {}
+impl Context for EventStream {
+    fn on_done(&mut self) -> bool {
+        // The request ended without an answer from the upstream (a reset).
+        if !self.held.is_empty() {
+            if let Some(plugin) = self.plugin.clone() {
+                self.withhold(&plugin);
+            }
+        }
+        true
+    }
+}
 
 impl HttpContext for EventStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
