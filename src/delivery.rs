@@ -1,23 +1,30 @@
 //! Delivery calls: what is sent, how outcomes are judged, and the message
 //! that carries a delivery from the request's context to the root context.
 
-use crate::config::WebhookDefinition;
+use crate::config::{WebhookDefinition, WebhookUrl};
 
 /// Sent as `user-agent` on every delivery.
 pub const USER_AGENT: &str = concat!("envoy-webhooks/", env!("CARGO_PKG_VERSION"));
 
 /// The headers of a delivery call: pseudo-headers, then ours, then the webhook's own.
 pub fn request_headers(definition: &WebhookDefinition) -> Vec<(&str, &str)> {
+    destination_headers(&definition.url, &definition.headers)
+}
+
+/// The headers of a POST of JSON to `url`, with `extra` headers last.
+pub fn destination_headers<'a>(
+    url: &'a WebhookUrl,
+    extra: &'a [(String, String)],
+) -> Vec<(&'a str, &'a str)> {
     let mut headers = vec![
         (":method", "POST"),
-        (":path", definition.url.path.as_str()),
-        (":authority", definition.url.authority.as_str()),
+        (":path", url.path.as_str()),
+        (":authority", url.authority.as_str()),
         ("content-type", "application/json"),
         ("user-agent", USER_AGENT),
     ];
     headers.extend(
-        definition
-            .headers
+        extra
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_str())),
     );

@@ -178,26 +178,7 @@ pub(crate) fn parse_definition(
     }
 
     let object_id = fields.string("object_id").map(str::to_string);
-    let url = fields
-        .required_string("url")
-        .and_then(|text| match parse_url(text) {
-            Ok(url) => Some(url),
-            Err(message) => {
-                fields.problem("url", message);
-                None
-            }
-        });
-    let cluster = match fields.string("cluster") {
-        Some("") => {
-            fields.problem(
-                "cluster",
-                "must not be empty; leave it out to use the URL's host",
-            );
-            None
-        }
-        Some(cluster) => Some(cluster.to_string()),
-        None => url.as_ref().map(|url| url.host.clone()),
-    };
+    let (url, cluster) = parse_destination(&mut fields);
 
     let status = match fields.string("status") {
         None => Some(Status::Enabled),
@@ -324,6 +305,33 @@ pub(crate) fn parse_headers(value: &Value, fields: &mut Fields<'_, '_>) -> Vec<(
         }
     }
     headers
+}
+
+/// Reads `url` (required) and `cluster` (default: the URL's host).
+pub(crate) fn parse_destination(
+    fields: &mut Fields<'_, '_>,
+) -> (Option<WebhookUrl>, Option<String>) {
+    let url = fields
+        .required_string("url")
+        .and_then(|text| match parse_url(text) {
+            Ok(url) => Some(url),
+            Err(message) => {
+                fields.problem("url", message);
+                None
+            }
+        });
+    let cluster = match fields.string("cluster") {
+        Some("") => {
+            fields.problem(
+                "cluster",
+                "must not be empty; leave it out to use the URL's host",
+            );
+            None
+        }
+        Some(cluster) => Some(cluster.to_string()),
+        None => url.as_ref().map(|url| url.host.clone()),
+    };
+    (url, cluster)
 }
 
 /// Parses an `http://` or `https://` URL into what a delivery call needs.

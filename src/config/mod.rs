@@ -352,26 +352,7 @@ fn parse_schedule(fields: &mut Fields<'_, '_>) -> Option<Vec<u64>> {
 
 fn parse_dead_letter(value: &Value, problems: &mut Vec<Problem>) -> Option<DeadLetterConfig> {
     let mut fields = Fields::of(value, "dead_letter", problems)?;
-    let url = fields
-        .required_string("url")
-        .and_then(|text| match parse_url(text) {
-            Ok(url) => Some(url),
-            Err(message) => {
-                fields.problem("url", message);
-                None
-            }
-        });
-    let cluster = match fields.string("cluster") {
-        Some("") => {
-            fields.problem(
-                "cluster",
-                "must not be empty; leave it out to use the URL's host",
-            );
-            None
-        }
-        Some(cluster) => Some(cluster.to_string()),
-        None => url.as_ref().map(|url| url.host.clone()),
-    };
+    let (url, cluster) = definition::parse_destination(&mut fields);
     let headers = fields
         .get("headers")
         .map(|value| definition::parse_headers(value, &mut fields))

@@ -15,7 +15,7 @@ use proxy_wasm::types::{BufferType, ContextType, Status as HostStatus};
 use crate::admin;
 use crate::config::{AdminToken, PluginConfig, SecretSource};
 use crate::dead_letter::{self, FailedDelivery, Reason};
-use crate::delivery::{self, QueuedDelivery, USER_AGENT};
+use crate::delivery::{self, QueuedDelivery};
 use crate::matcher::Matcher;
 use crate::pending::{PendingDelivery, RetryQueue, Target};
 use crate::retry::{self, AttemptOutcome, RetryDecision};
@@ -239,19 +239,7 @@ impl WebhooksRoot {
                 let Some(dead_letter) = &plugin.config.dead_letter else {
                     return;
                 };
-                let mut headers = vec![
-                    (":method", "POST"),
-                    (":path", dead_letter.url.path.as_str()),
-                    (":authority", dead_letter.url.authority.as_str()),
-                    ("content-type", "application/json"),
-                    ("user-agent", USER_AGENT),
-                ];
-                headers.extend(
-                    dead_letter
-                        .headers
-                        .iter()
-                        .map(|(n, v)| (n.as_str(), v.as_str())),
-                );
+                let headers = delivery::destination_headers(&dead_letter.url, &dead_letter.headers);
                 (dead_letter.cluster.as_str(), headers, String::new())
             }
         };
