@@ -9,26 +9,28 @@ impl Expr {
     /// Reorders the operands of every AND and OR so that the cheapest are
     /// evaluated first: they often decide the result before a regex or a
     /// deep path is reached. The result is the same; only the work differs.
-    pub fn cheapest_first(self) -> Expr {
-        match self {
-            Expr::Or(operands) => Expr::Or(Self::sorted(operands)),
-            Expr::And(operands) => Expr::And(Self::sorted(operands)),
-            Expr::Not(inner) => Expr::Not(Box::new(inner.cheapest_first())),
-            compare @ Expr::Compare(_) => compare,
-        }
+    pub fn cheapest_first(mut self) -> Expr {
+        self.reorder();
+        self
     }
 
-    fn sorted(operands: Vec<Expr>) -> Vec<Expr> {
-        let mut operands: Vec<Expr> = operands.into_iter().map(Expr::cheapest_first).collect();
-        operands.sort_by_key(Expr::cost);
-        operands
-    }
-
-    /// A rough relative cost of evaluating the expression.
-    fn cost(&self) -> usize {
+    /// Reorders in place and returns a rough relative cost. Works on `&mut`
+    /// with small frames, so the deepest queries allowed fit small stacks.
+    fn reorder(&mut self) -> usize {
         match self {
-            Expr::Or(operands) | Expr::And(operands) => operands.iter().map(Expr::cost).sum(),
-            Expr::Not(inner) => inner.cost(),
+            Expr::Or(operands) | Expr::And(operands) => {
+                let mut costs = Vec::with_capacity(operands.len());
+                for operand in operands.iter_mut() {
+                    costs.push(operand.reorder());
+                }
+                let total = costs.iter().sum();
+                let mut costed: Vec<(usize, Expr)> =
+                    costs.into_iter().zip(operands.drain(..)).collect();
+                costed.sort_by_key(|(cost, _)| *cost);
+                operands.extend(costed.into_iter().map(|(_, operand)| operand));
+                total
+            }
+            Expr::Not(inner) => inner.reorder(),
             Expr::Compare(comparison) => {
                 let literal = match comparison.value {
                     Literal::Regex(_) => 20,
