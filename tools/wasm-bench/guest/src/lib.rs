@@ -6,8 +6,8 @@
 //! wasmtime runner; compiled natively the same functions are called directly,
 //! so both sides run exactly the same code.
 //!
-//! `definitions` is a copy of the generator in `benches/matching.rs`; keep the
-//! two in step so that these numbers compare with criterion's.
+//! `definitions` is the generator of `benches/support/workload.rs`, shared
+//! with criterion's benchmark so that the numbers compare.
 
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -15,55 +15,15 @@ use std::hint::black_box;
 use envoy_webhooks::config::PluginConfig;
 use envoy_webhooks::events::parse_event;
 use envoy_webhooks::matcher::Matcher;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The seed's formats event (about 1.5 KB), the fixture of the criterion benchmark.
 pub const EVENT: &[u8] = include_bytes!("../../../../benches/fixtures/formats-event.json");
 
-const SEED_QUERY: &str = r#"data.status="ACTIVE" AND data.is_online=true AND (data.components.metadata.format="AVC" OR data.components.metadata.format="MPEG-4")"#;
+#[path = "../../../../benches/support/workload.rs"]
+mod workload;
 
-/// Queries in the style of the seed document (as in benches/matching.rs).
-const QUERIES: [&str; 8] = [
-    SEED_QUERY,
-    r#"(data.components.metadata.width>=1920 OR data.components.metadata.height>=1920) AND data.components.metadata.duration>60000"#,
-    r#"data.deleted_by_user=null"#,
-    r#"data.components.metadata.format=/MPEG-[2,4]/"#,
-    r#"user_id="9b219676-7567-11e9-806b-62fe166f0ad7""#,
-    r#"data.metadata_values.share.field_values.value="true""#,
-    r#"data.archive_status!="ARCHIVED" AND data.storage_methods="GCS""#,
-    "",
-];
-
-/// `count` definitions over a mix of types, realms and operations; about one
-/// in ten can fire for the formats event (as in benches/matching.rs).
-pub fn definitions(count: usize) -> Vec<Value> {
-    let types = ["assets", "collections", "users", "jobs", "storages"];
-    let realms = [
-        "entity", "metadata", "formats", "files", "contents", "segments", "shares", "acls",
-    ];
-    let operations = ["create", "delete", "update", "all", "restore"];
-    (0..count)
-        .map(|i| {
-            let (event_type, realm, operation) = if i % 10 == 0 {
-                ("assets", "formats", "update")
-            } else {
-                (
-                    types[i % types.len()],
-                    realms[(i / 3) % realms.len()],
-                    operations[(i / 7) % operations.len()],
-                )
-            };
-            json!({
-                "id": format!("hook-{i}"),
-                "event_type": event_type,
-                "realm": realm,
-                "operation": operation,
-                "url": format!("http://receiver-{}/hooks/{i}", i % 5),
-                "query": QUERIES[i % QUERIES.len()],
-            })
-        })
-        .collect()
-}
+pub use workload::definitions;
 
 /// The plugin configuration JSON of `count` definitions.
 pub fn config_json(count: usize) -> String {
