@@ -237,6 +237,12 @@ impl WebhooksRoot {
             ),
             Target::DeadLetter { .. } => {
                 let Some(dead_letter) = &plugin.config.dead_letter else {
+                    // The destination was removed by a configuration reload.
+                    self.lose(
+                        plugin,
+                        &delivery,
+                        "the dead_letter destination is no longer configured",
+                    );
                     return;
                 };
                 let headers = delivery::destination_headers(&dead_letter.url, &dead_letter.headers);
@@ -245,16 +251,16 @@ impl WebhooksRoot {
         };
         let mut headers = headers;
         let mut delivery = delivery;
-        if delivery.message_id.is_empty() {
-            delivery.message_id = signature::message_id(
-                &definition.id,
-                delivery.request_id.as_deref(),
-                &delivery.body,
-            );
-        }
         let signature_value;
         let secrets = plugin.secrets.get(index).map_or(&[][..], Vec::as_slice);
         if matches!(target, Target::Webhook { .. }) && !secrets.is_empty() {
+            if delivery.message_id.is_empty() {
+                delivery.message_id = signature::message_id(
+                    &definition.id,
+                    delivery.request_id.as_deref(),
+                    &delivery.body,
+                );
+            }
             signature_value = signature::signature_header(
                 secrets,
                 &delivery.message_id,
