@@ -1,7 +1,8 @@
 //! The record POSTed to the dead-letter destination for a delivery that
 //! could not be made.
 
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::value::RawValue;
 
 /// Why a delivery was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,19 +45,47 @@ pub struct FailedDelivery<'a> {
 
 /// The dead-letter record: `{"webhook_id", "event", "attempts", "last_error",
 /// "first_attempt_at", "reason", ...}` (`first_attempt_at` in Unix seconds).
+///
+/// `event` is the event's JSON text byte for byte (big integers, `-0`, `1E2`,
+/// key order and duplicate keys as the platform sent them), not a re-encoding.
 pub fn record(failed: &FailedDelivery<'_>) -> Vec<u8> {
-    let event = serde_json::from_slice::<Value>(failed.event)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(failed.event).into_owned()));
-    json!({
-        "webhook_id": failed.webhook_id,
-        "event": event,
-        "attempts": failed.attempts,
-        "last_error": failed.last_error,
-        "first_attempt_at": failed.first_attempt_at_ms / 1000,
-        "reason": failed.reason.as_str(),
-        "message_id": failed.message_id,
-        "request_id": failed.request_id,
-    })
-    .to_string()
-    .into_bytes()
+    /// Field order is the record's documented order.
+    #[derive(Serialize)]
+    struct Record<'a> {
+        webhook_id: &'a str,
+        event: EventText<'a>,
+        attempts: u32,
+        last_error: Option<&'a str>,
+        first_attempt_at: u64,
+        reason: &'a str,
+        message_id: &'a str,
+        request_id: Option<&'a str>,
+    }
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum EventText<'a> {
+        Json(&'a RawValue),
+        /// Not JSON (never the case for an accepted event): carried as a string.
+        Text(String),
+    }
+    let event = std::str::from_utf8(failed.event)
+        .ok()
+        .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
+        .map_or_else(
+            || EventText::Text(String::from_utf8_lossy(failed.event).into_owned()),
+            EventText::Json,
+        );
+    let record = Record {
+        webhook_id: failed.webhook_id,
+        event,
+        attempts: failed.attempts,
+        last_error: failed.last_error,
+        first_attempt_at: failed.first_attempt_at_ms / 1000,
+        reason: failed.reason.as_str(),
+        message_id: failed.message_id,
+        request_id: failed.request_id,
+    };
+    // Serialising borrowed strings and numbers cannot fail; an empty body
+    // would be refused by the destination and so still be counted.
+    serde_json::to_vec(&record).unwrap_or_default()
 }

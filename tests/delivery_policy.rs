@@ -135,6 +135,30 @@ fn the_dead_letter_record_carries_the_event_and_its_history() {
 }
 
 #[test]
+fn the_dead_letter_record_keeps_the_events_exact_text() {
+    let event =
+        br#"{"b": 123456789012345678901234567890, "a": -0, "c": 1E2, "a": "dup", "s": "\u00e9"}"#;
+    let bytes = record(&FailedDelivery {
+        webhook_id: "hook",
+        message_id: "msg_1",
+        request_id: None,
+        event,
+        attempts: 1,
+        last_error: None,
+        first_attempt_at_ms: 0,
+        reason: Reason::Gone,
+    });
+    let text = String::from_utf8(bytes).expect("UTF-8");
+    let inner = std::str::from_utf8(event).expect("UTF-8");
+    assert!(
+        text.contains(&format!("\"event\":{inner},")),
+        "event not carried byte for byte: {text}"
+    );
+    let value: Value = serde_json::from_str(&text).expect("the record is JSON");
+    assert_eq!(value["reason"], "gone");
+}
+
+#[test]
 fn gone_fails_the_webhook_at_once() {
     let config = PluginConfig::from_value(&json!({"webhooks": [hook(json!({}))]})).expect("valid");
     let mut health = WebhookHealth::initial(&config.webhooks[0], 100);

@@ -117,6 +117,40 @@ fn invalid_text_is_rejected_by_both() {
     assert!(parse_event_with(text.as_bytes(), Some(&tree)).is_ok());
 }
 
+/// One acceptance rule whatever the configuration: a value that a full parse
+/// refuses is refused by the pruned parse too, read by a query or not.
+#[test]
+fn acceptance_does_not_depend_on_which_fields_are_read() {
+    let events: [&[u8]; 6] = [
+        br#"{"event_type": "assets", "x": 1e400}"#,
+        br#"{"event_type": "assets", "x": -1e400}"#,
+        br#"{"event_type": "assets", "x": "\ud800"}"#,
+        br#"{"event_type": "assets", "x": {"y": ["\udc00 alone"]}}"#,
+        br#"{"event_type": "assets", "\ud800": 1}"#,
+        br#"{"event_type": "assets", "x": [1, {"k": 1E2, "z": 123456789012345678901234567890}]}"#,
+    ];
+    let trees = [
+        tree_of(&[]),
+        tree_of(&["x=1"]),
+        tree_of(&["x.y=1"]),
+        tree_of(&["other=1"]),
+    ];
+    for event in events {
+        let full = parse_event(event).is_ok();
+        for tree in &trees {
+            assert_eq!(
+                parse_event_with(event, Some(tree)).is_ok(),
+                full,
+                "{}",
+                String::from_utf8_lossy(event)
+            );
+        }
+    }
+    assert!(parse_event(events[0]).is_err());
+    assert!(parse_event(events[2]).is_err());
+    assert!(parse_event(events[5]).is_ok());
+}
+
 const KEYS: [&str; 4] = ["a", "b", "c", "d e"];
 
 fn json_value() -> impl Strategy<Value = Value> {

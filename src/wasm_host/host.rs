@@ -1,36 +1,73 @@
-//! Host calls that report failure instead of panicking, as filter code must never trap.
+//! Every proxy-wasm call the filter makes that can read what a client, a
+//! receiver or the host sends, wrapped so that none of them can panic.
+//!
+//! proxy-wasm 0.2.5 panics (and so traps the VM, failing every later request
+//! of the worker) where it meets the unexpected: `get_map_value` unwraps
+//! `String::from_utf8` of a header value, and every call panics on a status it
+//! does not expect, e.g. asking for the headers of a call that ended without
+//! an answer. So: only the `_bytes` variants, decoded leniently; call-response
+//! maps only when the host said there are headers; buffers only when non-empty.
 
 use std::time::UNIX_EPOCH;
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType};
+use proxy_wasm::types::{BufferType, LogLevel, MapType};
 
 /// Milliseconds since the Unix epoch, by the host's clock.
 pub fn now_ms() -> u64 {
     hostcalls::get_current_time()
         .ok()
         .and_then(|time| time.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+fn map_value(map: MapType, name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(map, name)
+        .ok()
+        .flatten()
+        .map(|bytes| match String::from_utf8(bytes) {
+            Ok(text) => text,
+            // obs-text (0x80-0xff) is legal in HTTP header values: keep what can be read.
+            Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+        })
+}
+
+/// A request header, with bytes that are not UTF-8 replaced by U+FFFD.
 pub fn request_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
+    map_value(MapType::HttpRequestHeaders, name)
 }
 
+/// A response header, with bytes that are not UTF-8 replaced by U+FFFD.
 pub fn response_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
-        .ok()
-        .flatten()
+    map_value(MapType::HttpResponseHeaders, name)
 }
 
-pub fn call_response_header(name: &str) -> Option<String> {
-    hostcalls::get_map_value(MapType::HttpCallResponseHeaders, name)
-        .ok()
-        .flatten()
+/// A header of a call's answer. `num_headers` is what the host reported for
+/// the call: 0 means there was no answer (reset, timeout, overflow), and then
+/// the host has no header map to read (the SDK would panic).
+pub fn call_response_header(num_headers: usize, name: &str) -> Option<String> {
+    if num_headers == 0 {
+        return None;
+    }
+    map_value(MapType::HttpCallResponseHeaders, name)
 }
 
+/// Up to `size` bytes of a buffer; nothing when `size` is 0.
 pub fn buffer(kind: BufferType, size: usize) -> Option<Vec<u8>> {
+    if size == 0 {
+        return None;
+    }
     hostcalls::get_buffer(kind, 0, size).ok().flatten()
+}
+
+/// Makes a panic visible in Envoy's log before the VM aborts: without it, a
+/// trap says nothing of where it came from. The filter's own code never
+/// panics (lints forbid it); this is for the SDK's and the standard library's.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let _ = hostcalls::log(
+            LogLevel::Critical,
+            &format!("envoy-webhooks panicked, the Wasm VM will abort: {info}"),
+        );
+    }));
 }

@@ -20,6 +20,7 @@ use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;
 
 proxy_wasm::main! {{
+    host::install_panic_hook();
     proxy_wasm::set_log_level(LogLevel::Trace);
     proxy_wasm::set_root_context(|_context_id| -> Box<dyn RootContext> {
         Box::new(root::WebhooksRoot::default())

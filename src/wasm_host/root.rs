@@ -95,8 +95,9 @@ fn env_secrets(name: &str) -> Result<Vec<SigningSecret>, String> {
 }
 
 impl WebhooksRoot {
-    fn load(&mut self) -> Result<Plugin, Vec<String>> {
-        let bytes = host::buffer(BufferType::PluginConfiguration, usize::MAX).unwrap_or_default();
+    fn load(&mut self, configuration_size: usize) -> Result<Plugin, Vec<String>> {
+        let bytes =
+            host::buffer(BufferType::PluginConfiguration, configuration_size).unwrap_or_default();
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Err(vec![
                 "the plugin configuration is empty: set the Wasm filter's `configuration` to the webhooks JSON".to_string(),
@@ -587,7 +588,7 @@ impl Context for WebhooksRoot {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
@@ -597,11 +598,14 @@ impl Context for WebhooksRoot {
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
-        let status = host::call_response_header(":status");
+        let status = host::call_response_header(num_headers, ":status");
         let elapsed_ms = host::now_ms().saturating_sub(call.started_ms);
-        // Enough of the body to recognise Envoy's own answers.
-        let body =
-            host::buffer(BufferType::HttpCallResponseBody, body_size.min(256)).unwrap_or_default();
+        // Enough of the body to recognise Envoy's own answers; none without an answer.
+        let body = if num_headers == 0 {
+            Vec::new()
+        } else {
+            host::buffer(BufferType::HttpCallResponseBody, body_size.min(256)).unwrap_or_default()
+        };
         match delivery::outcome(
             status.as_deref(),
             &body,
@@ -610,7 +614,7 @@ impl Context for WebhooksRoot {
         ) {
             Ok(()) => self.succeeded(&plugin, call.delivery, call.clean_version),
             Err(error) => {
-                let retry_after = host::call_response_header("retry-after");
+                let retry_after = host::call_response_header(num_headers, "retry-after");
                 let outcome = match status.as_deref().and_then(|s| s.parse::<u16>().ok()) {
                     Some(code) => AttemptOutcome::Status {
                         code,
@@ -629,12 +633,12 @@ impl Context for WebhooksRoot {
 }
 
 impl RootContext for WebhooksRoot {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+    fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
         // Log only what Envoy would print: formatting dropped messages costs.
         if let Ok(level) = hostcalls::get_log_level() {
             proxy_wasm::set_log_level(level);
         }
-        match self.load() {
+        match self.load(plugin_configuration_size) {
             Ok(plugin) => {
                 log::info!(
                     "envoy-webhooks {}: loaded {} webhook definition(s)",
