@@ -6,6 +6,11 @@ use crate::config::{WebhookDefinition, WebhookUrl};
 /// Sent as `user-agent` on every delivery.
 pub const USER_AGENT: &str = concat!("envoy-webhooks/", env!("CARGO_PKG_VERSION"));
 
+/// Sent on every call the filter makes (deliveries and dead letters). A
+/// request carrying it is never read as an event: a webhook whose cluster
+/// leads back through an Envoy with this filter cannot loop.
+pub const DELIVERY_MARKER: &str = "envoy-webhooks-delivery";
+
 /// The headers of a delivery call: pseudo-headers, then ours, then the webhook's own.
 pub fn request_headers(definition: &WebhookDefinition) -> Vec<(&str, &str)> {
     destination_headers(&definition.url, &definition.headers)
@@ -22,6 +27,7 @@ pub fn destination_headers<'a>(
         (":authority", url.authority.as_str()),
         ("content-type", "application/json"),
         ("user-agent", USER_AGENT),
+        (DELIVERY_MARKER, "1"),
     ];
     headers.extend(
         extra
@@ -65,33 +71,60 @@ pub fn outcome(
     }
 }
 
-/// A delivery handed to the root context through the worker's shared queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueuedDelivery {
+/// One webhook an event is to be delivered to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuedTarget {
     /// Index of the webhook in the configuration.
     pub webhook: u32,
     /// The definition's fingerprint, so that a delivery queued under an older
     /// configuration is never sent with a newer definition.
     pub fingerprint: u64,
+}
+
+/// An event and the webhooks it matched, handed to the root context through
+/// the worker's shared queue: one message (one copy of the body) per event,
+/// however many webhooks it matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEvent {
+    pub targets: Vec<QueuedTarget>,
     /// The event's `request_id`, for `webhook-id` and logs.
     pub request_id: Option<String>,
     pub body: Vec<u8>,
 }
 
-impl QueuedDelivery {
-    /// `webhook (u32 LE) | fingerprint (u64 LE) | request_id length (u16 LE,
-    /// 0xFFFF for none) | request_id | body`.
+/// Bytes of one target in a queue message.
+const TARGET_BYTES: usize = 12;
+
+impl QueuedEvent {
+    /// `target count (u32 LE) | (webhook u32 LE, fingerprint u64 LE)* |
+    /// request_id length (u16 LE, 0xFFFF for none) | request_id | body`.
+    /// A request_id of 64 KiB or more is left out (it only labels logs).
     pub fn encode(&self) -> Vec<u8> {
-        let request_id = self
-            .request_id
-            .as_deref()
-            .filter(|id| id.len() < usize::from(u16::MAX));
-        let mut bytes = Vec::with_capacity(14 + request_id.map_or(0, str::len) + self.body.len());
-        bytes.extend_from_slice(&self.webhook.to_le_bytes());
-        bytes.extend_from_slice(&self.fingerprint.to_le_bytes());
+        let request_id = self.request_id.as_deref().and_then(|id| {
+            u16::try_from(id.len())
+                .ok()
+                .filter(|len| *len < u16::MAX)
+                .map(|len| (id, len))
+        });
+        let count = u32::try_from(self.targets.len()).unwrap_or(u32::MAX);
+        let mut bytes = Vec::with_capacity(
+            6 + TARGET_BYTES * self.targets.len()
+                + request_id.map_or(0, |(id, _)| id.len())
+                + self.body.len(),
+        );
+        bytes.extend_from_slice(&count.to_le_bytes());
+        // `count` saturates only past 4 billion targets, far beyond the per-request bound.
+        for target in self
+            .targets
+            .iter()
+            .take(usize::try_from(count).unwrap_or(usize::MAX))
+        {
+            bytes.extend_from_slice(&target.webhook.to_le_bytes());
+            bytes.extend_from_slice(&target.fingerprint.to_le_bytes());
+        }
         match request_id {
-            Some(id) => {
-                bytes.extend_from_slice(&(id.len() as u16).to_le_bytes());
+            Some((id, len)) => {
+                bytes.extend_from_slice(&len.to_le_bytes());
                 bytes.extend_from_slice(id.as_bytes());
             }
             None => bytes.extend_from_slice(&u16::MAX.to_le_bytes()),
@@ -100,20 +133,32 @@ impl QueuedDelivery {
         bytes
     }
 
-    pub fn decode(bytes: &[u8]) -> Option<QueuedDelivery> {
-        let webhook = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
-        let fingerprint = u64::from_le_bytes(bytes.get(4..12)?.try_into().ok()?);
-        let id_len = u16::from_le_bytes(bytes.get(12..14)?.try_into().ok()?);
+    pub fn decode(bytes: &[u8]) -> Option<QueuedEvent> {
+        let count = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?);
+        let count = usize::try_from(count).ok()?;
+        let targets_end = TARGET_BYTES.checked_mul(count)?.checked_add(4)?;
+        let targets = bytes
+            .get(4..targets_end)?
+            .chunks_exact(TARGET_BYTES)
+            .map(|chunk| {
+                let (webhook, fingerprint) = chunk.split_at(4);
+                Some(QueuedTarget {
+                    webhook: u32::from_le_bytes(webhook.try_into().ok()?),
+                    fingerprint: u64::from_le_bytes(fingerprint.try_into().ok()?),
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let id_start = targets_end.checked_add(2)?;
+        let id_len = u16::from_le_bytes(bytes.get(targets_end..id_start)?.try_into().ok()?);
         let (request_id, body_start) = if id_len == u16::MAX {
-            (None, 14)
+            (None, id_start)
         } else {
-            let end = 14 + usize::from(id_len);
-            let id = std::str::from_utf8(bytes.get(14..end)?).ok()?;
+            let end = id_start.checked_add(usize::from(id_len))?;
+            let id = std::str::from_utf8(bytes.get(id_start..end)?).ok()?;
             (Some(id.to_string()), end)
         };
-        Some(QueuedDelivery {
-            webhook,
-            fingerprint,
+        Some(QueuedEvent {
+            targets,
             request_id,
             body: bytes.get(body_start..)?.to_vec(),
         })

@@ -59,20 +59,35 @@ pub fn parse_json_body_with(
     body: &[u8],
     fields: Option<&FieldTree>,
 ) -> Vec<Result<Event, NotAnEvent>> {
+    parse_json_body_limited(body, fields, usize::MAX).0
+}
+
+/// Like [`parse_json_body_with`], parsing at most `max_events` events of an
+/// array; also returns how many more it held (skipped, not parsed).
+pub fn parse_json_body_limited(
+    body: &[u8],
+    fields: Option<&FieldTree>,
+    max_events: usize,
+) -> (Vec<Result<Event, NotAnEvent>>, u64) {
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() {
-        return vec![Err(NotAnEvent::Empty)];
+        return (vec![Err(NotAnEvent::Empty)], 0);
     }
-    if trimmed[0] == b'[' {
+    if trimmed.first() == Some(&b'[') {
         return match serde_json::from_slice::<Vec<&RawValue>>(trimmed) {
-            Ok(items) => items
-                .into_iter()
-                .map(|raw| parse_event_with(raw.get().as_bytes(), fields))
-                .collect(),
-            Err(e) => vec![Err(NotAnEvent::InvalidJson(e.to_string()))],
+            Ok(items) => {
+                let skipped = items.len().saturating_sub(max_events);
+                let events = items
+                    .into_iter()
+                    .take(max_events)
+                    .map(|raw| parse_event_with(raw.get().as_bytes(), fields))
+                    .collect();
+                (events, u64::try_from(skipped).unwrap_or(u64::MAX))
+            }
+            Err(e) => (vec![Err(NotAnEvent::InvalidJson(e.to_string()))], 0),
         };
     }
-    vec![parse_event_with(trimmed, fields)]
+    (vec![parse_event_with(trimmed, fields)], 0)
 }
 
 /// Parses one event's JSON text (an NDJSON line, an array element or a whole body).
@@ -152,6 +167,14 @@ pub struct BodyCollector {
     oversized: bool,
     /// Only these paths are parsed; `None`: everything.
     fields: Option<Rc<FieldTree>>,
+    /// Events handed out at most; later ones are only counted.
+    max_events: usize,
+    /// Events (valid or not) handed out so far.
+    events: usize,
+    /// Events past `max_events`, skipped.
+    over_limit: u64,
+    /// The NDJSON line being skipped has content (so it is an event to count).
+    skipped_line_has_content: bool,
 }
 
 impl BodyCollector {
@@ -162,7 +185,27 @@ impl BodyCollector {
             buffer: Vec::new(),
             oversized: false,
             fields: None,
+            max_events: usize::MAX,
+            events: 0,
+            over_limit: 0,
+            skipped_line_has_content: false,
         }
+    }
+
+    /// Hands out at most `max` events; the rest are skipped without being
+    /// parsed, and counted (see [`BodyCollector::events_over_limit`]).
+    pub fn with_max_events(mut self, max: usize) -> BodyCollector {
+        self.max_events = max;
+        self
+    }
+
+    /// Events skipped so far because of `with_max_events`.
+    pub fn events_over_limit(&self) -> u64 {
+        self.over_limit
+    }
+
+    fn at_limit(&self) -> bool {
+        self.events >= self.max_events
     }
 
     /// Parses only the paths of `fields` (see [`FieldTree`]).
@@ -178,9 +221,10 @@ impl BodyCollector {
             BodyFormat::Ndjson => {
                 let mut rest = chunk;
                 while let Some(newline) = rest.iter().position(|&b| b == b'\n') {
-                    self.append(&rest[..newline]);
+                    let (line, after) = rest.split_at(newline);
+                    self.append(line);
                     self.finish_line(out);
-                    rest = &rest[newline + 1..];
+                    rest = after.get(1..).unwrap_or_default();
                 }
                 self.append(rest);
             }
@@ -194,7 +238,7 @@ impl BodyCollector {
             if chunk.len() > self.limit {
                 out.push(Err(NotAnEvent::Oversized { limit: self.limit }));
             } else {
-                out.extend(parse_json_body_with(chunk, self.fields.as_deref()));
+                self.parse_json(chunk, out);
             }
             return;
         }
@@ -209,7 +253,8 @@ impl BodyCollector {
                 if self.oversized {
                     out.push(Err(NotAnEvent::Oversized { limit: self.limit }));
                 } else {
-                    out.extend(parse_json_body_with(&self.buffer, self.fields.as_deref()));
+                    let buffer = std::mem::take(&mut self.buffer);
+                    self.parse_json(&buffer, out);
                 }
                 self.buffer = Vec::new();
                 self.oversized = false;
@@ -218,7 +263,23 @@ impl BodyCollector {
         }
     }
 
+    fn parse_json(&mut self, body: &[u8], out: &mut Vec<Result<Event, NotAnEvent>>) {
+        let (events, skipped) = parse_json_body_limited(
+            body,
+            self.fields.as_deref(),
+            self.max_events.saturating_sub(self.events),
+        );
+        self.events = self.events.saturating_add(events.len());
+        self.over_limit = self.over_limit.saturating_add(skipped);
+        out.extend(events);
+    }
+
     fn append(&mut self, bytes: &[u8]) {
+        if self.format == BodyFormat::Ndjson && self.at_limit() {
+            // Past the limit, lines are only counted: nothing is kept.
+            self.skipped_line_has_content |= !bytes.trim_ascii().is_empty();
+            return;
+        }
         if self.oversized {
             return;
         }
@@ -231,6 +292,16 @@ impl BodyCollector {
     }
 
     fn finish_line(&mut self, out: &mut Vec<Result<Event, NotAnEvent>>) {
+        if self.at_limit() {
+            if std::mem::take(&mut self.skipped_line_has_content) {
+                self.over_limit = self.over_limit.saturating_add(1);
+            }
+            return;
+        }
+        let is_event = self.oversized || !self.buffer.trim_ascii().is_empty();
+        if is_event {
+            self.events = self.events.saturating_add(1);
+        }
         if self.oversized {
             out.push(Err(NotAnEvent::Oversized { limit: self.limit }));
         } else if !self.buffer.trim_ascii().is_empty() {

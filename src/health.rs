@@ -25,6 +25,10 @@ pub struct WebhookHealth {
     pub delivered: u64,
     /// Failed deliveries so far.
     pub failed: u64,
+    /// Counts operator `enable`s. An attempt remembers the epoch it was made
+    /// in; its outcome counts for the status only while the epoch is the same,
+    /// so calls made before an `enable` cannot fail the webhook again.
+    pub epoch: u64,
 }
 
 /// A change of status, with its reason, for the log.
@@ -46,6 +50,7 @@ impl WebhookHealth {
             last_error: None,
             delivered: 0,
             failed: 0,
+            epoch: 0,
         }
     }
 
@@ -134,6 +139,7 @@ impl WebhookHealth {
         self.status = Status::Enabled;
         self.consecutive_failures = 0;
         self.first_failed_at = None;
+        self.epoch = self.epoch.wrapping_add(1);
         Some(Transition {
             from,
             to: Status::Enabled,
@@ -151,6 +157,7 @@ impl WebhookHealth {
             "last_error": self.last_error,
             "delivered": self.delivered,
             "failed": self.failed,
+            "epoch": self.epoch,
         })
         .to_string()
         .into_bytes()
@@ -171,6 +178,8 @@ impl WebhookHealth {
                 .map(str::to_string),
             delivered: count("delivered")?,
             failed: count("failed")?,
+            // Records written before epochs existed.
+            epoch: count("epoch").unwrap_or(0),
         })
     }
 }

@@ -9,6 +9,8 @@ pub mod delivery;
 pub mod events;
 pub mod fields;
 pub mod health;
+pub mod held;
+pub mod logging;
 pub mod matcher;
 pub mod query;
 pub mod status;

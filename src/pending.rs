@@ -3,6 +3,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
+use std::rc::Rc;
 
 /// Where a pending delivery goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,8 +34,9 @@ impl Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PendingDelivery {
     pub target: Target,
-    /// What is POSTed: the event, or the dead-letter record.
-    pub body: Vec<u8>,
+    /// What is POSTed: the event, or the dead-letter record. Shared by the
+    /// deliveries of one event to several webhooks.
+    pub body: Rc<[u8]>,
     /// `webhook-id`, stable across attempts.
     pub message_id: String,
     /// The event's `request_id`, for logs.
@@ -45,6 +47,9 @@ pub struct PendingDelivery {
     pub dispatch_failures: u32,
     pub first_attempt_at_ms: u64,
     pub last_error: Option<String>,
+    /// The webhook's `enable` epoch when the latest attempt was made (see
+    /// `WebhookHealth::epoch`).
+    pub epoch: u64,
 }
 
 impl PendingDelivery {

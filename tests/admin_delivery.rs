@@ -3,7 +3,9 @@
 
 use envoy_webhooks::admin::{error_body, route, status_entry, AdminRoute};
 use envoy_webhooks::config::{DeliveryPolicy, PluginConfig, WebhookDefinition};
-use envoy_webhooks::delivery::{outcome, request_headers, QueuedDelivery, USER_AGENT};
+use envoy_webhooks::delivery::{
+    outcome, request_headers, QueuedEvent, QueuedTarget, DELIVERY_MARKER, USER_AGENT,
+};
 use envoy_webhooks::health::WebhookHealth;
 use envoy_webhooks::status::Status;
 use serde_json::{json, Value};
@@ -300,6 +302,7 @@ fn request_headers_in_order_then_the_webhooks_own() {
             (":authority", "hooks.example.com:8443"),
             ("content-type", "application/json"),
             ("user-agent", USER_AGENT),
+            ("envoy-webhooks-delivery", "1"),
             ("authorization", "Bearer t"),
             ("x-iconik-app", "app"),
         ]
@@ -310,7 +313,8 @@ fn request_headers_in_order_then_the_webhooks_own() {
 fn request_headers_for_a_bare_url() {
     let def = definition(json!({"id": "h", "event_type": "assets", "url": "http://receiver"}));
     let headers = request_headers(&def);
-    assert_eq!(headers.len(), 5, "no configured headers: {headers:?}");
+    assert_eq!(headers.len(), 6, "no configured headers: {headers:?}");
+    assert!(headers.contains(&(DELIVERY_MARKER, "1")), "the loop guard");
     assert_eq!(headers[1], (":path", "/"));
     assert_eq!(headers[2], (":authority", "receiver"));
 }
@@ -413,87 +417,71 @@ fn envoys_own_answers_say_what_happened() {
 // ---------------------------------------------------------------------------
 // Queue messages
 
+fn target(webhook: u32, fingerprint: u64) -> QueuedTarget {
+    QueuedTarget {
+        webhook,
+        fingerprint,
+    }
+}
+
 #[test]
-fn queued_delivery_round_trips() {
+fn queued_event_round_trips() {
     let formats = include_bytes!("fixtures/core/seed-formats-event.json");
     let cases = [
-        QueuedDelivery {
-            webhook: 0,
-            fingerprint: 0,
+        QueuedEvent {
+            targets: vec![target(0, 0)],
             request_id: None,
             body: Vec::new(),
         },
-        QueuedDelivery {
-            webhook: 7,
-            fingerprint: 0x0123_4567_89ab_cdef,
+        QueuedEvent {
+            targets: (0..1000).map(|i| target(i, u64::from(i) << 32)).collect(),
             request_id: Some("476117422b18ed2f915fe9887b77b702".to_string()),
             body: formats.to_vec(),
         },
-        QueuedDelivery {
-            webhook: u32::MAX,
-            fingerprint: u64::MAX,
+        QueuedEvent {
+            targets: vec![target(u32::MAX, u64::MAX), target(7, 0x0123_4567_89ab_cdef)],
             request_id: Some(String::new()),
             body: vec![0, 0xff, b'\n', 0],
         },
+        QueuedEvent {
+            targets: Vec::new(),
+            request_id: Some("r".to_string()),
+            body: b"{}".to_vec(),
+        },
     ];
-    for delivery in cases {
-        let bytes = delivery.encode();
-        // 14 header bytes, then the request id, then the body.
-        let id_len = delivery.request_id.as_ref().map_or(0, String::len);
-        assert_eq!(bytes.len(), 14 + id_len + delivery.body.len());
-        assert_eq!(QueuedDelivery::decode(&bytes), Some(delivery));
+    for event in cases {
+        let bytes = event.encode();
+        // One copy of the body, however many targets.
+        let id_len = event.request_id.as_ref().map_or(0, String::len);
+        assert_eq!(
+            bytes.len(),
+            6 + 12 * event.targets.len() + id_len + event.body.len()
+        );
+        assert_eq!(QueuedEvent::decode(&bytes), Some(event));
     }
 }
 
 #[test]
-fn queued_delivery_fields_do_not_bleed_into_each_other() {
-    let a = QueuedDelivery {
-        webhook: 1,
-        fingerprint: 2,
-        request_id: None,
-        body: b"{}".to_vec(),
-    }
-    .encode();
-    let b = QueuedDelivery {
-        webhook: 2,
-        fingerprint: 1,
-        request_id: Some("r".to_string()),
-        body: b"{}".to_vec(),
-    }
-    .encode();
-    assert_ne!(a, b);
-    assert_eq!(
-        QueuedDelivery::decode(&b).map(|d| (d.webhook, d.fingerprint)),
-        Some((2, 1))
-    );
-}
-
-#[test]
-fn short_queue_messages_decode_to_none() {
-    let bytes = QueuedDelivery {
-        webhook: 3,
-        fingerprint: 4,
+fn short_or_lying_queue_messages_decode_to_none() {
+    let bytes = QueuedEvent {
+        targets: vec![target(3, 4)],
         request_id: Some("req".to_string()),
         body: Vec::new(),
     }
     .encode();
-    // The header is 14 bytes, then 3 of request_id.
-    for length in 0..17 {
+    // 4 + 12 bytes of targets, 2 of id length, then 3 of request_id.
+    for length in 0..21 {
         assert_eq!(
-            QueuedDelivery::decode(&bytes[..length]),
+            QueuedEvent::decode(&bytes[..length]),
             None,
             "{length} bytes"
         );
     }
-    assert_eq!(
-        QueuedDelivery::decode(&bytes),
-        Some(QueuedDelivery {
-            webhook: 3,
-            fingerprint: 4,
-            request_id: Some("req".to_string()),
-            body: Vec::new()
-        })
-    );
+    assert!(QueuedEvent::decode(&bytes).is_some());
+    // A count that promises more targets than the message holds.
+    let mut lying = bytes.clone();
+    lying[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(QueuedEvent::decode(&lying), None);
 }
 
 #[test]

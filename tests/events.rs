@@ -512,3 +512,46 @@ fn finish_with_gives_the_same_events_as_push_then_finish() {
         }
     }
 }
+
+/// `events.max_events_per_request`: the first events are handed out, the rest
+/// only counted, whatever the chunking and the format.
+#[test]
+fn events_past_the_limit_are_counted_not_parsed() {
+    let lines: String = (0..10)
+        .map(|i| format!("{{\"event_type\":\"assets\",\"n\":{i}}}\n\n"))
+        .collect();
+    for chunk_size in [1, 7, 64, lines.len()] {
+        let mut collector = BodyCollector::new(BodyFormat::Ndjson, 1024).with_max_events(3);
+        let mut events = Vec::new();
+        for chunk in lines.as_bytes().chunks(chunk_size) {
+            collector.push(chunk, &mut events);
+        }
+        collector.finish(&mut events);
+        assert_eq!(events.len(), 3, "chunks of {chunk_size}");
+        assert!(events.iter().all(Result::is_ok));
+        assert_eq!(collector.events_over_limit(), 7, "chunks of {chunk_size}");
+    }
+    // Invalid lines count as events too: the bound is on work, not on validity.
+    let mut collector = BodyCollector::new(BodyFormat::Ndjson, 1024).with_max_events(2);
+    let mut events = Vec::new();
+    collector.finish_with(b"not json\n{}\n{\"a\":1}\nlast", &mut events);
+    assert_eq!(events.len(), 2);
+    assert_eq!(collector.events_over_limit(), 2);
+
+    let array: String = format!(
+        "[{}]",
+        (0..10)
+            .map(|i| format!("{{\"n\":{i}}}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    for split in [array.len(), 5] {
+        let mut collector = BodyCollector::new(BodyFormat::Json, 1024).with_max_events(4);
+        let mut events = Vec::new();
+        let (first, rest) = array.as_bytes().split_at(split);
+        collector.push(first, &mut events);
+        collector.finish_with(rest, &mut events);
+        assert_eq!(events.len(), 4);
+        assert_eq!(collector.events_over_limit(), 6);
+    }
+}

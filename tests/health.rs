@@ -46,6 +46,7 @@ fn initial_state_is_the_configured_status() {
             last_error: None,
             delivered: 0,
             failed: 0,
+            epoch: 0,
         }
     );
     for (text, status) in [("DISABLED", Status::Disabled), ("FAILED", Status::Failed)] {
@@ -323,6 +324,30 @@ fn configured_failed_webhook_can_be_enabled() {
     assert_eq!(health.status, Status::Enabled);
 }
 
+#[test]
+fn enable_starts_a_new_epoch_and_nothing_else_does() {
+    let mut health = enabled();
+    let policy = policy(2, 600);
+    health.record_failure("HTTP 500", T0, &policy);
+    health.record_failure("HTTP 500", T0, &policy);
+    health.record_success();
+    assert_eq!(health.epoch, 0, "only an operator's enable starts an epoch");
+    health.record_gone(T0);
+    assert_eq!(health.status, Status::Failed);
+    assert!(health.enable().is_some());
+    assert_eq!(health.epoch, 1);
+    // Enabling what is already ENABLED changes nothing, not even the epoch.
+    assert!(health.enable().is_none());
+    assert_eq!(health.epoch, 1);
+    let decoded = WebhookHealth::decode(&health.encode()).expect("decodes");
+    assert_eq!(decoded.epoch, 1);
+    // Records written before epochs existed read as epoch 0.
+    let mut old: serde_json::Value = serde_json::from_slice(&enabled().encode()).expect("JSON");
+    old.as_object_mut().expect("object").remove("epoch");
+    let old = WebhookHealth::decode(old.to_string().as_bytes()).expect("decodes");
+    assert_eq!(old.epoch, 0);
+}
+
 // ---------------------------------------------------------------------------
 // Encoding
 
@@ -340,6 +365,7 @@ fn encode_decode_round_trip() {
             last_error: Some("HTTP 500 \"quoted\" \\ é 🎉\nsecond line".to_string()),
             delivered: u64::MAX,
             failed: 1,
+            epoch: u64::MAX,
         },
         WebhookHealth {
             fingerprint: 0,
@@ -349,6 +375,7 @@ fn encode_decode_round_trip() {
             last_error: Some(String::new()),
             delivered: 0,
             failed: 0,
+            epoch: 3,
         },
     ];
     let mut failing = enabled();

@@ -8,13 +8,14 @@ fn delivery(index: usize, tag: &str, body_len: usize) -> PendingDelivery {
             index,
             fingerprint: 1,
         },
-        body: vec![b'x'; body_len],
+        body: vec![b'x'; body_len].into(),
         message_id: format!("msg_{tag}"),
         request_id: Some(tag.to_string()),
         attempts: 1,
         dispatch_failures: 0,
         first_attempt_at_ms: 0,
         last_error: Some("HTTP 503".to_string()),
+        epoch: 0,
     }
 }
 

@@ -24,6 +24,10 @@ pub struct EventsConfig {
     /// Events larger than this are skipped (and counted).
     pub max_event_bytes: usize,
     pub deliver_on: DeliverOn,
+    /// Events of one request beyond this are skipped (and counted).
+    pub max_events_per_request: usize,
+    /// Deliveries of one request beyond this are not made (and counted).
+    pub max_deliveries_per_request: usize,
 }
 
 /// When the filter delivers an event's webhooks.
@@ -51,6 +55,9 @@ pub struct DeliveryPolicy {
     pub max_pending: usize,
     /// Bytes of deliveries waiting for a retry, per worker.
     pub max_pending_bytes: usize,
+    /// Bytes of event bodies a worker holds for deliveries: in flight, waiting
+    /// for a retry, and dead letters.
+    pub max_held_bytes: usize,
 }
 
 /// Where deliveries that cannot be made go.
@@ -92,6 +99,8 @@ impl Default for EventsConfig {
             path_prefixes: vec!["/".to_string()],
             max_event_bytes: 1024 * 1024,
             deliver_on: DeliverOn::Request,
+            max_events_per_request: 1_000,
+            max_deliveries_per_request: 10_000,
         }
     }
 }
@@ -106,6 +115,7 @@ impl Default for DeliveryPolicy {
             retry_schedule_s: crate::retry::DEFAULT_SCHEDULE_S.to_vec(),
             max_pending: 10_000,
             max_pending_bytes: 64 * 1024 * 1024,
+            max_held_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -254,6 +264,7 @@ fn parse_events(value: &Value, problems: &mut Vec<Problem>) -> Option<EventsConf
         path_prefixes,
         max_event_bytes,
         deliver_on,
+        ..defaults
     })
 }
 
@@ -280,6 +291,7 @@ fn parse_delivery(value: &Value, problems: &mut Vec<Problem>) -> Option<Delivery
         max_pending_bytes: fields
             .integer("max_pending_bytes", 1024, 16 * 1024 * 1024 * 1024)
             .map_or(defaults.max_pending_bytes, |n| n as usize),
+        ..defaults
     };
     fields.reject_unknown(
         "timeout_ms, max_in_flight, failing_window_s, failure_threshold, retry_schedule_s, max_pending, max_pending_bytes",
