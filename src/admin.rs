@@ -23,6 +23,12 @@ pub enum AdminRoute {
 }
 
 /// Routes a request. `path` may carry a query string.
+///
+/// The path is normalised first (percent-escapes decoded, `//`, `.` and `..`
+/// resolved) and the prefix compared without regard to ASCII case, so that no
+/// spelling of an admin path (`//webhooks-admin/status`,
+/// `/webhooks-admin%2Fstatus`, `/Webhooks-Admin/status`) slips past the token
+/// to the upstream, whatever Envoy's own path normalisation is set to.
 pub fn route(
     prefix: &str,
     token: &str,
@@ -31,8 +37,14 @@ pub fn route(
     authorization: Option<&str>,
 ) -> AdminRoute {
     let path = path.split(['?', '#']).next().unwrap_or("");
-    let Some(rest) = path.strip_prefix(prefix) else {
+    if !path.starts_with('/') {
+        // Not origin-form (Envoy refuses such requests anyway).
         return AdminRoute::NotAdmin;
+    }
+    let path = normalize_path(path);
+    let rest = match path.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(prefix) => path.get(prefix.len()..).unwrap_or(""),
+        _ => return AdminRoute::NotAdmin,
     };
     if !(rest.is_empty() || rest.starts_with('/')) {
         return AdminRoute::NotAdmin;
@@ -57,10 +69,80 @@ pub fn route(
     }
 }
 
-/// Compares secrets in time independent of where they differ.
+/// Whether `token` can be presented as `Authorization: Bearer <token>`:
+/// visible ASCII only, so no surrounding whitespace (a token read from an
+/// environment variable with a trailing newline would otherwise make every
+/// request 401, silently). The error never repeats the token.
+pub fn check_token(token: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err("the token is empty".to_string());
+    }
+    if token.trim() != token {
+        return Err("the token has leading or trailing whitespace (a trailing newline?); remove it".to_string());
+    }
+    if let Some(position) = token.chars().position(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "the token has a character that cannot be sent in an Authorization header (character {}); use visible ASCII only",
+            position + 1
+        ));
+    }
+    Ok(())
+}
+
+/// Compares secrets in time independent of their contents and lengths:
+/// fixed-length digests, compared in constant time.
 fn same_secret(presented: &str, expected: &str) -> bool {
-    let (a, b) = (presented.as_bytes(), expected.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let presented = Sha256::digest(presented.as_bytes());
+    let expected = Sha256::digest(expected.as_bytes());
+    bool::from(presented.as_slice().ct_eq(expected.as_slice()))
+}
+
+/// `path` with percent-escapes decoded (bytes that are not UTF-8 become
+/// U+FFFD), empty and `.` segments dropped and `..` resolved; always starts
+/// with `/` when non-empty.
+pub fn normalize_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&byte) = bytes.get(i) {
+        let escaped = (byte == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(value) => {
+                decoded.push(value);
+                i += 3;
+            }
+            None => {
+                decoded.push(byte);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8_lossy(&decoded);
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split(['/', '\\']) {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    if segments.is_empty() {
+        return if path.is_empty() { String::new() } else { "/".to_string() };
+    }
+    let mut normalized = String::with_capacity(decoded.len());
+    for segment in segments {
+        normalized.push('/');
+        normalized.push_str(segment);
+    }
+    normalized
 }
 
 /// One webhook's entry in `GET {prefix}/status`.

@@ -15,6 +15,8 @@ pub enum Reason {
     PendingLimit,
     /// The webhook is `FAILED`: it is no longer called.
     WebhookFailed,
+    /// The worker held `delivery.max_held_bytes` of bodies already.
+    MemoryLimit,
 }
 
 impl Reason {
@@ -24,6 +26,7 @@ impl Reason {
             Reason::Gone => "gone",
             Reason::PendingLimit => "pending_limit",
             Reason::WebhookFailed => "webhook_failed",
+            Reason::MemoryLimit => "memory_limit",
         }
     }
 }

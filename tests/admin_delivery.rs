@@ -40,8 +40,9 @@ fn paths_outside_the_prefix_are_not_admin() {
         "/webhooks-admin.json",
         "/api/webhooks-admin/status",
         "webhooks-admin/status",
-        "/WEBHOOKS-ADMIN/status",
         "/webhooks-adminX?/status",
+        "/webhooks-admin%58/status",
+        "/other/..%2Fwebhooks-adminX/status",
         "",
     ] {
         for authorization in [None, Some(AUTH), Some("Bearer wrong")] {
@@ -52,6 +53,37 @@ fn paths_outside_the_prefix_are_not_admin() {
             );
         }
     }
+}
+
+/// Every spelling of an admin path is the admin API (401 without the token),
+/// never ordinary traffic that would reach the upstream.
+#[test]
+fn every_spelling_of_an_admin_path_is_admin() {
+    for path in [
+        "//webhooks-admin/status",
+        "/webhooks-admin//status",
+        "/webhooks-admin%2Fstatus",
+        "/webhooks-admin%2fstatus",
+        "/%77ebhooks-admin/status",
+        "/Webhooks-Admin/status",
+        "/WEBHOOKS-ADMIN/status",
+        "/webhooks-admin/./status",
+        "/x/../webhooks-admin/status",
+        "/x/..%2Fwebhooks-admin/status",
+        "/webhooks-admin\\status",
+        "/webhooks-admin",
+        "/webhooks-admin/",
+    ] {
+        assert_eq!(admin("GET", path, None), AdminRoute::Unauthorized, "{path}");
+        assert_ne!(admin("GET", path, Some(AUTH)), AdminRoute::NotAdmin, "{path}");
+    }
+    assert_eq!(admin("GET", "//webhooks-admin//status", Some(AUTH)), AdminRoute::Status);
+    assert_eq!(admin("GET", "/Webhooks-Admin/status", Some(AUTH)), AdminRoute::Status);
+    // Webhook ids keep their case; escapes in them are decoded.
+    assert_eq!(
+        admin("POST", "/webhooks-admin/webhooks/My%2DHook/enable", Some(AUTH)),
+        AdminRoute::Enable("My-Hook".to_string())
+    );
 }
 
 #[test]
@@ -489,4 +521,15 @@ fn statuses_that_deliver() {
     // Only ENABLED and FAILING webhooks are called; FAILED waits for an operator.
     let delivering: Vec<Status> = Status::ALL.into_iter().filter(|s| s.delivers()).collect();
     assert_eq!(delivering, [Status::Enabled, Status::Failing]);
+}
+
+#[test]
+fn admin_tokens_that_cannot_be_presented_are_refused_without_echoing_them() {
+    use envoy_webhooks::admin::check_token;
+    assert_eq!(check_token("s3cr3t-Token_42"), Ok(()));
+    for bad in ["s3cr3t\n", " s3cr3t", "s3cr3t\t", "s3 cr3t", "s3cr3t\u{e9}", ""] {
+        let error = check_token(bad).expect_err(bad);
+        assert!(!error.contains("s3cr3t"), "{error}");
+    }
+    assert!(check_token("s3cr3t\n").expect_err("newline").contains("whitespace"));
 }

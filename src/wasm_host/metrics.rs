@@ -25,8 +25,13 @@ impl Metric {
     }
 
     pub fn increment(self) {
-        if let Some(id) = self.0 {
-            let _ = hostcalls::increment_metric(id, 1);
+        self.add(1);
+    }
+
+    /// Adds `n` to a counter, or to a gauge (negative: subtracts).
+    pub fn add(self, n: i64) {
+        if let (Some(id), false) = (self.0, n == 0) {
+            let _ = hostcalls::increment_metric(id, n);
         }
     }
 
@@ -70,6 +75,13 @@ pub struct Metrics {
     pub events_oversized: Metric,
     /// Deliveries waiting for a retry when their webhook's definition changed.
     pub deliveries_discarded: Metric,
+    /// Events of a request past `events.max_events_per_request`, not read.
+    pub events_over_limit: Metric,
+    /// Matches of a request past `events.max_deliveries_per_request`, or that
+    /// did not fit the held-bytes budget while the request held them: not made.
+    pub deliveries_over_limit: Metric,
+    /// Gauge: bytes of event bodies held for deliveries, summed over workers.
+    pub held_bytes: Metric,
     /// In configuration order.
     pub webhooks: Vec<WebhookMetrics>,
 }
@@ -99,6 +111,9 @@ impl Metrics {
             events_invalid: global("events_invalid"),
             events_oversized: global("events_oversized"),
             deliveries_discarded: global("deliveries_discarded"),
+            events_over_limit: global("events_over_limit"),
+            deliveries_over_limit: global("deliveries_over_limit"),
+            held_bytes: Metric::define(MetricType::Gauge, &format!("{PREFIX}.held_bytes")),
             webhooks,
         }
     }

@@ -1,10 +1,13 @@
 //! A loaded configuration, shared by a worker's root and its request contexts.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use crate::config::{PluginConfig, WebhookDefinition};
 use crate::fields::FieldTree;
 use crate::health::Transition;
+use crate::held::HeldBytes;
+use crate::logging::{suppressed_note, Printable, WarningLimiter};
 use crate::matcher::Matcher;
 use crate::signature::SigningSecret;
 
@@ -22,6 +25,10 @@ pub struct Plugin {
     pub metrics: Metrics,
     /// This worker's delivery queue.
     pub queue_id: u32,
+    /// The worker's budget for held event bodies (`delivery.max_held_bytes`).
+    pub held: HeldBytes,
+    /// Repeated warnings get one line per interval.
+    pub warnings: RefCell<WarningLimiter>,
 }
 
 impl Plugin {
@@ -36,6 +43,18 @@ impl Plugin {
             .filter(|d| d.fingerprint == fingerprint)
     }
 
+    /// Logs a warning of `kind`, at most one line per interval with the
+    /// count of those held back; `message` is only formatted when logged.
+    pub fn warn(&self, kind: &'static str, now_ms: u64, message: impl FnOnce() -> String) {
+        let admitted = match self.warnings.try_borrow_mut() {
+            Ok(mut limiter) => limiter.admit(kind, now_ms),
+            Err(_) => None,
+        };
+        if let Some(suppressed) = admitted {
+            log::warn!("envoy-webhooks: {}{}", message(), suppressed_note(suppressed));
+        }
+    }
+
     /// Logs a status change (one info line, with the reason) and updates the gauge.
     pub fn report(&self, index: usize, transition: Option<&Transition>) {
         let Some(transition) = transition else {
@@ -47,7 +66,7 @@ impl Plugin {
                 definition.id,
                 transition.from,
                 transition.to,
-                transition.reason
+                Printable(&transition.reason)
             );
         }
         self.metrics.webhook(index).set_status(transition.to);

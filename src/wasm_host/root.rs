@@ -4,6 +4,7 @@
 //! Calls are made here, not in the request's context, because the SDK drops a
 //! call's response when the context that made it has ended.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -15,7 +16,9 @@ use proxy_wasm::types::{BufferType, ContextType, Status as HostStatus};
 use crate::admin;
 use crate::config::{AdminToken, PluginConfig, SecretSource};
 use crate::dead_letter::{self, FailedDelivery, Reason};
-use crate::delivery::{self, QueuedDelivery};
+use crate::delivery::{self, QueuedEvent, QueuedTarget};
+use crate::held::{self, HeldBytes};
+use crate::logging::Printable;
 use crate::matcher::Matcher;
 use crate::pending::{PendingDelivery, RetryQueue, Target};
 use crate::retry::{self, AttemptOutcome, RetryDecision};
@@ -43,10 +46,19 @@ const SLOT_WAIT_MS: u64 = 50;
 /// as a failed attempt.
 const MAX_DISPATCH_FAILURES: u32 = 5;
 const DISPATCH_RETRY_MS: u64 = 200;
+/// Calls started, and bytes handed to the host, in one callback at most; the
+/// rest wait for the next tick. A worker serves the platform's requests between
+/// callbacks: a burst of deliveries (one big event matching a thousand
+/// webhooks) must not hold it for long. 4 MiB is about a millisecond of copying
+/// (and of signing, where a webhook signs).
+const MAX_TURN_CALLS: usize = 100;
+const MAX_TURN_BYTES: usize = 4 * 1024 * 1024;
 
 /// A call waiting for its answer.
 struct InFlight {
     delivery: PendingDelivery,
+    /// What the call counts against the held-bytes budget.
+    bytes: usize,
     started_ms: u64,
     /// The CAS value of the webhook's record when the call was made, if the
     /// webhook was then ENABLED with no failures. If the record still has it
@@ -68,6 +80,13 @@ pub struct WebhooksRoot {
     published_nonempty: bool,
     /// The queue changed since the last publication.
     summary_stale: bool,
+    /// Held bytes of calls in flight.
+    in_flight_bytes: usize,
+    /// Calls started and bytes sent in the current callback.
+    turn_calls: usize,
+    turn_bytes: usize,
+    /// What this worker last added to the `held_bytes` gauge.
+    held_reported: i64,
 }
 
 impl Default for WebhooksRoot {
@@ -83,6 +102,10 @@ impl Default for WebhooksRoot {
             published_ms: 0,
             published_nonempty: false,
             summary_stale: false,
+            in_flight_bytes: 0,
+            turn_calls: 0,
+            turn_bytes: 0,
+            held_reported: 0,
         }
     }
 }
@@ -110,7 +133,15 @@ impl WebhooksRoot {
             None => None,
             Some(AdminToken::Literal(token)) => Some(token.clone()),
             Some(AdminToken::Env(name)) => match std::env::var(name) {
-                Ok(token) if !token.is_empty() => Some(token),
+                Ok(token) if !token.is_empty() => match admin::check_token(&token) {
+                    Ok(()) => Some(token),
+                    Err(problem) => {
+                        problems.push(format!(
+                            "admin: field 'token_env': environment variable {name}: {problem}"
+                        ));
+                        None
+                    }
+                },
                 _ => {
                     problems.push(format!(
                         "admin: field 'token_env': environment variable {name} is not set in the Wasm VM (list it in vm_config.environment_variables)"
@@ -164,24 +195,68 @@ impl WebhooksRoot {
         Ok(Plugin {
             fields: Rc::new(matcher.field_tree()),
             matcher,
+            held: HeldBytes::new(config.delivery.max_held_bytes),
             config,
             admin_token,
             secrets,
             metrics,
             queue_id,
+            warnings: RefCell::default(),
         })
     }
 
-    /// A delivery arrives from a request: its first attempt is now.
-    fn accept(&mut self, plugin: &Plugin, queued: QueuedDelivery) {
-        let index = queued.webhook as usize;
+    /// Bytes this worker's root holds: calls in flight and deliveries waiting.
+    fn held_in_root(&self) -> usize {
+        self.in_flight_bytes.saturating_add(self.retries.bytes())
+    }
+
+    /// Whether a delivery costing `bytes` fits the worker's budget now.
+    fn fits(&self, plugin: &Plugin, bytes: usize) -> bool {
+        plugin.held.set_in_root(self.held_in_root());
+        plugin.held.fits(bytes)
+    }
+
+    /// Starts a callback: its work is bounded afresh.
+    fn start_turn(&mut self) {
+        self.turn_calls = 0;
+        self.turn_bytes = 0;
+    }
+
+    /// Ends a callback: tells the requests what the root holds, and the gauge.
+    fn end_turn(&mut self) {
+        let Some(plugin) = self.plugin.clone() else {
+            return;
+        };
+        let held = self.held_in_root();
+        plugin.held.set_in_root(held);
+        let held = i64::try_from(held).unwrap_or(i64::MAX);
+        plugin
+            .metrics
+            .held_bytes
+            .add(held.saturating_sub(self.held_reported));
+        self.held_reported = held;
+    }
+
+    /// A delivery arrives from a request: its first attempt is now, if the
+    /// worker's budget has room for it.
+    fn accept(
+        &mut self,
+        plugin: &Plugin,
+        queued: QueuedTarget,
+        body: &Rc<[u8]>,
+        request_id: &Option<String>,
+    ) {
+        let Ok(index) = usize::try_from(queued.webhook) else {
+            return;
+        };
         if plugin.definition(index, queued.fingerprint).is_none() {
             plugin.metrics.deliveries_discarded.increment();
-            log::warn!(
-                "envoy-webhooks: a delivery queued under a previous configuration was not made"
-            );
+            plugin.warn("discarded", host::now_ms(), || {
+                "a delivery queued under a previous configuration was not made".to_string()
+            });
             return;
         }
+        let now_ms = host::now_ms();
         let delivery = PendingDelivery {
             target: Target::Webhook {
                 index,
@@ -189,13 +264,19 @@ impl WebhooksRoot {
             },
             // Computed when first needed (signing, dead letters): hashing every body costs.
             message_id: String::new(),
-            body: queued.body,
-            request_id: queued.request_id,
+            body: body.clone(),
+            request_id: request_id.clone(),
             attempts: 0,
             dispatch_failures: 0,
-            first_attempt_at_ms: host::now_ms(),
+            first_attempt_at_ms: now_ms,
             last_error: None,
+            epoch: 0,
         };
+        if !self.fits(plugin, delivery.cost_bytes()) {
+            plugin.metrics.webhook(index).dropped.increment();
+            self.dead_letter(plugin, &delivery, Reason::MemoryLimit);
+            return;
+        }
         self.attempt(plugin, delivery);
     }
 
@@ -205,16 +286,25 @@ impl WebhooksRoot {
         let index = target.webhook_index();
         let Some(definition) = plugin.definition(index, target.fingerprint()) else {
             plugin.metrics.deliveries_discarded.increment();
-            log::warn!(
-                "envoy-webhooks: delivery of request_id={} not made: its webhook changed in a configuration reload",
-                delivery.request_id.as_deref().unwrap_or("-")
-            );
+            plugin.warn("discarded", host::now_ms(), || {
+                format!(
+                    "delivery of request_id={} not made: its webhook changed in a configuration reload",
+                    Printable(delivery.request_id.as_deref().unwrap_or("-"))
+                )
+            });
             return;
         };
         let now_ms = host::now_ms();
+        if self.turn_calls >= MAX_TURN_CALLS || self.turn_bytes >= MAX_TURN_BYTES {
+            // Enough for this callback: the next tick goes on.
+            self.park(plugin, delivery, now_ms);
+            return;
+        }
+        let mut delivery = delivery;
         let mut clean_version = None;
         if let Target::Webhook { .. } = target {
             let (health, version) = health_store::load_versioned(definition, now_ms / 1000);
+            delivery.epoch = health.epoch;
             let status = health.status;
             if status == Status::Enabled && health.consecutive_failures == 0 {
                 clean_version = version;
@@ -251,7 +341,6 @@ impl WebhooksRoot {
             }
         };
         let mut headers = headers;
-        let mut delivery = delivery;
         let signature_value;
         let secrets = plugin.secrets.get(index).map_or(&[][..], Vec::as_slice);
         if matches!(target, Target::Webhook { .. }) && !secrets.is_empty() {
@@ -288,26 +377,37 @@ impl WebhooksRoot {
                 return;
             }
         }
-        delivery.attempts += 1;
+        delivery.attempts = delivery.attempts.saturating_add(1);
+        self.turn_calls = self.turn_calls.saturating_add(1);
+        self.turn_bytes = self.turn_bytes.saturating_add(delivery.body.len());
         if delivery.attempts > 1 && matches!(target, Target::Webhook { .. }) {
             plugin.metrics.webhook(index).retried.increment();
         }
         match dispatched {
             Ok(token) => {
-                self.in_flight.insert(
+                let bytes = delivery.cost_bytes();
+                self.in_flight_bytes = self.in_flight_bytes.saturating_add(bytes);
+                if let Some(replaced) = self.in_flight.insert(
                     token,
                     InFlight {
                         delivery,
+                        bytes,
                         started_ms: now_ms,
                         clean_version,
                     },
-                );
+                ) {
+                    // The host reused a token still in use: never expected; keep the count right.
+                    self.in_flight_bytes = self.in_flight_bytes.saturating_sub(replaced.bytes);
+                }
             }
             Err(status) => {
-                log::warn!(
-                    "envoy-webhooks: webhook {}: cannot call cluster '{cluster}' ({status:?}): define a cluster of that name in Envoy, or set the \"cluster\" field to one",
-                    definition.id
-                );
+                let id = definition.id.as_str();
+                plugin.warn("cannot_call", now_ms, || {
+                    format!(
+                        "webhook {id}: cannot call cluster '{}' ({status:?}): define a cluster of that name in Envoy, or set the \"cluster\" field to one",
+                        Printable(cluster)
+                    )
+                });
                 let error = format!("cannot call cluster '{cluster}'");
                 self.failed_attempt(plugin, delivery, error, AttemptOutcome::NoAnswer);
             }
@@ -361,9 +461,16 @@ impl WebhooksRoot {
                     self.schedule_tick();
                 } else if let Some(definition) = plugin.definition(index, fingerprint) {
                     let now_s = host::now_ms() / 1000;
-                    if let Some((_, transition)) =
-                        health_store::update(definition, now_s, |health| health.record_success())
-                    {
+                    let epoch = delivery.epoch;
+                    if let Some((_, transition)) = health_store::update(definition, now_s, |health| {
+                        if health.epoch == epoch {
+                            health.record_success()
+                        } else {
+                            // Made before an operator's enable: counted, no say in the status.
+                            health.delivered = health.delivered.saturating_add(1);
+                            None
+                        }
+                    }) {
                         plugin.report(index, transition.as_ref());
                     }
                 }
@@ -411,8 +518,14 @@ impl WebhooksRoot {
                     let error = delivery.last_error.clone().unwrap_or_default();
                     let policy = &plugin.config.delivery;
                     let now_s = now_ms / 1000;
+                    let epoch = delivery.epoch;
                     let updated = health_store::update(definition, now_s, |health| {
-                        if gone {
+                        if health.epoch != epoch {
+                            // Made before an operator's enable: it must not fail the
+                            // webhook again while its receiver may be fixed.
+                            health.failed = health.failed.saturating_add(1);
+                            None
+                        } else if gone {
                             health.record_gone(now_s)
                         } else {
                             health.record_failure(&error, now_s, policy)
@@ -483,15 +596,27 @@ impl WebhooksRoot {
             first_attempt_at_ms: delivery.first_attempt_at_ms,
             reason,
         });
+        if !self.fits(plugin, held::delivery_cost(record.len())) {
+            self.lose(
+                plugin,
+                delivery,
+                &format!(
+                    "{}, and its dead letter does not fit delivery.max_held_bytes",
+                    reason.as_str()
+                ),
+            );
+            return;
+        }
         let letter = PendingDelivery {
             target: Target::DeadLetter { index, fingerprint },
-            body: record,
+            body: record.into(),
             message_id,
             request_id: delivery.request_id.clone(),
             attempts: 0,
             dispatch_failures: 0,
             first_attempt_at_ms: host::now_ms(),
             last_error: None,
+            epoch: 0,
         };
         self.attempt(plugin, letter);
     }
@@ -504,11 +629,13 @@ impl WebhooksRoot {
             .definitions()
             .get(index)
             .map_or("?", |d| d.id.as_str());
-        log::warn!(
-            "envoy-webhooks: webhook {webhook_id}: event request_id={} not delivered ({why}); last error: {}",
-            delivery.request_id.as_deref().unwrap_or("-"),
-            delivery.last_error.as_deref().unwrap_or("-")
-        );
+        plugin.warn("lost", host::now_ms(), || {
+            format!(
+                "webhook {webhook_id}: event request_id={} not delivered ({why}); last error: {}",
+                Printable(delivery.request_id.as_deref().unwrap_or("-")),
+                Printable(delivery.last_error.as_deref().unwrap_or("-"))
+            )
+        });
     }
 
     /// Adds the buffered successful deliveries to the shared counts.
@@ -526,6 +653,30 @@ impl WebhooksRoot {
                 });
             }
         }
+    }
+
+    /// Flushes counts and makes the attempts that are due, as many as the
+    /// call slots and this callback's budget allow.
+    fn run_due(&mut self) {
+        if !self.unflushed_delivered.is_empty() {
+            self.flush_delivered();
+        }
+        if let Some(plugin) = self.plugin.clone() {
+            let now_ms = host::now_ms();
+            while self.in_flight.len() < plugin.config.delivery.max_in_flight
+                && self.turn_calls < MAX_TURN_CALLS
+                && self.turn_bytes < MAX_TURN_BYTES
+            {
+                let Some(delivery) = self.retries.pop_due(now_ms) else {
+                    break;
+                };
+                self.attempt(&plugin, delivery);
+            }
+        }
+        if !self.retries.is_empty() || self.summary_stale {
+            self.publish_pending(host::now_ms(), true);
+        }
+        self.schedule_tick();
     }
 
     /// Keeps one tick running while deliveries wait, counts are to be flushed
@@ -595,9 +746,11 @@ impl Context for WebhooksRoot {
         let Some(call) = self.in_flight.remove(&token_id) else {
             return;
         };
+        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(call.bytes);
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
+        self.start_turn();
         let status = host::call_response_header(num_headers, ":status");
         let elapsed_ms = host::now_ms().saturating_sub(call.started_ms);
         // Enough of the body to recognise Envoy's own answers; none without an answer.
@@ -627,8 +780,9 @@ impl Context for WebhooksRoot {
         }
         // A freed call slot may let a parked delivery go.
         if !self.retries.is_empty() {
-            self.on_tick();
+            self.run_due();
         }
+        self.end_turn();
     }
 }
 
@@ -672,31 +826,25 @@ impl RootContext for WebhooksRoot {
         let Some(plugin) = self.plugin.clone() else {
             return;
         };
+        self.start_turn();
         while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue_id) {
-            match QueuedDelivery::decode(&bytes) {
-                Some(delivery) => self.accept(&plugin, delivery),
+            match QueuedEvent::decode(&bytes) {
+                Some(event) => {
+                    let body: Rc<[u8]> = event.body.into();
+                    for target in event.targets {
+                        self.accept(&plugin, target, &body, &event.request_id);
+                    }
+                }
                 None => log::warn!("envoy-webhooks: ignoring a malformed queued delivery"),
             }
         }
+        self.end_turn();
     }
 
     fn on_tick(&mut self) {
-        if !self.unflushed_delivered.is_empty() {
-            self.flush_delivered();
-        }
-        if let Some(plugin) = self.plugin.clone() {
-            let now_ms = host::now_ms();
-            while self.in_flight.len() < plugin.config.delivery.max_in_flight {
-                let Some(delivery) = self.retries.pop_due(now_ms) else {
-                    break;
-                };
-                self.attempt(&plugin, delivery);
-            }
-        }
-        if !self.retries.is_empty() || self.summary_stale {
-            self.publish_pending(host::now_ms(), true);
-        }
-        self.schedule_tick();
+        self.start_turn();
+        self.run_due();
+        self.end_turn();
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -9,21 +9,30 @@ use proxy_wasm::types::{Action, BufferType};
 
 use crate::admin::{self, AdminRoute};
 use crate::config::DeliverOn;
-use crate::delivery::QueuedDelivery;
+use crate::delivery::{QueuedEvent, QueuedTarget, DELIVERY_MARKER};
 use crate::events::{BodyCollector, BodyFormat, Event, NotAnEvent};
+use crate::held;
 
 use super::health_store;
 use super::host;
+use crate::logging::Printable;
 use super::plugin::Plugin;
 
 pub struct EventStream {
     plugin: Option<Rc<Plugin>>,
     /// Present while an event body is being copied.
     collector: Option<BodyCollector>,
-    /// Deliveries waiting for the upstream's answer (`deliver_on: response_2xx`).
-    held: Vec<QueuedDelivery>,
+    /// Matched events waiting for the end of the body, or for the upstream's
+    /// answer (`deliver_on: response_2xx`).
+    held: Vec<QueuedEvent>,
+    /// Bytes reserved in the worker's budget for `held`.
+    held_bytes: usize,
+    /// The whole request body has been read.
+    body_complete: bool,
     /// The upstream's `:status`, once known.
     response_status: Option<u16>,
+    /// Deliveries this request has made or holds (`max_deliveries_per_request`).
+    deliveries: usize,
     matches: Vec<usize>,
 }
 
@@ -33,7 +42,10 @@ impl EventStream {
             plugin,
             collector: None,
             held: Vec::new(),
+            held_bytes: 0,
+            body_complete: false,
             response_status: None,
+            deliveries: 0,
             matches: Vec::new(),
         }
     }
@@ -120,21 +132,25 @@ impl EventStream {
         }
     }
 
-    /// Matches finished events and queues (or holds) their deliveries.
+    /// Matches finished events and holds their deliveries until they may go.
     fn handle(&mut self, plugin: &Plugin, events: Vec<Result<Event, NotAnEvent>>) {
         let metrics = &plugin.metrics;
+        let max_deliveries = plugin.config.events.max_deliveries_per_request;
         for event in events {
             let event = match event {
                 Ok(event) => event,
                 Err(NotAnEvent::Oversized { limit }) => {
                     metrics.events_oversized.increment();
-                    log::info!("envoy-webhooks: event skipped: larger than events.max_event_bytes ({limit} bytes)");
+                    plugin.warn("event_oversized", host::now_ms(), || {
+                        format!("event skipped: larger than events.max_event_bytes ({limit} bytes)")
+                    });
                     continue;
                 }
                 Err(problem) => {
                     metrics.events_invalid.increment();
                     log::debug!(
-                        "envoy-webhooks: not an event, passed through untouched: {problem}"
+                        "envoy-webhooks: not an event, passed through untouched: {}",
+                        Printable(&problem.to_string())
                     );
                     continue;
                 }
@@ -145,84 +161,147 @@ impl EventStream {
             if self.matches.is_empty() {
                 continue;
             }
+            let room = max_deliveries.saturating_sub(self.deliveries);
+            let over = self.matches.len().saturating_sub(room);
+            if over > 0 {
+                self.matches.truncate(room);
+                metrics
+                    .deliveries_over_limit
+                    .add(i64::try_from(over).unwrap_or(i64::MAX));
+                plugin.warn("deliveries_over_limit", host::now_ms(), || {
+                    format!("{over} delivery(ies) of a request not made: over events.max_deliveries_per_request ({max_deliveries})")
+                });
+                if self.matches.is_empty() {
+                    continue;
+                }
+            }
+            let body = event.json.into_bytes();
+            // Every delivery of the event counts: each call holds its own copy in Envoy.
+            let cost = held::delivery_cost(body.len()).saturating_mul(self.matches.len());
+            if !plugin.held.reserve_in_request(cost) {
+                let count = self.matches.len();
+                metrics
+                    .deliveries_over_limit
+                    .add(i64::try_from(count).unwrap_or(i64::MAX));
+                plugin.warn("held_bytes_full", host::now_ms(), || {
+                    format!("{count} delivery(ies) not made: the worker holds delivery.max_held_bytes ({} bytes) already", plugin.held.limit())
+                });
+                continue;
+            }
+            self.held_bytes = self.held_bytes.saturating_add(cost);
+            self.deliveries = self.deliveries.saturating_add(self.matches.len());
             let request_id = event
                 .value
                 .get("request_id")
                 .and_then(|id| id.as_str())
                 .map(str::to_string);
-            let body = event.json.into_bytes();
+            let mut targets = Vec::with_capacity(self.matches.len());
             for &index in &self.matches {
                 let Some(definition) = plugin.definitions().get(index) else {
                     continue;
                 };
-                metrics.webhook(index).matched.increment();
-                let delivery = QueuedDelivery {
-                    webhook: index as u32,
-                    fingerprint: definition.fingerprint,
-                    request_id: request_id.clone(),
-                    body: body.clone(),
+                let Ok(webhook) = u32::try_from(index) else {
+                    continue;
                 };
-                self.held.push(delivery);
+                metrics.webhook(index).matched.increment();
+                targets.push(QueuedTarget {
+                    webhook,
+                    fingerprint: definition.fingerprint,
+                });
             }
+            self.held.push(QueuedEvent {
+                targets,
+                request_id,
+                body,
+            });
         }
         self.release(plugin);
     }
 
-    /// Queues held deliveries once their time has come.
+    /// Queues held deliveries once their time has come: the body is complete
+    /// (`deliver_on: request`), or the upstream answered 2xx (`response_2xx`).
     fn release(&mut self, plugin: &Plugin) {
         if self.held.is_empty() {
             return;
         }
         match (plugin.config.events.deliver_on, self.response_status) {
+            (DeliverOn::Request, _) if !self.body_complete => return,
             (DeliverOn::Request, _) => {}
             (DeliverOn::Response2xx, None) => return,
             (DeliverOn::Response2xx, Some(status)) if (200..300).contains(&status) => {}
             (DeliverOn::Response2xx, Some(status)) => {
                 log::debug!(
-                    "envoy-webhooks: upstream answered {status}: {} delivery(ies) not made",
+                    "envoy-webhooks: upstream answered {status}: {} event(s) not delivered",
                     self.held.len()
                 );
                 self.withhold(plugin);
                 return;
             }
         }
-        for delivery in self.held.drain(..) {
-            if let Err(status) =
-                hostcalls::enqueue_shared_queue(plugin.queue_id, Some(&delivery.encode()))
-            {
-                plugin
-                    .metrics
-                    .webhook(delivery.webhook as usize)
-                    .dropped
-                    .increment();
-                log::warn!("envoy-webhooks: delivery dropped: cannot queue it ({status:?})");
+        plugin.held.release_in_request(std::mem::take(&mut self.held_bytes));
+        for event in self.held.drain(..) {
+            if let Err(status) = hostcalls::enqueue_shared_queue(plugin.queue_id, Some(&event.encode())) {
+                for target in &event.targets {
+                    let metrics = plugin.metrics.webhook(usize::try_from(target.webhook).unwrap_or(usize::MAX));
+                    metrics.dropped.increment();
+                    metrics.lost.increment();
+                }
+                plugin.warn("queue_failed", host::now_ms(), || {
+                    format!(
+                        "event request_id={} not delivered: cannot queue it ({status:?})",
+                        Printable(event.request_id.as_deref().unwrap_or("-"))
+                    )
+                });
             }
         }
     }
 
-    /// Counts and drops the held deliveries: the platform's request did not succeed.
+    /// Counts and drops the held deliveries: the platform's request did not
+    /// succeed, or ended before its body was complete.
     fn withhold(&mut self, plugin: &Plugin) {
-        for delivery in self.held.drain(..) {
+        plugin.held.release_in_request(std::mem::take(&mut self.held_bytes));
+        for event in self.held.drain(..) {
+            for target in &event.targets {
+                plugin
+                    .metrics
+                    .webhook(usize::try_from(target.webhook).unwrap_or(usize::MAX))
+                    .withheld
+                    .increment();
+            }
+        }
+    }
+
+    /// Counts the events the collector skipped past `max_events_per_request`.
+    fn count_skipped(plugin: &Plugin, collector: &BodyCollector) {
+        let skipped = collector.events_over_limit();
+        if skipped > 0 {
             plugin
                 .metrics
-                .webhook(delivery.webhook as usize)
-                .withheld
-                .increment();
+                .events_over_limit
+                .add(i64::try_from(skipped).unwrap_or(i64::MAX));
+            let max = plugin.config.events.max_events_per_request;
+            plugin.warn("events_over_limit", host::now_ms(), || {
+                format!("{skipped} event(s) of a request skipped: over events.max_events_per_request ({max})")
+            });
         }
     }
 
     fn finish_body(&mut self, plugin: &Plugin) {
+        self.body_complete = true;
         if let Some(mut collector) = self.collector.take() {
             let mut events = Vec::new();
             collector.finish(&mut events);
+            Self::count_skipped(plugin, &collector);
             self.handle(plugin, events);
         }
+        self.release(plugin);
     }
 }
 
 impl Context for EventStream {
     fn on_done(&mut self) -> bool {
-        // The request ended without an answer from the upstream (a reset).
+        // The request ended before its body was complete or before the
+        // upstream answered (a reset): its deliveries are not made.
         if !self.held.is_empty() {
             if let Some(plugin) = self.plugin.clone() {
                 self.withhold(&plugin);
@@ -237,22 +316,18 @@ impl HttpContext for EventStream {
         let Some(plugin) = self.plugin.clone() else {
             return Action::Continue;
         };
+        if host::request_header(DELIVERY_MARKER).is_some() {
+            // One of our own calls, come back through an Envoy with this filter.
+            return Action::Continue;
+        }
         let method = host::request_header(":method").unwrap_or_default();
         let path = host::request_header(":path").unwrap_or_default();
         if let (Some(admin_config), Some(token)) = (&plugin.config.admin, &plugin.admin_token) {
-            let authorization = if path.starts_with(admin_config.path_prefix.as_str()) {
-                host::request_header("authorization")
-            } else {
-                None
-            };
-            let route = admin::route(
-                &admin_config.path_prefix,
-                token,
-                &method,
-                &path,
-                authorization.as_deref(),
-            );
-            if route != AdminRoute::NotAdmin {
+            let prefix = admin_config.path_prefix.as_str();
+            // Authorization is read only for admin paths: it costs a host call.
+            if admin::route(prefix, token, &method, &path, None) != AdminRoute::NotAdmin {
+                let authorization = host::request_header("authorization");
+                let route = admin::route(prefix, token, &method, &path, authorization.as_deref());
                 self.answer_admin(&plugin, route);
                 return Action::Pause;
             }
@@ -261,15 +336,13 @@ impl HttpContext for EventStream {
             return Action::Continue;
         }
         let format = BodyFormat::from_content_type(host::request_header("content-type").as_deref());
-        let mut collector = BodyCollector::new(format, plugin.config.events.max_event_bytes)
-            .with_fields(plugin.fields.clone());
+        let collector = BodyCollector::new(format, plugin.config.events.max_event_bytes)
+            .with_fields(plugin.fields.clone())
+            .with_max_events(plugin.config.events.max_events_per_request);
+        self.collector = Some(collector);
         if end_of_stream {
             // No body at all.
-            let mut events = Vec::new();
-            collector.finish(&mut events);
-            self.handle(&plugin, events);
-        } else {
-            self.collector = Some(collector);
+            self.finish_body(&plugin);
         }
         Action::Continue
     }
@@ -280,18 +353,16 @@ impl HttpContext for EventStream {
         };
         if let Some(collector) = self.collector.as_mut() {
             let mut events = Vec::new();
-            let chunk = if body_size > 0 {
-                host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default()
-            } else {
-                Vec::new()
-            };
+            let chunk = host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
             if end_of_stream {
                 collector.finish_with(&chunk, &mut events);
+                Self::count_skipped(&plugin, collector);
                 self.collector = None;
+                self.body_complete = true;
             } else {
                 collector.push(&chunk, &mut events);
             }
-            if !events.is_empty() {
+            if !events.is_empty() || end_of_stream {
                 self.handle(&plugin, events);
             }
         }
