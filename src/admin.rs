@@ -78,7 +78,10 @@ pub fn check_token(token: &str) -> Result<(), String> {
         return Err("the token is empty".to_string());
     }
     if token.trim() != token {
-        return Err("the token has leading or trailing whitespace (a trailing newline?); remove it".to_string());
+        return Err(
+            "the token has leading or trailing whitespace (a trailing newline?); remove it"
+                .to_string(),
+        );
     }
     if let Some(position) = token.chars().position(|c| !c.is_ascii_graphic()) {
         return Err(format!(
@@ -135,7 +138,11 @@ pub fn normalize_path(path: &str) -> String {
         }
     }
     if segments.is_empty() {
-        return if path.is_empty() { String::new() } else { "/".to_string() };
+        return if path.is_empty() {
+            String::new()
+        } else {
+            "/".to_string()
+        };
     }
     let mut normalized = String::with_capacity(decoded.len());
     for segment in segments {

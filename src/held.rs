@@ -56,6 +56,14 @@ impl HeldBytes {
         true
     }
 
+    /// How many deliveries costing `each` still fit.
+    pub fn room_for(&self, each: usize) -> usize {
+        self.limit
+            .saturating_sub(self.total())
+            .checked_div(each)
+            .unwrap_or(usize::MAX)
+    }
+
     /// Gives back what a request reserved.
     pub fn release_in_request(&self, bytes: usize) {
         self.in_requests
@@ -94,6 +102,8 @@ mod tests {
         held.release_in_request(10_000);
         assert_eq!(held.total(), 400, "releasing too much never underflows");
         assert_eq!(delivery_cost(100), 100 + OVERHEAD_BYTES);
+        assert_eq!(held.room_for(100), 6);
+        assert_eq!(held.room_for(0), usize::MAX);
         assert_eq!(delivery_cost(usize::MAX), usize::MAX);
     }
 }

@@ -75,13 +75,27 @@ fn every_spelling_of_an_admin_path_is_admin() {
         "/webhooks-admin/",
     ] {
         assert_eq!(admin("GET", path, None), AdminRoute::Unauthorized, "{path}");
-        assert_ne!(admin("GET", path, Some(AUTH)), AdminRoute::NotAdmin, "{path}");
+        assert_ne!(
+            admin("GET", path, Some(AUTH)),
+            AdminRoute::NotAdmin,
+            "{path}"
+        );
     }
-    assert_eq!(admin("GET", "//webhooks-admin//status", Some(AUTH)), AdminRoute::Status);
-    assert_eq!(admin("GET", "/Webhooks-Admin/status", Some(AUTH)), AdminRoute::Status);
+    assert_eq!(
+        admin("GET", "//webhooks-admin//status", Some(AUTH)),
+        AdminRoute::Status
+    );
+    assert_eq!(
+        admin("GET", "/Webhooks-Admin/status", Some(AUTH)),
+        AdminRoute::Status
+    );
     // Webhook ids keep their case; escapes in them are decoded.
     assert_eq!(
-        admin("POST", "/webhooks-admin/webhooks/My%2DHook/enable", Some(AUTH)),
+        admin(
+            "POST",
+            "/webhooks-admin/webhooks/My%2DHook/enable",
+            Some(AUTH)
+        ),
         AdminRoute::Enable("My-Hook".to_string())
     );
 }
@@ -527,9 +541,18 @@ fn statuses_that_deliver() {
 fn admin_tokens_that_cannot_be_presented_are_refused_without_echoing_them() {
     use envoy_webhooks::admin::check_token;
     assert_eq!(check_token("s3cr3t-Token_42"), Ok(()));
-    for bad in ["s3cr3t\n", " s3cr3t", "s3cr3t\t", "s3 cr3t", "s3cr3t\u{e9}", ""] {
+    for bad in [
+        "s3cr3t\n",
+        " s3cr3t",
+        "s3cr3t\t",
+        "s3 cr3t",
+        "s3cr3t\u{e9}",
+        "",
+    ] {
         let error = check_token(bad).expect_err(bad);
         assert!(!error.contains("s3cr3t"), "{error}");
     }
-    assert!(check_token("s3cr3t\n").expect_err("newline").contains("whitespace"));
+    assert!(check_token("s3cr3t\n")
+        .expect_err("newline")
+        .contains("whitespace"));
 }

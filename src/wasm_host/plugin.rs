@@ -51,7 +51,11 @@ impl Plugin {
             Err(_) => None,
         };
         if let Some(suppressed) = admitted {
-            log::warn!("envoy-webhooks: {}{}", message(), suppressed_note(suppressed));
+            log::warn!(
+                "envoy-webhooks: {}{}",
+                message(),
+                suppressed_note(suppressed)
+            );
         }
     }
 

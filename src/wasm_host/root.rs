@@ -52,6 +52,8 @@ const DISPATCH_RETRY_MS: u64 = 200;
 /// webhooks) must not hold it for long. 4 MiB is about a millisecond of copying
 /// (and of signing, where a webhook signs).
 const MAX_TURN_CALLS: usize = 100;
+/// A dead-letter record's size beyond its event: ids, error text, field names.
+const RECORD_OVERHEAD_BYTES: usize = 1024;
 const MAX_TURN_BYTES: usize = 4 * 1024 * 1024;
 
 /// A call waiting for its answer.
@@ -462,15 +464,17 @@ impl WebhooksRoot {
                 } else if let Some(definition) = plugin.definition(index, fingerprint) {
                     let now_s = host::now_ms() / 1000;
                     let epoch = delivery.epoch;
-                    if let Some((_, transition)) = health_store::update(definition, now_s, |health| {
-                        if health.epoch == epoch {
-                            health.record_success()
-                        } else {
-                            // Made before an operator's enable: counted, no say in the status.
-                            health.delivered = health.delivered.saturating_add(1);
-                            None
-                        }
-                    }) {
+                    if let Some((_, transition)) =
+                        health_store::update(definition, now_s, |health| {
+                            if health.epoch == epoch {
+                                health.record_success()
+                            } else {
+                                // Made before an operator's enable: counted, no say in the status.
+                                health.delivered = health.delivered.saturating_add(1);
+                                None
+                            }
+                        })
+                    {
                         plugin.report(index, transition.as_ref());
                     }
                 }
@@ -577,6 +581,22 @@ impl WebhooksRoot {
             );
             return;
         }
+        // Checked before the record is built: under pressure, building (and
+        // hashing) records that cannot be held would only stall the worker.
+        if !self.fits(
+            plugin,
+            held::delivery_cost(delivery.body.len().saturating_add(RECORD_OVERHEAD_BYTES)),
+        ) {
+            self.lose(
+                plugin,
+                delivery,
+                &format!(
+                    "{}, and its dead letter does not fit delivery.max_held_bytes",
+                    reason.as_str()
+                ),
+            );
+            return;
+        }
         let webhook_id = plugin
             .definitions()
             .get(index)
@@ -596,17 +616,6 @@ impl WebhooksRoot {
             first_attempt_at_ms: delivery.first_attempt_at_ms,
             reason,
         });
-        if !self.fits(plugin, held::delivery_cost(record.len())) {
-            self.lose(
-                plugin,
-                delivery,
-                &format!(
-                    "{}, and its dead letter does not fit delivery.max_held_bytes",
-                    reason.as_str()
-                ),
-            );
-            return;
-        }
         let letter = PendingDelivery {
             target: Target::DeadLetter { index, fingerprint },
             body: record.into(),

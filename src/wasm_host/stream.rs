@@ -15,8 +15,8 @@ use crate::held;
 
 use super::health_store;
 use super::host;
-use crate::logging::Printable;
 use super::plugin::Plugin;
+use crate::logging::Printable;
 
 pub struct EventStream {
     plugin: Option<Rc<Plugin>>,
@@ -177,15 +177,23 @@ impl EventStream {
             }
             let body = event.json.into_bytes();
             // Every delivery of the event counts: each call holds its own copy in Envoy.
-            let cost = held::delivery_cost(body.len()).saturating_mul(self.matches.len());
-            if !plugin.held.reserve_in_request(cost) {
-                let count = self.matches.len();
+            let each = held::delivery_cost(body.len());
+            let fitting = plugin.held.room_for(each).min(self.matches.len());
+            if fitting < self.matches.len() {
+                let count = self.matches.len().saturating_sub(fitting);
+                self.matches.truncate(fitting);
                 metrics
                     .deliveries_over_limit
                     .add(i64::try_from(count).unwrap_or(i64::MAX));
                 plugin.warn("held_bytes_full", host::now_ms(), || {
                     format!("{count} delivery(ies) not made: the worker holds delivery.max_held_bytes ({} bytes) already", plugin.held.limit())
                 });
+                if self.matches.is_empty() {
+                    continue;
+                }
+            }
+            let cost = each.saturating_mul(self.matches.len());
+            if !plugin.held.reserve_in_request(cost) {
                 continue;
             }
             self.held_bytes = self.held_bytes.saturating_add(cost);
@@ -238,11 +246,17 @@ impl EventStream {
                 return;
             }
         }
-        plugin.held.release_in_request(std::mem::take(&mut self.held_bytes));
+        plugin
+            .held
+            .release_in_request(std::mem::take(&mut self.held_bytes));
         for event in self.held.drain(..) {
-            if let Err(status) = hostcalls::enqueue_shared_queue(plugin.queue_id, Some(&event.encode())) {
+            if let Err(status) =
+                hostcalls::enqueue_shared_queue(plugin.queue_id, Some(&event.encode()))
+            {
                 for target in &event.targets {
-                    let metrics = plugin.metrics.webhook(usize::try_from(target.webhook).unwrap_or(usize::MAX));
+                    let metrics = plugin
+                        .metrics
+                        .webhook(usize::try_from(target.webhook).unwrap_or(usize::MAX));
                     metrics.dropped.increment();
                     metrics.lost.increment();
                 }
@@ -259,7 +273,9 @@ impl EventStream {
     /// Counts and drops the held deliveries: the platform's request did not
     /// succeed, or ended before its body was complete.
     fn withhold(&mut self, plugin: &Plugin) {
-        plugin.held.release_in_request(std::mem::take(&mut self.held_bytes));
+        plugin
+            .held
+            .release_in_request(std::mem::take(&mut self.held_bytes));
         for event in self.held.drain(..) {
             for target in &event.targets {
                 plugin
