@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use envoy_webhooks::config::PluginConfig;
-use envoy_webhooks::events::{parse_event, parse_event_with};
+use envoy_webhooks::event::{parse_event, parse_event_with};
 use envoy_webhooks::matcher::Matcher;
 use envoy_webhooks::query::Query;
 use serde_json::{json, Value};

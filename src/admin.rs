@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::config::WebhookDefinition;
-use crate::health::WebhookHealth;
+use crate::webhook::health::WebhookHealth;
 
 /// What an admin request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,7 +178,7 @@ const STALE_SUMMARY_MS: u64 = 30_000;
 /// One worker's retry queue, as published in shared data.
 pub fn pending_summary(
     now_ms: u64,
-    entries: impl IntoIterator<Item = (String, crate::pending::PendingSummary)>,
+    entries: impl IntoIterator<Item = (String, crate::delivery::queue::PendingSummary)>,
 ) -> Vec<u8> {
     let webhooks: serde_json::Map<String, Value> = entries
         .into_iter()

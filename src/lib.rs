@@ -1,23 +1,27 @@
 //! envoy-webhooks: iconik-style webhooks for Envoy, as a proxy-wasm filter.
 //!
-//! The core (query language, webhook definitions, matching, delivery policy)
-//! is plain Rust and runs natively; only `wasm_host` talks to the proxy-wasm host.
+//! The pipeline, one folder a stage: request `event`s are parsed (to just the
+//! fields queries read), the `matcher` finds the webhook definitions
+//! (`config`, `query`) they match, `delivery` makes and retries the calls,
+//! and each `webhook`'s status follows the outcomes. `admin` answers the admin
+//! API. All of it is plain Rust, tested natively; only `wasm_host` talks to
+//! the proxy-wasm host (Envoy), through the traits in `delivery::host`.
+
+#![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod config;
 pub mod delivery;
-pub mod events;
-pub mod fields;
-pub mod health;
-pub mod held;
+pub mod event;
 pub mod logging;
 pub mod matcher;
+pub mod plugin;
 pub mod query;
-pub mod status;
+pub mod webhook;
 
-pub mod dead_letter;
-pub mod pending;
-pub mod retry;
-pub mod signature;
+// Short paths for the modules the configuration and the CLI use most.
+pub use delivery::{retry, signature};
+pub use webhook::status;
+
 #[cfg(target_arch = "wasm32")]
 mod wasm_host;

@@ -9,7 +9,7 @@ use hashbrown::HashMap;
 use serde_json::Value;
 
 use crate::config::{Operation, WebhookDefinition};
-use crate::fields::FieldTree;
+use crate::event::fields::FieldTree;
 use crate::status::Status;
 
 /// Definitions indexed for matching.

@@ -3,11 +3,12 @@
 
 use envoy_webhooks::admin::{error_body, route, status_entry, AdminRoute};
 use envoy_webhooks::config::{DeliveryPolicy, PluginConfig, WebhookDefinition};
-use envoy_webhooks::delivery::{
-    outcome, request_headers, QueuedEvent, QueuedTarget, DELIVERY_MARKER, USER_AGENT,
+use envoy_webhooks::delivery::call::{
+    request_headers, Answer, CallOutcome, DELIVERY_MARKER, USER_AGENT,
 };
-use envoy_webhooks::health::WebhookHealth;
+use envoy_webhooks::delivery::message::{QueuedEvent, QueuedTarget};
 use envoy_webhooks::status::Status;
+use envoy_webhooks::webhook::health::WebhookHealth;
 use serde_json::{json, Value};
 
 const PREFIX: &str = "/webhooks-admin";
@@ -382,6 +383,25 @@ fn user_agent_names_the_filter_and_its_version() {
 // ---------------------------------------------------------------------------
 // Outcomes
 
+/// Judges an answer (`None`: no answer) as the engine does: `Ok` for a
+/// delivery, else the error recorded as `last_error`.
+fn outcome(
+    status: Option<&str>,
+    body: &[u8],
+    elapsed_ms: u64,
+    timeout_ms: u64,
+) -> Result<(), String> {
+    let answer = status.map(|status| Answer {
+        status: Some(status.to_string()),
+        retry_after: None,
+        body_start: body.to_vec(),
+    });
+    match CallOutcome::from_answer(answer.as_ref(), elapsed_ms, timeout_ms) {
+        CallOutcome::Delivered => Ok(()),
+        other => Err(other.to_string()),
+    }
+}
+
 #[test]
 fn two_hundreds_are_success() {
     for code in ["200", "201", "202", "204", "299"] {
@@ -392,11 +412,19 @@ fn two_hundreds_are_success() {
 #[test]
 fn other_answers_are_http_errors() {
     for code in [
-        "100", "199", "301", "304", "400", "404", "429", "500", "503", "2000", "20", "",
+        "100", "199", "301", "304", "400", "404", "429", "500", "503",
     ] {
         assert_eq!(
             outcome(Some(code), b"", 12, 10_000),
             Err(format!("HTTP {code}")),
+            "{code:?}"
+        );
+    }
+    // A status that is not three digits is no success either, and says so.
+    for code in ["2000", "20", "", "2x0", "+200", "\u{fffd}"] {
+        assert_eq!(
+            outcome(Some(code), b"", 12, 10_000),
+            Err(format!("an answer with status {code:?}")),
             "{code:?}"
         );
     }
@@ -419,6 +447,35 @@ fn no_answer_near_the_timeout_is_a_timeout() {
     assert_eq!(
         outcome(None, b"", 250, 250),
         Err("timeout after 250 ms".to_string())
+    );
+}
+
+#[test]
+fn the_retry_schedule_sees_the_status_and_retry_after() {
+    use envoy_webhooks::retry::AttemptOutcome;
+    let answer = Answer {
+        status: Some("429".to_string()),
+        retry_after: Some("\u{fffd}".to_string()),
+        body_start: Vec::new(),
+    };
+    let outcome = CallOutcome::from_answer(Some(&answer), 5, 10_000);
+    assert_eq!(
+        outcome.attempt(),
+        AttemptOutcome::Status {
+            code: 429,
+            retry_after: Some("\u{fffd}")
+        }
+    );
+    assert_eq!(
+        CallOutcome::from_answer(None, 5, 10_000).attempt(),
+        AttemptOutcome::NoAnswer
+    );
+    assert_eq!(
+        CallOutcome::CannotCall {
+            cluster: "c".to_string()
+        }
+        .to_string(),
+        "cannot call cluster 'c'"
     );
 }
 

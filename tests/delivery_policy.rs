@@ -3,10 +3,10 @@
 
 use envoy_webhooks::admin::{pending_body, pending_summary};
 use envoy_webhooks::config::{PluginConfig, SecretSource};
-use envoy_webhooks::dead_letter::{record, FailedDelivery, Reason};
-use envoy_webhooks::health::WebhookHealth;
-use envoy_webhooks::pending::PendingSummary;
+use envoy_webhooks::delivery::dead_letter::{record, FailedDelivery, Reason};
+use envoy_webhooks::delivery::queue::PendingSummary;
 use envoy_webhooks::status::Status;
+use envoy_webhooks::webhook::health::WebhookHealth;
 use serde_json::{json, Value};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

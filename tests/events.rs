@@ -1,7 +1,7 @@
 //! Reading events out of request bodies: JSON, JSON arrays and NDJSON,
 //! streamed in chunks split anywhere, with the per-event size limit.
 
-use envoy_webhooks::events::{
+use envoy_webhooks::event::{
     parse_event, parse_json_body, BodyCollector, BodyFormat, Event, NotAnEvent,
 };
 use serde_json::{json, Value};

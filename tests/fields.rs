@@ -2,8 +2,8 @@
 //! full parse, and accepts or rejects exactly the same texts.
 
 use envoy_webhooks::config::PluginConfig;
-use envoy_webhooks::events::{parse_event, parse_event_with};
-use envoy_webhooks::fields::FieldTree;
+use envoy_webhooks::event::fields::FieldTree;
+use envoy_webhooks::event::{parse_event, parse_event_with};
 use envoy_webhooks::matcher::Matcher;
 use envoy_webhooks::query::Query;
 use proptest::prelude::*;

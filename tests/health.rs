@@ -2,8 +2,8 @@
 //! window, recovery, operator enable, DISABLED, and the shared-data encoding.
 
 use envoy_webhooks::config::{DeliveryPolicy, PluginConfig, WebhookDefinition};
-use envoy_webhooks::health::{Transition, WebhookHealth};
 use envoy_webhooks::status::Status;
+use envoy_webhooks::webhook::health::{Transition, WebhookHealth};
 use serde_json::json;
 
 fn definition(status: &str) -> WebhookDefinition {

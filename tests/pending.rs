@@ -1,13 +1,17 @@
 //! The per-worker retry queue: due order, bounds and eviction of the oldest.
 
-use envoy_webhooks::pending::{PendingDelivery, RetryQueue, Target};
+use envoy_webhooks::delivery::queue::{Delivery, RetryQueue, Target, WebhookRef};
 
-fn delivery(index: usize, tag: &str, body_len: usize) -> PendingDelivery {
-    PendingDelivery {
-        target: Target::Webhook {
-            index,
-            fingerprint: 1,
-        },
+fn webhook(index: usize) -> WebhookRef {
+    WebhookRef {
+        id: format!("hook-{index}").into(),
+        fingerprint: 1,
+    }
+}
+
+fn delivery(index: usize, tag: &str, body_len: usize) -> Delivery {
+    Delivery {
+        target: Target::Webhook(webhook(index)),
         body: vec![b'x'; body_len].into(),
         message_id: format!("msg_{tag}"),
         request_id: Some(tag.to_string()),
@@ -19,7 +23,7 @@ fn delivery(index: usize, tag: &str, body_len: usize) -> PendingDelivery {
     }
 }
 
-fn tag(d: &PendingDelivery) -> &str {
+fn tag(d: &Delivery) -> &str {
     d.request_id.as_deref().unwrap_or("")
 }
 
@@ -97,7 +101,7 @@ fn removing_a_webhooks_deliveries_keeps_the_others_due() {
     queue.push(delivery(0, "a0", 1), 10);
     queue.push(delivery(1, "b0", 1), 20);
     queue.push(delivery(0, "a1", 1), 30);
-    let removed = queue.remove_where(|d| d.target.webhook_index() == 0);
+    let removed = queue.remove_where(|d| *d.target.webhook() == webhook(0));
     assert_eq!(removed.iter().map(tag).collect::<Vec<_>>(), ["a0", "a1"]);
     assert_eq!(queue.next_due_ms(), Some(20));
     assert_eq!(queue.pop_due(100).as_ref().map(tag), Some("b0"));
@@ -110,18 +114,16 @@ fn summary_counts_per_webhook_with_the_next_due_time() {
     queue.push(delivery(0, "a", 1), 50);
     queue.push(delivery(0, "b", 1), 20);
     let mut letter = delivery(0, "c", 1);
-    letter.target = Target::DeadLetter {
-        index: 0,
-        fingerprint: 1,
-    };
+    letter.target = Target::DeadLetter(webhook(0));
     queue.push(letter, 90);
     queue.push(delivery(2, "d", 1), 70);
     let summary = queue.summary();
-    assert_eq!(summary[&0].deliveries, 2);
-    assert_eq!(summary[&0].dead_letters, 1);
-    assert_eq!(summary[&0].next_due_ms, Some(20));
-    assert_eq!(summary[&2].deliveries, 1);
-    assert!(!summary.contains_key(&1));
+    let of = |index: usize| summary.get(webhook(index).id.as_ref()).copied();
+    assert_eq!(of(0).map(|s| s.deliveries), Some(2));
+    assert_eq!(of(0).map(|s| s.dead_letters), Some(1));
+    assert_eq!(of(0).and_then(|s| s.next_due_ms), Some(20));
+    assert_eq!(of(2).map(|s| s.deliveries), Some(1));
+    assert!(of(1).is_none());
 }
 
 #[test]

@@ -8,10 +8,17 @@
 //! an answer. So: only the `_bytes` variants, decoded leniently; call-response
 //! maps only when the host said there are headers; buffers only when non-empty.
 
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, Status as HostStatus};
+
+use crate::delivery::host::{
+    Call, Counter, DispatchError, Host, SharedData, StoreError, WebhookCounter,
+};
+use crate::webhook::status::Status;
+
+use super::metrics::Metrics;
 
 /// Milliseconds since the Unix epoch, by the host's clock.
 pub fn now_ms() -> u64 {
@@ -70,4 +77,91 @@ pub fn install_panic_hook() {
             &format!("envoy-webhooks panicked, the Wasm VM will abort: {info}"),
         );
     }));
+}
+
+/// Proxy-wasm shared data, for the core's `webhook::store`.
+pub struct ProxySharedData;
+
+impl SharedData for ProxySharedData {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        hostcalls::get_shared_data(key).unwrap_or((None, None))
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(HostStatus::CasMismatch) => Err(StoreError::CasMismatch),
+            Err(status) => Err(StoreError::Other(format!("{status:?}"))),
+        }
+    }
+}
+
+/// The delivery engine's host: Envoy, through proxy-wasm, with the worker's stats.
+pub struct ProxyHost<'a> {
+    pub metrics: &'a Metrics,
+}
+
+impl SharedData for ProxyHost<'_> {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        ProxySharedData.get(key)
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        ProxySharedData.set(key, value, cas)
+    }
+}
+
+impl Host for ProxyHost<'_> {
+    fn now_ms(&self) -> u64 {
+        now_ms()
+    }
+
+    fn random_unit(&mut self) -> f64 {
+        fastrand::f64()
+    }
+
+    fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, DispatchError> {
+        hostcalls::dispatch_http_call(
+            call.cluster,
+            call.headers.clone(),
+            Some(call.body),
+            Vec::new(),
+            Duration::from_millis(call.timeout_ms),
+        )
+        .map_err(|status| match status {
+            HostStatus::InternalFailure => DispatchError::Busy,
+            other => DispatchError::Refused(format!("{other:?}")),
+        })
+    }
+
+    fn set_tick_period_ms(&mut self, period_ms: u64) -> bool {
+        hostcalls::set_tick_period(Duration::from_millis(period_ms)).is_ok()
+    }
+
+    fn count(&mut self, counter: Counter, n: u64) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        match counter {
+            Counter::DeliveriesDiscarded => self.metrics.deliveries_discarded.add(n),
+            Counter::Webhook(index, which) => {
+                let metrics = self.metrics.webhook(index);
+                let metric = match which {
+                    WebhookCounter::Delivered => metrics.delivered,
+                    WebhookCounter::Failed => metrics.failed,
+                    WebhookCounter::Dropped => metrics.dropped,
+                    WebhookCounter::Retried => metrics.retried,
+                    WebhookCounter::DeadLettered => metrics.dead_lettered,
+                    WebhookCounter::Lost => metrics.lost,
+                };
+                metric.add(n);
+            }
+        }
+    }
+
+    fn set_status(&mut self, index: usize, status: Status) {
+        self.metrics.webhook(index).set_status(status);
+    }
+
+    fn add_held_bytes(&mut self, delta: i64) {
+        self.metrics.held_bytes.add(delta);
+    }
 }

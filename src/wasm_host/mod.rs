@@ -1,20 +1,21 @@
 //! The thin adapter between the proxy-wasm host (Envoy) and the pure core.
 //!
-//! - `root`: one per worker VM; loads the configuration and makes every
-//!   delivery call, so that every outcome is seen (the SDK drops call
-//!   responses whose HTTP context has ended).
+//! - `root`: one per worker VM; loads the configuration and forwards to the
+//!   delivery engine, which makes every call from here so that every outcome
+//!   is seen (the SDK drops call responses whose HTTP context has ended).
 //! - `stream`: one per request; copies event bodies as they stream past,
 //!   matches them, and hands deliveries to its worker's root through a
 //!   shared queue.
-//! - `health_store`: webhook health in shared data, updated with CAS.
-//! - `metrics`, `host`: Envoy stats and error-handling wrappers of host calls.
+//! - `metrics`: Envoy stats; `host`: every host call, none able to panic,
+//!   and the delivery engine's `Host` on top of them.
+//!
+//! No delivery decision is made here: `crate::delivery::engine` makes them.
 
-mod health_store;
 mod host;
 mod metrics;
-mod plugin;
 mod root;
 mod stream;
+mod worker;
 
 use proxy_wasm::traits::RootContext;
 use proxy_wasm::types::LogLevel;

@@ -9,17 +9,19 @@ use proxy_wasm::types::{Action, BufferType};
 
 use crate::admin::{self, AdminRoute};
 use crate::config::DeliverOn;
-use crate::delivery::{QueuedEvent, QueuedTarget, DELIVERY_MARKER};
-use crate::events::{BodyCollector, BodyFormat, Event, NotAnEvent};
-use crate::held;
+use crate::delivery::budget;
+use crate::delivery::call::DELIVERY_MARKER;
+use crate::delivery::message::{QueuedEvent, QueuedTarget};
+use crate::event::{BodyCollector, BodyFormat, Event, NotAnEvent};
 
-use super::health_store;
 use super::host;
-use super::plugin::Plugin;
+use super::host::ProxySharedData;
+use super::worker::Worker;
 use crate::logging::Printable;
+use crate::webhook::store;
 
 pub struct EventStream {
-    plugin: Option<Rc<Plugin>>,
+    worker: Option<Rc<Worker>>,
     /// Present while an event body is being copied.
     collector: Option<BodyCollector>,
     /// Matched events waiting for the end of the body, or for the upstream's
@@ -37,9 +39,9 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    pub fn new(plugin: Option<Rc<Plugin>>) -> EventStream {
+    pub fn new(worker: Option<Rc<Worker>>) -> EventStream {
         EventStream {
-            plugin,
+            worker,
             collector: None,
             held: Vec::new(),
             held_bytes: 0,
@@ -50,8 +52,8 @@ impl EventStream {
         }
     }
 
-    fn is_event_request(plugin: &Plugin, method: &str, path: &str) -> bool {
-        let events = &plugin.config.events;
+    fn is_event_request(worker: &Worker, method: &str, path: &str) -> bool {
+        let events = &worker.plugin.config.events;
         events
             .methods
             .iter()
@@ -62,7 +64,7 @@ impl EventStream {
                 .any(|p| path.starts_with(p.as_str()))
     }
 
-    fn answer_admin(&self, plugin: &Plugin, route: AdminRoute) {
+    fn answer_admin(&self, worker: &Worker, route: AdminRoute) {
         let (status, body) = match route {
             AdminRoute::NotAdmin => return,
             AdminRoute::Unauthorized => (401, admin::error_body("unauthorized")),
@@ -73,22 +75,23 @@ impl EventStream {
             ),
             AdminRoute::Status => {
                 let now_s = host::now_ms() / 1000;
-                let webhooks: Vec<_> = plugin
+                let webhooks: Vec<_> = worker
+                    .plugin
                     .definitions()
                     .iter()
-                    .map(|d| admin::status_entry(d, &health_store::load(d, now_s)))
+                    .map(|d| admin::status_entry(d, &store::load(&ProxySharedData, d, now_s)))
                     .collect();
                 (200, serde_json::json!({ "webhooks": webhooks }).to_string())
             }
             AdminRoute::Pending => (
                 200,
                 admin::pending_body(
-                    plugin.definitions(),
-                    &health_store::read_pending(),
+                    worker.plugin.definitions(),
+                    &store::read_pending(&ProxySharedData),
                     host::now_ms(),
                 ),
             ),
-            AdminRoute::Enable(id) => self.enable(plugin, &id),
+            AdminRoute::Enable(id) => self.enable(worker, &id),
         };
         let mut headers = vec![
             ("content-type", "application/json"),
@@ -102,8 +105,9 @@ impl EventStream {
         }
     }
 
-    fn enable(&self, plugin: &Plugin, id: &str) -> (u32, String) {
-        let Some((index, definition)) = plugin
+    fn enable(&self, worker: &Worker, id: &str) -> (u32, String) {
+        let Some((index, definition)) = worker
+            .plugin
             .definitions()
             .iter()
             .enumerate()
@@ -112,9 +116,11 @@ impl EventStream {
             return (404, admin::error_body(&format!("no webhook with id {id}")));
         };
         let now_s = host::now_ms() / 1000;
-        match health_store::update(definition, now_s, |health| health.enable()) {
+        match store::update(&mut ProxySharedData, definition, now_s, |health| {
+            health.enable()
+        }) {
             Some((health, transition)) => {
-                plugin.report(index, transition.as_ref());
+                worker.report(index, transition.as_ref());
                 if health.status == crate::status::Status::Disabled {
                     return (
                         409,
@@ -133,15 +139,15 @@ impl EventStream {
     }
 
     /// Matches finished events and holds their deliveries until they may go.
-    fn handle(&mut self, plugin: &Plugin, events: Vec<Result<Event, NotAnEvent>>) {
-        let metrics = &plugin.metrics;
-        let max_deliveries = plugin.config.events.max_deliveries_per_request;
+    fn handle(&mut self, worker: &Worker, events: Vec<Result<Event, NotAnEvent>>) {
+        let metrics = &worker.metrics;
+        let max_deliveries = worker.plugin.config.events.max_deliveries_per_request;
         for event in events {
             let event = match event {
                 Ok(event) => event,
                 Err(NotAnEvent::Oversized { limit }) => {
                     metrics.events_oversized.increment();
-                    plugin.warn("event_oversized", host::now_ms(), || {
+                    worker.plugin.warn("event_oversized", host::now_ms(), || {
                         format!("event skipped: larger than events.max_event_bytes ({limit} bytes)")
                     });
                     continue;
@@ -157,7 +163,10 @@ impl EventStream {
             };
             metrics.events_seen.increment();
             self.matches.clear();
-            plugin.matcher.matching(&event.value, &mut self.matches);
+            worker
+                .plugin
+                .matcher
+                .matching(&event.value, &mut self.matches);
             if self.matches.is_empty() {
                 continue;
             }
@@ -168,7 +177,7 @@ impl EventStream {
                 metrics
                     .deliveries_over_limit
                     .add(i64::try_from(over).unwrap_or(i64::MAX));
-                plugin.warn("deliveries_over_limit", host::now_ms(), || {
+                worker.plugin.warn("deliveries_over_limit", host::now_ms(), || {
                     format!("{over} delivery(ies) of a request not made: over events.max_deliveries_per_request ({max_deliveries})")
                 });
                 if self.matches.is_empty() {
@@ -177,23 +186,23 @@ impl EventStream {
             }
             let body = event.json.into_bytes();
             // Every delivery of the event counts: each call holds its own copy in Envoy.
-            let each = held::delivery_cost(body.len());
-            let fitting = plugin.held.room_for(each).min(self.matches.len());
+            let each = budget::delivery_cost(body.len());
+            let fitting = worker.plugin.held.room_for(each).min(self.matches.len());
             if fitting < self.matches.len() {
                 let count = self.matches.len().saturating_sub(fitting);
                 self.matches.truncate(fitting);
                 metrics
                     .deliveries_over_limit
                     .add(i64::try_from(count).unwrap_or(i64::MAX));
-                plugin.warn("held_bytes_full", host::now_ms(), || {
-                    format!("{count} delivery(ies) not made: the worker holds delivery.max_held_bytes ({} bytes) already", plugin.held.limit())
+                worker.plugin.warn("held_bytes_full", host::now_ms(), || {
+                    format!("{count} delivery(ies) not made: the worker holds delivery.max_held_bytes ({} bytes) already", worker.plugin.held.limit())
                 });
                 if self.matches.is_empty() {
                     continue;
                 }
             }
             let cost = each.saturating_mul(self.matches.len());
-            if !plugin.held.reserve_in_request(cost) {
+            if !worker.plugin.held.reserve_in_request(cost) {
                 continue;
             }
             self.held_bytes = self.held_bytes.saturating_add(cost);
@@ -205,7 +214,7 @@ impl EventStream {
                 .map(str::to_string);
             let mut targets = Vec::with_capacity(self.matches.len());
             for &index in &self.matches {
-                let Some(definition) = plugin.definitions().get(index) else {
+                let Some(definition) = worker.plugin.definitions().get(index) else {
                     continue;
                 };
                 let Ok(webhook) = u32::try_from(index) else {
@@ -223,16 +232,16 @@ impl EventStream {
                 body,
             });
         }
-        self.release(plugin);
+        self.release(worker);
     }
 
     /// Queues held deliveries once their time has come: the body is complete
     /// (`deliver_on: request`), or the upstream answered 2xx (`response_2xx`).
-    fn release(&mut self, plugin: &Plugin) {
+    fn release(&mut self, worker: &Worker) {
         if self.held.is_empty() {
             return;
         }
-        match (plugin.config.events.deliver_on, self.response_status) {
+        match (worker.plugin.config.events.deliver_on, self.response_status) {
             (DeliverOn::Request, _) if !self.body_complete => return,
             (DeliverOn::Request, _) => {}
             (DeliverOn::Response2xx, None) => return,
@@ -242,25 +251,26 @@ impl EventStream {
                     "envoy-webhooks: upstream answered {status}: {} event(s) not delivered",
                     self.held.len()
                 );
-                self.withhold(plugin);
+                self.withhold(worker);
                 return;
             }
         }
-        plugin
+        worker
+            .plugin
             .held
             .release_in_request(std::mem::take(&mut self.held_bytes));
         for event in self.held.drain(..) {
             if let Err(status) =
-                hostcalls::enqueue_shared_queue(plugin.queue_id, Some(&event.encode()))
+                hostcalls::enqueue_shared_queue(worker.queue_id, Some(&event.encode()))
             {
                 for target in &event.targets {
-                    let metrics = plugin
+                    let metrics = worker
                         .metrics
                         .webhook(usize::try_from(target.webhook).unwrap_or(usize::MAX));
                     metrics.dropped.increment();
                     metrics.lost.increment();
                 }
-                plugin.warn("queue_failed", host::now_ms(), || {
+                worker.plugin.warn("queue_failed", host::now_ms(), || {
                     format!(
                         "event request_id={} not delivered: cannot queue it ({status:?})",
                         Printable(event.request_id.as_deref().unwrap_or("-"))
@@ -272,13 +282,14 @@ impl EventStream {
 
     /// Counts and drops the held deliveries: the platform's request did not
     /// succeed, or ended before its body was complete.
-    fn withhold(&mut self, plugin: &Plugin) {
-        plugin
+    fn withhold(&mut self, worker: &Worker) {
+        worker
+            .plugin
             .held
             .release_in_request(std::mem::take(&mut self.held_bytes));
         for event in self.held.drain(..) {
             for target in &event.targets {
-                plugin
+                worker
                     .metrics
                     .webhook(usize::try_from(target.webhook).unwrap_or(usize::MAX))
                     .withheld
@@ -288,29 +299,29 @@ impl EventStream {
     }
 
     /// Counts the events the collector skipped past `max_events_per_request`.
-    fn count_skipped(plugin: &Plugin, collector: &BodyCollector) {
+    fn count_skipped(worker: &Worker, collector: &BodyCollector) {
         let skipped = collector.events_over_limit();
         if skipped > 0 {
-            plugin
+            worker
                 .metrics
                 .events_over_limit
                 .add(i64::try_from(skipped).unwrap_or(i64::MAX));
-            let max = plugin.config.events.max_events_per_request;
-            plugin.warn("events_over_limit", host::now_ms(), || {
+            let max = worker.plugin.config.events.max_events_per_request;
+            worker.plugin.warn("events_over_limit", host::now_ms(), || {
                 format!("{skipped} event(s) of a request skipped: over events.max_events_per_request ({max})")
             });
         }
     }
 
-    fn finish_body(&mut self, plugin: &Plugin) {
+    fn finish_body(&mut self, worker: &Worker) {
         self.body_complete = true;
         if let Some(mut collector) = self.collector.take() {
             let mut events = Vec::new();
             collector.finish(&mut events);
-            Self::count_skipped(plugin, &collector);
-            self.handle(plugin, events);
+            Self::count_skipped(worker, &collector);
+            self.handle(worker, events);
         }
-        self.release(plugin);
+        self.release(worker);
     }
 }
 
@@ -319,8 +330,8 @@ impl Context for EventStream {
         // The request ended before its body was complete or before the
         // upstream answered (a reset): its deliveries are not made.
         if !self.held.is_empty() {
-            if let Some(plugin) = self.plugin.clone() {
-                self.withhold(&plugin);
+            if let Some(worker) = self.worker.clone() {
+                self.withhold(&worker);
             }
         }
         true
@@ -329,7 +340,7 @@ impl Context for EventStream {
 
 impl HttpContext for EventStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        let Some(plugin) = self.plugin.clone() else {
+        let Some(worker) = self.worker.clone() else {
             return Action::Continue;
         };
         if host::request_header(DELIVERY_MARKER).is_some() {
@@ -338,33 +349,35 @@ impl HttpContext for EventStream {
         }
         let method = host::request_header(":method").unwrap_or_default();
         let path = host::request_header(":path").unwrap_or_default();
-        if let (Some(admin_config), Some(token)) = (&plugin.config.admin, &plugin.admin_token) {
+        if let (Some(admin_config), Some(token)) =
+            (&worker.plugin.config.admin, &worker.plugin.admin_token)
+        {
             let prefix = admin_config.path_prefix.as_str();
             // Authorization is read only for admin paths: it costs a host call.
             if admin::route(prefix, token, &method, &path, None) != AdminRoute::NotAdmin {
                 let authorization = host::request_header("authorization");
                 let route = admin::route(prefix, token, &method, &path, authorization.as_deref());
-                self.answer_admin(&plugin, route);
+                self.answer_admin(&worker, route);
                 return Action::Pause;
             }
         }
-        if !Self::is_event_request(&plugin, &method, &path) {
+        if !Self::is_event_request(&worker, &method, &path) {
             return Action::Continue;
         }
         let format = BodyFormat::from_content_type(host::request_header("content-type").as_deref());
-        let collector = BodyCollector::new(format, plugin.config.events.max_event_bytes)
-            .with_fields(plugin.fields.clone())
-            .with_max_events(plugin.config.events.max_events_per_request);
+        let collector = BodyCollector::new(format, worker.plugin.config.events.max_event_bytes)
+            .with_fields(worker.plugin.fields.clone())
+            .with_max_events(worker.plugin.config.events.max_events_per_request);
         self.collector = Some(collector);
         if end_of_stream {
             // No body at all.
-            self.finish_body(&plugin);
+            self.finish_body(&worker);
         }
         Action::Continue
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(plugin) = self.plugin.clone() else {
+        let Some(worker) = self.worker.clone() else {
             return Action::Continue;
         };
         if let Some(collector) = self.collector.as_mut() {
@@ -372,33 +385,33 @@ impl HttpContext for EventStream {
             let chunk = host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
             if end_of_stream {
                 collector.finish_with(&chunk, &mut events);
-                Self::count_skipped(&plugin, collector);
+                Self::count_skipped(&worker, collector);
                 self.collector = None;
                 self.body_complete = true;
             } else {
                 collector.push(&chunk, &mut events);
             }
             if !events.is_empty() || end_of_stream {
-                self.handle(&plugin, events);
+                self.handle(&worker, events);
             }
         }
         Action::Continue
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-        if let Some(plugin) = self.plugin.clone() {
-            self.finish_body(&plugin);
+        if let Some(worker) = self.worker.clone() {
+            self.finish_body(&worker);
         }
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(plugin) = self.plugin.clone() {
-            if plugin.config.events.deliver_on == DeliverOn::Response2xx {
+        if let Some(worker) = self.worker.clone() {
+            if worker.plugin.config.events.deliver_on == DeliverOn::Response2xx {
                 self.response_status = host::response_header(":status")
                     .and_then(|s| s.parse().ok())
                     .or(Some(0));
-                self.release(&plugin);
+                self.release(&worker);
             }
         }
         Action::Continue

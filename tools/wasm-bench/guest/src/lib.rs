@@ -13,7 +13,7 @@ use std::cell::RefCell;
 use std::hint::black_box;
 
 use envoy_webhooks::config::PluginConfig;
-use envoy_webhooks::events::parse_event;
+use envoy_webhooks::event::parse_event;
 use envoy_webhooks::matcher::Matcher;
 use serde_json::json;
 

@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use envoy_webhooks::config::PluginConfig;
-use envoy_webhooks::events::parse_event;
+use envoy_webhooks::event::parse_event;
 use envoy_webhooks::matcher::Matcher;
 use wasm_bench_guest::{bench_run, bench_setup};
 

@@ -9,7 +9,9 @@ use std::rc::Rc;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use crate::fields::FieldTree;
+pub mod fields;
+
+use fields::FieldTree;
 
 /// One event: its JSON text as it appeared in the body, and its parsed value.
 #[derive(Debug, Clone, PartialEq)]

@@ -6,13 +6,14 @@
 //! updates the same record; this module is the pure part: the record, its
 //! encoding and its transitions.
 
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
+use super::status::Status;
 use crate::config::{DeliveryPolicy, WebhookDefinition};
-use crate::status::Status;
 
-/// What all workers know about one webhook.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What all workers know about one webhook: the record kept in shared data
+/// (see `webhook::store`), as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WebhookHealth {
     /// The definition this record belongs to; a changed definition starts afresh.
     pub fingerprint: u64,
@@ -28,6 +29,7 @@ pub struct WebhookHealth {
     /// Counts operator `enable`s. An attempt remembers the epoch it was made
     /// in; its outcome counts for the status only while the epoch is the same,
     /// so calls made before an `enable` cannot fail the webhook again.
+    #[serde(default)]
     pub epoch: u64,
 }
 
@@ -149,37 +151,12 @@ impl WebhookHealth {
 
     /// The record as stored in shared data.
     pub fn encode(&self) -> Vec<u8> {
-        json!({
-            "fingerprint": self.fingerprint.to_string(),
-            "status": self.status.as_str(),
-            "consecutive_failures": self.consecutive_failures,
-            "first_failed_at": self.first_failed_at,
-            "last_error": self.last_error,
-            "delivered": self.delivered,
-            "failed": self.failed,
-            "epoch": self.epoch,
-        })
-        .to_string()
-        .into_bytes()
+        // A struct of strings and integers always serialises.
+        serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// `None` for bytes that are not a record (e.g. written by another version).
     pub fn decode(bytes: &[u8]) -> Option<WebhookHealth> {
-        let value: Value = serde_json::from_slice(bytes).ok()?;
-        let count = |name: &str| value.get(name).and_then(Value::as_u64);
-        Some(WebhookHealth {
-            fingerprint: value.get("fingerprint")?.as_str()?.parse().ok()?,
-            status: Status::parse(value.get("status")?.as_str()?)?,
-            consecutive_failures: count("consecutive_failures")?,
-            first_failed_at: count("first_failed_at"),
-            last_error: value
-                .get("last_error")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            delivered: count("delivered")?,
-            failed: count("failed")?,
-            // Records written before epochs existed.
-            epoch: count("epoch").unwrap_or(0),
-        })
+        serde_json::from_slice(bytes).ok()
     }
 }

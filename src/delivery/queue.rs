@@ -5,34 +5,42 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::rc::Rc;
 
-/// Where a pending delivery goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A webhook as a delivery knows it: by its id and the fingerprint of its
+/// definition, never by its position in the configuration (a reload may
+/// insert, remove or reorder definitions). The engine resolves it through a
+/// map; a delivery whose definition is gone or changed is never sent with
+/// another one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WebhookRef {
+    pub id: Rc<str>,
+    pub fingerprint: u64,
+}
+
+/// Where a delivery goes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
-    /// The webhook at this index of the configuration, as defined when queued.
-    Webhook { index: usize, fingerprint: u64 },
+    Webhook(WebhookRef),
     /// The dead-letter destination, carrying a delivery of this webhook.
-    DeadLetter { index: usize, fingerprint: u64 },
+    DeadLetter(WebhookRef),
 }
 
 impl Target {
-    pub fn webhook_index(self) -> usize {
+    /// The webhook the delivery is for.
+    pub fn webhook(&self) -> &WebhookRef {
         match self {
-            Target::Webhook { index, .. } | Target::DeadLetter { index, .. } => index,
+            Target::Webhook(webhook) | Target::DeadLetter(webhook) => webhook,
         }
     }
 
-    pub fn fingerprint(self) -> u64 {
-        match self {
-            Target::Webhook { fingerprint, .. } | Target::DeadLetter { fingerprint, .. } => {
-                fingerprint
-            }
-        }
+    pub fn is_dead_letter(&self) -> bool {
+        matches!(self, Target::DeadLetter(_))
     }
 }
 
-/// One delivery and its history so far.
+/// One delivery and its history so far: the one type for a delivery waiting
+/// in the retry queue and in flight.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PendingDelivery {
+pub struct Delivery {
     pub target: Target,
     /// What is POSTed: the event, or the dead-letter record. Shared by the
     /// deliveries of one event to several webhooks.
@@ -52,7 +60,7 @@ pub struct PendingDelivery {
     pub epoch: u64,
 }
 
-impl PendingDelivery {
+impl Delivery {
     /// What this delivery counts against `max_pending_bytes`.
     pub fn cost_bytes(&self) -> usize {
         self.body.len()
@@ -67,7 +75,7 @@ impl PendingDelivery {
 #[derive(Debug)]
 pub struct RetryQueue {
     /// By insertion order, so the oldest is first; with each one's due time.
-    entries: BTreeMap<u64, (u64, PendingDelivery)>,
+    entries: BTreeMap<u64, (u64, Delivery)>,
     /// (due time, sequence) of every entry; stale pairs are skipped on pop.
     due: BinaryHeap<Reverse<(u64, u64)>>,
     next_seq: u64,
@@ -97,7 +105,7 @@ impl RetryQueue {
     }
 
     /// Changes the bounds (a new configuration); returns what no longer fits, oldest first.
-    pub fn set_bounds(&mut self, max_count: usize, max_bytes: usize) -> Vec<PendingDelivery> {
+    pub fn set_bounds(&mut self, max_count: usize, max_bytes: usize) -> Vec<Delivery> {
         self.max_count = max_count;
         self.max_bytes = max_bytes;
         self.evict_over_bounds()
@@ -105,7 +113,7 @@ impl RetryQueue {
 
     /// Queues `delivery` for `due_ms`; returns the deliveries evicted to stay
     /// within bounds, oldest first (possibly `delivery` itself, if it alone is too big).
-    pub fn push(&mut self, delivery: PendingDelivery, due_ms: u64) -> Vec<PendingDelivery> {
+    pub fn push(&mut self, delivery: Delivery, due_ms: u64) -> Vec<Delivery> {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.bytes += delivery.cost_bytes();
@@ -114,7 +122,7 @@ impl RetryQueue {
         self.evict_over_bounds()
     }
 
-    fn evict_over_bounds(&mut self) -> Vec<PendingDelivery> {
+    fn evict_over_bounds(&mut self) -> Vec<Delivery> {
         let mut evicted = Vec::new();
         while self.entries.len() > self.max_count || self.bytes > self.max_bytes {
             let Some((_, (_, delivery))) = self.entries.pop_first() else {
@@ -127,7 +135,7 @@ impl RetryQueue {
     }
 
     /// The earliest delivery due at `now_ms`, if any.
-    pub fn pop_due(&mut self, now_ms: u64) -> Option<PendingDelivery> {
+    pub fn pop_due(&mut self, now_ms: u64) -> Option<Delivery> {
         while let Some(&Reverse((due_ms, seq))) = self.due.peek() {
             if due_ms > now_ms {
                 return None;
@@ -158,10 +166,7 @@ impl RetryQueue {
     }
 
     /// Removes and returns every delivery for which `select` holds, oldest first.
-    pub fn remove_where(
-        &mut self,
-        mut select: impl FnMut(&PendingDelivery) -> bool,
-    ) -> Vec<PendingDelivery> {
+    pub fn remove_where(&mut self, mut select: impl FnMut(&Delivery) -> bool) -> Vec<Delivery> {
         let chosen: Vec<u64> = self
             .entries
             .iter()
@@ -190,14 +195,16 @@ impl RetryQueue {
         self.bytes
     }
 
-    /// Counts and next due time per webhook index.
-    pub fn summary(&self) -> BTreeMap<usize, PendingSummary> {
-        let mut summary: BTreeMap<usize, PendingSummary> = BTreeMap::new();
+    /// Counts and next due time per webhook id.
+    pub fn summary(&self) -> BTreeMap<Rc<str>, PendingSummary> {
+        let mut summary: BTreeMap<Rc<str>, PendingSummary> = BTreeMap::new();
         for (due_ms, delivery) in self.entries.values() {
-            let entry = summary.entry(delivery.target.webhook_index()).or_default();
+            let entry = summary
+                .entry(delivery.target.webhook().id.clone())
+                .or_default();
             match delivery.target {
-                Target::Webhook { .. } => entry.deliveries += 1,
-                Target::DeadLetter { .. } => entry.dead_letters += 1,
+                Target::Webhook(_) => entry.deliveries += 1,
+                Target::DeadLetter(_) => entry.dead_letters += 1,
             }
             entry.next_due_ms = Some(entry.next_due_ms.map_or(*due_ms, |d| d.min(*due_ms)));
         }

@@ -1,0 +1,142 @@
+//! One delivery call: what is sent, and how its outcome is judged.
+
+use std::fmt;
+
+use super::retry::AttemptOutcome;
+use crate::config::{WebhookDefinition, WebhookUrl};
+
+/// Sent as `user-agent` on every delivery.
+pub const USER_AGENT: &str = concat!("envoy-webhooks/", env!("CARGO_PKG_VERSION"));
+
+/// Sent on every call the filter makes (deliveries and dead letters). A
+/// request carrying it is never read as an event: a webhook whose cluster
+/// leads back through an Envoy with this filter cannot loop.
+pub const DELIVERY_MARKER: &str = "envoy-webhooks-delivery";
+
+/// The headers of a delivery call: pseudo-headers, then ours, then the webhook's own.
+pub fn request_headers(definition: &WebhookDefinition) -> Vec<(&str, &str)> {
+    destination_headers(&definition.url, &definition.headers)
+}
+
+/// The headers of a POST of JSON to `url`, with `extra` headers last.
+pub fn destination_headers<'a>(
+    url: &'a WebhookUrl,
+    extra: &'a [(String, String)],
+) -> Vec<(&'a str, &'a str)> {
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", url.path.as_str()),
+        (":authority", url.authority.as_str()),
+        ("content-type", "application/json"),
+        ("user-agent", USER_AGENT),
+        (DELIVERY_MARKER, "1"),
+    ];
+    headers.extend(
+        extra
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str())),
+    );
+    headers
+}
+
+/// What the host reports of a finished call that got an answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answer {
+    /// The `:status` header as sent (absent or garbled: not a valid answer).
+    pub status: Option<String>,
+    pub retry_after: Option<String>,
+    /// The start of the answer's body (enough to recognise Envoy's own answers).
+    pub body_start: Vec<u8>,
+}
+
+/// How one call ended: built once from what the host reports, then used for
+/// the decision (success, retry, gone) and, through `Display`, as `last_error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// A 2xx answer.
+    Delivered,
+    /// Another answer from the receiver.
+    Status {
+        code: u16,
+        retry_after: Option<String>,
+    },
+    /// An answer whose status is not a number.
+    Garbled(String),
+    /// No answer within `timeout_ms` (also Envoy's own 504 "upstream request timeout").
+    Timeout { timeout_ms: u64 },
+    /// Envoy could not reach the receiver and answered itself (503).
+    NotReached(String),
+    /// No answer: reset, refused, or an answer Envoy would not hand over.
+    NoAnswer,
+    /// The host refused to start the call (an unknown cluster).
+    CannotCall { cluster: String },
+}
+
+impl CallOutcome {
+    /// Judges a finished call. `answer` is `None` when the host reported no
+    /// headers: the call ended without an answer. Envoy answers a call that
+    /// timed out or could not connect itself, with a 504 or 503 and a telltale
+    /// body; those are reported as what they are, since the receiver never
+    /// answered.
+    pub fn from_answer(answer: Option<&Answer>, elapsed_ms: u64, timeout_ms: u64) -> CallOutcome {
+        let Some(answer) = answer else {
+            // Without an answer, the clock tells a timeout from a reset.
+            return if elapsed_ms.saturating_add(50) >= timeout_ms {
+                CallOutcome::Timeout { timeout_ms }
+            } else {
+                CallOutcome::NoAnswer
+            };
+        };
+        let Some(status) = answer.status.as_deref() else {
+            return CallOutcome::NoAnswer;
+        };
+        let code = match status.parse::<u16>() {
+            Ok(code) if (100..=999).contains(&code) && status.len() == 3 => code,
+            _ => return CallOutcome::Garbled(status.chars().take(16).collect()),
+        };
+        let body = answer.body_start.as_slice();
+        match code {
+            200..=299 => CallOutcome::Delivered,
+            504 if body == b"upstream request timeout" => CallOutcome::Timeout { timeout_ms },
+            503 if body.starts_with(b"upstream connect error")
+                || body == b"no healthy upstream" =>
+            {
+                let reason = body.get(..body.len().min(200)).unwrap_or_default();
+                CallOutcome::NotReached(String::from_utf8_lossy(reason).into_owned())
+            }
+            _ => CallOutcome::Status {
+                code,
+                retry_after: answer.retry_after.clone(),
+            },
+        }
+    }
+
+    /// What the retry schedule needs to know.
+    pub fn attempt(&self) -> AttemptOutcome<'_> {
+        match self {
+            CallOutcome::Delivered => AttemptOutcome::Success,
+            CallOutcome::Status { code, retry_after } => AttemptOutcome::Status {
+                code: *code,
+                retry_after: retry_after.as_deref(),
+            },
+            _ => AttemptOutcome::NoAnswer,
+        }
+    }
+}
+
+impl fmt::Display for CallOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallOutcome::Delivered => f.write_str("delivered"),
+            CallOutcome::Status { code, .. } => write!(f, "HTTP {code}"),
+            CallOutcome::Garbled(status) => write!(f, "an answer with status {status:?}"),
+            CallOutcome::Timeout { timeout_ms } => write!(f, "timeout after {timeout_ms} ms"),
+            CallOutcome::NotReached(reason) => write!(
+                f,
+                "HTTP 503 from Envoy, the receiver was not reached: {reason}"
+            ),
+            CallOutcome::NoAnswer => f.write_str("no response (connection refused or reset)"),
+            CallOutcome::CannotCall { cluster } => write!(f, "cannot call cluster '{cluster}'"),
+        }
+    }
+}

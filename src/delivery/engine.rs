@@ -1,0 +1,784 @@
+//! The delivery engine: every decision between "this event matched these
+//! webhooks" and "the delivery succeeded, was dead-lettered or was lost":
+//! attempts, retries, the bounds (call slots, retry queue, held bytes, work per
+//! callback), dead letters, the webhooks' health, the counts and the pending
+//! view for the admin API.
+//!
+//! It is plain Rust over a small [`Host`]: the proxy-wasm root context only
+//! forwards its callbacks here, and tests drive it with a fake host.
+//!
+//! The paths a delivery can take, each bounded:
+//! - `accept` → `attempt` (once; or `dead_letter` when the budget is full)
+//! - `attempt` → a call in flight, or `park` (slots or this callback's budget
+//!   used up), or `dead_letter` (the webhook is `FAILED`), or `failed`
+//!   (the call could not be started)
+//! - `park` → the retry queue; what that pushes out goes to `dead_letter`
+//! - `dead_letter` → `attempt` of a new dead-letter delivery, or `lose`.
+//!   A dead-letter delivery is never dead-lettered again: it is lost
+//!   instead, so `attempt → park → dead_letter → attempt` ends after one turn.
+
+use std::rc::Rc;
+
+use hashbrown::HashMap;
+
+use super::budget::{self, HeldBytes};
+use super::call::{self, Answer, CallOutcome};
+use super::dead_letter::{self, FailedDelivery, Reason};
+use super::host::{Call, Counter, DispatchError, Host, WebhookCounter};
+use super::message::QueuedEvent;
+use super::queue::{Delivery, RetryQueue, Target, WebhookRef};
+use super::retry::{self, RetryDecision};
+use super::signature;
+use crate::admin;
+use crate::logging::Printable;
+use crate::plugin::Plugin;
+use crate::webhook::health::Transition;
+use crate::webhook::status::Status;
+use crate::webhook::store;
+
+/// While deliveries wait, the tick comes at least this often (to publish the
+/// queue for the admin API and to notice freed call slots).
+const MAX_TICK_MS: u64 = 1_000;
+pub const MIN_TICK_MS: u64 = 10;
+/// How long successful deliveries may wait before they are added to the shared counts.
+const FLUSH_TICK_MS: u64 = 200;
+/// How often a worker publishes its retry queue for the admin API.
+const PUBLISH_INTERVAL_MS: u64 = 250;
+/// How soon a delivery that found every call slot taken tries again.
+const SLOT_WAIT_MS: u64 = 50;
+/// A call the host could not start for now (not an unknown cluster) is
+/// started again this often, this many times, before it counts as a failed
+/// attempt.
+const MAX_DISPATCH_FAILURES: u32 = 5;
+const DISPATCH_RETRY_MS: u64 = 200;
+/// Calls started, and bytes handed to the host, in one callback at most; the
+/// rest wait for the next tick. A worker serves the platform's requests between
+/// callbacks: a burst of deliveries (one big event matching a thousand
+/// webhooks) must not hold it for long. 4 MiB is about a millisecond of copying
+/// (and of signing, where a webhook signs).
+pub const MAX_TURN_CALLS: usize = 100;
+pub const MAX_TURN_BYTES: usize = 4 * 1024 * 1024;
+/// A dead-letter record's size beyond its event: ids, error text, field names.
+const RECORD_OVERHEAD_BYTES: usize = 1024;
+
+/// A call waiting for its answer.
+struct InFlight {
+    delivery: Delivery,
+    /// What the call counts against the held-bytes budget.
+    bytes: usize,
+    started_ms: u64,
+    /// The CAS value of the webhook's record when the call was made, if the
+    /// webhook was then ENABLED with no failures. If the record still has it
+    /// when the call succeeds, the success changes nothing but the count.
+    clean_version: Option<u32>,
+}
+
+/// One worker's deliveries.
+pub struct Engine {
+    plugin: Option<Rc<Plugin>>,
+    /// This VM's number, naming its published pending view.
+    vm_number: u64,
+    in_flight: HashMap<u32, InFlight>,
+    in_flight_bytes: usize,
+    retries: RetryQueue,
+    /// Successful deliveries not yet added to the shared counts, by webhook.
+    unflushed_delivered: HashMap<WebhookRef, u64>,
+    tick_ms: u64,
+    published_ms: u64,
+    /// The last published summary had deliveries in it.
+    published_nonempty: bool,
+    /// The queue changed since the last publication.
+    summary_stale: bool,
+    /// Calls started and bytes sent in the current callback.
+    turn_calls: usize,
+    turn_bytes: usize,
+    /// What this worker last added to the `held_bytes` gauge.
+    held_reported: i64,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine::new(0)
+    }
+}
+
+impl Engine {
+    pub fn new(vm_number: u64) -> Engine {
+        Engine {
+            plugin: None,
+            vm_number,
+            in_flight: HashMap::new(),
+            in_flight_bytes: 0,
+            retries: RetryQueue::new(usize::MAX, usize::MAX),
+            unflushed_delivered: HashMap::new(),
+            tick_ms: 0,
+            published_ms: 0,
+            published_nonempty: false,
+            summary_stale: false,
+            turn_calls: 0,
+            turn_bytes: 0,
+            held_reported: 0,
+        }
+    }
+
+    /// The VM's number, once its delivery queue is registered.
+    pub fn set_vm_number(&mut self, vm_number: u64) {
+        self.vm_number = vm_number;
+    }
+
+    pub fn plugin(&self) -> Option<&Rc<Plugin>> {
+        self.plugin.as_ref()
+    }
+
+    /// Deliveries waiting for a retry.
+    pub fn pending(&self) -> usize {
+        self.retries.len()
+    }
+
+    /// Calls waiting for their answer.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Bytes this worker's root holds: calls in flight and deliveries waiting.
+    pub fn held_bytes(&self) -> usize {
+        self.in_flight_bytes.saturating_add(self.retries.bytes())
+    }
+
+    /// A configuration was loaded: health records are created (or started
+    /// afresh for changed definitions), gauges set, the queue's bounds applied.
+    pub fn configure<H: Host>(&mut self, host: &mut H, plugin: Rc<Plugin>) {
+        let now_s = host.now_ms() / 1000;
+        for (index, definition) in plugin.definitions().iter().enumerate() {
+            let health = store::update(host, definition, now_s, |_| None)
+                .map(|(health, _)| health)
+                .unwrap_or_else(|| store::load(host, definition, now_s));
+            host.set_status(index, health.status);
+        }
+        let policy = &plugin.config.delivery;
+        let evicted = self
+            .retries
+            .set_bounds(policy.max_pending, policy.max_pending_bytes);
+        self.plugin = Some(plugin.clone());
+        self.start_turn();
+        self.handle_evicted(host, &plugin, evicted);
+        self.end_turn(host);
+    }
+
+    /// A matched event arrives from a request: its deliveries start now.
+    pub fn accept<H: Host>(&mut self, host: &mut H, event: QueuedEvent) {
+        let Some(plugin) = self.plugin.clone() else {
+            return;
+        };
+        self.start_turn();
+        let body: Rc<[u8]> = event.body.into();
+        for target in event.targets {
+            self.accept_one(host, &plugin, target.fingerprint, &body, &event.request_id);
+        }
+        self.end_turn(host);
+    }
+
+    /// The answer to call `token`: `None` when the call ended without one
+    /// (reset, timeout, an answer the host would not hand over).
+    pub fn call_finished<H: Host>(&mut self, host: &mut H, token: u32, answer: Option<&Answer>) {
+        let Some(call) = self.in_flight.remove(&token) else {
+            return;
+        };
+        self.in_flight_bytes = self.in_flight_bytes.saturating_sub(call.bytes);
+        let Some(plugin) = self.plugin.clone() else {
+            return;
+        };
+        self.start_turn();
+        let elapsed_ms = host.now_ms().saturating_sub(call.started_ms);
+        let outcome =
+            CallOutcome::from_answer(answer, elapsed_ms, plugin.config.delivery.timeout_ms);
+        if outcome == CallOutcome::Delivered {
+            self.succeeded(host, &plugin, call.delivery, call.clean_version);
+        } else {
+            self.failed(host, &plugin, call.delivery, outcome);
+        }
+        // A freed call slot may let a parked delivery go.
+        if !self.retries.is_empty() {
+            self.run_due(host);
+        }
+        self.end_turn(host);
+    }
+
+    pub fn tick<H: Host>(&mut self, host: &mut H) {
+        self.start_turn();
+        self.run_due(host);
+        self.end_turn(host);
+    }
+
+    fn start_turn(&mut self) {
+        self.turn_calls = 0;
+        self.turn_bytes = 0;
+    }
+
+    /// Tells the requests what the root holds, and the gauge.
+    fn end_turn<H: Host>(&mut self, host: &mut H) {
+        let held = self.held_bytes();
+        if let Some(plugin) = &self.plugin {
+            plugin.held.set_in_root(held);
+        }
+        let held = i64::try_from(held).unwrap_or(i64::MAX);
+        host.add_held_bytes(held.saturating_sub(self.held_reported));
+        self.held_reported = held;
+    }
+
+    /// Whether a delivery costing `bytes` fits the worker's budget now.
+    fn fits(&self, held: &HeldBytes, bytes: usize) -> bool {
+        held.set_in_root(self.held_bytes());
+        held.fits(bytes)
+    }
+
+    fn accept_one<H: Host>(
+        &mut self,
+        host: &mut H,
+        plugin: &Plugin,
+        fingerprint: u64,
+        body: &Rc<[u8]>,
+        request_id: &Option<String>,
+    ) {
+        let now_ms = host.now_ms();
+        let Some(webhook) = plugin
+            .resolve_fingerprint(fingerprint)
+            .and_then(|(index, _)| plugin.webhook_ref(index))
+            .cloned()
+        else {
+            host.count(Counter::DeliveriesDiscarded, 1);
+            plugin.warn("discarded", now_ms, || {
+                "a delivery queued under a previous configuration was not made".to_string()
+            });
+            return;
+        };
+        let delivery = Delivery {
+            target: Target::Webhook(webhook),
+            // Computed when first needed (signing, dead letters): hashing every body costs.
+            message_id: String::new(),
+            body: body.clone(),
+            request_id: request_id.clone(),
+            attempts: 0,
+            dispatch_failures: 0,
+            first_attempt_at_ms: now_ms,
+            last_error: None,
+            epoch: 0,
+        };
+        if !self.fits(&plugin.held, delivery.cost_bytes()) {
+            self.count_for(host, plugin, &delivery, WebhookCounter::Dropped);
+            self.dead_letter(host, plugin, &delivery, Reason::MemoryLimit);
+            return;
+        }
+        self.attempt(host, plugin, delivery);
+    }
+
+    /// Counts for the webhook `delivery` is for, if the configuration has it.
+    fn count_for<H: Host>(
+        &self,
+        host: &mut H,
+        plugin: &Plugin,
+        delivery: &Delivery,
+        counter: WebhookCounter,
+    ) {
+        if let Some((index, _)) = plugin.resolve(delivery.target.webhook()) {
+            host.count(Counter::Webhook(index, counter), 1);
+        }
+    }
+
+    /// Makes the next attempt of `delivery`, or parks it while every call
+    /// slot (or this callback's budget) is taken.
+    fn attempt<H: Host>(&mut self, host: &mut H, plugin: &Plugin, mut delivery: Delivery) {
+        let now_ms = host.now_ms();
+        let Some((index, definition)) = plugin.resolve(delivery.target.webhook()) else {
+            if delivery.target.is_dead_letter() {
+                // Its webhook was removed by a reload, after it had failed.
+                self.lose(
+                    host,
+                    plugin,
+                    &delivery,
+                    "its webhook was removed by a configuration reload",
+                );
+            } else {
+                host.count(Counter::DeliveriesDiscarded, 1);
+                plugin.warn("discarded", now_ms, || {
+                    format!(
+                        "delivery of request_id={} not made: its webhook changed in a configuration reload",
+                        Printable(delivery.request_id.as_deref().unwrap_or("-"))
+                    )
+                });
+            }
+            return;
+        };
+        if self.turn_calls >= MAX_TURN_CALLS || self.turn_bytes >= MAX_TURN_BYTES {
+            // Enough for this callback: the next tick goes on.
+            self.park(host, plugin, delivery, now_ms);
+            return;
+        }
+        let mut clean_version = None;
+        if !delivery.target.is_dead_letter() {
+            let (health, version) = store::load_versioned(host, definition, now_ms / 1000);
+            delivery.epoch = health.epoch;
+            if health.status == Status::Enabled && health.consecutive_failures == 0 {
+                clean_version = version;
+            }
+            if !health.status.delivers() {
+                host.count(Counter::Webhook(index, WebhookCounter::Dropped), 1);
+                self.dead_letter(host, plugin, &delivery, Reason::WebhookFailed);
+                return;
+            }
+        }
+        let policy = &plugin.config.delivery;
+        if self.in_flight.len() >= policy.max_in_flight {
+            self.park(host, plugin, delivery, now_ms.saturating_add(SLOT_WAIT_MS));
+            return;
+        }
+        let (cluster, mut headers) = match &delivery.target {
+            Target::Webhook(_) => (
+                definition.cluster.as_str(),
+                call::request_headers(definition),
+            ),
+            Target::DeadLetter(_) => {
+                let Some(destination) = &plugin.config.dead_letter else {
+                    self.lose(
+                        host,
+                        plugin,
+                        &delivery,
+                        "the dead_letter destination is no longer configured",
+                    );
+                    return;
+                };
+                (
+                    destination.cluster.as_str(),
+                    call::destination_headers(&destination.url, &destination.headers),
+                )
+            }
+        };
+        let secrets = plugin.secrets(index);
+        let timestamp = (now_ms / 1000).to_string();
+        let signature_value;
+        if !delivery.target.is_dead_letter() && !secrets.is_empty() {
+            if delivery.message_id.is_empty() {
+                delivery.message_id = signature::message_id(
+                    &definition.id,
+                    delivery.request_id.as_deref(),
+                    &delivery.body,
+                );
+            }
+            signature_value = signature::signature_header(
+                secrets,
+                &delivery.message_id,
+                now_ms / 1000,
+                &delivery.body,
+            );
+            headers.push(("webhook-id", delivery.message_id.as_str()));
+            headers.push(("webhook-timestamp", timestamp.as_str()));
+            headers.push(("webhook-signature", signature_value.as_str()));
+        }
+        let dispatched = host.dispatch(&Call {
+            cluster,
+            headers,
+            body: &delivery.body,
+            timeout_ms: policy.timeout_ms,
+        });
+        if let Err(DispatchError::Busy) = dispatched {
+            // The dynamic forward proxy fails a call from a root context to a
+            // host it has not resolved yet, while it resolves it: try again soon.
+            if delivery.dispatch_failures < MAX_DISPATCH_FAILURES {
+                delivery.dispatch_failures = delivery.dispatch_failures.saturating_add(1);
+                self.park(
+                    host,
+                    plugin,
+                    delivery,
+                    now_ms.saturating_add(DISPATCH_RETRY_MS),
+                );
+                return;
+            }
+        }
+        delivery.attempts = delivery.attempts.saturating_add(1);
+        self.turn_calls = self.turn_calls.saturating_add(1);
+        self.turn_bytes = self.turn_bytes.saturating_add(delivery.body.len());
+        if delivery.attempts > 1 && !delivery.target.is_dead_letter() {
+            host.count(Counter::Webhook(index, WebhookCounter::Retried), 1);
+        }
+        match dispatched {
+            Ok(token) => {
+                let bytes = delivery.cost_bytes();
+                self.in_flight_bytes = self.in_flight_bytes.saturating_add(bytes);
+                let call = InFlight {
+                    delivery,
+                    bytes,
+                    started_ms: now_ms,
+                    clean_version,
+                };
+                if let Some(replaced) = self.in_flight.insert(token, call) {
+                    // The host reused a token still in use: never expected; its
+                    // call's outcome is lost, so the delivery is counted as lost.
+                    self.in_flight_bytes = self.in_flight_bytes.saturating_sub(replaced.bytes);
+                    self.lose(
+                        host,
+                        plugin,
+                        &replaced.delivery,
+                        "the host reused its call's token",
+                    );
+                }
+            }
+            Err(error) => {
+                let cluster = cluster.to_string();
+                let id = definition.id.as_str();
+                plugin.warn("cannot_call", now_ms, || {
+                    let why = match &error {
+                        DispatchError::Busy => "busy".to_string(),
+                        DispatchError::Refused(why) => why.clone(),
+                    };
+                    format!(
+                        "webhook {id}: cannot call cluster '{}' ({}): define a cluster of that name in Envoy, or set the \"cluster\" field to one",
+                        Printable(&cluster),
+                        Printable(&why)
+                    )
+                });
+                self.failed(host, plugin, delivery, CallOutcome::CannotCall { cluster });
+            }
+        }
+    }
+
+    /// Queues `delivery` for `due_ms`, dead-lettering whatever that pushes out.
+    fn park<H: Host>(&mut self, host: &mut H, plugin: &Plugin, delivery: Delivery, due_ms: u64) {
+        let evicted = self.retries.push(delivery, due_ms);
+        self.handle_evicted(host, plugin, evicted);
+        self.schedule_tick(host);
+    }
+
+    /// Deliveries pushed out of a full retry queue go to the dead letters.
+    fn handle_evicted<H: Host>(&mut self, host: &mut H, plugin: &Plugin, evicted: Vec<Delivery>) {
+        for delivery in evicted {
+            if delivery.target.is_dead_letter() {
+                self.lose(host, plugin, &delivery, "the retry queue is full");
+            } else {
+                self.count_for(host, plugin, &delivery, WebhookCounter::Dropped);
+                self.dead_letter(host, plugin, &delivery, Reason::PendingLimit);
+            }
+        }
+    }
+
+    fn succeeded<H: Host>(
+        &mut self,
+        host: &mut H,
+        plugin: &Plugin,
+        delivery: Delivery,
+        clean_version: Option<u32>,
+    ) {
+        let Some((index, definition)) = plugin.resolve(delivery.target.webhook()) else {
+            // Its webhook was removed by a reload while the call was in flight.
+            return;
+        };
+        if delivery.target.is_dead_letter() {
+            host.count(Counter::Webhook(index, WebhookCounter::DeadLettered), 1);
+            return;
+        }
+        host.count(Counter::Webhook(index, WebhookCounter::Delivered), 1);
+        let still_clean =
+            clean_version.is_some() && store::version(host, definition) == clean_version;
+        if still_clean {
+            // Counted in shared data by the next tick, sparing a write per delivery.
+            let count = self
+                .unflushed_delivered
+                .entry(delivery.target.webhook().clone())
+                .or_default();
+            *count = count.saturating_add(1);
+            self.schedule_tick(host);
+            return;
+        }
+        let now_s = host.now_ms() / 1000;
+        let epoch = delivery.epoch;
+        if let Some((_, transition)) = store::update(host, definition, now_s, |health| {
+            if health.epoch == epoch {
+                health.record_success()
+            } else {
+                // Made before an operator's enable: counted, no say in the status.
+                health.delivered = health.delivered.saturating_add(1);
+                None
+            }
+        }) {
+            self.report(host, plugin, index, transition.as_ref());
+        }
+    }
+
+    /// A failed attempt: retried, or, when its retries are exhausted (or the
+    /// receiver said 410), a failed delivery that counts for the status.
+    fn failed<H: Host>(
+        &mut self,
+        host: &mut H,
+        plugin: &Plugin,
+        mut delivery: Delivery,
+        outcome: CallOutcome,
+    ) {
+        let now_ms = host.now_ms();
+        let decision = retry::after_failure(
+            &plugin.config.delivery.retry_schedule_s,
+            delivery.attempts,
+            outcome.attempt(),
+            host.random_unit(),
+            retry::system_time(now_ms),
+        );
+        let error = outcome.to_string();
+        log::debug!(
+            "envoy-webhooks: attempt {} of request_id={} failed: {}",
+            delivery.attempts,
+            Printable(delivery.request_id.as_deref().unwrap_or("-")),
+            Printable(&error)
+        );
+        delivery.last_error = Some(error);
+        if let RetryDecision::RetryIn(delay_ms) = decision {
+            self.park(host, plugin, delivery, now_ms.saturating_add(delay_ms));
+            return;
+        }
+        if delivery.target.is_dead_letter() {
+            self.lose(
+                host,
+                plugin,
+                &delivery,
+                "the dead-letter destination kept failing",
+            );
+            return;
+        }
+        let gone = decision == RetryDecision::Gone;
+        if let Some((index, definition)) = plugin.resolve(delivery.target.webhook()) {
+            host.count(Counter::Webhook(index, WebhookCounter::Failed), 1);
+            let error = delivery.last_error.clone().unwrap_or_default();
+            let policy = &plugin.config.delivery;
+            let now_s = now_ms / 1000;
+            let epoch = delivery.epoch;
+            let updated = store::update(host, definition, now_s, |health| {
+                if health.epoch != epoch {
+                    // Made before an operator's enable: it must not fail the
+                    // webhook again while its receiver may be fixed.
+                    health.failed = health.failed.saturating_add(1);
+                    None
+                } else if gone {
+                    health.record_gone(now_s)
+                } else {
+                    health.record_failure(&error, now_s, policy)
+                }
+            });
+            if let Some((health, transition)) = updated {
+                self.report(host, plugin, index, transition.as_ref());
+                if health.status == Status::Failed {
+                    self.stop_waiting_retries(host, plugin, delivery.target.webhook());
+                }
+            }
+        }
+        let reason = if gone {
+            Reason::Gone
+        } else {
+            Reason::RetriesExhausted
+        };
+        self.dead_letter(host, plugin, &delivery, reason);
+    }
+
+    /// A webhook became `FAILED`: its waiting retries stop and go to the dead letters.
+    fn stop_waiting_retries<H: Host>(
+        &mut self,
+        host: &mut H,
+        plugin: &Plugin,
+        webhook: &WebhookRef,
+    ) {
+        let stopped = self
+            .retries
+            .remove_where(|d| matches!(&d.target, Target::Webhook(w) if w == webhook));
+        for delivery in stopped {
+            self.count_for(host, plugin, &delivery, WebhookCounter::Dropped);
+            self.dead_letter(host, plugin, &delivery, Reason::WebhookFailed);
+        }
+        self.schedule_tick(host);
+    }
+
+    /// Sends a delivery that could not be made to the dead-letter destination,
+    /// or counts and logs it when there is none (or no room for it).
+    fn dead_letter<H: Host>(
+        &mut self,
+        host: &mut H,
+        plugin: &Plugin,
+        delivery: &Delivery,
+        reason: Reason,
+    ) {
+        let Target::Webhook(webhook) = &delivery.target else {
+            // Dead letters are not dead-lettered again: the caller loses them.
+            return;
+        };
+        if plugin.config.dead_letter.is_none() {
+            let why = format!(
+                "{} and no dead_letter destination is configured",
+                reason.as_str()
+            );
+            self.lose(host, plugin, delivery, &why);
+            return;
+        }
+        // Checked before the record is built: under pressure, building (and
+        // hashing) records that cannot be held would only stall the worker.
+        let estimate =
+            budget::delivery_cost(delivery.body.len().saturating_add(RECORD_OVERHEAD_BYTES));
+        if !self.fits(&plugin.held, estimate) {
+            let why = format!(
+                "{}, and its dead letter does not fit delivery.max_held_bytes",
+                reason.as_str()
+            );
+            self.lose(host, plugin, delivery, &why);
+            return;
+        }
+        let message_id = if delivery.message_id.is_empty() {
+            signature::message_id(&webhook.id, delivery.request_id.as_deref(), &delivery.body)
+        } else {
+            delivery.message_id.clone()
+        };
+        let record = dead_letter::record(&FailedDelivery {
+            webhook_id: &webhook.id,
+            message_id: &message_id,
+            request_id: delivery.request_id.as_deref(),
+            event: &delivery.body,
+            attempts: delivery.attempts,
+            last_error: delivery.last_error.as_deref(),
+            first_attempt_at_ms: delivery.first_attempt_at_ms,
+            reason,
+        });
+        let letter = Delivery {
+            target: Target::DeadLetter(webhook.clone()),
+            body: record.into(),
+            message_id,
+            request_id: delivery.request_id.clone(),
+            attempts: 0,
+            dispatch_failures: 0,
+            first_attempt_at_ms: host.now_ms(),
+            last_error: None,
+            epoch: 0,
+        };
+        self.attempt(host, plugin, letter);
+    }
+
+    /// Counts and logs a delivery that reached neither its webhook nor a
+    /// dead-letter destination.
+    fn lose<H: Host>(&self, host: &mut H, plugin: &Plugin, delivery: &Delivery, why: &str) {
+        self.count_for(host, plugin, delivery, WebhookCounter::Lost);
+        let webhook_id = delivery.target.webhook().id.clone();
+        plugin.warn("lost", host.now_ms(), || {
+            format!(
+                "webhook {webhook_id}: event request_id={} not delivered ({why}); last error: {}",
+                Printable(delivery.request_id.as_deref().unwrap_or("-")),
+                Printable(delivery.last_error.as_deref().unwrap_or("-"))
+            )
+        });
+    }
+
+    /// Logs a status change (one info line, with the reason) and updates the gauge.
+    fn report<H: Host>(
+        &self,
+        host: &mut H,
+        plugin: &Plugin,
+        index: usize,
+        transition: Option<&Transition>,
+    ) {
+        let Some(transition) = transition else {
+            return;
+        };
+        if let Some(definition) = plugin.definitions().get(index) {
+            log::info!(
+                "envoy-webhooks: webhook {} status {} -> {}: {}",
+                definition.id,
+                transition.from,
+                transition.to,
+                Printable(&transition.reason)
+            );
+        }
+        host.set_status(index, transition.to);
+    }
+
+    /// Adds the buffered successful deliveries to the shared counts.
+    fn flush_delivered<H: Host>(&mut self, host: &mut H) {
+        let Some(plugin) = self.plugin.clone() else {
+            self.unflushed_delivered.clear();
+            return;
+        };
+        let now_s = host.now_ms() / 1000;
+        for (webhook, count) in self.unflushed_delivered.drain() {
+            if let Some((_, definition)) = plugin.resolve(&webhook) {
+                store::update(host, definition, now_s, |health| {
+                    health.delivered = health.delivered.saturating_add(count);
+                    None
+                });
+            }
+        }
+    }
+
+    /// Flushes counts and makes the attempts that are due, as many as the
+    /// call slots and this callback's budget allow.
+    fn run_due<H: Host>(&mut self, host: &mut H) {
+        if !self.unflushed_delivered.is_empty() {
+            self.flush_delivered(host);
+        }
+        if let Some(plugin) = self.plugin.clone() {
+            let now_ms = host.now_ms();
+            while self.in_flight.len() < plugin.config.delivery.max_in_flight
+                && self.turn_calls < MAX_TURN_CALLS
+                && self.turn_bytes < MAX_TURN_BYTES
+            {
+                let Some(delivery) = self.retries.pop_due(now_ms) else {
+                    break;
+                };
+                self.attempt(host, &plugin, delivery);
+            }
+        }
+        if !self.retries.is_empty() || self.summary_stale {
+            let now_ms = host.now_ms();
+            self.publish_pending(host, now_ms, true);
+        }
+        self.schedule_tick(host);
+    }
+
+    /// Keeps one tick running while deliveries wait, counts are to be flushed
+    /// or the queue's summary is to be published, and none otherwise.
+    fn schedule_tick<H: Host>(&mut self, host: &mut H) {
+        let now_ms = host.now_ms();
+        self.publish_pending(host, now_ms, false);
+        let mut wanted = match self.retries.next_due_ms() {
+            Some(due) => due.saturating_sub(now_ms).clamp(MIN_TICK_MS, MAX_TICK_MS),
+            None => 0,
+        };
+        for (needed, soon) in [
+            (!self.unflushed_delivered.is_empty(), FLUSH_TICK_MS),
+            (self.summary_stale, PUBLISH_INTERVAL_MS),
+        ] {
+            if needed {
+                wanted = if wanted == 0 { soon } else { wanted.min(soon) };
+            }
+        }
+        if wanted != self.tick_ms && host.set_tick_period_ms(wanted) {
+            self.tick_ms = wanted;
+        }
+    }
+
+    /// Publishes this worker's queue for the admin API: at most every 250 ms
+    /// (a skipped publication is made by the next tick), and once more when
+    /// the queue becomes empty.
+    fn publish_pending<H: Host>(&mut self, host: &mut H, now_ms: u64, force: bool) {
+        if self.plugin.is_none() {
+            return;
+        }
+        let changed = !self.retries.is_empty() || self.published_nonempty;
+        if !changed && !force {
+            return;
+        }
+        if !force && now_ms.saturating_sub(self.published_ms) < PUBLISH_INTERVAL_MS {
+            self.summary_stale = true;
+            return;
+        }
+        let entries = self
+            .retries
+            .summary()
+            .into_iter()
+            .map(|(id, summary)| (id.to_string(), summary));
+        let summary = admin::pending_summary(now_ms, entries);
+        store::publish_pending(host, self.vm_number, &summary);
+        self.published_ms = now_ms;
+        self.published_nonempty = !self.retries.is_empty();
+        self.summary_stale = false;
+    }
+}

@@ -1,0 +1,75 @@
+//! What the delivery engine needs of its host (Envoy, or a fake in tests):
+//! a clock, randomness, calls, a tick, shared data and counters. The
+//! proxy-wasm adapter implements it; the engine knows nothing of proxy-wasm.
+
+use crate::webhook::status::Status;
+
+/// Proxy-wasm shared data: one store per VM id, shared by every worker, with
+/// compare-and-swap on a per-key version.
+pub trait SharedData {
+    /// The value and its version; `(None, None)` for a missing key.
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Stores `value` if the key's version is still `cas` (`None`: unconditionally).
+    /// The host does not check `cas` for a missing key: it creates it.
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// Another worker changed the key since it was read.
+    CasMismatch,
+    Other(String),
+}
+
+/// One HTTP call to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call<'a> {
+    pub cluster: &'a str,
+    pub headers: Vec<(&'a str, &'a str)>,
+    pub body: &'a [u8],
+    pub timeout_ms: u64,
+}
+
+/// Why the host did not start a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DispatchError {
+    /// Not now (the dynamic forward proxy is still resolving the host): try again soon.
+    Busy,
+    /// Never (an unknown cluster): the attempt fails.
+    Refused(String),
+}
+
+/// Per-webhook counters (the README's metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WebhookCounter {
+    Delivered,
+    Failed,
+    Dropped,
+    Retried,
+    DeadLettered,
+    Lost,
+}
+
+/// Counters of the whole filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Counter {
+    /// Waiting for a retry when their webhook's definition changed.
+    DeliveriesDiscarded,
+    Webhook(usize, WebhookCounter),
+}
+
+pub trait Host: SharedData {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    /// Uniform in `[0, 1)`: retry jitter.
+    fn random_unit(&mut self) -> f64;
+    /// Starts a call; its outcome comes back with the returned token.
+    fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, DispatchError>;
+    /// Sets the tick period (0: no tick); `false` if the host refused.
+    fn set_tick_period_ms(&mut self, period_ms: u64) -> bool;
+    fn count(&mut self, counter: Counter, n: u64);
+    /// The webhook at `index` of the configuration now has `status`.
+    fn set_status(&mut self, index: usize, status: Status);
+    /// Adds `delta` to the gauge of held bytes (summed over workers).
+    fn add_held_bytes(&mut self, delta: i64);
+}
