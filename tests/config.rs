@@ -1484,3 +1484,25 @@ fn sizes_beyond_the_heap_are_refused_not_truncated() {
         "from 1024 to 805306368",
     );
 }
+
+#[test]
+fn a_query_over_the_regex_limits_names_the_webhook_field_and_regex() {
+    let cases = [
+        (
+            "data.name=/[a-z]{1,1000}[0-9]{1,1000}x/",
+            "regex /[a-z]{1,1000}[0-9]{1,1000}x/ at column 11 repeats something up to 1000 times; the limit is 100",
+        ),
+        (
+            "a=1 AND b=/(x{20}){20}/i",
+            "regex /(x{20}){20}/i at column 11 repeats something up to 400 times",
+        ),
+        (
+            "s=/[a-z]{100}[a-z]{100}[a-z]{100}[a-z]{100}[a-z]{100}[a-z]{100}[a-z]{100}[a-z]{100}[a-z]{100}/",
+            "compiles to more than 32768 bytes, the limit",
+        ),
+    ];
+    for (query, message) in cases {
+        let found = webhook_problems(hook("big-regex", json!({ "query": query })));
+        assert_single(&found, "webhook \"big-regex\"", "query", message);
+    }
+}
