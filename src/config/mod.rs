@@ -3,6 +3,10 @@
 //! Parsing reports every problem at once, each with the webhook id and field,
 //! and rejects unknown fields so that a typo never silently disables filtering.
 
+// No `as` casts here: on wasm32 `usize` is 32 bits, and a silently truncated
+// size (8 GiB became 0) is how limits stop limiting. Convert with `try_from`.
+#![deny(clippy::as_conversions, clippy::cast_possible_truncation)]
+
 mod definition;
 mod problems;
 

@@ -11,6 +11,10 @@
 //! assert!(query.matches(&event));
 //! ```
 
+// No `as` casts here: on wasm32 `usize` is 32 bits, and a silently truncated
+// size (8 GiB became 0) is how limits stop limiting. Convert with `try_from`.
+#![deny(clippy::as_conversions, clippy::cast_possible_truncation)]
+
 mod ast;
 mod error;
 mod eval;
