@@ -69,29 +69,6 @@ pub fn route(
     }
 }
 
-/// Whether `token` can be presented as `Authorization: Bearer <token>`:
-/// visible ASCII only, so no surrounding whitespace (a token read from an
-/// environment variable with a trailing newline would otherwise make every
-/// request 401, silently). The error never repeats the token.
-pub fn check_token(token: &str) -> Result<(), String> {
-    if token.is_empty() {
-        return Err("the token is empty".to_string());
-    }
-    if token.trim() != token {
-        return Err(
-            "the token has leading or trailing whitespace (a trailing newline?); remove it"
-                .to_string(),
-        );
-    }
-    if let Some(position) = token.chars().position(|c| !c.is_ascii_graphic()) {
-        return Err(format!(
-            "the token has a character that cannot be sent in an Authorization header (character {}); use visible ASCII only",
-            position + 1
-        ));
-    }
-    Ok(())
-}
-
 /// Compares secrets in time independent of their contents and lengths:
 /// fixed-length digests, compared in constant time.
 fn same_secret(presented: &str, expected: &str) -> bool {

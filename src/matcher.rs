@@ -10,6 +10,8 @@ use serde_json::Value;
 
 use crate::config::{Operation, WebhookDefinition};
 use crate::event::fields::FieldTree;
+#[cfg(doc)]
+use crate::query::RegexBudget;
 use crate::status::Status;
 
 /// Definitions indexed for matching.
@@ -121,6 +123,20 @@ impl Matcher {
     /// Statuses are the caller's business (they change at run time), except
     /// that `DISABLED` definitions never match.
     pub fn matching(&self, event: &Value, out: &mut Vec<usize>) {
+        // Vec::new does not allocate; only an over-budget query would push.
+        self.matching_with_budget(event, out, &mut Vec::new());
+    }
+
+    /// Like [`Matcher::matching`], and appends to `over_budget` the index of
+    /// each definition whose query had a regex refused for lack of budget
+    /// (each query gets one [`RegexBudget::per_evaluation`]; such a regex
+    /// comparison does not match), for counting as `regex_over_budget`.
+    pub fn matching_with_budget(
+        &self,
+        event: &Value,
+        out: &mut Vec<usize>,
+        over_budget: &mut Vec<usize>,
+    ) {
         let keys = EventKeys::of(event);
         let Some(event_type) = keys.event_type else {
             return;
@@ -145,7 +161,14 @@ impl Matcher {
                     .object_id
                     .as_deref()
                     .is_none_or(|wanted| keys.object_id == Some(wanted));
-                if object_matches && definition.query.matches(event) {
+                if !object_matches {
+                    continue;
+                }
+                let evaluation = definition.query.evaluate(event);
+                if evaluation.over_budget {
+                    over_budget.push(index as usize);
+                }
+                if evaluation.matched {
                     out.push(index as usize);
                 }
             }

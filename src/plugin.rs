@@ -7,8 +7,9 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
-use crate::admin;
-use crate::config::{AdminToken, PluginConfig, SecretSource, WebhookDefinition};
+use crate::config::{
+    validate_admin_token, AdminToken, PluginConfig, SecretSource, WebhookDefinition,
+};
 use crate::delivery::budget::HeldBytes;
 use crate::delivery::queue::WebhookRef;
 use crate::delivery::signature::SigningSecret;
@@ -54,7 +55,7 @@ impl Plugin {
             None => None,
             Some(AdminToken::Literal(token)) => Some(token.clone()),
             Some(AdminToken::Env(name)) => match env(name) {
-                Some(token) if !token.is_empty() => match admin::check_token(&token) {
+                Some(token) if !token.is_empty() => match validate_admin_token(&token) {
                     Ok(()) => Some(token),
                     Err(problem) => {
                         problems.push(format!(

@@ -593,23 +593,3 @@ fn statuses_that_deliver() {
     let delivering: Vec<Status> = Status::ALL.into_iter().filter(|s| s.delivers()).collect();
     assert_eq!(delivering, [Status::Enabled, Status::Failing]);
 }
-
-#[test]
-fn admin_tokens_that_cannot_be_presented_are_refused_without_echoing_them() {
-    use envoy_webhooks::admin::check_token;
-    assert_eq!(check_token("s3cr3t-Token_42"), Ok(()));
-    for bad in [
-        "s3cr3t\n",
-        " s3cr3t",
-        "s3cr3t\t",
-        "s3 cr3t",
-        "s3cr3t\u{e9}",
-        "",
-    ] {
-        let error = check_token(bad).expect_err(bad);
-        assert!(!error.contains("s3cr3t"), "{error}");
-    }
-    assert!(check_token("s3cr3t\n")
-        .expect_err("newline")
-        .contains("whitespace"));
-}

@@ -3,8 +3,8 @@
 //! and definition fingerprints.
 
 use envoy_webhooks::config::{
-    AdminConfig, AdminToken, ConfigError, DeliverOn, DeliveryPolicy, EventsConfig, Operation,
-    PluginConfig, Problem, WebhookDefinition, MAX_ID_LEN,
+    validate_admin_token, AdminConfig, AdminToken, ConfigError, DeliverOn, DeliveryPolicy,
+    EventsConfig, Operation, PluginConfig, Problem, WebhookDefinition, MAX_ID_LEN,
 };
 use envoy_webhooks::query::Query;
 use envoy_webhooks::status::Status;
@@ -100,6 +100,8 @@ fn minimal_configuration_gets_every_default() {
             methods: vec!["POST".to_string()],
             path_prefixes: vec!["/".to_string()],
             max_event_bytes: 1024 * 1024,
+            max_events_per_request: 1_000,
+            max_deliveries_per_request: 10_000,
             deliver_on: DeliverOn::Request,
         }
     );
@@ -113,6 +115,7 @@ fn minimal_configuration_gets_every_default() {
             retry_schedule_s: vec![5, 30, 120, 600, 1800, 3600],
             max_pending: 10_000,
             max_pending_bytes: 64 * 1024 * 1024,
+            max_held_bytes: 256 * 1024 * 1024,
         }
     );
     assert_eq!(config.admin, None);
@@ -174,6 +177,7 @@ fn complete_configuration_from_fixture() {
             retry_schedule_s: vec![1, 2],
             max_pending: 500,
             max_pending_bytes: 1_048_576,
+            max_held_bytes: 256 * 1024 * 1024,
         }
     );
     assert_eq!(
@@ -560,7 +564,14 @@ fn bad_urls_are_explained() {
             "must start with http:// or https://",
         ),
         ("http://", "is not a valid URL"),
-        ("http://exa mple.com/", "is not a valid URL"),
+        (
+            "http://exa mple.com/",
+            "contains whitespace; percent-encode it",
+        ),
+        ("http://r/a b", "contains whitespace; percent-encode it"),
+        ("http://r/x\t", "contains whitespace"),
+        ("http://r/x\u{7f}", "contains a control character"),
+        (" http://r/x", "contains whitespace"),
         ("", "is not a valid URL"),
         ("http://user:pw@r/x", "must not hold credentials"),
     ];
@@ -686,7 +697,7 @@ fn headers_are_lower_cased() {
 
 #[test]
 fn invalid_header_names_are_reported() {
-    for name in ["", "X Api", "x:y", ":path", "x\ny", "naïve", "a(b)"] {
+    for name in ["", "X Api", "x:y", "x\ny", "naïve", "a(b)"] {
         let found = webhook_problems(hook("h", json!({"headers": {name: "v"}})));
         assert_single(
             &found,
@@ -701,10 +712,11 @@ fn invalid_header_names_are_reported() {
 fn reserved_header_names_are_reported_in_any_case() {
     for name in [
         "Content-Type",
-        "content-length",
-        "HOST",
-        "Transfer-Encoding",
         "User-Agent",
+        "webhook-id",
+        "Webhook-Timestamp",
+        "WEBHOOK-SIGNATURE",
+        "Envoy-Webhooks-Delivery",
     ] {
         let found = webhook_problems(hook("h", json!({"headers": {name: "v"}})));
         assert_single(
@@ -921,8 +933,8 @@ fn events_settings() {
     let partial = valid(json!({"webhooks": [], "events": {"deliver_on": "request"}}));
     assert_eq!(partial.events, EventsConfig::default());
 
-    let largest = valid(json!({"webhooks": [], "events": {"max_event_bytes": 64 * 1024 * 1024}}));
-    assert_eq!(largest.events.max_event_bytes, 64 * 1024 * 1024);
+    let largest = valid(json!({"webhooks": [], "events": {"max_event_bytes": 16 * 1024 * 1024}}));
+    assert_eq!(largest.events.max_event_bytes, 16 * 1024 * 1024);
 }
 
 #[test]
@@ -952,12 +964,12 @@ fn events_problems() {
         (
             json!({"max_event_bytes": 0}),
             "max_event_bytes",
-            "from 1 to 67108864",
+            "from 1 to 16777216",
         ),
         (
-            json!({"max_event_bytes": 64 * 1024 * 1024 + 1}),
+            json!({"max_event_bytes": 16 * 1024 * 1024 + 1}),
             "max_event_bytes",
-            "from 1 to 67108864",
+            "from 1 to 16777216",
         ),
         (
             json!({"max_event_bytes": -1}),
@@ -1228,4 +1240,269 @@ fn a_header_given_twice_in_different_case_is_a_problem() {
     ));
     assert_single(&found, "webhook \"twice\"", "headers", "is given twice");
     assert!(!found[0].message.contains("secret"), "{}", found[0].message);
+}
+
+// ---------------------------------------------------------------------------
+// Limits and the validation of what goes on the wire
+
+#[test]
+fn header_names_that_change_routing_or_framing_are_refused() {
+    let cases = [
+        (":authority", "is a pseudo-header"),
+        (":path", "is a pseudo-header"),
+        (
+            "X-Envoy-Upstream-Rq-Timeout-Ms",
+            "x-envoy-* headers change how Envoy",
+        ),
+        ("x-envoy-retry-on", "x-envoy-* headers change how Envoy"),
+        ("Connection", "hop-by-hop or framing header"),
+        ("keep-alive", "hop-by-hop or framing header"),
+        ("Proxy-Connection", "hop-by-hop or framing header"),
+        ("transfer-encoding", "hop-by-hop or framing header"),
+        ("TE", "hop-by-hop or framing header"),
+        ("upgrade", "hop-by-hop or framing header"),
+        ("trailer", "hop-by-hop or framing header"),
+        ("HOST", "hop-by-hop or framing header"),
+        ("content-length", "hop-by-hop or framing header"),
+    ];
+    for (name, message) in cases {
+        for section in ["webhook", "dead_letter"] {
+            let headers = json!({ name: "v" });
+            let found = match section {
+                "webhook" => webhook_problems(hook("h", json!({ "headers": headers }))),
+                _ => problems(json!({"webhooks": [], "dead_letter": {
+                    "url": "http://dlq:8080/x", "headers": headers}})),
+            };
+            let place = if section == "webhook" {
+                "webhook \"h\""
+            } else {
+                "dead_letter"
+            };
+            assert_single(&found, place, "headers", message);
+            assert!(found[0].message.contains(name), "{}", found[0].message);
+        }
+    }
+    // Near misses are ordinary headers.
+    let webhook = one(hook(
+        "h",
+        json!({"headers": {"x-envoy": "a", "envoy-x": "b", "x-teapot": "c", "hosts": "d"}}),
+    ));
+    assert_eq!(webhook.headers.len(), 4);
+}
+
+#[test]
+fn header_values_with_control_characters_or_outer_whitespace_are_refused() {
+    let cases = [
+        ("bell\u{7}", "contains a control character"),
+        ("del\u{7f}", "contains a control character"),
+        ("esc\u{1b}[0m", "contains a control character"),
+        ("cr\rx", "contains a line break or NUL"),
+        (" lead", "starts or ends with whitespace"),
+        ("trail ", "starts or ends with whitespace"),
+        ("\ttab", "starts or ends with whitespace"),
+    ];
+    for (value, message) in cases {
+        for section in ["webhook", "dead_letter"] {
+            let headers = json!({ "X-Token": value });
+            let found = match section {
+                "webhook" => webhook_problems(hook("h", json!({ "headers": headers }))),
+                _ => problems(json!({"webhooks": [], "dead_letter": {
+                    "url": "http://dlq:8080/x", "headers": headers}})),
+            };
+            let place = if section == "webhook" {
+                "webhook \"h\""
+            } else {
+                "dead_letter"
+            };
+            assert_single(&found, place, "headers", message);
+            let problem = &found[0].message;
+            assert!(
+                problem.contains("\"X-Token\""),
+                "names the header: {problem}"
+            );
+            let secret = value.trim_matches(|c: char| c.is_whitespace() || c.is_control());
+            assert!(!problem.contains(secret), "echoes the value: {problem}");
+        }
+    }
+    // A tab inside, and text beyond ASCII, are fine.
+    let webhook = one(hook(
+        "h",
+        json!({"headers": {"x-a": "a\tb", "x-b": "café"}}),
+    ));
+    assert_eq!(webhook.headers.len(), 2);
+}
+
+#[test]
+fn cluster_names_are_checked() {
+    for cluster in [
+        "outbound|8080||svc.ns.svc.cluster.local",
+        "dynamic_forward_proxy_cluster",
+        "a-b.c:d/e",
+    ] {
+        assert_eq!(
+            one(hook("h", json!({ "cluster": cluster }))).cluster,
+            cluster
+        );
+    }
+    let cases = [
+        ("with space".to_string(), "contains whitespace"),
+        ("tab\there".to_string(), "contains whitespace"),
+        ("nul\u{0}".to_string(), "contains a control character"),
+        ("semi;colon".to_string(), "contains ';'"),
+        ("ünicode".to_string(), "contains 'ü'"),
+        ("x".repeat(256), "256 bytes long; the limit is 255"),
+    ];
+    for (cluster, message) in cases {
+        let found = webhook_problems(hook("h", json!({ "cluster": cluster })));
+        assert_single(&found, "webhook \"h\"", "cluster", message);
+        let found = problems(json!({"webhooks": [], "dead_letter": {
+            "url": "http://dlq:8080/x", "cluster": cluster}}));
+        assert_single(&found, "dead_letter", "cluster", message);
+    }
+    assert_eq!(
+        one(hook("h", json!({"cluster": "x".repeat(255)})))
+            .cluster
+            .len(),
+        255
+    );
+}
+
+#[test]
+fn admin_token_must_be_visible_ascii_and_is_never_echoed() {
+    let cases = [
+        ("Bearer-ish secret", "contains whitespace at character 11"),
+        (" secret", "starts or ends with whitespace"),
+        ("secret\n", "starts or ends with whitespace"),
+        ("sec\u{0}ret", "contains a control character at character 4"),
+        ("sec\u{7f}ret", "contains a control character"),
+        ("sécret", "contains a non-ASCII character at character 2"),
+    ];
+    for (token, message) in cases {
+        let found =
+            problems(json!({"webhooks": [], "admin": {"path_prefix": "/admin", "token": token}}));
+        assert_single(&found, "admin", "token", message);
+        let text = ConfigError { problems: found }.to_string();
+        assert!(!text.contains("ret"), "the token leaked: {text}");
+        // The runtime checks a token from token_env with the same rule.
+        let reason = validate_admin_token(token).expect_err("refused");
+        assert!(
+            reason.contains(message) && !reason.contains("ret"),
+            "{reason}"
+        );
+    }
+    assert_eq!(validate_admin_token("abc.DEF-123_~+/="), Ok(()));
+    assert_eq!(
+        validate_admin_token(""),
+        Err("must not be empty".to_string())
+    );
+}
+
+#[test]
+fn per_request_limits() {
+    let config = valid(json!({"webhooks": [], "events": {
+        "max_events_per_request": 1, "max_deliveries_per_request": 1_000_000}}));
+    assert_eq!(config.events.max_events_per_request, 1);
+    assert_eq!(config.events.max_deliveries_per_request, 1_000_000);
+    for field in ["max_events_per_request", "max_deliveries_per_request"] {
+        for bad in [
+            json!(0),
+            json!(1_000_001),
+            json!(-1),
+            json!(2.5),
+            json!("10"),
+        ] {
+            let found = problems(json!({"webhooks": [], "events": { field: bad }}));
+            assert_single(
+                &found,
+                "events",
+                field,
+                "expected a whole number from 1 to 1000000",
+            );
+        }
+    }
+}
+
+#[test]
+fn held_bytes_bounds_and_relations() {
+    const MIB: u64 = 1024 * 1024;
+    let config = valid(json!({"webhooks": [], "delivery": {
+        "max_held_bytes": 768 * MIB, "max_pending_bytes": 768 * MIB}}));
+    assert_eq!(config.delivery.max_held_bytes, 768 * 1024 * 1024);
+    assert_eq!(config.delivery.max_pending_bytes, 768 * 1024 * 1024);
+    let small = valid(json!({"webhooks": [], "delivery": {
+        "max_held_bytes": MIB, "max_pending_bytes": MIB}, "events": {"max_event_bytes": MIB / 2}}));
+    assert_eq!(small.delivery.max_held_bytes, 1024 * 1024);
+
+    for bad in [json!(MIB - 1), json!(768 * MIB + 1), json!(8 * 1024 * MIB)] {
+        let found = problems(json!({"webhooks": [], "delivery": {"max_held_bytes": bad}}));
+        assert_single(
+            &found,
+            "delivery",
+            "max_held_bytes",
+            "from 1048576 to 805306368",
+        );
+    }
+
+    let found = problems(json!({"webhooks": [], "delivery": {"max_pending_bytes": 512 * MIB}}));
+    assert_single(
+        &found,
+        "delivery",
+        "max_held_bytes",
+        "is 268435456, less than delivery.max_pending_bytes (536870912)",
+    );
+    let found = problems(json!({"webhooks": [],
+        "delivery": {"max_held_bytes": 16 * MIB, "max_pending_bytes": MIB},
+        "events": {"max_event_bytes": 9 * MIB}}));
+    assert_single(
+        &found,
+        "delivery",
+        "max_held_bytes",
+        "less than twice events.max_event_bytes (18874368)",
+    );
+}
+
+#[test]
+fn sizes_beyond_the_heap_are_refused_not_truncated() {
+    // 8 GiB is 0 in a 32-bit usize: such values must be refused, never wrapped.
+    let eight_gib: u64 = 8 * 1024 * 1024 * 1024;
+    for (section, field) in [
+        ("delivery", "max_pending_bytes"),
+        ("delivery", "max_held_bytes"),
+        ("events", "max_event_bytes"),
+    ] {
+        for value in [eight_gib, eight_gib + 1024, u64::MAX] {
+            let found = problems(json!({"webhooks": [], section: { field: value }}));
+            assert_single(&found, section, field, "expected a whole number from");
+        }
+    }
+    let found =
+        problems(json!({"webhooks": [], "delivery": {"max_pending_bytes": 768 * 1024 * 1024 + 1}}));
+    assert_single(
+        &found,
+        "delivery",
+        "max_pending_bytes",
+        "from 1024 to 805306368",
+    );
+}
+
+#[test]
+fn a_query_over_the_regex_limits_names_the_webhook_field_and_regex() {
+    let cases = [
+        (
+            "data.name=/[a-z]{1,1000}[0-9]{1,1000}x/",
+            "regex /[a-z]{1,1000}[0-9]{1,1000}x/ at column 11 repeats something up to 1000 times; the limit is 100",
+        ),
+        (
+            "a=1 AND b=/(x{20}){20}/i",
+            "regex /(x{20}){20}/i at column 11 repeats something up to 400 times",
+        ),
+        (
+            "s=/[a-z]{100}[a-z]{100}[a-z]{100}[a-z]{100}[a-z]{100}[a-z]{100}[a-z]{100}[a-z]{100}[a-z]{100}/",
+            "compiles to more than 32768 bytes, the limit",
+        ),
+    ];
+    for (query, message) in cases {
+        let found = webhook_problems(hook("big-regex", json!({ "query": query })));
+        assert_single(&found, "webhook \"big-regex\"", "query", message);
+    }
 }

@@ -406,7 +406,7 @@ fn decode_of_anything_else_is_none() {
         good[..good.len() / 2].to_vec(),
     ];
     let valid = json!({
-        "fingerprint": "42", "status": "ENABLED", "consecutive_failures": 0,
+        "fingerprint": 42, "status": "ENABLED", "consecutive_failures": 0,
         "first_failed_at": null, "last_error": null, "delivered": 0, "failed": 0,
     });
     assert!(
@@ -414,9 +414,9 @@ fn decode_of_anything_else_is_none() {
         "the template is valid"
     );
     let broken = [
-        ("fingerprint", json!(42)),
+        ("fingerprint", json!("42")),
         ("fingerprint", json!("x42")),
-        ("fingerprint", json!("-1")),
+        ("fingerprint", json!(-1)),
         ("status", json!("PAUSED")),
         ("status", json!(null)),
         ("consecutive_failures", json!(-1)),

@@ -797,7 +797,7 @@ fn deeply_nested_regex_is_an_error() {
     let (column, message) = parse_error(text);
     assert_eq!(column, 3);
     assert!(
-        message.starts_with("invalid regex at column 3: "),
+        message.contains("at column 3 nests groups and repetitions deeper than 16 levels"),
         "{message}"
     );
 }
@@ -806,7 +806,10 @@ fn deeply_nested_regex_is_an_error() {
 fn huge_regex_repetition_is_an_error() {
     let (column, message) = parse_error("a=/(a{100}){100}{100}/".to_string());
     assert_eq!(column, 3);
-    assert!(message.contains("size limit"), "{message}");
+    assert!(
+        message.contains("repeats something up to 1000000 times"),
+        "{message}"
+    );
 }
 
 #[test]

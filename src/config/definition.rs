@@ -5,6 +5,7 @@ use std::hash::{Hash, Hasher};
 use serde_json::Value;
 
 use super::problems::{kind_of, Fields, Problem};
+use crate::delivery::call::DELIVERY_MARKER;
 use crate::query::Query;
 use crate::signature::SigningSecret;
 use crate::status::Status;
@@ -99,16 +100,31 @@ pub struct WebhookDefinition {
 const KNOWN_FIELDS: &str = "id, name, description, event_type, realm, operation, object_id, url, cluster, status, query, headers, secret, secret_env";
 
 /// Headers the filter sets itself on delivery calls.
-const RESERVED_HEADERS: [&str; 8] = [
-    "content-length",
+const FILTER_HEADERS: [&str; 6] = [
     "content-type",
-    "host",
-    "transfer-encoding",
     "user-agent",
     "webhook-id",
     "webhook-signature",
     "webhook-timestamp",
+    DELIVERY_MARKER,
 ];
+
+/// Hop-by-hop and framing headers: Envoy manages them, and a configured one
+/// would break or smuggle the call.
+const CONNECTION_HEADERS: [&str; 9] = [
+    "connection",
+    "content-length",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Longest cluster name accepted.
+pub const MAX_CLUSTER_LEN: usize = 255;
 
 pub const MAX_ID_LEN: usize = 128;
 
@@ -266,45 +282,114 @@ pub(crate) fn parse_headers(value: &Value, fields: &mut Fields<'_, '_>) -> Vec<(
         );
         return Vec::new();
     };
-    let mut headers = Vec::new();
+    let mut headers: Vec<(String, String)> = Vec::new();
     for (name, value) in object {
+        // Never echo header values: they hold secrets. Names are shown escaped.
         let lower = name.to_ascii_lowercase();
-        let is_token = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        // Never echo header values: they hold secrets.
-        if !is_token {
-            fields.problem("headers", format!("\"{name}\" is not a valid header name"));
-        } else if headers
-            .iter()
-            .any(|(seen, _): &(String, String)| *seen == lower)
-        {
-            fields.problem(
-                "headers",
-                format!("\"{name}\" is given twice (header names ignore case)"),
-            );
-        } else if RESERVED_HEADERS.contains(&lower.as_str()) {
-            fields.problem(
-                "headers",
-                format!("\"{name}\" is set by the filter and cannot be configured"),
-            );
-        } else {
-            match value.as_str() {
-                Some(text) if text.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) => fields
-                    .problem(
-                        "headers",
-                        format!("the value of \"{name}\" contains a line break or NUL"),
-                    ),
-                Some(text) => headers.push((lower, text.to_string())),
-                None => fields.problem(
-                    "headers",
-                    format!("the value of \"{name}\" must be a string"),
-                ),
+        let shown = name.escape_debug();
+        let refusal = header_name_refusal(&lower).or_else(|| {
+            if headers.iter().any(|(seen, _)| *seen == lower) {
+                Some("is given twice (header names ignore case)")
+            } else {
+                None
             }
+        });
+        if let Some(reason) = refusal {
+            fields.problem("headers", format!("\"{shown}\" {reason}"));
+            continue;
+        }
+        match value.as_str() {
+            Some(text) => match header_value_refusal(text) {
+                Some(reason) => {
+                    fields.problem("headers", format!("the value of \"{shown}\" {reason}"))
+                }
+                None => headers.push((lower, text.to_string())),
+            },
+            None => fields.problem(
+                "headers",
+                format!("the value of \"{shown}\" must be a string"),
+            ),
         }
     }
     headers
+}
+
+/// Why a configured header name (lower case) cannot be used, if it cannot.
+fn header_name_refusal(lower: &str) -> Option<&'static str> {
+    if lower.starts_with(':') {
+        return Some("is a pseudo-header; the filter sets them from \"url\"");
+    }
+    let is_token = !lower.is_empty()
+        && lower
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !is_token {
+        return Some("is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)");
+    }
+    if lower.starts_with("x-envoy-") {
+        return Some(
+            "cannot be configured: x-envoy-* headers change how Envoy routes and retries the call",
+        );
+    }
+    if CONNECTION_HEADERS.contains(&lower) {
+        return Some(
+            "cannot be configured: it is a hop-by-hop or framing header that Envoy manages",
+        );
+    }
+    if FILTER_HEADERS.contains(&lower) {
+        return Some("is set by the filter and cannot be configured");
+    }
+    None
+}
+
+/// Why a configured header value cannot be sent, if it cannot. Never shows the value.
+fn header_value_refusal(value: &str) -> Option<&'static str> {
+    if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        return Some("contains a line break or NUL");
+    }
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Some("contains a control character");
+    }
+    if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
+        return Some("starts or ends with whitespace (HTTP would strip it)");
+    }
+    None
+}
+
+/// Whether `cluster` is a name Envoy could have given a cluster: letters,
+/// digits and `_-.:/|` (Istio's `outbound|8080||svc.ns.svc.cluster.local`),
+/// 1 to `MAX_CLUSTER_LEN` bytes.
+fn cluster_refusal(cluster: &str) -> Option<String> {
+    if cluster.is_empty() {
+        return Some("must not be empty; leave it out to use the URL's host".to_string());
+    }
+    if cluster.len() > MAX_CLUSTER_LEN {
+        return Some(format!(
+            "is {} bytes long; the limit is {MAX_CLUSTER_LEN}",
+            cluster.len()
+        ));
+    }
+    let bad = cluster
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || "_-.:/|".contains(c)));
+    bad.map(|c| {
+        format!(
+            "\"{}\" contains {}; cluster names are letters, digits and _ - . : / | only",
+            cluster.escape_debug(),
+            describe_char(c)
+        )
+    })
+}
+
+/// `'c'`, or what kind of character it is when it would not print.
+fn describe_char(c: char) -> String {
+    if c.is_whitespace() {
+        "whitespace".to_string()
+    } else if c.is_control() {
+        format!("a control character ({})", c.escape_unicode())
+    } else {
+        format!("'{c}'")
+    }
 }
 
 /// Reads `url` (required) and `cluster` (default: the URL's host).
@@ -321,15 +406,25 @@ pub(crate) fn parse_destination(
             }
         });
     let cluster = match fields.string("cluster") {
-        Some("") => {
-            fields.problem(
-                "cluster",
-                "must not be empty; leave it out to use the URL's host",
-            );
-            None
-        }
-        Some(cluster) => Some(cluster.to_string()),
-        None => url.as_ref().map(|url| url.host.clone()),
+        Some(cluster) => match cluster_refusal(cluster) {
+            Some(reason) => {
+                fields.problem("cluster", reason);
+                None
+            }
+            None => Some(cluster.to_string()),
+        },
+        None => url
+            .as_ref()
+            .and_then(|url| match cluster_refusal(&url.host) {
+                Some(reason) => {
+                    fields.problem(
+                        "cluster",
+                        format!("the URL's host cannot name a cluster: {reason}; set cluster"),
+                    );
+                    None
+                }
+                None => Some(url.host.clone()),
+            }),
     };
     (url, cluster)
 }
@@ -338,6 +433,13 @@ pub(crate) fn parse_destination(
 pub fn parse_url(text: &str) -> Result<WebhookUrl, String> {
     // Messages show the URL without any credentials it holds.
     let shown = without_credentials(text);
+    if let Some(c) = text.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "\"{}\" contains {}; percent-encode it (a space is %20)",
+            shown.escape_debug(),
+            describe_char(c)
+        ));
+    }
     let uri: http::Uri = text
         .parse()
         .map_err(|e| format!("\"{shown}\" is not a valid URL: {e}"))?;

@@ -3,13 +3,17 @@
 //! Parsing reports every problem at once, each with the webhook id and field,
 //! and rejects unknown fields so that a typo never silently disables filtering.
 
+// No `as` casts here: on wasm32 `usize` is 32 bits, and a silently truncated
+// size (8 GiB became 0) is how limits stop limiting. Convert with `try_from`.
+#![deny(clippy::as_conversions, clippy::cast_possible_truncation)]
+
 mod definition;
 mod problems;
 
 use serde_json::Value;
 
 pub use definition::{
-    parse_url, Operation, SecretSource, WebhookDefinition, WebhookUrl, MAX_ID_LEN,
+    parse_url, Operation, SecretSource, WebhookDefinition, WebhookUrl, MAX_CLUSTER_LEN, MAX_ID_LEN,
 };
 pub use problems::{ConfigError, Problem};
 
@@ -23,11 +27,12 @@ pub struct EventsConfig {
     pub path_prefixes: Vec<String>,
     /// Events larger than this are skipped (and counted).
     pub max_event_bytes: usize,
-    pub deliver_on: DeliverOn,
-    /// Events of one request beyond this are skipped (and counted).
+    /// Events of one request beyond this many are skipped (and counted by the runtime).
     pub max_events_per_request: usize,
-    /// Deliveries of one request beyond this are not made (and counted).
+    /// Matches (event × webhook) of one request beyond this many are dropped
+    /// (and counted by the runtime).
     pub max_deliveries_per_request: usize,
+    pub deliver_on: DeliverOn,
 }
 
 /// When the filter delivers an event's webhooks.
@@ -55,8 +60,9 @@ pub struct DeliveryPolicy {
     pub max_pending: usize,
     /// Bytes of deliveries waiting for a retry, per worker.
     pub max_pending_bytes: usize,
-    /// Bytes of event bodies a worker holds for deliveries: in flight, waiting
-    /// for a retry, and dead letters.
+    /// Bytes of event bodies held by deliveries (in flight, waiting for a
+    /// retry, dead letters), per worker: one memory budget for all of them.
+    /// At least `max_pending_bytes` and twice `EventsConfig::max_event_bytes`.
     pub max_held_bytes: usize,
 }
 
@@ -92,15 +98,29 @@ pub struct PluginConfig {
     pub dead_letter: Option<DeadLetterConfig>,
 }
 
+const MIB: usize = 1024 * 1024;
+
+/// Largest `events.max_event_bytes`. The Wasm VM's heap (about 1 GB) must
+/// hold the event being read, its parsed fields and every other bound at once.
+pub const MAX_EVENT_BYTES_LIMIT: usize = 16 * MIB;
+/// Largest `delivery.max_pending_bytes` and `delivery.max_held_bytes`: three
+/// quarters of the Wasm VM's heap of about 1 GB, the rest for the event being
+/// read, parsing and the filter itself.
+pub const MAX_HELD_BYTES_LIMIT: usize = 768 * MIB;
+/// Smallest `delivery.max_held_bytes`.
+pub const MIN_HELD_BYTES: usize = MIB;
+/// Largest `events.max_events_per_request` and `events.max_deliveries_per_request`.
+pub const MAX_PER_REQUEST_LIMIT: usize = 1_000_000;
+
 impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
             methods: vec!["POST".to_string()],
             path_prefixes: vec!["/".to_string()],
-            max_event_bytes: 1024 * 1024,
-            deliver_on: DeliverOn::Request,
+            max_event_bytes: MIB,
             max_events_per_request: 1_000,
             max_deliveries_per_request: 10_000,
+            deliver_on: DeliverOn::Request,
         }
     }
 }
@@ -114,8 +134,8 @@ impl Default for DeliveryPolicy {
             failure_threshold: 10,
             retry_schedule_s: crate::retry::DEFAULT_SCHEDULE_S.to_vec(),
             max_pending: 10_000,
-            max_pending_bytes: 64 * 1024 * 1024,
-            max_held_bytes: 256 * 1024 * 1024,
+            max_pending_bytes: 64 * MIB,
+            max_held_bytes: 256 * MIB,
         }
     }
 }
@@ -207,10 +227,12 @@ fn parse_config(value: &Value, problems: &mut Vec<Problem>) -> Option<PluginConf
         None => Some(None),
         Some(v) => parse_dead_letter(v, problems).map(Some),
     };
+    let (events, delivery) = (events?, delivery?);
+    check_held_bytes(&events, &delivery, problems);
     Some(PluginConfig {
         webhooks,
-        events: events?,
-        delivery: delivery?,
+        events,
+        delivery,
         admin: admin?,
         dead_letter: dead_letter?,
     })
@@ -245,8 +267,14 @@ fn parse_events(value: &Value, problems: &mut Vec<Problem>) -> Option<EventsConf
         }
     };
     let max_event_bytes = fields
-        .integer("max_event_bytes", 1, 64 * 1024 * 1024)
-        .map_or(defaults.max_event_bytes, |n| n as usize);
+        .size("max_event_bytes", 1, MAX_EVENT_BYTES_LIMIT)
+        .unwrap_or(defaults.max_event_bytes);
+    let max_events_per_request = fields
+        .size("max_events_per_request", 1, MAX_PER_REQUEST_LIMIT)
+        .unwrap_or(defaults.max_events_per_request);
+    let max_deliveries_per_request = fields
+        .size("max_deliveries_per_request", 1, MAX_PER_REQUEST_LIMIT)
+        .unwrap_or(defaults.max_deliveries_per_request);
     let deliver_on = match fields.string("deliver_on") {
         None | Some("request") => DeliverOn::Request,
         Some("response_2xx") => DeliverOn::Response2xx,
@@ -258,13 +286,16 @@ fn parse_events(value: &Value, problems: &mut Vec<Problem>) -> Option<EventsConf
             DeliverOn::Request
         }
     };
-    fields.reject_unknown("methods, path_prefixes, max_event_bytes, deliver_on");
+    fields.reject_unknown(
+        "methods, path_prefixes, max_event_bytes, max_events_per_request, max_deliveries_per_request, deliver_on",
+    );
     Some(EventsConfig {
         methods,
         path_prefixes,
         max_event_bytes,
+        max_events_per_request,
+        max_deliveries_per_request,
         deliver_on,
-        ..defaults
     })
 }
 
@@ -276,8 +307,8 @@ fn parse_delivery(value: &Value, problems: &mut Vec<Problem>) -> Option<Delivery
             .integer("timeout_ms", 1, 3_600_000)
             .unwrap_or(defaults.timeout_ms),
         max_in_flight: fields
-            .integer("max_in_flight", 1, 1_000_000)
-            .map_or(defaults.max_in_flight, |n| n as usize),
+            .size("max_in_flight", 1, 1_000_000)
+            .unwrap_or(defaults.max_in_flight),
         failing_window_s: fields
             .integer("failing_window_s", 1, 365 * 24 * 3600)
             .unwrap_or(defaults.failing_window_s),
@@ -286,17 +317,43 @@ fn parse_delivery(value: &Value, problems: &mut Vec<Problem>) -> Option<Delivery
             .unwrap_or(defaults.failure_threshold),
         retry_schedule_s: parse_schedule(&mut fields).unwrap_or(defaults.retry_schedule_s),
         max_pending: fields
-            .integer("max_pending", 1, 10_000_000)
-            .map_or(defaults.max_pending, |n| n as usize),
+            .size("max_pending", 1, 10_000_000)
+            .unwrap_or(defaults.max_pending),
         max_pending_bytes: fields
-            .integer("max_pending_bytes", 1024, 16 * 1024 * 1024 * 1024)
-            .map_or(defaults.max_pending_bytes, |n| n as usize),
-        ..defaults
+            .size("max_pending_bytes", 1024, MAX_HELD_BYTES_LIMIT)
+            .unwrap_or(defaults.max_pending_bytes),
+        max_held_bytes: fields
+            .size("max_held_bytes", MIN_HELD_BYTES, MAX_HELD_BYTES_LIMIT)
+            .unwrap_or(defaults.max_held_bytes),
     };
     fields.reject_unknown(
-        "timeout_ms, max_in_flight, failing_window_s, failure_threshold, retry_schedule_s, max_pending, max_pending_bytes",
+        "timeout_ms, max_in_flight, failing_window_s, failure_threshold, retry_schedule_s, max_pending, max_pending_bytes, max_held_bytes",
     );
     Some(policy)
+}
+
+/// `delivery.max_held_bytes` must hold what the other bounds let deliveries keep.
+fn check_held_bytes(events: &EventsConfig, delivery: &DeliveryPolicy, problems: &mut Vec<Problem>) {
+    let held = delivery.max_held_bytes;
+    let mut problem = |message: String| {
+        problems.push(Problem {
+            place: "delivery".to_string(),
+            field: "max_held_bytes".to_string(),
+            message,
+        })
+    };
+    if held < delivery.max_pending_bytes {
+        problem(format!(
+            "is {held}, less than delivery.max_pending_bytes ({}): every delivery waiting for a retry is held too; raise max_held_bytes or lower max_pending_bytes",
+            delivery.max_pending_bytes
+        ));
+    }
+    let two_events = events.max_event_bytes.saturating_mul(2);
+    if held < two_events {
+        problem(format!(
+            "is {held}, less than twice events.max_event_bytes ({two_events}): at least two of the largest events must fit; raise max_held_bytes or lower max_event_bytes"
+        ));
+    }
 }
 
 fn parse_admin(value: &Value, problems: &mut Vec<Problem>) -> Option<AdminConfig> {
@@ -315,11 +372,13 @@ fn parse_admin(value: &Value, problems: &mut Vec<Problem>) -> Option<AdminConfig
             fields.problem("token", "set either token or token_env, not both");
             None
         }
-        (Some(""), None) => {
-            fields.problem("token", "must not be empty");
-            None
-        }
-        (Some(token), None) => Some(AdminToken::Literal(token.to_string())),
+        (Some(token), None) => match validate_admin_token(token) {
+            Ok(()) => Some(AdminToken::Literal(token.to_string())),
+            Err(reason) => {
+                fields.problem("token", reason);
+                None
+            }
+        },
         (None, Some(name)) if !name.is_empty() => Some(AdminToken::Env(name.to_string())),
         _ => {
             fields.problem(
@@ -334,6 +393,34 @@ fn parse_admin(value: &Value, problems: &mut Vec<Problem>) -> Option<AdminConfig
         path_prefix: path_prefix?.to_string(),
         token: token?,
     })
+}
+
+/// Checks that `token` can be compared with an `Authorization: Bearer` header
+/// value: not empty, visible ASCII only (no spaces, control characters or
+/// non-ASCII letters). The reason never shows the token. The runtime checks a
+/// token read from `admin.token_env` with this too.
+pub fn validate_admin_token(token: &str) -> Result<(), String> {
+    if token.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    if token.starts_with(char::is_whitespace) || token.ends_with(char::is_whitespace) {
+        return Err(
+            "starts or ends with whitespace (HTTP strips it, so no request could match); remove it"
+                .to_string(),
+        );
+    }
+    if let Some(position) = token.chars().position(|c| !c.is_ascii_graphic()) {
+        let kind = match token.chars().nth(position) {
+            Some(c) if c.is_control() => "a control character",
+            Some(c) if c.is_whitespace() => "whitespace",
+            _ => "a non-ASCII character",
+        };
+        return Err(format!(
+            "contains {kind} at character {}; a bearer token is visible ASCII only (letters, digits and punctuation)",
+            position + 1
+        ));
+    }
+    Ok(())
 }
 
 /// Most retries a delivery may have.

@@ -139,6 +139,23 @@ impl<'a, 'p> Fields<'a, 'p> {
         }
     }
 
+    /// A size or count within `min..=max`. The bounds are `usize`, so they hold
+    /// on this platform (32 bits on wasm32); the value is converted with
+    /// `try_from`, so one that does not fit is a problem, never truncated.
+    pub fn size(&mut self, field: &'static str, min: usize, max: usize) -> Option<usize> {
+        // usize is at most 64 bits on every target Rust supports: these never saturate.
+        let wide = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        let n = self.integer(field, wide(min), wide(max))?;
+        match usize::try_from(n) {
+            Ok(n) => Some(n),
+            Err(_) => {
+                let message = format!("{n} does not fit in this platform's usize");
+                self.problem(field, message);
+                None
+            }
+        }
+    }
+
     pub fn string_list(&mut self, field: &'static str) -> Option<Vec<&'a str>> {
         let value = self.get(field)?;
         let strings: Option<Vec<&str>> = value

@@ -56,6 +56,19 @@ pub struct RegexLiteral {
     pub pattern: String,
     pub case_insensitive: bool,
     pub regex: regex_lite::Regex,
+    /// Estimated size of the compiled regex in bytes (regex-lite's
+    /// accounting, within an eighth above it): its matching time per byte of
+    /// text is roughly proportional to this. See [`RegexLiteral::cost`].
+    pub cost: u64,
+}
+
+impl RegexLiteral {
+    /// Roughly the work per byte of text this regex does, in the units of
+    /// [`RegexBudget`](super::RegexBudget): running it on a text of `n` bytes
+    /// costs `cost() * (n + 1)`. At least 1, at most `MAX_REGEX_BYTES`.
+    pub fn cost(&self) -> u64 {
+        self.cost.max(1)
+    }
 }
 
 impl PartialEq for Literal {

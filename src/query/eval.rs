@@ -2,8 +2,68 @@
 
 use serde_json::Value;
 
-use super::ast::{Comparison, Expr, Literal, Op, Path};
+use super::ast::{Comparison, Expr, Literal, Op, Path, RegexLiteral};
 use super::parser::number_in_string;
+
+/// The regex work one evaluation of a query may do, in units of
+/// [`RegexLiteral::cost`] × bytes of text. regex-lite's time grows with both
+/// the regex's size and the text's length; this bounds their product, so no
+/// query runs long on any event: natively at most about 0.3 ns per unit, so
+/// some 15 ms (a few times that in the Wasm VM). The simplest regexes (cost
+/// about 200) may search about 250 KB of text per evaluation, the largest
+/// allowed (cost 32 KiB) about 1.5 KB.
+pub const REGEX_BUDGET: u64 = 50_000_000;
+
+/// What one evaluation may still spend running regexes. A regex whose run
+/// would exceed it is not run: that comparison does not match for that
+/// value, and [`RegexBudget::exceeded`] tells (for counting and logging).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegexBudget {
+    remaining: u64,
+    exceeded: bool,
+}
+
+impl RegexBudget {
+    pub fn new(units: u64) -> RegexBudget {
+        RegexBudget {
+            remaining: units,
+            exceeded: false,
+        }
+    }
+
+    /// The budget of one evaluation: [`REGEX_BUDGET`].
+    pub fn per_evaluation() -> RegexBudget {
+        RegexBudget::new(REGEX_BUDGET)
+    }
+
+    /// Whether some regex was refused for lack of budget.
+    pub fn exceeded(&self) -> bool {
+        self.exceeded
+    }
+
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Whether `regex` matches `text`, if the budget allows running it (it is
+    /// charged `cost × (len + 1)`); `false` if not, noted as exceeded.
+    pub fn is_match(&mut self, regex: &RegexLiteral, text: &str) -> bool {
+        let length = u64::try_from(text.len()).unwrap_or(u64::MAX);
+        let work = regex.cost().saturating_mul(length.saturating_add(1));
+        if work > self.remaining {
+            self.exceeded = true;
+            return false;
+        }
+        self.remaining -= work;
+        regex.regex.is_match(text)
+    }
+}
+
+impl Default for RegexBudget {
+    fn default() -> Self {
+        RegexBudget::per_evaluation()
+    }
+}
 
 impl Expr {
     /// Reorders the operands of every AND and OR so that the cheapest are
@@ -42,22 +102,34 @@ impl Expr {
         }
     }
 
+    /// Whether the expression holds, within one evaluation's regex budget.
     pub fn matches(&self, event: &Value) -> bool {
+        self.matches_within(event, &mut RegexBudget::per_evaluation())
+    }
+
+    /// Whether the expression holds, charging regex runs to `budget`.
+    pub fn matches_within(&self, event: &Value, budget: &mut RegexBudget) -> bool {
         match self {
-            Expr::Or(operands) => operands.iter().any(|e| e.matches(event)),
-            Expr::And(operands) => operands.iter().all(|e| e.matches(event)),
-            Expr::Not(inner) => !inner.matches(event),
-            Expr::Compare(comparison) => comparison.holds(event),
+            Expr::Or(operands) => operands.iter().any(|e| e.matches_within(event, budget)),
+            Expr::And(operands) => operands.iter().all(|e| e.matches_within(event, budget)),
+            Expr::Not(inner) => !inner.matches_within(event, budget),
+            Expr::Compare(comparison) => comparison.holds_within(event, budget),
         }
     }
 }
 
 impl Comparison {
-    /// Whether the comparison holds for `event` (see the crate docs for the rules).
+    /// Whether the comparison holds for `event` (see the crate docs for the
+    /// rules), within one evaluation's regex budget.
     pub fn holds(&self, event: &Value) -> bool {
+        self.holds_within(event, &mut RegexBudget::per_evaluation())
+    }
+
+    /// Whether the comparison holds, charging regex runs to `budget`.
+    pub fn holds_within(&self, event: &Value, budget: &mut RegexBudget) -> bool {
         match self.op {
-            Op::Eq => self.equals(event),
-            Op::Ne => !self.equals(event),
+            Op::Eq => self.equals(event, budget),
+            Op::Ne => !self.equals(event, budget),
             Op::Lt | Op::Gt | Op::Le | Op::Ge => {
                 let Literal::Number(bound) = self.value else {
                     // The parser accepts only numbers with these operators.
@@ -76,7 +148,7 @@ impl Comparison {
     }
 
     /// `path = value`: some candidate equals the literal; for `null`, also no candidate at all.
-    fn equals(&self, event: &Value) -> bool {
+    fn equals(&self, event: &Value, budget: &mut RegexBudget) -> bool {
         match &self.value {
             Literal::Null => {
                 let mut found = false;
@@ -87,22 +159,30 @@ impl Comparison {
                 null_seen || !found
             }
             literal => any_candidate(event, &self.path, |candidate| {
-                literal_equals(literal, candidate)
+                literal_equals(literal, candidate, budget)
             }),
         }
     }
 }
 
-fn literal_equals(literal: &Literal, candidate: &Value) -> bool {
+fn literal_equals(literal: &Literal, candidate: &Value, budget: &mut RegexBudget) -> bool {
     match (literal, candidate) {
         (Literal::String(expected), Value::String(text)) => expected == text,
         (Literal::Number(expected), candidate) => numeric_value(candidate) == Some(*expected),
         (Literal::Bool(expected), Value::Bool(value)) => expected == value,
         (Literal::Null, Value::Null) => true,
-        (Literal::Regex(regex), Value::String(text)) => regex.regex.is_match(text),
-        (Literal::Regex(regex), Value::Number(number)) => regex.regex.is_match(&number.to_string()),
+        (Literal::Regex(regex), Value::String(text)) => budget.is_match(regex, text),
+        (Literal::Regex(regex), Value::Number(number)) => {
+            // A number's text is short: refuse before writing it once the
+            // budget is spent, so a long array of numbers stays cheap.
+            if budget.remaining() < regex.cost() {
+                budget.is_match(regex, "")
+            } else {
+                budget.is_match(regex, &number.to_string())
+            }
+        }
         (Literal::Regex(regex), Value::Bool(value)) => {
-            regex.regex.is_match(if *value { "true" } else { "false" })
+            budget.is_match(regex, if *value { "true" } else { "false" })
         }
         _ => false,
     }

@@ -11,6 +11,10 @@
 //! assert!(query.matches(&event));
 //! ```
 
+// No `as` casts here: on wasm32 `usize` is 32 bits, and a silently truncated
+// size (8 GiB became 0) is how limits stop limiting. Convert with `try_from`.
+#![deny(clippy::as_conversions, clippy::cast_possible_truncation)]
+
 mod ast;
 mod error;
 mod eval;
@@ -23,9 +27,18 @@ use serde_json::Value;
 
 pub use ast::{Comparison, Expr, Literal, Op, Path, RegexLiteral};
 pub use error::QueryError;
-pub use eval::{any_candidate, candidates};
+pub use eval::{any_candidate, candidates, RegexBudget, REGEX_BUDGET};
 pub use explain::{ComparisonTrace, Explanation};
-pub use parser::{MAX_DEPTH, MAX_QUERY_BYTES, MAX_REGEX_BYTES};
+pub use parser::{MAX_DEPTH, MAX_QUERY_BYTES, MAX_REGEX_BYTES, MAX_REGEX_NEST, MAX_REGEX_REPEAT};
+
+/// The outcome of one evaluation of a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Evaluation {
+    pub matched: bool,
+    /// A regex was not run because the evaluation's budget could not pay
+    /// for it; its comparison did not match for that value.
+    pub over_budget: bool,
+}
 
 /// A compiled query. The empty query matches every event.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,8 +65,46 @@ impl Query {
         }
     }
 
+    /// Whether the query matches `event`, within one evaluation's regex
+    /// budget ([`REGEX_BUDGET`]); [`Query::evaluate`] also tells whether the
+    /// budget ran out.
     pub fn matches(&self, event: &Value) -> bool {
-        self.eval.as_ref().is_none_or(|expr| expr.matches(event))
+        self.evaluate(event).matched
+    }
+
+    /// Whether the query matches, and whether a regex was refused for lack of
+    /// budget (counted as `regex_over_budget` by the filter). A query whose
+    /// evaluation ran out of budget does not match, whatever the refused
+    /// comparison sat under (`NOT`, `!=`): an event crafted to exhaust the
+    /// budget must not make a webhook fire.
+    pub fn evaluate(&self, event: &Value) -> Evaluation {
+        let mut budget = RegexBudget::per_evaluation();
+        let matched = self.matches_within(event, &mut budget);
+        let over_budget = budget.exceeded();
+        Evaluation {
+            matched: matched && !over_budget,
+            over_budget,
+        }
+    }
+
+    /// Whether the query matches, charging its regex runs to `budget`.
+    pub fn matches_within(&self, event: &Value, budget: &mut RegexBudget) -> bool {
+        self.eval
+            .as_ref()
+            .is_none_or(|expr| expr.matches_within(event, budget))
+    }
+
+    /// The largest [`RegexLiteral::cost`] of the query's regexes; 0 without any.
+    pub fn max_regex_cost(&self) -> u64 {
+        let mut largest = 0;
+        if let Some(expr) = &self.expr {
+            expr.for_each_comparison(&mut |comparison| {
+                if let Literal::Regex(regex) = &comparison.value {
+                    largest = largest.max(regex.cost());
+                }
+            });
+        }
+        largest
     }
 
     pub fn explain(&self, event: &Value) -> Explanation {

@@ -27,8 +27,15 @@ use super::error::QueryError;
 pub const MAX_QUERY_BYTES: usize = 16 * 1024;
 /// Deepest nesting of parentheses and `NOT`s accepted.
 pub const MAX_DEPTH: usize = 64;
-/// Largest compiled size of one regex, in bytes (regex-lite's own accounting).
-pub const MAX_REGEX_BYTES: usize = 256 * 1024;
+/// Largest compiled size of one regex, in bytes (regex-lite's own accounting,
+/// on wasm32 smaller than natively for the same regex). regex-lite's time is
+/// proportional to this size times the text's length, so it is kept small.
+pub const MAX_REGEX_BYTES: usize = 32 * 1024;
+/// Most copies a counted repetition (`{n}`, `{n,}`, `{n,m}`) may make of what
+/// it repeats; nested ones multiply (`(a{10}){20}` makes 200).
+pub const MAX_REGEX_REPEAT: u64 = 100;
+/// Deepest nesting of groups and repetitions inside one regex.
+pub const MAX_REGEX_NEST: u32 = 16;
 
 /// A nom error: where it happened and, once known, what was expected there.
 #[derive(Debug)]
@@ -442,24 +449,223 @@ impl<'s> QueryParser<'s> {
                 ": the only flag is 'i' (case-insensitive)".to_string(),
             );
         }
-        let compiled = regex_lite::RegexBuilder::new(&pattern)
-            .case_insensitive(case_insensitive)
-            .size_limit(MAX_REGEX_BYTES)
-            .build();
-        match compiled {
-            Ok(regex) => Ok((
+        let column = self.column(input);
+        let shown = shown_regex(&input[..input.len() - rest.len()]);
+        let repeats = largest_repetition(&pattern);
+        if repeats > MAX_REGEX_REPEAT {
+            return fail_placed(
+                input,
+                format!(
+                    "regex {shown} at column {column} repeats something up to {repeats} times; the limit is {MAX_REGEX_REPEAT} (nested counts multiply): use + or *, or smaller counts"
+                ),
+            );
+        }
+        match compile_regex(&pattern, case_insensitive) {
+            Ok((regex, cost)) => Ok((
                 rest,
                 Literal::Regex(RegexLiteral {
                     pattern,
                     case_insensitive,
                     regex,
+                    cost,
                 }),
             )),
             Err(e) => {
                 let reason = e.to_string().replace('\n', " ");
-                let column = self.column(input);
-                fail_placed(input, format!("invalid regex at column {column}: {reason}"))
+                let message = if reason.contains("size limit") {
+                    format!(
+                        "regex {shown} at column {column} compiles to more than {MAX_REGEX_BYTES} bytes, the limit: use fewer or smaller counted repetitions and classes"
+                    )
+                } else if reason.contains("too much nesting") {
+                    format!(
+                        "regex {shown} at column {column} nests groups and repetitions deeper than {MAX_REGEX_NEST} levels, the limit"
+                    )
+                } else {
+                    format!("invalid regex at column {column}: {reason}")
+                };
+                fail_placed(input, message)
             }
+        }
+    }
+}
+
+/// The regex as written, for messages: cut short when long.
+fn shown_regex(written: &str) -> String {
+    if written.chars().count() > 40 {
+        let cut: String = written.chars().take(37).collect();
+        format!("{cut}...")
+    } else {
+        written.to_string()
+    }
+}
+
+/// Compiles `pattern` within the limits, and estimates its size: an upper
+/// bound within an eighth of regex-lite's own accounting, found by compiling
+/// under smaller size limits (failing compilations stop at the limit, so all
+/// of them together cost a few times one compilation).
+fn compile_regex(
+    pattern: &str,
+    case_insensitive: bool,
+) -> Result<(regex_lite::Regex, u64), regex_lite::Error> {
+    let build = |limit: usize| {
+        regex_lite::RegexBuilder::new(pattern)
+            .case_insensitive(case_insensitive)
+            .size_limit(limit)
+            .nest_limit(MAX_REGEX_NEST)
+            .build()
+    };
+    let regex = build(MAX_REGEX_BYTES)?;
+    // The smallest power of two that is enough, then a few halvings of the gap.
+    let mut fits = 64;
+    while fits < MAX_REGEX_BYTES && build(fits).is_err() {
+        fits *= 2;
+    }
+    let mut too_small = fits / 2;
+    for _ in 0..3 {
+        let middle = too_small + (fits - too_small) / 2;
+        if build(middle).is_ok() {
+            fits = middle;
+        } else {
+            too_small = middle;
+        }
+    }
+    let cost = u64::try_from(fits.min(MAX_REGEX_BYTES)).unwrap_or(u64::MAX);
+    Ok((regex, cost))
+}
+
+/// The largest number of copies any counted repetition of `pattern` makes,
+/// nested counts multiplied; 1 without any. `pattern` is one regex-lite
+/// accepted, so only valid syntax needs reading.
+fn largest_repetition(pattern: &str) -> u64 {
+    let mut frames = vec![Frame {
+        largest: 1,
+        last: 1,
+    }];
+    let mut verbose = false;
+    let mut chars = pattern.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                // \x{7F}, \u{..}: a braced escape is one character, not a
+                // repetition (but in \d{3} the braces repeat \d).
+                if chars
+                    .next()
+                    .is_some_and(|e| matches!(e, 'x' | 'u' | 'U' | 'p' | 'P'))
+                    && chars.peek() == Some(&'{')
+                {
+                    for skipped in chars.by_ref() {
+                        if skipped == '}' {
+                            break;
+                        }
+                    }
+                }
+                set_last(&mut frames, 1);
+            }
+            '[' => {
+                skip_class(&mut chars);
+                set_last(&mut frames, 1);
+            }
+            '(' => {
+                if chars.peek() == Some(&'?') {
+                    let flags: String = chars
+                        .clone()
+                        .skip(1)
+                        .take_while(|f| *f != ')' && *f != ':')
+                        .collect();
+                    if let Some(on) = flags.split('-').next() {
+                        verbose |= on.contains('x');
+                    }
+                }
+                frames.push(Frame {
+                    largest: 1,
+                    last: 1,
+                });
+            }
+            ')' => {
+                if frames.len() > 1 {
+                    let inner = frames.pop().map_or(1, |f| f.largest);
+                    set_last(&mut frames, inner);
+                }
+            }
+            '|' => set_last(&mut frames, 1),
+            '#' if verbose => {
+                for skipped in chars.by_ref() {
+                    if skipped == '\n' {
+                        break;
+                    }
+                }
+            }
+            '{' => {
+                let mut text = String::new();
+                for inner in chars.by_ref() {
+                    if inner == '}' {
+                        break;
+                    }
+                    text.push(inner);
+                }
+                let count = text
+                    .split(',')
+                    .filter_map(|n| n.trim().parse::<u64>().ok())
+                    .max()
+                    .unwrap_or(1);
+                if let Some(frame) = frames.last_mut() {
+                    let copies = frame.last.saturating_mul(count);
+                    frame.last = copies;
+                    frame.largest = frame.largest.max(copies);
+                }
+            }
+            _ => set_last(&mut frames, 1),
+        }
+    }
+    frames.iter().map(|f| f.largest).max().unwrap_or(1)
+}
+
+/// An open group of a regex: the largest count inside it, and the count of the
+/// last thing read (what a following `{n,m}` repeats).
+struct Frame {
+    largest: u64,
+    last: u64,
+}
+
+/// Something counting `copies` was read in the innermost group.
+fn set_last(frames: &mut [Frame], copies: u64) {
+    if let Some(frame) = frames.last_mut() {
+        frame.last = copies;
+        frame.largest = frame.largest.max(copies);
+    }
+}
+
+/// Skips a character class whose `[` was read, nested classes included.
+fn skip_class(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) {
+    let mut depth = 1;
+    // A `]` first in a class (after an optional `^`) is a literal.
+    if chars.peek() == Some(&'^') {
+        chars.next();
+    }
+    if chars.peek() == Some(&']') {
+        chars.next();
+    }
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                chars.next();
+            }
+            '[' => {
+                depth += 1;
+                if chars.peek() == Some(&'^') {
+                    chars.next();
+                }
+                if chars.peek() == Some(&']') {
+                    chars.next();
+                }
+            }
+            ']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return;
+                }
+            }
+            _ => {}
         }
     }
 }
