@@ -80,6 +80,8 @@ pub struct Metrics {
     /// Matches of a request past `events.max_deliveries_per_request`, or that
     /// did not fit the held-bytes budget while the request held them: not made.
     pub deliveries_over_limit: Metric,
+    /// Webhook queries not matched because their regexes ran out of budget.
+    pub regex_over_budget: Metric,
     /// Gauge: bytes of event bodies held for deliveries, summed over workers.
     pub held_bytes: Metric,
     /// In configuration order.
@@ -113,6 +115,7 @@ impl Metrics {
             deliveries_discarded: global("deliveries_discarded"),
             events_over_limit: global("events_over_limit"),
             deliveries_over_limit: global("deliveries_over_limit"),
+            regex_over_budget: global("regex_over_budget"),
             held_bytes: Metric::define(MetricType::Gauge, &format!("{PREFIX}.held_bytes")),
             webhooks,
         }

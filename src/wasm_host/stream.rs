@@ -36,6 +36,8 @@ pub struct EventStream {
     /// Deliveries this request has made or holds (`max_deliveries_per_request`).
     deliveries: usize,
     matches: Vec<usize>,
+    /// Definitions whose query ran out of regex budget on the current event.
+    over_budget: Vec<usize>,
 }
 
 impl EventStream {
@@ -49,6 +51,7 @@ impl EventStream {
             response_status: None,
             deliveries: 0,
             matches: Vec::new(),
+            over_budget: Vec::new(),
         }
     }
 
@@ -163,10 +166,21 @@ impl EventStream {
             };
             metrics.events_seen.increment();
             self.matches.clear();
-            worker
-                .plugin
-                .matcher
-                .matching(&event.value, &mut self.matches);
+            self.over_budget.clear();
+            worker.plugin.matcher.matching_with_budget(
+                &event.value,
+                &mut self.matches,
+                &mut self.over_budget,
+            );
+            if !self.over_budget.is_empty() {
+                let count = self.over_budget.len();
+                metrics
+                    .regex_over_budget
+                    .add(i64::try_from(count).unwrap_or(i64::MAX));
+                worker.plugin.warn("regex_over_budget", host::now_ms(), || {
+                    format!("{count} webhook query(ies) not matched: their regexes would take too long on this event")
+                });
+            }
             if self.matches.is_empty() {
                 continue;
             }
