@@ -30,6 +30,7 @@ use super::queue::{Delivery, RetryQueue, Target, WebhookRef};
 use super::retry::{self, RetryDecision};
 use super::signature;
 use crate::admin;
+use crate::config::WebhookDefinition;
 use crate::logging::Printable;
 use crate::plugin::Plugin;
 use crate::webhook::health::Transition;
@@ -149,11 +150,11 @@ impl Engine {
     /// afresh for changed definitions), gauges set, the queue's bounds applied.
     pub fn configure<H: Host>(&mut self, host: &mut H, plugin: Rc<Plugin>) {
         let now_s = host.now_ms() / 1000;
-        for (index, definition) in plugin.definitions().iter().enumerate() {
+        for definition in plugin.definitions() {
             let health = store::update(host, definition, now_s, |_| None)
                 .map(|(health, _)| health)
                 .unwrap_or_else(|| store::load(host, definition, now_s));
-            host.set_status(index, health.status);
+            host.set_status(&definition.id, health.status);
         }
         let policy = &plugin.config.delivery;
         let evicted = self
@@ -265,24 +266,19 @@ impl Engine {
             epoch: 0,
         };
         if !self.fits(&plugin.held, delivery.cost_bytes()) {
-            self.count_for(host, plugin, &delivery, WebhookCounter::Dropped);
+            Self::count_for(host, &delivery, WebhookCounter::Dropped);
             self.dead_letter(host, plugin, &delivery, Reason::MemoryLimit);
             return;
         }
         self.attempt(host, plugin, delivery);
     }
 
-    /// Counts for the webhook `delivery` is for, if the configuration has it.
-    fn count_for<H: Host>(
-        &self,
-        host: &mut H,
-        plugin: &Plugin,
-        delivery: &Delivery,
-        counter: WebhookCounter,
-    ) {
-        if let Some((index, _)) = plugin.resolve(delivery.target.webhook()) {
-            host.count(Counter::Webhook(index, counter), 1);
-        }
+    /// Counts for the webhook `delivery` is for.
+    fn count_for<H: Host>(host: &mut H, delivery: &Delivery, counter: WebhookCounter) {
+        host.count(
+            Counter::Webhook(delivery.target.webhook().id.clone(), counter),
+            1,
+        );
     }
 
     /// Makes the next attempt of `delivery`, or parks it while every call
@@ -322,7 +318,7 @@ impl Engine {
                 clean_version = version;
             }
             if !health.status.delivers() {
-                host.count(Counter::Webhook(index, WebhookCounter::Dropped), 1);
+                Self::count_for(host, &delivery, WebhookCounter::Dropped);
                 self.dead_letter(host, plugin, &delivery, Reason::WebhookFailed);
                 return;
             }
@@ -398,7 +394,7 @@ impl Engine {
         self.turn_calls = self.turn_calls.saturating_add(1);
         self.turn_bytes = self.turn_bytes.saturating_add(delivery.body.len());
         if delivery.attempts > 1 && !delivery.target.is_dead_letter() {
-            host.count(Counter::Webhook(index, WebhookCounter::Retried), 1);
+            Self::count_for(host, &delivery, WebhookCounter::Retried);
         }
         match dispatched {
             Ok(token) => {
@@ -454,7 +450,7 @@ impl Engine {
             if delivery.target.is_dead_letter() {
                 self.lose(host, plugin, &delivery, "the retry queue is full");
             } else {
-                self.count_for(host, plugin, &delivery, WebhookCounter::Dropped);
+                Self::count_for(host, &delivery, WebhookCounter::Dropped);
                 self.dead_letter(host, plugin, &delivery, Reason::PendingLimit);
             }
         }
@@ -467,15 +463,16 @@ impl Engine {
         delivery: Delivery,
         clean_version: Option<u32>,
     ) {
-        let Some((index, definition)) = plugin.resolve(delivery.target.webhook()) else {
-            // Its webhook was removed by a reload while the call was in flight.
-            return;
-        };
         if delivery.target.is_dead_letter() {
-            host.count(Counter::Webhook(index, WebhookCounter::DeadLettered), 1);
+            Self::count_for(host, &delivery, WebhookCounter::DeadLettered);
             return;
         }
-        host.count(Counter::Webhook(index, WebhookCounter::Delivered), 1);
+        Self::count_for(host, &delivery, WebhookCounter::Delivered);
+        let Some((_, definition)) = plugin.resolve(delivery.target.webhook()) else {
+            // Its definition changed while the call was in flight: the new one's
+            // health is not this delivery's business.
+            return;
+        };
         let still_clean =
             clean_version.is_some() && store::version(host, definition) == clean_version;
         if still_clean {
@@ -499,7 +496,7 @@ impl Engine {
                 None
             }
         }) {
-            self.report(host, plugin, index, transition.as_ref());
+            Self::report(host, definition, transition.as_ref());
         }
     }
 
@@ -542,8 +539,8 @@ impl Engine {
             return;
         }
         let gone = decision == RetryDecision::Gone;
-        if let Some((index, definition)) = plugin.resolve(delivery.target.webhook()) {
-            host.count(Counter::Webhook(index, WebhookCounter::Failed), 1);
+        Self::count_for(host, &delivery, WebhookCounter::Failed);
+        if let Some((_, definition)) = plugin.resolve(delivery.target.webhook()) {
             let error = delivery.last_error.clone().unwrap_or_default();
             let policy = &plugin.config.delivery;
             let now_s = now_ms / 1000;
@@ -561,7 +558,7 @@ impl Engine {
                 }
             });
             if let Some((health, transition)) = updated {
-                self.report(host, plugin, index, transition.as_ref());
+                Self::report(host, definition, transition.as_ref());
                 if health.status == Status::Failed {
                     self.stop_waiting_retries(host, plugin, delivery.target.webhook());
                 }
@@ -586,7 +583,7 @@ impl Engine {
             .retries
             .remove_where(|d| matches!(&d.target, Target::Webhook(w) if w == webhook));
         for delivery in stopped {
-            self.count_for(host, plugin, &delivery, WebhookCounter::Dropped);
+            Self::count_for(host, &delivery, WebhookCounter::Dropped);
             self.dead_letter(host, plugin, &delivery, Reason::WebhookFailed);
         }
         self.schedule_tick(host);
@@ -657,7 +654,7 @@ impl Engine {
     /// Counts and logs a delivery that reached neither its webhook nor a
     /// dead-letter destination.
     fn lose<H: Host>(&self, host: &mut H, plugin: &Plugin, delivery: &Delivery, why: &str) {
-        self.count_for(host, plugin, delivery, WebhookCounter::Lost);
+        Self::count_for(host, delivery, WebhookCounter::Lost);
         let webhook_id = delivery.target.webhook().id.clone();
         plugin.warn("lost", host.now_ms(), || {
             format!(
@@ -670,25 +667,21 @@ impl Engine {
 
     /// Logs a status change (one info line, with the reason) and updates the gauge.
     fn report<H: Host>(
-        &self,
         host: &mut H,
-        plugin: &Plugin,
-        index: usize,
+        definition: &WebhookDefinition,
         transition: Option<&Transition>,
     ) {
         let Some(transition) = transition else {
             return;
         };
-        if let Some(definition) = plugin.definitions().get(index) {
-            log::info!(
-                "envoy-webhooks: webhook {} status {} -> {}: {}",
-                definition.id,
-                transition.from,
-                transition.to,
-                Printable(&transition.reason)
-            );
-        }
-        host.set_status(index, transition.to);
+        log::info!(
+            "envoy-webhooks: webhook {} status {} -> {}: {}",
+            definition.id,
+            transition.from,
+            transition.to,
+            Printable(&transition.reason)
+        );
+        host.set_status(&definition.id, transition.to);
     }
 
     /// Adds the buffered successful deliveries to the shared counts.

@@ -2,6 +2,8 @@
 //! a clock, randomness, calls, a tick, shared data and counters. The
 //! proxy-wasm adapter implements it; the engine knows nothing of proxy-wasm.
 
+use std::rc::Rc;
+
 use crate::webhook::status::Status;
 
 /// Proxy-wasm shared data: one store per VM id, shared by every worker, with
@@ -51,11 +53,13 @@ pub enum WebhookCounter {
 }
 
 /// Counters of the whole filter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Counter {
     /// Waiting for a retry when their webhook's definition changed.
     DeliveriesDiscarded,
-    Webhook(usize, WebhookCounter),
+    /// Named by the webhook's id: a delivery made under a configuration that
+    /// has since been reloaded still counts for its webhook.
+    Webhook(Rc<str>, WebhookCounter),
 }
 
 pub trait Host: SharedData {
@@ -68,8 +72,8 @@ pub trait Host: SharedData {
     /// Sets the tick period (0: no tick); `false` if the host refused.
     fn set_tick_period_ms(&mut self, period_ms: u64) -> bool;
     fn count(&mut self, counter: Counter, n: u64);
-    /// The webhook at `index` of the configuration now has `status`.
-    fn set_status(&mut self, index: usize, status: Status);
+    /// The webhook `id` now has `status`.
+    fn set_status(&mut self, id: &str, status: Status);
     /// Adds `delta` to the gauge of held bytes (summed over workers).
     fn add_held_bytes(&mut self, delta: i64);
 }

@@ -142,8 +142,8 @@ impl Host for ProxyHost<'_> {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         match counter {
             Counter::DeliveriesDiscarded => self.metrics.deliveries_discarded.add(n),
-            Counter::Webhook(index, which) => {
-                let metrics = self.metrics.webhook(index);
+            Counter::Webhook(id, which) => {
+                let metrics = self.metrics.webhook_named(&id);
                 let metric = match which {
                     WebhookCounter::Delivered => metrics.delivered,
                     WebhookCounter::Failed => metrics.failed,
@@ -157,8 +157,8 @@ impl Host for ProxyHost<'_> {
         }
     }
 
-    fn set_status(&mut self, index: usize, status: Status) {
-        self.metrics.webhook(index).set_status(status);
+    fn set_status(&mut self, id: &str, status: Status) {
+        self.metrics.webhook_named(id).set_status(status);
     }
 
     fn add_held_bytes(&mut self, delta: i64) {

@@ -1,6 +1,7 @@
 //! Envoy stats (`define_metric`). Envoy prefixes them with `wasmcustom.`;
 //! per-webhook names carry the id as `webhook_id.<id>.` for a `stats_tags` rule.
 
+use hashbrown::HashMap;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
@@ -63,6 +64,21 @@ pub struct WebhookMetrics {
 }
 
 impl WebhookMetrics {
+    fn define(id: &str) -> WebhookMetrics {
+        let name = |what: &str| format!("{PREFIX}.webhook_id.{id}.{what}");
+        WebhookMetrics {
+            matched: Metric::define(MetricType::Counter, &name("matched")),
+            delivered: Metric::define(MetricType::Counter, &name("delivered")),
+            failed: Metric::define(MetricType::Counter, &name("failed")),
+            dropped: Metric::define(MetricType::Counter, &name("dropped")),
+            retried: Metric::define(MetricType::Counter, &name("retried")),
+            withheld: Metric::define(MetricType::Counter, &name("withheld")),
+            dead_lettered: Metric::define(MetricType::Counter, &name("dead_lettered")),
+            lost: Metric::define(MetricType::Counter, &name("lost")),
+            status: Metric::define(MetricType::Gauge, &name("status")),
+        }
+    }
+
     pub fn set_status(&self, status: Status) {
         self.status.record(status.gauge_value());
     }
@@ -86,6 +102,8 @@ pub struct Metrics {
     pub held_bytes: Metric,
     /// In configuration order.
     pub webhooks: Vec<WebhookMetrics>,
+    /// Positions in `webhooks` by webhook id.
+    by_id: HashMap<String, usize>,
 }
 
 impl Metrics {
@@ -93,20 +111,12 @@ impl Metrics {
         let global = |name: &str| Metric::define(MetricType::Counter, &format!("{PREFIX}.{name}"));
         let webhooks = definitions
             .iter()
-            .map(|definition| {
-                let name = |what: &str| format!("{PREFIX}.webhook_id.{}.{what}", definition.id);
-                WebhookMetrics {
-                    matched: Metric::define(MetricType::Counter, &name("matched")),
-                    delivered: Metric::define(MetricType::Counter, &name("delivered")),
-                    failed: Metric::define(MetricType::Counter, &name("failed")),
-                    dropped: Metric::define(MetricType::Counter, &name("dropped")),
-                    retried: Metric::define(MetricType::Counter, &name("retried")),
-                    withheld: Metric::define(MetricType::Counter, &name("withheld")),
-                    dead_lettered: Metric::define(MetricType::Counter, &name("dead_lettered")),
-                    lost: Metric::define(MetricType::Counter, &name("lost")),
-                    status: Metric::define(MetricType::Gauge, &name("status")),
-                }
-            })
+            .map(|definition| WebhookMetrics::define(&definition.id))
+            .collect();
+        let by_id = definitions
+            .iter()
+            .enumerate()
+            .map(|(index, d)| (d.id.clone(), index))
             .collect();
         Metrics {
             events_seen: global("events_seen"),
@@ -118,6 +128,16 @@ impl Metrics {
             regex_over_budget: global("regex_over_budget"),
             held_bytes: Metric::define(MetricType::Gauge, &format!("{PREFIX}.held_bytes")),
             webhooks,
+            by_id,
+        }
+    }
+
+    /// The stats of webhook `id`; one no longer configured (a delivery made
+    /// before a reload) gets its stats by name, which Envoy keeps.
+    pub fn webhook_named(&self, id: &str) -> WebhookMetrics {
+        match self.by_id.get(id) {
+            Some(&index) => self.webhook(index),
+            None => WebhookMetrics::define(id),
         }
     }
 

@@ -1,0 +1,590 @@
+//! The delivery engine, natively, against a fake host: attempts, retries,
+//! dead letters, bounds, epochs, reloads, and the README's accounting
+//! identities under long random sequences of host events.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use envoy_webhooks::delivery::call::Answer;
+use envoy_webhooks::delivery::engine::{Engine, MAX_TURN_BYTES};
+use envoy_webhooks::delivery::host::{
+    Call, Counter, DispatchError, Host, SharedData, StoreError, WebhookCounter,
+};
+use envoy_webhooks::delivery::message::{QueuedEvent, QueuedTarget};
+use envoy_webhooks::plugin::Plugin;
+use envoy_webhooks::status::Status;
+use envoy_webhooks::webhook::store;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+/// A call the fake host was asked to make.
+#[derive(Debug, Clone)]
+struct MadeCall {
+    token: u32,
+    cluster: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+#[derive(Default)]
+struct FakeHost {
+    now_ms: u64,
+    next_token: u32,
+    calls: Vec<MadeCall>,
+    /// Calls made and not yet answered, by token.
+    open: BTreeMap<u32, MadeCall>,
+    counts: BTreeMap<Counter, u64>,
+    statuses: BTreeMap<String, Status>,
+    held_gauge: i64,
+    tick_ms: u64,
+    data: BTreeMap<String, (Vec<u8>, u32)>,
+    /// Clusters that do not exist.
+    missing_clusters: Vec<String>,
+}
+
+impl SharedData for FakeHost {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.data.get(key) {
+            Some((value, version)) => (Some(value.clone()), Some(*version)),
+            None => (None, None),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        // As Envoy: CAS is checked for existing keys only.
+        let version = match (self.data.get(key), cas) {
+            (Some((_, current)), Some(cas)) if *current != cas => {
+                return Err(StoreError::CasMismatch)
+            }
+            (Some((_, current)), _) => current + 1,
+            (None, _) => 1,
+        };
+        self.data.insert(key.to_string(), (value.to_vec(), version));
+        Ok(())
+    }
+}
+
+impl Host for FakeHost {
+    fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    fn random_unit(&mut self) -> f64 {
+        0.5
+    }
+
+    fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, DispatchError> {
+        if self.missing_clusters.iter().any(|c| c == call.cluster) {
+            return Err(DispatchError::Refused("BadArgument".to_string()));
+        }
+        self.next_token += 1;
+        let made = MadeCall {
+            token: self.next_token,
+            cluster: call.cluster.to_string(),
+            headers: call
+                .headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: call.body.to_vec(),
+        };
+        self.calls.push(made.clone());
+        self.open.insert(made.token, made);
+        Ok(self.next_token)
+    }
+
+    fn set_tick_period_ms(&mut self, period_ms: u64) -> bool {
+        self.tick_ms = period_ms;
+        true
+    }
+
+    fn count(&mut self, counter: Counter, n: u64) {
+        *self.counts.entry(counter).or_default() += n;
+    }
+
+    fn set_status(&mut self, id: &str, status: Status) {
+        self.statuses.insert(id.to_string(), status);
+    }
+
+    fn add_held_bytes(&mut self, delta: i64) {
+        self.held_gauge += delta;
+    }
+}
+
+impl FakeHost {
+    fn count_of(&self, id: &str, counter: WebhookCounter) -> u64 {
+        self.counts
+            .get(&Counter::Webhook(Rc::from(id), counter))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn discarded(&self) -> u64 {
+        self.counts
+            .get(&Counter::DeliveriesDiscarded)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The oldest unanswered call.
+    fn oldest_open(&self) -> Option<MadeCall> {
+        self.open.values().next().cloned()
+    }
+
+    fn take(&mut self, token: u32) -> Option<MadeCall> {
+        self.open.remove(&token)
+    }
+}
+
+fn answer(status: &str) -> Answer {
+    Answer {
+        status: Some(status.to_string()),
+        retry_after: None,
+        body_start: Vec::new(),
+    }
+}
+
+fn load(config: Value) -> Rc<Plugin> {
+    match Plugin::load(config.to_string().as_bytes(), |_| None) {
+        Ok(plugin) => Rc::new(plugin),
+        Err(problems) => panic!("invalid test configuration: {problems:?}"),
+    }
+}
+
+fn hook(id: &str) -> Value {
+    json!({"id": id, "event_type": "assets", "url": format!("http://{id}:8080/hook"), "cluster": id})
+}
+
+fn config(hooks: &[&str], delivery: Value, dead_letter: bool) -> Value {
+    let mut config = json!({
+        "webhooks": hooks.iter().map(|id| hook(id)).collect::<Vec<_>>(),
+        "delivery": delivery,
+        "events": {"max_event_bytes": 524_288},
+    });
+    if dead_letter {
+        config["dead_letter"] = json!({"url": "http://dead:8080/letters", "cluster": "dead"});
+    }
+    config
+}
+
+fn event_for(plugin: &Plugin, ids: &[&str], body: &[u8]) -> QueuedEvent {
+    let targets = ids
+        .iter()
+        .filter_map(|id| plugin.definitions().iter().position(|d| d.id == *id))
+        .map(|index| QueuedTarget {
+            webhook: u32::try_from(index).expect("few webhooks"),
+            fingerprint: plugin.definitions()[index].fingerprint,
+        })
+        .collect();
+    QueuedEvent {
+        targets,
+        request_id: Some("req-1".to_string()),
+        body: body.to_vec(),
+    }
+}
+
+fn started(plugin: &Rc<Plugin>) -> (Engine, FakeHost) {
+    let mut host = FakeHost {
+        now_ms: 1_700_000_000_000,
+        ..FakeHost::default()
+    };
+    let mut engine = Engine::new(1);
+    engine.configure(&mut host, plugin.clone());
+    (engine, host)
+}
+
+/// Advances the clock by `ms` and ticks.
+fn wait(engine: &mut Engine, host: &mut FakeHost, ms: u64) {
+    host.now_ms += ms;
+    engine.tick(host);
+}
+
+fn header<'a>(call: &'a MadeCall, name: &str) -> Option<&'a str> {
+    call.headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+const EVENT: &[u8] = br#"{"event_type":"assets","object_id":"1","n":1E2}"#;
+
+#[test]
+fn a_match_is_one_post_of_the_exact_event_and_a_2xx_delivers_it() {
+    let plugin = load(config(&["a"], json!({}), false));
+    let (mut engine, mut host) = started(&plugin);
+    engine.accept(&mut host, event_for(&plugin, &["a"], EVENT));
+    assert_eq!(host.calls.len(), 1);
+    let call = host.calls[0].clone();
+    assert_eq!(call.cluster, "a");
+    assert_eq!(call.body, EVENT);
+    assert_eq!(header(&call, ":path"), Some("/hook"));
+    assert_eq!(header(&call, ":authority"), Some("a:8080"));
+    assert_eq!(header(&call, "envoy-webhooks-delivery"), Some("1"));
+    assert!(host.held_gauge > 0, "a call in flight holds its body");
+    engine.call_finished(&mut host, call.token, Some(&answer("204")));
+    assert_eq!(host.count_of("a", WebhookCounter::Delivered), 1);
+    assert_eq!(host.held_gauge, 0);
+    assert_eq!(engine.in_flight(), 0);
+}
+
+#[test]
+fn failed_attempts_are_retried_on_the_schedule_then_dead_lettered() {
+    let plugin = load(config(&["a"], json!({"retry_schedule_s": [5, 30]}), true));
+    let (mut engine, mut host) = started(&plugin);
+    engine.accept(&mut host, event_for(&plugin, &["a"], EVENT));
+    let first = host.oldest_open().expect("a call");
+    host.take(first.token);
+    engine.call_finished(&mut host, first.token, Some(&answer("500")));
+    assert_eq!(engine.pending(), 1);
+    // ±20% jitter, here exactly the schedule (random 0.5).
+    wait(&mut engine, &mut host, 4_999);
+    assert!(host.open.is_empty(), "not before its time");
+    wait(&mut engine, &mut host, 1);
+    let second = host.oldest_open().expect("the second attempt");
+    host.take(second.token);
+    engine.call_finished(&mut host, second.token, None);
+    wait(&mut engine, &mut host, 30_000);
+    let third = host.oldest_open().expect("the third attempt");
+    host.take(third.token);
+    engine.call_finished(&mut host, third.token, Some(&answer("503")));
+    // Exhausted: failed, and a dead letter is sent.
+    assert_eq!(host.count_of("a", WebhookCounter::Failed), 1);
+    assert_eq!(host.count_of("a", WebhookCounter::Retried), 2);
+    let letter = host.oldest_open().expect("the dead letter");
+    assert_eq!(letter.cluster, "dead");
+    let record: Value = serde_json::from_slice(&letter.body).expect("JSON");
+    assert_eq!(record["reason"], "retries_exhausted");
+    assert_eq!(record["attempts"], 3);
+    assert_eq!(record["last_error"], "HTTP 503");
+    assert!(
+        String::from_utf8_lossy(&letter.body).contains(std::str::from_utf8(EVENT).expect("UTF-8"))
+    );
+    host.take(letter.token);
+    engine.call_finished(&mut host, letter.token, Some(&answer("200")));
+    assert_eq!(host.count_of("a", WebhookCounter::DeadLettered), 1);
+    let health = store::load(&host, &plugin.definitions()[0], 0);
+    assert_eq!(health.status, Status::Failing);
+}
+
+#[test]
+fn without_a_dead_letter_destination_a_failed_delivery_is_lost() {
+    let plugin = load(config(&["a"], json!({"retry_schedule_s": []}), false));
+    let (mut engine, mut host) = started(&plugin);
+    engine.accept(&mut host, event_for(&plugin, &["a"], EVENT));
+    let call = host.oldest_open().expect("a call");
+    engine.call_finished(&mut host, call.token, Some(&answer("500")));
+    assert_eq!(host.count_of("a", WebhookCounter::Failed), 1);
+    assert_eq!(host.count_of("a", WebhookCounter::Lost), 1);
+}
+
+#[test]
+fn an_unknown_cluster_fails_the_attempt() {
+    let plugin = load(config(&["a"], json!({"retry_schedule_s": []}), false));
+    let (mut engine, mut host) = started(&plugin);
+    host.missing_clusters.push("a".to_string());
+    engine.accept(&mut host, event_for(&plugin, &["a"], EVENT));
+    assert_eq!(host.count_of("a", WebhookCounter::Failed), 1);
+    let health = store::load(&host, &plugin.definitions()[0], 0);
+    assert_eq!(
+        health.last_error.as_deref(),
+        Some("cannot call cluster 'a'")
+    );
+}
+
+#[test]
+fn outcomes_of_calls_made_before_an_enable_do_not_count() {
+    let plugin = load(config(
+        &["a"],
+        json!({"retry_schedule_s": [], "failure_threshold": 1}),
+        false,
+    ));
+    let (mut engine, mut host) = started(&plugin);
+    let definition = plugin.definitions()[0].clone();
+    // Two calls in flight; the first fails the webhook.
+    engine.accept(&mut host, event_for(&plugin, &["a"], EVENT));
+    engine.accept(&mut host, event_for(&plugin, &["a"], EVENT));
+    let tokens: Vec<u32> = host.open.keys().copied().collect();
+    engine.call_finished(&mut host, tokens[0], Some(&answer("500")));
+    assert_eq!(store::load(&host, &definition, 0).status, Status::Failed);
+    // An operator enables it; then the older call's failure arrives.
+    store::update(&mut host, &definition, 0, |health| health.enable()).expect("stored");
+    engine.call_finished(&mut host, tokens[1], Some(&answer("500")));
+    let health = store::load(&host, &definition, 0);
+    assert_eq!(health.status, Status::Enabled, "the receiver may be fixed");
+    assert_eq!(health.failed, 2, "still counted as a failed delivery");
+    assert_eq!(host.count_of("a", WebhookCounter::Failed), 2);
+    // A call made after the enable counts again.
+    engine.accept(&mut host, event_for(&plugin, &["a"], EVENT));
+    let token = *host.open.keys().last().expect("a new call");
+    engine.call_finished(&mut host, token, Some(&answer("500")));
+    assert_eq!(store::load(&host, &definition, 0).status, Status::Failed);
+}
+
+#[test]
+fn a_failed_webhook_is_not_called_and_its_deliveries_are_dead_lettered() {
+    let mut failed = config(&["a"], json!({}), true);
+    failed["webhooks"][0]["status"] = json!("FAILED");
+    let plugin = load(failed);
+    let (mut engine, mut host) = started(&plugin);
+    engine.accept(&mut host, event_for(&plugin, &["a"], EVENT));
+    assert_eq!(host.count_of("a", WebhookCounter::Dropped), 1);
+    let letter = host.oldest_open().expect("a dead letter");
+    assert_eq!(letter.cluster, "dead");
+    let record: Value = serde_json::from_slice(&letter.body).expect("JSON");
+    assert_eq!(record["reason"], "webhook_failed");
+}
+
+#[test]
+fn what_does_not_fit_the_held_bytes_budget_is_dropped_not_held() {
+    let plugin = load(config(
+        &["a", "b", "c"],
+        json!({"max_held_bytes": 1_048_576, "max_pending_bytes": 1_048_576}),
+        false,
+    ));
+    let (mut engine, mut host) = started(&plugin);
+    let body = vec![b' '; 400 * 1024];
+    engine.accept(&mut host, event_for(&plugin, &["a", "b", "c"], &body));
+    // Two bodies of 400 KiB fit 1 MiB; the third does not.
+    assert_eq!(host.open.len(), 2);
+    assert_eq!(host.count_of("c", WebhookCounter::Dropped), 1);
+    assert_eq!(host.count_of("c", WebhookCounter::Lost), 1);
+    assert!(engine.held_bytes() <= 1_048_576);
+    assert_eq!(plugin.held.total(), engine.held_bytes());
+}
+
+#[test]
+fn one_callback_starts_a_bounded_amount_of_work() {
+    let ids: Vec<String> = (0..20).map(|i| format!("h{i}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let plugin = load(config(&refs, json!({}), false));
+    let (mut engine, mut host) = started(&plugin);
+    let body = vec![b' '; 1024 * 1024];
+    engine.accept(&mut host, event_for(&plugin, &refs, &body));
+    let per_turn = MAX_TURN_BYTES / body.len();
+    assert_eq!(
+        host.calls.len(),
+        per_turn,
+        "the rest waits for the next tick"
+    );
+    assert_eq!(engine.pending(), 20 - per_turn);
+    assert!(host.tick_ms > 0, "a tick is scheduled");
+    wait(&mut engine, &mut host, 10);
+    assert_eq!(host.calls.len(), 2 * per_turn);
+    for _ in 0..10 {
+        wait(&mut engine, &mut host, 10);
+    }
+    assert_eq!(host.calls.len(), 20);
+    assert_eq!(
+        host.count_of("h0", WebhookCounter::Retried),
+        0,
+        "waiting is not retrying"
+    );
+}
+
+#[test]
+fn call_slots_make_deliveries_wait_not_drop() {
+    let plugin = load(config(&["a"], json!({"max_in_flight": 2}), false));
+    let (mut engine, mut host) = started(&plugin);
+    for _ in 0..5 {
+        engine.accept(&mut host, event_for(&plugin, &["a"], EVENT));
+    }
+    assert_eq!(host.open.len(), 2);
+    assert_eq!(engine.pending(), 3);
+    while let Some(call) = host.oldest_open() {
+        host.take(call.token);
+        engine.call_finished(&mut host, call.token, Some(&answer("200")));
+        wait(&mut engine, &mut host, 50);
+    }
+    assert_eq!(host.count_of("a", WebhookCounter::Delivered), 5);
+    assert_eq!(host.count_of("a", WebhookCounter::Dropped), 0);
+}
+
+#[test]
+fn a_reload_never_sends_a_delivery_with_another_definition() {
+    let plugin = load(config(&["a", "b"], json!({"retry_schedule_s": [5]}), false));
+    let (mut engine, mut host) = started(&plugin);
+    engine.accept(&mut host, event_for(&plugin, &["a", "b"], EVENT));
+    let calls: Vec<MadeCall> = host.open.values().cloned().collect();
+    // Both fail once and wait for a retry.
+    for call in &calls {
+        host.take(call.token);
+        engine.call_finished(&mut host, call.token, Some(&answer("500")));
+    }
+    assert_eq!(engine.pending(), 2);
+    // The reload reorders them and changes b's URL.
+    let mut reloaded = config(&["b", "a"], json!({"retry_schedule_s": [5]}), false);
+    reloaded["webhooks"][0]["url"] = json!("http://b:8080/new");
+    let reloaded = load(reloaded);
+    engine.configure(&mut host, reloaded.clone());
+    wait(&mut engine, &mut host, 5_000);
+    let retried: Vec<MadeCall> = host.open.values().cloned().collect();
+    assert_eq!(retried.len(), 1, "{retried:?}");
+    assert_eq!(
+        retried[0].cluster, "a",
+        "a kept its definition, at a new position"
+    );
+    assert_eq!(
+        host.discarded(),
+        1,
+        "b's old delivery is not sent to its new URL"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The accounting identities under random sequences
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// An event matching these webhooks (indexes into the current list), with a body size.
+    Event(Vec<usize>, usize),
+    /// Answers the open call at this position.
+    Answer(usize, u16),
+    /// The open call at this position ends without an answer.
+    NoAnswer(usize),
+    /// Time passes (ms), then a tick.
+    Wait(u64),
+    /// A reload: webhook `i` (if present) gets a new URL; maybe one is added.
+    Reload(usize, bool),
+    /// An operator enables webhook `i`.
+    Enable(usize),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (proptest::collection::vec(0usize..6, 1..4), 1usize..3_000).prop_map(|(w, n)| Step::Event(w, n)),
+        4 => (0usize..8, prop_oneof![Just(200u16), Just(204), Just(500), Just(503), Just(410), Just(429)])
+            .prop_map(|(i, s)| Step::Answer(i, s)),
+        1 => (0usize..8).prop_map(Step::NoAnswer),
+        3 => prop_oneof![Just(10u64), Just(200), Just(5_000), Just(40_000)].prop_map(Step::Wait),
+        1 => (0usize..6, any::<bool>()).prop_map(|(i, add)| Step::Reload(i, add)),
+        1 => (0usize..6).prop_map(Step::Enable),
+    ]
+}
+
+fn identities_hold(steps: Vec<Step>, dead_letter: bool, small: bool) -> Result<(), TestCaseError> {
+    let mut ids: Vec<String> = (0..4).map(|i| format!("h{i}")).collect();
+    let mut urls: BTreeMap<String, u32> = BTreeMap::new();
+    let delivery = if small {
+        json!({"retry_schedule_s": [5, 30], "max_pending": 3, "max_in_flight": 2,
+               "max_held_bytes": 1_048_576, "max_pending_bytes": 8_192, "failure_threshold": 2})
+    } else {
+        json!({"retry_schedule_s": [5, 30], "failure_threshold": 3})
+    };
+    let make = |ids: &[String], urls: &BTreeMap<String, u32>| {
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let mut config = config(&refs, delivery.clone(), dead_letter);
+        for (i, id) in ids.iter().enumerate() {
+            if let Some(version) = urls.get(id) {
+                config["webhooks"][i]["url"] = json!(format!("http://{id}:8080/v{version}"));
+            }
+        }
+        load(config)
+    };
+    let mut plugin = make(&ids, &urls);
+    let (mut engine, mut host) = started(&plugin);
+    let mut matched: BTreeMap<String, u64> = BTreeMap::new();
+    let mut accepted = 0u64;
+    for step in steps {
+        match step {
+            Step::Event(which, size) => {
+                let chosen: Vec<&str> = which
+                    .iter()
+                    .filter_map(|i| ids.get(*i).map(String::as_str))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                for id in &chosen {
+                    *matched.entry(id.to_string()).or_default() += 1;
+                    accepted += 1;
+                }
+                engine.accept(&mut host, event_for(&plugin, &chosen, &vec![b'x'; size]));
+            }
+            Step::Answer(position, status) => {
+                if let Some(token) = host.open.keys().nth(position).copied() {
+                    host.take(token);
+                    engine.call_finished(&mut host, token, Some(&answer(&status.to_string())));
+                }
+            }
+            Step::NoAnswer(position) => {
+                if let Some(token) = host.open.keys().nth(position).copied() {
+                    host.take(token);
+                    engine.call_finished(&mut host, token, None);
+                }
+            }
+            Step::Wait(ms) => wait(&mut engine, &mut host, ms),
+            Step::Reload(i, add) => {
+                if let Some(id) = ids.get(i) {
+                    *urls.entry(id.clone()).or_default() += 1;
+                }
+                if add {
+                    ids.push(format!("h{}", ids.len()));
+                }
+                plugin = make(&ids, &urls);
+                engine.configure(&mut host, plugin.clone());
+            }
+            Step::Enable(i) => {
+                if let Some(definition) = plugin.definitions().get(i) {
+                    store::update(&mut host, definition, 0, |health| health.enable());
+                }
+            }
+        }
+        prop_assert!(engine.held_bytes() <= plugin.config.delivery.max_held_bytes);
+    }
+    // Settle: every call answered 200 or left unanswered, time runs out the schedule.
+    for round in 0..200 {
+        while let Some(call) = host.oldest_open() {
+            host.take(call.token);
+            let outcome = if round % 2 == 0 {
+                Some(answer("200"))
+            } else {
+                None
+            };
+            engine.call_finished(&mut host, call.token, outcome.as_ref());
+        }
+        if engine.pending() == 0 && engine.in_flight() == 0 {
+            break;
+        }
+        wait(&mut engine, &mut host, 60_000);
+    }
+    prop_assert_eq!(engine.pending(), 0);
+    prop_assert_eq!(engine.in_flight(), 0);
+    prop_assert_eq!(host.held_gauge, 0);
+    let mut settled = 0;
+    for (id, matched) in &matched {
+        let count = |c| host.count_of(id, c);
+        use WebhookCounter::*;
+        settled += count(Delivered) + count(Failed) + count(Dropped);
+        prop_assert_eq!(
+            count(Failed) + count(Dropped),
+            count(DeadLettered) + count(Lost),
+            "failed + dropped = dead_lettered + lost for {} (matched {})",
+            id,
+            matched
+        );
+    }
+    prop_assert_eq!(
+        accepted,
+        settled + host.discarded(),
+        "matched = delivered + failed + dropped (+ discarded by reloads)"
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn identities_hold_with_dead_letters(steps in proptest::collection::vec(step(), 1..80)) {
+        identities_hold(steps, true, false)?;
+    }
+
+    #[test]
+    fn identities_hold_without_dead_letters(steps in proptest::collection::vec(step(), 1..80)) {
+        identities_hold(steps, false, false)?;
+    }
+
+    #[test]
+    fn identities_hold_under_tight_bounds(steps in proptest::collection::vec(step(), 1..80), dead_letter in any::<bool>()) {
+        identities_hold(steps, dead_letter, true)?;
+    }
+}
