@@ -2,6 +2,14 @@
 //! query, and matching one event (JSON parsing included) against 10, 100 and
 //! 1,000 definitions.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::as_conversions,
+    clippy::cast_possible_truncation
+)] // Tests may fail loudly.
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};

@@ -7,6 +7,14 @@
 //! the budget (what evaluation did before the budget); `CHUNK=N` splits the
 //! text into an array of N-byte strings.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::as_conversions,
+    clippy::cast_possible_truncation
+)] // A measuring tool, not filter code.
+
 use std::time::Instant;
 
 use envoy_webhooks::query::Query;

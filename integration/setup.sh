@@ -9,6 +9,13 @@ setup_rust_target() {
     echo "== rustup target add wasm32-wasip1"
     rustup target add wasm32-wasip1
   fi
+  local component
+  for component in clippy rustfmt; do
+    if ! rustup component list --installed | grep -q "^$component"; then
+      echo "== rustup component add $component"
+      rustup component add "$component"
+    fi
+  done
 }
 
 setup_venv() {

@@ -29,21 +29,36 @@ struct TypeIndex {
 
 #[derive(Debug, Clone, Default)]
 struct OperationIndex {
-    by_operation: [Vec<u32>; 6],
-    any_operation: Vec<u32>,
+    by_operation: [Vec<usize>; 6],
+    any_operation: Vec<usize>,
+}
+
+/// The slot of `by_operation` an operation's definitions are in.
+fn slot(operation: Operation) -> usize {
+    match operation {
+        Operation::Create => 0,
+        Operation::Delete => 1,
+        Operation::Purge => 2,
+        Operation::Restore => 3,
+        Operation::Update => 4,
+        Operation::Download => 5,
+    }
 }
 
 impl OperationIndex {
-    fn push(&mut self, operation: Option<Operation>, index: u32) {
-        match operation {
-            Some(op) => self.by_operation[op as usize].push(index),
-            None => self.any_operation.push(index),
+    fn push(&mut self, operation: Option<Operation>, index: usize) {
+        let list = match operation {
+            Some(op) => self.by_operation.get_mut(slot(op)),
+            None => Some(&mut self.any_operation),
+        };
+        if let Some(list) = list {
+            list.push(index);
         }
     }
 
-    fn candidates<'a>(&'a self, operation: Option<Operation>, out: &mut Vec<&'a [u32]>) {
-        if let Some(op) = operation {
-            out.push(&self.by_operation[op as usize]);
+    fn candidates<'a>(&'a self, operation: Option<Operation>, out: &mut Vec<&'a [usize]>) {
+        if let Some(list) = operation.and_then(|op| self.by_operation.get(slot(op))) {
+            out.push(list);
         }
         out.push(&self.any_operation);
     }
@@ -85,7 +100,7 @@ impl Matcher {
                 Some(realm) => type_index.by_realm.entry(realm.clone()).or_default(),
                 None => &mut type_index.any_realm,
             };
-            operations.push(definition.operation, index as u32);
+            operations.push(definition.operation, index);
         }
         Matcher {
             definitions,
@@ -145,7 +160,7 @@ impl Matcher {
             return;
         };
         let operation = keys.operation.and_then(Operation::parse);
-        let mut lists: Vec<&[u32]> = Vec::with_capacity(4);
+        let mut lists: Vec<&[usize]> = Vec::with_capacity(4);
         if let Some(realm) = keys.realm {
             if let Some(operations) = lookup(&type_index.by_realm, realm) {
                 operations.candidates(operation, &mut lists);
@@ -156,7 +171,9 @@ impl Matcher {
         let start = out.len();
         for list in lists {
             for &index in list {
-                let definition = &self.definitions[index as usize];
+                let Some(definition) = self.definitions.get(index) else {
+                    continue;
+                };
                 let object_matches = definition
                     .object_id
                     .as_deref()
@@ -166,10 +183,10 @@ impl Matcher {
                 }
                 let evaluation = definition.query.evaluate(event);
                 if evaluation.over_budget {
-                    over_budget.push(index as usize);
+                    over_budget.push(index);
                 }
                 if evaluation.matched {
-                    out.push(index as usize);
+                    out.push(index);
                 }
             }
         }

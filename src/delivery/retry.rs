@@ -48,7 +48,8 @@ pub fn after_failure(
     if let AttemptOutcome::Status { code: 410, .. } = outcome {
         return RetryDecision::Gone;
     }
-    let Some(&base_s) = schedule_s.get(attempts.saturating_sub(1) as usize) else {
+    let next = usize::try_from(attempts.saturating_sub(1)).ok();
+    let Some(&base_s) = next.and_then(|n| schedule_s.get(n)) else {
         return RetryDecision::Exhausted;
     };
     let base_ms = base_s.saturating_mul(1000);
@@ -59,7 +60,9 @@ pub fn after_failure(
             ..
         } => match parse_retry_after(header, now) {
             // Honoured, but never sooner than the schedule nor later than twice it.
-            Some(wanted) => (wanted.as_millis() as u64).clamp(base_ms, base_ms.saturating_mul(2)),
+            Some(wanted) => u64::try_from(wanted.as_millis())
+                .unwrap_or(u64::MAX)
+                .clamp(base_ms, base_ms.saturating_mul(2)),
             None => jittered,
         },
         _ => jittered,
@@ -75,7 +78,12 @@ pub fn jittered_ms(base_ms: u64, unit_random: f64) -> u64 {
         0.5
     };
     let factor = 1.0 - JITTER + 2.0 * JITTER * unit;
-    (base_ms as f64 * factor).round() as u64
+    // Exact: delays are at most a week (6.048e8 ms < 2^53), so the u64 → f64
+    // conversion loses nothing, and the product (at most 1.2 × that) is finite
+    // and non-negative, so f64 → u64 (which saturates) cannot go wrong.
+    #[allow(clippy::as_conversions, clippy::cast_possible_truncation)]
+    let jittered = (base_ms as f64 * factor).round() as u64;
+    jittered
 }
 
 /// Reads `Retry-After`: delay-seconds (`120`) or an HTTP-date
