@@ -19,7 +19,7 @@ use envoy_webhooks::matcher::Matcher;
 use envoy_webhooks::query::Query;
 use serde_json::{json, Value};
 
-const EVENT: &[u8] = include_bytes!("fixtures/formats-event.json");
+const EVENT: &[u8] = include_bytes!("../tests/fixtures/seed-formats-event.json");
 
 #[path = "support/workload.rs"]
 mod workload;

@@ -18,7 +18,7 @@ use envoy_webhooks::matcher::Matcher;
 use serde_json::json;
 
 /// The seed's formats event (about 1.5 KB), the fixture of the criterion benchmark.
-pub const EVENT: &[u8] = include_bytes!("../../../../benches/fixtures/formats-event.json");
+pub const EVENT: &[u8] = include_bytes!("../../../../tests/fixtures/seed-formats-event.json");
 
 #[path = "../../../../benches/support/workload.rs"]
 mod workload;

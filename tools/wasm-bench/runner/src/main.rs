@@ -177,7 +177,7 @@ fn real_main() -> Result<(), String> {
 }
 
 fn fixture_len() -> usize {
-    include_bytes!("../../../../benches/fixtures/formats-event.json").len()
+    include_bytes!("../../../../tests/fixtures/seed-formats-event.json").len()
 }
 
 fn wasmtime_version() -> &'static str {

@@ -166,7 +166,7 @@ fn null_sections_take_their_defaults() {
 
 #[test]
 fn complete_configuration_from_fixture() {
-    let text = include_bytes!("fixtures/core/full-config.json");
+    let text = include_bytes!("../fixtures/full-config.json");
     let config = match PluginConfig::from_json(text) {
         Ok(config) => config,
         Err(e) => panic!("fixture should be valid:\n{e}"),
@@ -229,7 +229,7 @@ fn complete_configuration_from_fixture() {
         ]
     );
     let event: Value =
-        serde_json::from_slice(include_bytes!("fixtures/core/seed-formats-event.json"))
+        serde_json::from_slice(include_bytes!("../fixtures/seed-formats-event.json"))
             .expect("fixture JSON");
     let query_text = "data.status=\"ACTIVE\" AND (data.components.metadata.format=\"AVC\" OR data.components.metadata.format=\"MPEG-4\")";
     assert_eq!(formats.query, Query::parse(query_text).expect("query"));

@@ -537,7 +537,7 @@ fn target(webhook: u32, fingerprint: u64) -> QueuedTarget {
 
 #[test]
 fn queued_event_round_trips() {
-    let formats = include_bytes!("fixtures/core/seed-formats-event.json");
+    let formats = include_bytes!("../fixtures/seed-formats-event.json");
     let cases = [
         QueuedEvent {
             targets: vec![target(0, 0)],

@@ -465,7 +465,7 @@ fn check_round_trip(query: &Query) -> Result<(), TestCaseError> {
 }
 
 fn formats_event() -> Value {
-    let text = include_str!("fixtures/seed-formats-event.json");
+    let text = include_str!("../fixtures/seed-formats-event.json");
     serde_json::from_str(text).unwrap_or(Value::Null)
 }
 

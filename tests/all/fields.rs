@@ -17,8 +17,8 @@ use envoy_webhooks::query::Query;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
-const FORMATS: &[u8] = include_bytes!("fixtures/seed-formats-event.json");
-const METADATA: &[u8] = include_bytes!("fixtures/seed-metadata-event.json");
+const FORMATS: &[u8] = include_bytes!("../fixtures/seed-formats-event.json");
+const METADATA: &[u8] = include_bytes!("../fixtures/seed-metadata-event.json");
 
 fn tree_of(queries: &[&str]) -> FieldTree {
     let webhooks: Vec<Value> = queries

@@ -52,8 +52,8 @@ fn fired_ids(matcher: &Matcher, event: &Value) -> Vec<String> {
 
 fn seed(name: &str) -> Value {
     let text = match name {
-        "formats" => include_str!("fixtures/core/seed-formats-event.json"),
-        _ => include_str!("fixtures/core/seed-metadata-event.json"),
+        "formats" => include_str!("../fixtures/seed-formats-event.json"),
+        _ => include_str!("../fixtures/seed-metadata-event.json"),
     };
     serde_json::from_str(text).expect("fixture JSON")
 }

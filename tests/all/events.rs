@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 type Outcome = Result<Event, NotAnEvent>;
 
-const FORMATS: &str = include_str!("fixtures/core/seed-formats-event.json");
-const METADATA: &str = include_str!("fixtures/core/seed-metadata-event.json");
+const FORMATS: &str = include_str!("../fixtures/seed-formats-event.json");
+const METADATA: &str = include_str!("../fixtures/seed-metadata-event.json");
 
 fn event(outcome: &Outcome) -> &Event {
     match outcome {

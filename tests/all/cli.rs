@@ -11,9 +11,9 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-const FORMATS: &str = "tests/fixtures/cli/formats-event.json";
-const METADATA: &str = "tests/fixtures/cli/metadata-event.json";
-const CONFIG: &str = "tests/fixtures/cli/config.json";
+const FORMATS: &str = "tests/fixtures/seed-formats-event.json";
+const METADATA: &str = "tests/fixtures/seed-metadata-event.json";
+const CONFIG: &str = "tests/fixtures/config.json";
 
 fn run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_envoy-webhooks"))
@@ -100,9 +100,9 @@ fn eval_rejects_an_invalid_query_with_exit_2_and_a_caret() {
 
 #[test]
 fn eval_rejects_unreadable_and_invalid_events_with_exit_2() {
-    let output = run(&["eval", "a=1", "tests/fixtures/cli/no-such-file.json"]);
+    let output = run(&["eval", "a=1", "tests/fixtures/no-such-file.json"]);
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr(&output).contains("cannot read tests/fixtures/cli/no-such-file.json"));
+    assert!(stderr(&output).contains("cannot read tests/fixtures/no-such-file.json"));
 
     let output = run_with_stdin(&["eval", "a=1", "-"], b"{not json");
     assert_eq!(output.status.code(), Some(2));

@@ -1,0 +1,18 @@
+//! Every native test of the crate's public surface, as one test binary (one
+//! link instead of fifteen). Private helpers are tested next to their code.
+
+mod admin_delivery;
+mod cli;
+mod config;
+mod conformance;
+mod delivery_policy;
+mod engine;
+mod events;
+mod fields;
+mod health;
+mod matcher;
+mod pending;
+mod query_budget;
+mod query_properties;
+mod retry;
+mod signature;
