@@ -72,11 +72,25 @@ def new_settings(section: dict, **settings) -> dict:
     return out
 
 
+def wait_ready_or_exit(envoy, timeout: float = 20.0) -> None:
+    """Waits for Envoy to be ready; raises at once if it exits (a refused configuration)
+    instead of waiting out the timeout as Envoy.wait_ready does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not envoy.running:
+            raise RuntimeError(f"{envoy.name} exited with {envoy.proc.returncode}:\n{envoy.log_tail(30)}")
+        try:
+            envoy.wait_ready(0.5)
+            return
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
 def start(start_envoy, plugin, ready_timeout: float = 20.0, **kw):
-    """start_envoy with a shorter wait for readiness (a refused configuration does not
-    always make Envoy exit)."""
+    """start_envoy, failing at once when Envoy refuses the configuration and exits."""
     envoy = start_envoy(plugin, wait=False, **kw)
-    envoy.wait_ready(ready_timeout)
+    wait_ready_or_exit(envoy, ready_timeout)
     return envoy
 
 
@@ -91,7 +105,11 @@ def _refused(launch, plugin, **kw):
     """Launches Envoy with ``plugin``; asserts it exits non-zero with our 'invalid
     configuration' lines and no broken VM; returns our log lines."""
     envoy = launch(plugin, wait=False, **kw)
-    rc = envoy.wait_exit(30)
+    try:
+        wait_ready_or_exit(envoy, 30)  # ready: accepted (rc stays None)
+    except RuntimeError:
+        pass
+    rc = None if envoy.running else envoy.wait_exit(5)
     record_measurement("refused configurations", **{envoy.config_path.parent.name: {
         "exit_code": rc, "our_lines": [l.split("envoy-webhooks: ", 1)[-1] for l in envoy.log_text().splitlines()
                                        if "invalid configuration" in l][:12]}})
@@ -408,7 +426,7 @@ def test_d3_worst_accepted_regex_costs_milliseconds(start_envoy, upstream):
         hooks_ = [webhook(f"rx-{n}", query=f"data.x{n}=/[a-z]{{1,{n}}}[0-9]{{1,{n}}}x/") for n in ladder]
         envoy = start_envoy(plugin_config(hooks_), concurrency=1, wait=False)
         try:
-            envoy.wait_ready(20)
+            wait_ready_or_exit(envoy, 20)
             break
         except (AssertionError, RuntimeError):
             log = envoy.log_text()
@@ -583,11 +601,14 @@ def test_e_token_env_with_surrounding_whitespace_is_refused(start_envoy):
     plugin = plugin_config([webhook("first")], admin={"path_prefix": "/webhooks-admin", "token_env": "HOSTILE_TOKEN"})
     env = {"HOSTILE_TOKEN": "  padded-token \n"}
     envoy = start_envoy(plugin, env=env, host_env_keys=["HOSTILE_TOKEN"], wait=False)
-    rc = envoy.wait_exit(20)
-    if rc is None:  # accepted: show what the operator gets
-        envoy.wait_ready(20)
+    try:
+        wait_ready_or_exit(envoy, 30)
+        # accepted: show what the operator gets
         record_measurement("test_e_token_env_with_surrounding_whitespace_is_refused", accepted=True,
                            status_with_trimmed_token=envoy.webhooks_admin("GET", "/status", token="padded-token").status)
+    except RuntimeError:
+        pass
+    rc = None if envoy.running else envoy.wait_exit(5)
     lines = [l for l in envoy.log_text().splitlines() if "invalid configuration" in l]
     assert rc is not None and rc != 0, "a token with surrounding whitespace was accepted (401 for ever)"
     assert _names(lines, "token_env") and any("HOSTILE_TOKEN" in l for l in lines), lines
