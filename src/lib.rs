@@ -17,6 +17,8 @@ pub mod logging;
 pub mod matcher;
 pub mod plugin;
 pub mod query;
+#[doc(hidden)]
+pub mod testing;
 pub mod webhook;
 
 // Short paths for the modules the configuration and the CLI use most.

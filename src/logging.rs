@@ -44,7 +44,7 @@ struct Window {
 }
 
 /// One line per kind at most this often.
-pub const WARNING_INTERVAL_MS: u64 = 10_000;
+pub const WARNING_INTERVAL_MS: u64 = 5_000;
 
 impl WarningLimiter {
     /// `Some(suppressed)` when a warning of `kind` may be logged now, with the
@@ -61,6 +61,29 @@ impl WarningLimiter {
                 Some(std::mem::take(&mut window.suppressed))
             }
         }
+    }
+}
+
+impl WarningLimiter {
+    /// Kinds whose held-back warnings are due to be summed up in a line (their
+    /// interval has passed), with the count; each starts a new interval.
+    pub fn due(&mut self, now_ms: u64) -> Vec<(&'static str, u64)> {
+        let mut due = Vec::new();
+        for (kind, window) in self.kinds.iter_mut() {
+            let elapsed = window
+                .last_ms
+                .is_none_or(|last| now_ms.saturating_sub(last) >= WARNING_INTERVAL_MS);
+            if window.suppressed > 0 && elapsed {
+                due.push((*kind, std::mem::take(&mut window.suppressed)));
+                window.last_ms = Some(now_ms);
+            }
+        }
+        due
+    }
+
+    /// Whether some warnings are held back, to be summed up later.
+    pub fn holds_back(&self) -> bool {
+        self.kinds.values().any(|w| w.suppressed > 0)
     }
 }
 
@@ -102,6 +125,14 @@ mod tests {
         assert_eq!(limiter.admit("lost", WARNING_INTERVAL_MS), Some(99));
         assert_eq!(limiter.admit("lost", WARNING_INTERVAL_MS + 1), None);
         assert!(suppressed_note(99).contains("99 more"));
+        // Held-back warnings are summed up once their interval has passed, even
+        // when no new one comes.
+        assert_eq!(limiter.admit("lost", WARNING_INTERVAL_MS + 2), None);
+        assert!(limiter.holds_back());
+        assert!(limiter.due(WARNING_INTERVAL_MS + 3).is_empty(), "not yet");
+        assert_eq!(limiter.due(2 * WARNING_INTERVAL_MS), [("lost", 2)]);
+        assert!(!limiter.holds_back());
+        assert!(limiter.due(10 * WARNING_INTERVAL_MS).is_empty());
         assert_eq!(suppressed_note(0), "");
     }
 }

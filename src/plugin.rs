@@ -14,7 +14,7 @@ use crate::delivery::budget::HeldBytes;
 use crate::delivery::queue::WebhookRef;
 use crate::delivery::signature::SigningSecret;
 use crate::event::fields::FieldTree;
-use crate::logging::{suppressed_note, WarningLimiter};
+use crate::logging::{suppressed_note, WarningLimiter, WARNING_INTERVAL_MS};
 use crate::matcher::Matcher;
 
 pub struct Plugin {
@@ -145,6 +145,27 @@ impl Plugin {
     /// The signing secrets of the webhook at `index` (empty: unsigned).
     pub fn secrets(&self, index: usize) -> &[SigningSecret] {
         self.secrets.get(index).map_or(&[][..], Vec::as_slice)
+    }
+
+    /// Logs one line for each kind of warning held back for a whole interval.
+    pub fn flush_warnings(&self, now_ms: u64) {
+        let due = match self.warnings.try_borrow_mut() {
+            Ok(mut limiter) => limiter.due(now_ms),
+            Err(_) => Vec::new(),
+        };
+        for (kind, count) in due {
+            log::warn!(
+                "envoy-webhooks: {count} more warning(s) of kind '{kind}' held back in the last {} s (see the counters)",
+                WARNING_INTERVAL_MS / 1000
+            );
+        }
+    }
+
+    /// Whether warnings are held back, waiting for `flush_warnings`.
+    pub fn holds_back_warnings(&self) -> bool {
+        self.warnings
+            .try_borrow()
+            .is_ok_and(|limiter| limiter.holds_back())
     }
 
     /// Logs a warning of `kind`, at most one line per interval with the

@@ -326,6 +326,12 @@ fn parse_delivery(value: &Value, problems: &mut Vec<Problem>) -> Option<Delivery
             .size("max_held_bytes", MIN_HELD_BYTES, MAX_HELD_BYTES_LIMIT)
             .unwrap_or(defaults.max_held_bytes),
     };
+    let mut policy = policy;
+    if fields.get("max_pending_bytes").is_none() {
+        // Unset, it follows a smaller held-bytes budget down: setting only
+        // max_held_bytes is enough.
+        policy.max_pending_bytes = policy.max_pending_bytes.min(policy.max_held_bytes);
+    }
     fields.reject_unknown(
         "timeout_ms, max_in_flight, failing_window_s, failure_threshold, retry_schedule_s, max_pending, max_pending_bytes, max_held_bytes",
     );

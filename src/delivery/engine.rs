@@ -219,8 +219,14 @@ impl Engine {
     /// Tells the requests what the root holds, and the gauge.
     fn end_turn<H: Host>(&mut self, host: &mut H) {
         let held = self.held_bytes();
+        let mut warnings_held = false;
         if let Some(plugin) = &self.plugin {
             plugin.held.set_in_root(held);
+            warnings_held = plugin.holds_back_warnings();
+        }
+        if warnings_held && self.tick_ms == 0 {
+            // The held-back warnings are summed up by a later tick.
+            self.schedule_tick(host);
         }
         let held = i64::try_from(held).unwrap_or(i64::MAX);
         host.add_held_bytes(held.saturating_sub(self.held_reported));
@@ -707,6 +713,9 @@ impl Engine {
         if !self.unflushed_delivered.is_empty() {
             self.flush_delivered(host);
         }
+        if let Some(plugin) = &self.plugin {
+            plugin.flush_warnings(host.now_ms());
+        }
         if let Some(plugin) = self.plugin.clone() {
             let now_ms = host.now_ms();
             while self.in_flight.len() < plugin.config.delivery.max_in_flight
@@ -735,9 +744,14 @@ impl Engine {
             Some(due) => due.saturating_sub(now_ms).clamp(MIN_TICK_MS, MAX_TICK_MS),
             None => 0,
         };
+        let warnings_held = self
+            .plugin
+            .as_ref()
+            .is_some_and(|plugin| plugin.holds_back_warnings());
         for (needed, soon) in [
             (!self.unflushed_delivered.is_empty(), FLUSH_TICK_MS),
             (self.summary_stale, PUBLISH_INTERVAL_MS),
+            (warnings_held, MAX_TICK_MS),
         ] {
             if needed {
                 wanted = if wanted == 0 { soon } else { wanted.min(soon) };

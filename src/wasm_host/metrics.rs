@@ -93,8 +93,7 @@ pub struct Metrics {
     pub deliveries_discarded: Metric,
     /// Events of a request past `events.max_events_per_request`, not read.
     pub events_over_limit: Metric,
-    /// Matches of a request past `events.max_deliveries_per_request`, or that
-    /// did not fit the held-bytes budget while the request held them: not made.
+    /// Matches of a request past `events.max_deliveries_per_request`: not made.
     pub deliveries_over_limit: Metric,
     /// Webhook queries not matched because their regexes ran out of budget.
     pub regex_over_budget: Metric,

@@ -203,13 +203,18 @@ impl EventStream {
             let each = budget::delivery_cost(body.len());
             let fitting = worker.plugin.held.room_for(each).min(self.matches.len());
             if fitting < self.matches.len() {
+                // Matched, but the worker cannot hold them: dropped, and lost
+                // (a dead letter would need the room there is not).
                 let count = self.matches.len().saturating_sub(fitting);
+                for &index in self.matches.get(fitting..).unwrap_or_default() {
+                    let webhook = worker.metrics.webhook(index);
+                    webhook.matched.increment();
+                    webhook.dropped.increment();
+                    webhook.lost.increment();
+                }
                 self.matches.truncate(fitting);
-                metrics
-                    .deliveries_over_limit
-                    .add(i64::try_from(count).unwrap_or(i64::MAX));
                 worker.plugin.warn("held_bytes_full", host::now_ms(), || {
-                    format!("{count} delivery(ies) not made: the worker holds delivery.max_held_bytes ({} bytes) already", worker.plugin.held.limit())
+                    format!("{count} delivery(ies) not made (dropped, lost): the worker holds delivery.max_held_bytes ({} bytes) already", worker.plugin.held.limit())
                 });
                 if self.matches.is_empty() {
                     continue;

@@ -1514,3 +1514,21 @@ fn a_query_over_the_regex_limits_names_the_webhook_field_and_regex() {
         assert_single(&found, "webhook \"big-regex\"", "query", message);
     }
 }
+
+#[test]
+fn a_smaller_held_budget_alone_lowers_the_pending_bytes_default() {
+    let config = PluginConfig::from_value(
+        &json!({"webhooks": [], "delivery": {"max_held_bytes": 33_554_432}}),
+    )
+    .expect("setting only max_held_bytes is enough");
+    assert_eq!(config.delivery.max_held_bytes, 33_554_432);
+    assert_eq!(config.delivery.max_pending_bytes, 33_554_432);
+    // Both set and inconsistent: refused, naming both.
+    let problems = PluginConfig::from_value(&json!({"webhooks": [], "delivery": {
+        "max_held_bytes": 33_554_432, "max_pending_bytes": 67_108_864}}))
+    .expect_err("inconsistent");
+    assert!(
+        problems.to_string().contains("max_pending_bytes"),
+        "{problems}"
+    );
+}

@@ -15,134 +15,14 @@ use std::rc::Rc;
 
 use envoy_webhooks::delivery::call::Answer;
 use envoy_webhooks::delivery::engine::{Engine, MAX_TURN_BYTES};
-use envoy_webhooks::delivery::host::{
-    Call, Counter, DispatchError, Host, SharedData, StoreError, WebhookCounter,
-};
+use envoy_webhooks::delivery::host::WebhookCounter;
 use envoy_webhooks::delivery::message::{QueuedEvent, QueuedTarget};
 use envoy_webhooks::plugin::Plugin;
 use envoy_webhooks::status::Status;
+use envoy_webhooks::testing::{FakeHost, MadeCall};
 use envoy_webhooks::webhook::store;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-
-/// A call the fake host was asked to make.
-#[derive(Debug, Clone)]
-struct MadeCall {
-    token: u32,
-    cluster: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-#[derive(Default)]
-struct FakeHost {
-    now_ms: u64,
-    next_token: u32,
-    calls: Vec<MadeCall>,
-    /// Calls made and not yet answered, by token.
-    open: BTreeMap<u32, MadeCall>,
-    counts: BTreeMap<Counter, u64>,
-    statuses: BTreeMap<String, Status>,
-    held_gauge: i64,
-    tick_ms: u64,
-    data: BTreeMap<String, (Vec<u8>, u32)>,
-    /// Clusters that do not exist.
-    missing_clusters: Vec<String>,
-}
-
-impl SharedData for FakeHost {
-    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        match self.data.get(key) {
-            Some((value, version)) => (Some(value.clone()), Some(*version)),
-            None => (None, None),
-        }
-    }
-
-    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        // As Envoy: CAS is checked for existing keys only.
-        let version = match (self.data.get(key), cas) {
-            (Some((_, current)), Some(cas)) if *current != cas => {
-                return Err(StoreError::CasMismatch)
-            }
-            (Some((_, current)), _) => current + 1,
-            (None, _) => 1,
-        };
-        self.data.insert(key.to_string(), (value.to_vec(), version));
-        Ok(())
-    }
-}
-
-impl Host for FakeHost {
-    fn now_ms(&self) -> u64 {
-        self.now_ms
-    }
-
-    fn random_unit(&mut self) -> f64 {
-        0.5
-    }
-
-    fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, DispatchError> {
-        if self.missing_clusters.iter().any(|c| c == call.cluster) {
-            return Err(DispatchError::Refused("BadArgument".to_string()));
-        }
-        self.next_token += 1;
-        let made = MadeCall {
-            token: self.next_token,
-            cluster: call.cluster.to_string(),
-            headers: call
-                .headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect(),
-            body: call.body.to_vec(),
-        };
-        self.calls.push(made.clone());
-        self.open.insert(made.token, made);
-        Ok(self.next_token)
-    }
-
-    fn set_tick_period_ms(&mut self, period_ms: u64) -> bool {
-        self.tick_ms = period_ms;
-        true
-    }
-
-    fn count(&mut self, counter: Counter, n: u64) {
-        *self.counts.entry(counter).or_default() += n;
-    }
-
-    fn set_status(&mut self, id: &str, status: Status) {
-        self.statuses.insert(id.to_string(), status);
-    }
-
-    fn add_held_bytes(&mut self, delta: i64) {
-        self.held_gauge += delta;
-    }
-}
-
-impl FakeHost {
-    fn count_of(&self, id: &str, counter: WebhookCounter) -> u64 {
-        self.counts
-            .get(&Counter::Webhook(Rc::from(id), counter))
-            .copied()
-            .unwrap_or(0)
-    }
-
-    fn discarded(&self) -> u64 {
-        self.counts
-            .get(&Counter::DeliveriesDiscarded)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    /// The oldest unanswered call.
-    fn oldest_open(&self) -> Option<MadeCall> {
-        self.open.values().next().cloned()
-    }
-
-    fn take(&mut self, token: u32) -> Option<MadeCall> {
-        self.open.remove(&token)
-    }
-}
 
 fn answer(status: &str) -> Answer {
     Answer {

@@ -1,0 +1,132 @@
+//! A fake host for the delivery engine, for the crate's tests and fuzz
+//! targets: a clock they set, calls they answer, counters and shared data
+//! they read. Not used by the filter itself.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use crate::delivery::host::{
+    Call, Counter, DispatchError, Host, SharedData, StoreError, WebhookCounter,
+};
+use crate::webhook::status::Status;
+
+/// A call the fake host was asked to make.
+#[derive(Debug, Clone)]
+pub struct MadeCall {
+    pub token: u32,
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// A host whose clock, calls, counters and shared data tests control and read.
+#[derive(Debug, Default)]
+pub struct FakeHost {
+    pub now_ms: u64,
+    pub next_token: u32,
+    pub calls: Vec<MadeCall>,
+    /// Calls made and not yet answered, by token.
+    pub open: BTreeMap<u32, MadeCall>,
+    pub counts: BTreeMap<Counter, u64>,
+    pub statuses: BTreeMap<String, Status>,
+    pub held_gauge: i64,
+    pub tick_ms: u64,
+    pub data: BTreeMap<String, (Vec<u8>, u32)>,
+    /// Clusters that do not exist.
+    pub missing_clusters: Vec<String>,
+}
+
+impl SharedData for FakeHost {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        match self.data.get(key) {
+            Some((value, version)) => (Some(value.clone()), Some(*version)),
+            None => (None, None),
+        }
+    }
+
+    fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        // As Envoy: CAS is checked for existing keys only.
+        let version = match (self.data.get(key), cas) {
+            (Some((_, current)), Some(cas)) if *current != cas => {
+                return Err(StoreError::CasMismatch)
+            }
+            (Some((_, current)), _) => current.wrapping_add(1),
+            (None, _) => 1,
+        };
+        self.data.insert(key.to_string(), (value.to_vec(), version));
+        Ok(())
+    }
+}
+
+impl Host for FakeHost {
+    fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    fn random_unit(&mut self) -> f64 {
+        0.5
+    }
+
+    fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, DispatchError> {
+        if self.missing_clusters.iter().any(|c| c == call.cluster) {
+            return Err(DispatchError::Refused("BadArgument".to_string()));
+        }
+        self.next_token = self.next_token.wrapping_add(1);
+        let made = MadeCall {
+            token: self.next_token,
+            cluster: call.cluster.to_string(),
+            headers: call
+                .headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: call.body.to_vec(),
+        };
+        self.calls.push(made.clone());
+        self.open.insert(made.token, made);
+        Ok(self.next_token)
+    }
+
+    fn set_tick_period_ms(&mut self, period_ms: u64) -> bool {
+        self.tick_ms = period_ms;
+        true
+    }
+
+    fn count(&mut self, counter: Counter, n: u64) {
+        let count = self.counts.entry(counter).or_default();
+        *count = count.saturating_add(n);
+    }
+
+    fn set_status(&mut self, id: &str, status: Status) {
+        self.statuses.insert(id.to_string(), status);
+    }
+
+    fn add_held_bytes(&mut self, delta: i64) {
+        self.held_gauge = self.held_gauge.saturating_add(delta);
+    }
+}
+
+impl FakeHost {
+    pub fn count_of(&self, id: &str, counter: WebhookCounter) -> u64 {
+        self.counts
+            .get(&Counter::Webhook(Rc::from(id), counter))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn discarded(&self) -> u64 {
+        self.counts
+            .get(&Counter::DeliveriesDiscarded)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The oldest unanswered call.
+    pub fn oldest_open(&self) -> Option<MadeCall> {
+        self.open.values().next().cloned()
+    }
+
+    pub fn take(&mut self, token: u32) -> Option<MadeCall> {
+        self.open.remove(&token)
+    }
+}
