@@ -3,7 +3,11 @@
 use serde_json::{json, Value};
 
 use crate::config::WebhookDefinition;
-use crate::webhook::health::WebhookHealth;
+use crate::delivery::host::SharedData;
+use crate::plugin::Plugin;
+use crate::webhook::health::{Transition, WebhookHealth};
+use crate::webhook::status::Status;
+use crate::webhook::store as webhook_store;
 
 /// What an admin request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,4 +233,100 @@ pub fn pending_body(
         })
         .count();
     json!({ "webhooks": webhooks, "workers_with_backlog": with_backlog }).to_string()
+}
+
+/// The answer to an admin request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminAnswer {
+    pub status: u32,
+    /// JSON.
+    pub body: String,
+    /// A status change the request made: (webhook index, transition), to be
+    /// logged and shown in the gauge.
+    pub transition: Option<(usize, Transition)>,
+}
+
+impl AdminAnswer {
+    fn plain(status: u32, body: String) -> AdminAnswer {
+        AdminAnswer {
+            status,
+            body,
+            transition: None,
+        }
+    }
+}
+
+/// Answers an admin request routed to `route` (`None` for ordinary traffic),
+/// reading and updating webhook health in `store`.
+pub fn answer<S: SharedData + ?Sized>(
+    plugin: &Plugin,
+    store: &mut S,
+    route: &AdminRoute,
+    now_ms: u64,
+) -> Option<AdminAnswer> {
+    let now_s = now_ms / 1000;
+    Some(match route {
+        AdminRoute::NotAdmin => return None,
+        AdminRoute::Unauthorized => AdminAnswer::plain(401, error_body("unauthorized")),
+        AdminRoute::NotFound => AdminAnswer::plain(404, error_body("not found")),
+        AdminRoute::MethodNotAllowed { allow } => {
+            AdminAnswer::plain(405, error_body(&format!("method not allowed; use {allow}")))
+        }
+        AdminRoute::Status => {
+            let webhooks: Vec<Value> = plugin
+                .definitions()
+                .iter()
+                .map(|d| status_entry(d, &webhook_store::load(store, d, now_s)))
+                .collect();
+            AdminAnswer::plain(200, json!({ "webhooks": webhooks }).to_string())
+        }
+        AdminRoute::Pending => AdminAnswer::plain(
+            200,
+            pending_body(
+                plugin.definitions(),
+                &webhook_store::read_pending(store),
+                now_ms,
+            ),
+        ),
+        AdminRoute::Enable(id) => enable(plugin, store, id, now_s),
+    })
+}
+
+fn enable<S: SharedData + ?Sized>(
+    plugin: &Plugin,
+    store: &mut S,
+    id: &str,
+    now_s: u64,
+) -> AdminAnswer {
+    let Some((index, definition)) = plugin
+        .definitions()
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.id == id)
+    else {
+        return AdminAnswer::plain(404, error_body(&format!("no webhook with id {id}")));
+    };
+    match webhook_store::update(store, definition, now_s, |health| health.enable()) {
+        Some((health, transition)) => {
+            let transition = transition.map(|t| (index, t));
+            if health.status == Status::Disabled {
+                return AdminAnswer {
+                    status: 409,
+                    body: error_body(&format!(
+                        "webhook {id} is DISABLED in the configuration; change its status there"
+                    )),
+                    transition,
+                };
+            }
+            AdminAnswer {
+                status: 200,
+                body: status_entry(definition, &health).to_string(),
+                transition,
+            }
+        }
+        None => AdminAnswer::plain(
+            503,
+            error_body("could not update the webhook's status; try again"),
+        ),
+    }
 }

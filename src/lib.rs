@@ -13,6 +13,7 @@ pub mod admin;
 pub mod config;
 pub mod delivery;
 pub mod event;
+pub mod intake;
 pub mod logging;
 pub mod matcher;
 pub mod plugin;

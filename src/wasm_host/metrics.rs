@@ -25,10 +25,6 @@ impl Metric {
         }
     }
 
-    pub fn increment(self) {
-        self.add(1);
-    }
-
     /// Adds `n` to a counter, or to a gauge (negative: subtracts).
     pub fn add(self, n: i64) {
         if let (Some(id), false) = (self.0, n == 0) {

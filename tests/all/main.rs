@@ -10,6 +10,7 @@ mod engine;
 mod events;
 mod fields;
 mod health;
+mod intake;
 mod matcher;
 mod pending;
 mod query_budget;

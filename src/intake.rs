@@ -1,0 +1,325 @@
+//! One request's events: read from the body as it streams past, matched,
+//! bounded, and held until they may go to the worker's delivery engine (the
+//! body is complete; with `deliver_on: response_2xx`, the upstream answered
+//! 2xx). Every decision on the request side is here; the proxy-wasm adapter
+//! only feeds it the request's callbacks.
+//!
+//! Nothing here can delay or change the platform's request: the intake only
+//! reads copies of its body.
+
+use crate::config::DeliverOn;
+use crate::delivery::budget;
+use crate::delivery::message::{QueuedEvent, QueuedTarget};
+use crate::event::{BodyCollector, BodyFormat, Event, NotAnEvent};
+use crate::logging::Printable;
+use crate::plugin::Plugin;
+
+/// What a request's intake counts (the README's metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IntakeCounter {
+    EventsSeen,
+    EventsInvalid,
+    EventsOversized,
+    EventsOverLimit,
+    DeliveriesOverLimit,
+    RegexOverBudget,
+    Matched(usize),
+    Dropped(usize),
+    Lost(usize),
+    Withheld(usize),
+}
+
+/// What the intake needs of its host.
+pub trait IntakeHost {
+    fn now_ms(&self) -> u64;
+    fn count(&mut self, counter: IntakeCounter, n: u64);
+    /// Hands a matched event to the worker's delivery engine.
+    fn enqueue(&mut self, event: &QueuedEvent) -> Result<(), String>;
+}
+
+/// Whether a request carries events: its method and path are configured.
+pub fn carries_events(plugin: &Plugin, method: &str, path: &str) -> bool {
+    let events = &plugin.config.events;
+    events
+        .methods
+        .iter()
+        .any(|m| m.eq_ignore_ascii_case(method))
+        && events
+            .path_prefixes
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
+}
+
+pub struct Intake {
+    /// Present until the body is complete.
+    collector: Option<BodyCollector>,
+    /// Matched events waiting for their time.
+    held: Vec<QueuedEvent>,
+    /// Bytes reserved in the worker's budget for `held`.
+    held_bytes: usize,
+    body_complete: bool,
+    /// The upstream's `:status`, once known (0: not a number).
+    response_status: Option<u16>,
+    /// Deliveries this request made or holds (`max_deliveries_per_request`).
+    deliveries: usize,
+    matches: Vec<usize>,
+    /// Definitions whose query ran out of regex budget on the current event.
+    over_budget: Vec<usize>,
+}
+
+impl Intake {
+    /// A request that carries events, with its `content-type`.
+    pub fn start(plugin: &Plugin, content_type: Option<&str>) -> Intake {
+        let events = &plugin.config.events;
+        let collector = BodyCollector::new(
+            BodyFormat::from_content_type(content_type),
+            events.max_event_bytes,
+        )
+        .with_fields(plugin.fields.clone())
+        .with_max_events(events.max_events_per_request);
+        Intake {
+            collector: Some(collector),
+            held: Vec::new(),
+            held_bytes: 0,
+            body_complete: false,
+            response_status: None,
+            deliveries: 0,
+            matches: Vec::new(),
+            over_budget: Vec::new(),
+        }
+    }
+
+    /// A chunk of the body (`end`: the last one).
+    pub fn body<H: IntakeHost>(&mut self, plugin: &Plugin, host: &mut H, chunk: &[u8], end: bool) {
+        let Some(collector) = self.collector.as_mut() else {
+            return;
+        };
+        let mut events = Vec::new();
+        if end {
+            collector.finish_with(chunk, &mut events);
+        } else {
+            collector.push(chunk, &mut events);
+        }
+        self.handle(plugin, host, events);
+        if end {
+            self.finish(plugin, host);
+        }
+    }
+
+    /// The body ended without a last chunk (trailers, or no body at all).
+    pub fn end_of_body<H: IntakeHost>(&mut self, plugin: &Plugin, host: &mut H) {
+        if let Some(collector) = self.collector.as_mut() {
+            let mut events = Vec::new();
+            collector.finish(&mut events);
+            self.handle(plugin, host, events);
+        }
+        self.finish(plugin, host);
+    }
+
+    /// The upstream's answer began (`status`: its `:status`, if a number).
+    pub fn response<H: IntakeHost>(&mut self, plugin: &Plugin, host: &mut H, status: Option<u16>) {
+        if plugin.config.events.deliver_on == DeliverOn::Response2xx {
+            self.response_status = Some(status.unwrap_or(0));
+            self.release(plugin, host);
+        }
+    }
+
+    /// The request is over. Whatever is still held was not to be delivered:
+    /// the body never completed (an abort) or the upstream never answered.
+    pub fn done<H: IntakeHost>(&mut self, plugin: &Plugin, host: &mut H) {
+        self.withhold(plugin, host);
+    }
+
+    fn finish<H: IntakeHost>(&mut self, plugin: &Plugin, host: &mut H) {
+        if let Some(collector) = self.collector.take() {
+            let skipped = collector.events_over_limit();
+            if skipped > 0 {
+                host.count(IntakeCounter::EventsOverLimit, skipped);
+                let max = plugin.config.events.max_events_per_request;
+                plugin.warn("events_over_limit", host.now_ms(), || {
+                    format!("{skipped} event(s) of a request skipped: over events.max_events_per_request ({max})")
+                });
+            }
+        }
+        self.body_complete = true;
+        self.release(plugin, host);
+    }
+
+    /// Matches finished events and holds their deliveries until they may go.
+    fn handle<H: IntakeHost>(
+        &mut self,
+        plugin: &Plugin,
+        host: &mut H,
+        events: Vec<Result<Event, NotAnEvent>>,
+    ) {
+        for event in events {
+            let event = match event {
+                Ok(event) => event,
+                Err(NotAnEvent::Oversized { limit }) => {
+                    host.count(IntakeCounter::EventsOversized, 1);
+                    plugin.warn("event_oversized", host.now_ms(), || {
+                        format!("event skipped: larger than events.max_event_bytes ({limit} bytes)")
+                    });
+                    continue;
+                }
+                Err(problem) => {
+                    host.count(IntakeCounter::EventsInvalid, 1);
+                    log::debug!(
+                        "envoy-webhooks: not an event, passed through untouched: {}",
+                        Printable(&problem.to_string())
+                    );
+                    continue;
+                }
+            };
+            host.count(IntakeCounter::EventsSeen, 1);
+            self.match_event(plugin, host, event);
+        }
+    }
+
+    fn match_event<H: IntakeHost>(&mut self, plugin: &Plugin, host: &mut H, event: Event) {
+        self.matches.clear();
+        self.over_budget.clear();
+        plugin
+            .matcher
+            .matching_with_budget(&event.value, &mut self.matches, &mut self.over_budget);
+        if !self.over_budget.is_empty() {
+            let count = self.over_budget.len();
+            host.count(IntakeCounter::RegexOverBudget, as_count(count));
+            plugin.warn("regex_over_budget", host.now_ms(), || {
+                format!("{count} webhook query(ies) not matched: their regexes would take too long on this event")
+            });
+        }
+        if self.matches.is_empty() {
+            return;
+        }
+        let max = plugin.config.events.max_deliveries_per_request;
+        let room = max.saturating_sub(self.deliveries);
+        if self.matches.len() > room {
+            let over = self.matches.len().saturating_sub(room);
+            self.matches.truncate(room);
+            host.count(IntakeCounter::DeliveriesOverLimit, as_count(over));
+            plugin.warn("deliveries_over_limit", host.now_ms(), || {
+                format!("{over} delivery(ies) of a request not made: over events.max_deliveries_per_request ({max})")
+            });
+        }
+        if self.matches.is_empty() {
+            return;
+        }
+        for &index in &self.matches {
+            host.count(IntakeCounter::Matched(index), 1);
+        }
+        let body = event.json.into_bytes();
+        // Each delivery counts in full: Envoy copies the body into each call.
+        let each = budget::delivery_cost(body.len());
+        let fitting = plugin.held.room_for(each).min(self.matches.len());
+        if fitting < self.matches.len() {
+            // Matched, but the worker cannot hold them: dropped, and lost (a
+            // dead letter would need the room there is not).
+            let count = self.matches.len().saturating_sub(fitting);
+            for &index in self.matches.get(fitting..).unwrap_or_default() {
+                host.count(IntakeCounter::Dropped(index), 1);
+                host.count(IntakeCounter::Lost(index), 1);
+            }
+            self.matches.truncate(fitting);
+            plugin.warn("held_bytes_full", host.now_ms(), || {
+                format!(
+                    "{count} delivery(ies) not made (dropped, lost): the worker holds delivery.max_held_bytes ({} bytes) already",
+                    plugin.held.limit()
+                )
+            });
+        }
+        if self.matches.is_empty() {
+            return;
+        }
+        let cost = each.saturating_mul(self.matches.len());
+        if !plugin.held.reserve_in_request(cost) {
+            // `room_for` said it fits: never expected; counted all the same.
+            for &index in &self.matches {
+                host.count(IntakeCounter::Dropped(index), 1);
+                host.count(IntakeCounter::Lost(index), 1);
+            }
+            return;
+        }
+        self.held_bytes = self.held_bytes.saturating_add(cost);
+        self.deliveries = self.deliveries.saturating_add(self.matches.len());
+        let targets = self
+            .matches
+            .iter()
+            .filter_map(|&index| {
+                Some(QueuedTarget {
+                    webhook: u32::try_from(index).ok()?,
+                    fingerprint: plugin.definitions().get(index)?.fingerprint,
+                })
+            })
+            .collect();
+        let request_id = event
+            .value
+            .get("request_id")
+            .and_then(|id| id.as_str())
+            .map(str::to_string);
+        self.held.push(QueuedEvent {
+            targets,
+            request_id,
+            body,
+        });
+    }
+
+    /// Queues held deliveries once their time has come.
+    fn release<H: IntakeHost>(&mut self, plugin: &Plugin, host: &mut H) {
+        if self.held.is_empty() {
+            return;
+        }
+        match (plugin.config.events.deliver_on, self.response_status) {
+            (DeliverOn::Request, _) if !self.body_complete => return,
+            (DeliverOn::Request, _) => {}
+            (DeliverOn::Response2xx, None) => return,
+            (DeliverOn::Response2xx, Some(status)) if (200..300).contains(&status) => {}
+            (DeliverOn::Response2xx, Some(status)) => {
+                log::debug!(
+                    "envoy-webhooks: upstream answered {status}: {} event(s) not delivered",
+                    self.held.len()
+                );
+                self.withhold(plugin, host);
+                return;
+            }
+        }
+        plugin
+            .held
+            .release_in_request(std::mem::take(&mut self.held_bytes));
+        for event in std::mem::take(&mut self.held) {
+            if let Err(problem) = host.enqueue(&event) {
+                for target in &event.targets {
+                    if let Ok(index) = usize::try_from(target.webhook) {
+                        host.count(IntakeCounter::Dropped(index), 1);
+                        host.count(IntakeCounter::Lost(index), 1);
+                    }
+                }
+                plugin.warn("queue_failed", host.now_ms(), || {
+                    format!(
+                        "event request_id={} not delivered: cannot queue it ({})",
+                        Printable(event.request_id.as_deref().unwrap_or("-")),
+                        Printable(&problem)
+                    )
+                });
+            }
+        }
+    }
+
+    /// Counts and drops the held deliveries: not to be made.
+    fn withhold<H: IntakeHost>(&mut self, plugin: &Plugin, host: &mut H) {
+        plugin
+            .held
+            .release_in_request(std::mem::take(&mut self.held_bytes));
+        for event in std::mem::take(&mut self.held) {
+            for target in &event.targets {
+                if let Ok(index) = usize::try_from(target.webhook) {
+                    host.count(IntakeCounter::Withheld(index), 1);
+                }
+            }
+        }
+    }
+}
+
+fn as_count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,249 @@
+//! A request's intake, natively: when its matches may go, what the bounds
+//! skip, and that everything is counted.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::as_conversions,
+    clippy::cast_possible_truncation
+)] // Tests may fail loudly.
+
+use std::collections::BTreeMap;
+
+use envoy_webhooks::delivery::message::QueuedEvent;
+use envoy_webhooks::intake::{carries_events, Intake, IntakeCounter, IntakeHost};
+use envoy_webhooks::plugin::Plugin;
+use serde_json::{json, Value};
+
+#[derive(Default)]
+struct Sink {
+    counts: BTreeMap<IntakeCounter, u64>,
+    queued: Vec<QueuedEvent>,
+    refuse: bool,
+}
+
+impl IntakeHost for Sink {
+    fn now_ms(&self) -> u64 {
+        0
+    }
+
+    fn count(&mut self, counter: IntakeCounter, n: u64) {
+        *self.counts.entry(counter).or_default() += n;
+    }
+
+    fn enqueue(&mut self, event: &QueuedEvent) -> Result<(), String> {
+        if self.refuse {
+            return Err("Full".to_string());
+        }
+        self.queued.push(event.clone());
+        Ok(())
+    }
+}
+
+impl Sink {
+    fn count(&self, counter: IntakeCounter) -> u64 {
+        self.counts.get(&counter).copied().unwrap_or(0)
+    }
+}
+
+fn plugin(extra: Value) -> Plugin {
+    let mut config = json!({"webhooks": [
+        {"id": "a", "event_type": "assets", "url": "http://a/"},
+        {"id": "b", "event_type": "assets", "url": "http://b/", "query": "data.n > 1"},
+    ]});
+    if let Value::Object(extra) = extra {
+        for (key, value) in extra {
+            config[key] = value;
+        }
+    }
+    Plugin::load(config.to_string().as_bytes(), |_| None).expect("valid")
+}
+
+fn line(n: u32) -> String {
+    format!("{{\"event_type\":\"assets\",\"request_id\":\"r{n}\",\"data\":{{\"n\":{n}}}}}\n")
+}
+
+#[test]
+fn requests_carry_events_by_method_and_path() {
+    let plugin =
+        plugin(json!({"events": {"methods": ["post", "PUT"], "path_prefixes": ["/events"]}}));
+    assert!(carries_events(&plugin, "POST", "/events/x"));
+    assert!(carries_events(&plugin, "put", "/events"));
+    assert!(!carries_events(&plugin, "GET", "/events"));
+    assert!(!carries_events(&plugin, "POST", "/other"));
+}
+
+#[test]
+fn a_json_body_goes_once_complete_with_its_exact_text() {
+    let plugin = plugin(json!({}));
+    let mut sink = Sink::default();
+    let body = br#"{"event_type":"assets","data":{"n":2},"request_id":"x"}"#;
+    let mut intake = Intake::start(&plugin, Some("application/json"));
+    intake.body(&plugin, &mut sink, &body[..10], false);
+    assert!(sink.queued.is_empty());
+    intake.body(&plugin, &mut sink, &body[10..], true);
+    assert_eq!(sink.queued.len(), 1, "one message however many matches");
+    assert_eq!(sink.queued[0].body, body);
+    assert_eq!(sink.queued[0].targets.len(), 2);
+    assert_eq!(sink.queued[0].request_id.as_deref(), Some("x"));
+    assert_eq!(sink.count(IntakeCounter::EventsSeen), 1);
+    assert_eq!(sink.count(IntakeCounter::Matched(0)), 1);
+    assert_eq!(sink.count(IntakeCounter::Matched(1)), 1);
+    intake.done(&plugin, &mut sink);
+    assert_eq!(sink.count(IntakeCounter::Withheld(0)), 0);
+    assert_eq!(
+        plugin.held.total(),
+        0,
+        "the request's reservation is given back"
+    );
+}
+
+#[test]
+fn ndjson_lines_wait_for_the_end_of_the_body_and_an_abort_withholds_them() {
+    let plugin = plugin(json!({}));
+    let mut sink = Sink::default();
+    let mut intake = Intake::start(&plugin, Some("application/x-ndjson"));
+    intake.body(&plugin, &mut sink, (line(1) + &line(2)).as_bytes(), false);
+    assert_eq!(
+        sink.count(IntakeCounter::EventsSeen),
+        2,
+        "matched as they arrive"
+    );
+    assert!(
+        sink.queued.is_empty(),
+        "but not delivered before the body is complete"
+    );
+    assert!(plugin.held.total() > 0);
+    intake.done(&plugin, &mut sink);
+    assert!(sink.queued.is_empty());
+    assert_eq!(sink.count(IntakeCounter::Withheld(0)), 2);
+    assert_eq!(sink.count(IntakeCounter::Withheld(1)), 1);
+    assert_eq!(plugin.held.total(), 0);
+
+    let mut sink = Sink::default();
+    let mut intake = Intake::start(&plugin, Some("application/x-ndjson"));
+    intake.body(&plugin, &mut sink, line(1).as_bytes(), false);
+    intake.body(&plugin, &mut sink, line(2).as_bytes(), false);
+    intake.end_of_body(&plugin, &mut sink);
+    assert_eq!(sink.queued.len(), 2);
+}
+
+#[test]
+fn response_2xx_waits_for_the_upstreams_answer() {
+    let plugin = plugin(json!({"events": {"deliver_on": "response_2xx"}}));
+    for (status, delivered) in [
+        (Some(200), true),
+        (Some(204), true),
+        (Some(500), false),
+        (None, false),
+    ] {
+        let mut sink = Sink::default();
+        let mut intake = Intake::start(&plugin, None);
+        intake.body(&plugin, &mut sink, line(5).as_bytes(), true);
+        assert!(sink.queued.is_empty());
+        intake.response(&plugin, &mut sink, status);
+        intake.done(&plugin, &mut sink);
+        assert_eq!(!sink.queued.is_empty(), delivered, "{status:?}");
+        assert_eq!(
+            sink.count(IntakeCounter::Withheld(0)),
+            u64::from(!delivered),
+            "{status:?}"
+        );
+    }
+    // The request ended before any answer.
+    let mut sink = Sink::default();
+    let mut intake = Intake::start(&plugin, None);
+    intake.body(&plugin, &mut sink, line(5).as_bytes(), true);
+    intake.done(&plugin, &mut sink);
+    assert_eq!(sink.count(IntakeCounter::Withheld(0)), 1);
+}
+
+#[test]
+fn the_bounds_skip_and_count() {
+    let plugin =
+        plugin(json!({"events": {"max_events_per_request": 3, "max_deliveries_per_request": 4}}));
+    let mut sink = Sink::default();
+    let mut intake = Intake::start(&plugin, Some("application/x-ndjson"));
+    let body: String = (0..10).map(line).collect();
+    intake.body(&plugin, &mut sink, body.as_bytes(), true);
+    assert_eq!(sink.count(IntakeCounter::EventsSeen), 3);
+    assert_eq!(sink.count(IntakeCounter::EventsOverLimit), 7);
+    // Events 0, 1 match a; event 2 matches a and b: 4 deliveries, none over.
+    assert_eq!(sink.count(IntakeCounter::DeliveriesOverLimit), 0);
+    let plugin = plugin_with_limits(1, 1);
+    let mut sink = Sink::default();
+    let mut intake = Intake::start(&plugin, None);
+    intake.body(&plugin, &mut sink, line(5).as_bytes(), true);
+    assert_eq!(sink.count(IntakeCounter::DeliveriesOverLimit), 1);
+    assert_eq!(sink.count(IntakeCounter::Matched(0)), 1);
+    assert_eq!(sink.count(IntakeCounter::Matched(1)), 0);
+}
+
+fn plugin_with_limits(events: usize, deliveries: usize) -> Plugin {
+    plugin(
+        json!({"events": {"max_events_per_request": events, "max_deliveries_per_request": deliveries}}),
+    )
+}
+
+#[test]
+fn what_the_budget_cannot_hold_is_counted_dropped_and_lost() {
+    let plugin = plugin(json!({"events": {"max_event_bytes": 400_000},
+                               "delivery": {"max_held_bytes": 1_048_576}}));
+    let pad = "p".repeat(300_000);
+    let event = format!("{{\"event_type\":\"assets\",\"data\":{{\"n\":2,\"pad\":\"{pad}\"}}}}\n");
+    let mut sink = Sink::default();
+    let mut intake = Intake::start(&plugin, Some("application/x-ndjson"));
+    intake.body(
+        &plugin,
+        &mut sink,
+        format!("{event}{event}").as_bytes(),
+        false,
+    );
+    // Four deliveries of 300 KB: three fit 1 MiB.
+    let matched: u64 = (0..2).map(|i| sink.count(IntakeCounter::Matched(i))).sum();
+    let dropped: u64 = (0..2).map(|i| sink.count(IntakeCounter::Dropped(i))).sum();
+    let lost: u64 = (0..2).map(|i| sink.count(IntakeCounter::Lost(i))).sum();
+    assert_eq!((matched, dropped, lost), (4, 1, 1));
+    assert!(plugin.held.total() <= 1_048_576);
+    intake.end_of_body(&plugin, &mut sink);
+    assert_eq!(
+        sink.queued.iter().map(|e| e.targets.len()).sum::<usize>(),
+        3
+    );
+    assert_eq!(plugin.held.total(), 0);
+}
+
+#[test]
+fn a_queue_that_refuses_counts_dropped_and_lost() {
+    let plugin = plugin(json!({}));
+    let mut sink = Sink {
+        refuse: true,
+        ..Sink::default()
+    };
+    let mut intake = Intake::start(&plugin, None);
+    intake.body(&plugin, &mut sink, line(2).as_bytes(), true);
+    assert_eq!(sink.count(IntakeCounter::Dropped(0)), 1);
+    assert_eq!(sink.count(IntakeCounter::Lost(1)), 1);
+}
+
+#[test]
+fn invalid_and_oversized_events_are_counted_and_nothing_else() {
+    let plugin = plugin(json!({"events": {"max_event_bytes": 100}}));
+    let mut sink = Sink::default();
+    let mut intake = Intake::start(&plugin, Some("application/x-ndjson"));
+    let big = format!(
+        "{{\"event_type\":\"assets\",\"x\":\"{}\"}}\n",
+        "y".repeat(200)
+    );
+    intake.body(
+        &plugin,
+        &mut sink,
+        format!("not json\n{big}{{\"n\":1e400}}\n").as_bytes(),
+        true,
+    );
+    assert_eq!(sink.count(IntakeCounter::EventsInvalid), 2);
+    assert_eq!(sink.count(IntakeCounter::EventsOversized), 1);
+    assert_eq!(sink.count(IntakeCounter::EventsSeen), 0);
+    assert!(sink.queued.is_empty());
+}
