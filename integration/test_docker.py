@@ -204,6 +204,26 @@ def test_quickstart_with_a_broken_plugin_configuration_exits_with_our_message(qu
     assert "webhook \"shared-metadata\": field 'query': unquoted value 'ACTIVE'" in log, log[-4000:]
 
 
+# --------------------------------------------------------------------------- the Envoy image
+
+
+def test_the_envoy_image_has_the_official_layout():
+    need_docker(ENVOY_IMAGE)
+    inspect = json.loads(docker("image", "inspect", ENVOY_IMAGE).stdout)[0]["Config"]
+    assert inspect["Entrypoint"] == ["/usr/local/bin/envoy"]
+    assert inspect["Cmd"] == ["-c", "/etc/envoy/envoy.yaml"]
+    version = ENVOY_IMAGE.rsplit(":", 1)[1]
+    assert inspect["Labels"]["org.opencontainers.image.version"] == version
+    # The binary runs from /usr/local/bin with only the libraries copied in, and the default
+    # configuration at /etc/envoy/envoy.yaml is valid (validate mode binds no port).
+    run = docker("run", "--rm", "--network", "none", ENVOY_IMAGE, "--version")
+    assert f"/{version}/" in run.stdout
+    run = docker("run", "--rm", "--network", "none", ENVOY_IMAGE,
+                 "--mode", "validate", "-c", "/etc/envoy/envoy.yaml", check=False)
+    assert run.returncode == 0 and "configuration '/etc/envoy/envoy.yaml' OK" in run.stdout + run.stderr, \
+        run.stdout + run.stderr
+
+
 # --------------------------------------------------------------------------- the OCI image for Istio
 
 
@@ -288,6 +308,37 @@ def test_the_wasm_image_is_what_istio_fetches(registry):
     assert plugin[:4] == b"\0asm"
     config = json.loads(registry.get(f"/v2/envoy-webhooks/blobs/{manifest['config']['digest']}").body)
     assert config["config"]["Labels"]["org.opencontainers.image.version"] == VERSION
+
+
+OCI_LAYOUT = REPO / "target" / "images" / "oci" / "envoy-webhooks"
+
+
+def test_the_oci_artifact_variant_is_what_istio_fetches(registry):
+    skopeo = need_command("skopeo", "pushes the OCI image layout")
+    if not (OCI_LAYOUT / "index.json").exists():
+        pytest.fail(f"{OCI_LAYOUT} is missing: run `bash scripts/images`", pytrace=False)
+    wasm = WASM.read_bytes()
+    push = subprocess.run([skopeo, "copy", "--dest-tls-verify=false", f"oci:{OCI_LAYOUT}:{VERSION}",
+                           f"docker://127.0.0.1:{registry.port}/envoy-webhooks-oci:{VERSION}"],
+                          capture_output=True, text=True, timeout=120)
+    assert push.returncode == 0, push.stderr
+
+    r = registry.get(f"/v2/envoy-webhooks-oci/manifests/{VERSION}", MANIFEST_ACCEPT)
+    assert r.headers["docker-content-digest"] == "sha256:" + hashlib.sha256(r.body).hexdigest()
+    manifest = r.json()
+    # Not Docker's schema 2 and not a compat layer: Istio takes it as the oci variant,
+    # which must have exactly two layers, one of them the raw .wasm.
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert manifest["config"]["mediaType"] == "application/vnd.module.wasm.config.v1+json"
+    assert [l["mediaType"] for l in manifest["layers"]] == [
+        "application/vnd.module.wasm.config.v1+json",
+        "application/vnd.module.wasm.content.layer.v1+wasm",
+    ]
+    wasm_layer = manifest["layers"][1]
+    plugin = registry.get(f"/v2/envoy-webhooks-oci/blobs/{wasm_layer['digest']}").body
+    assert plugin == wasm and plugin[:4] == b"\0asm"
+    runtime = json.loads(registry.get(f"/v2/envoy-webhooks-oci/blobs/{manifest['layers'][0]['digest']}").body)
+    assert runtime["config"]["rootIds"] == ["envoy_webhooks"]
 
 
 # --------------------------------------------------------------------------- the Docker runner's failures
