@@ -501,14 +501,14 @@ def upstream_connections(envoy: Envoy) -> dict[str, dict[str, int]]:
 def check_connections(label: str, cx: dict[str, dict[str, int]]) -> None:
     """Fails the run if an upstream of the Envoy under test did not keep its connections alive:
     then every request paid for a TCP connection of its own, and the numbers are not Envoy's."""
-    for cluster, n in cx.items():
-        if n["rq"] >= MIN_RQ_CHECKED and n["cx"] > MAX_CX_PER_RQ * n["rq"]:
-            raise BenchInvalid(
-                f"{label}: cluster.{cluster}.upstream_cx_total is {n['cx']:,} for upstream_rq_total "
-                f"{n['rq']:,}: the {'platform upstream' if cluster == 'platform' else 'webhook receiver'} "
-                "does not keep connections alive (connection: close?), so every request opened a TCP "
-                f"connection of its own. The bench requires at most {MAX_CX_PER_RQ:g} connections per "
-                "request; see the backend's config in target/bench-run/backend.json.")
+    bad = [f"cluster.{cluster}.upstream_cx_total is {n['cx']:,} for upstream_rq_total {n['rq']:,} (the "
+           f"{'platform upstream' if cluster == 'platform' else 'webhook receiver'})"
+           for cluster, n in cx.items() if n["rq"] >= MIN_RQ_CHECKED and n["cx"] > MAX_CX_PER_RQ * n["rq"]]
+    if bad:
+        raise BenchInvalid(
+            f"{label}: " + "; ".join(bad) + ": connections are not kept alive (connection: close?), so requests "
+            f"opened TCP connections of their own. The bench requires at most {MAX_CX_PER_RQ:g} connections per "
+            "request; see the backend's config in target/bench-run/backend.json.")
 
 
 class BenchInvalid(Exception):
