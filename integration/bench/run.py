@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The envoy-webhooks benchmark: what the filter costs Envoy, on this machine.
 
-    bash scripts/bench            # the full run: about 11 minutes (15 at most), writes BENCHMARKS.md
-    bash scripts/bench --quick    # about 2.5 minutes (3.5 at most), writes target/bench-run/BENCHMARKS-quick.md
+    bash scripts/bench            # the full run: about 10 minutes (14 at most), writes BENCHMARKS.md
+    bash scripts/bench --quick    # about 2.5 minutes (3 at most), writes target/bench-run/BENCHMARKS-quick.md
 
 (Plus the set-up the first time: .venv, and building tools/wasm-bench's wasmtime runner takes a
 few minutes.)
@@ -541,13 +541,27 @@ def measured(load, envoy: Envoy, backend: Envoy, args, what: str) -> dict:
         r["totals"] = delta(before, filter_totals(envoy))
         r["totals"]["received"] = received(backend) - before_rx
         attempts.append(r)
-        if cpu["others"] <= args.max_others or attempt == 2 or time.monotonic() > args.deadline:
+        room = spare(args) - r["seconds"] - 1
+        if cpu["others"] <= args.max_others or attempt == 2 or room < 0:
             break
         log(f"  {what}: other processes used {cpu['others']:.0%} of a core meanwhile; measuring again")
-        wait_quiet([envoy.pid, backend.pid], args.wait_quiet)
+        if args.wait_quiet and room > 1:
+            wait_quiet([envoy.pid, backend.pid], min(args.wait_quiet, room))
     best = min(attempts, key=lambda a: a["cpu_meter"]["others"])
     best["attempts"] = len(attempts)
     return best
+
+
+def case_seconds(args) -> float:
+    """About how long one case takes when nothing is waited for or measured again."""
+    return (args.start_repeats * 1.5 + args.warmup + args.repeats * (args.duration + 0.5)
+            + args.fixed_duration + 0.5 + args.light_duration + 0.5 + 2)
+
+
+def spare(args) -> float:
+    """The seconds the run can still spend waiting for quiet or measuring again: its budget less
+    what this case and those not started yet take at least."""
+    return args.budget_end - time.monotonic() - (args.cases_left + 1) * case_seconds(args)
 
 
 def half_capacity(saturation: dict) -> float:
@@ -577,8 +591,8 @@ def run_case(case: dict, args, paths: dict, ports: dict, backend: Envoy, fixed_r
     config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
     result: dict = {"case": label, "tag": tag, "definitions": count, "noop": bool(case.get("noop")),
                     "matching": case.get("matching")}
-    if args.wait_quiet and time.monotonic() < args.deadline:
-        waited = wait_quiet([backend.pid], args.wait_quiet)
+    if args.wait_quiet and spare(args) > 1:
+        waited = wait_quiet([backend.pid], min(args.wait_quiet, spare(args)))
         if waited > 1.5:
             log(f"  waited {waited:.0f} s for the machine to be quiet")
     received_at_start = received(backend)
@@ -1042,7 +1056,7 @@ def notes(cases: list[dict], wasm_json: dict, a: dict) -> list[str]:
                    "conservative. The capacity ratios (CPU per request) do not depend on that.")
     slow = [c["case"] for c in cases[1:] if c["saturation"]["cpu"]["envoy"] < 0.9]
     if slow:
-        out.append("Envoy used less than 90% of its core at saturation for: " + ", ".join(slow) + ".")
+        out.append("Envoy used less than 90% of its core at saturation for: " + "; ".join(slow) + ".")
     rq = {k: sum(c["connections"][k]["rq"] for c in cases) for k in ("platform", "webhooks")}
     cx = {k: sum(c["connections"][k]["cx"] for c in cases) for k in ("platform", "webhooks")}
     worst = max((c["connections"][k]["cx"] / c["connections"][k]["rq"], c["case"], k)
@@ -1076,15 +1090,15 @@ def notes(cases: list[dict], wasm_json: dict, a: dict) -> list[str]:
             continue
         n = c["definitions"]
         match_us = cpu[c["tag"]] - cpu["n0"]
-        line = (f"At {n:,} definitions, parsing and matching an event that matches none costs "
-                f"{match_us:.1f} µs more than with no definitions")
+        line = (f"At {n:,} definitions, an event that matches none costs {match_us:+.1f} µs of Envoy CPU "
+                "against 0 definitions (parse and match)")
         d = by_n.get(n)
         if d:
             deliver_us = d["us"] * d["per_event"]
             line += (f"; each delivery (queue, HTTP call of the ~2 KB event over a kept-alive connection, answer, "
                      f"status update, metrics) costs {d['us']:.1f} µs, {d['us'] / b:.2f}× a proxied request, so at "
-                     f"{d['per_event']:.2f} deliveries per event they add {deliver_us:.1f} µs per request: "
-                     + ("more than" if deliver_us > match_us else "less than") + " matching")
+                     f"{d['per_event']:.2f} deliveries per event they add {deliver_us:.1f} µs per request, "
+                     + ("more than" if deliver_us > match_us else "less than") + " parsing and matching")
         out.append(line + ".")
     row = next((r for r in wasm_json.get("rows", []) if r["definitions"] == 1000), None)
     if row:
@@ -1101,8 +1115,8 @@ def notes(cases: list[dict], wasm_json: dict, a: dict) -> list[str]:
         if worst_others > 0.15:
             busy.append(f"{c['case']} ({worst_others:.0%})")
     if busy:
-        out.append("Other processes used a noticeable share of the machine during: " + ", ".join(busy)
-                   + " of a core; those numbers are less reliable.")
+        out.append("Other processes used a noticeable share of a core during: " + "; ".join(busy)
+                   + ". Those numbers are less reliable.")
     for c in cases:
         t = c["final_stats"]
         if t["failed"] or t["dropped"]:
@@ -1143,9 +1157,11 @@ def main() -> int:
     signal.signal(signal.SIGHUP, _on_signal)
     try:
         paths = setup(args)
-        # No waiting for quiet and no measuring again past this: the measurements stay bounded
-        # in time: about 10 minutes when the machine is quiet (2 with --quick), 15 at most (3.5).
-        args.deadline = time.monotonic() + (2 if args.quick else 10) * 60
+        # Waiting for quiet and measuring again only while the cases left still fit in this
+        # budget: the measurements take about 9.5 minutes when the machine is quiet (2 with
+        # --quick), 13 at most (2.3).
+        args.budget_end = time.monotonic() + (2.3 if args.quick else 13) * 60
+        args.cases_left = 0
         WORK.mkdir(parents=True, exist_ok=True)
 
         # The workload.
@@ -1187,11 +1203,13 @@ def main() -> int:
         backend = Envoy("backend", backend_config(ports["backend_admin"], ports["platform"], ports["hooks"]), CPU_OTHERS).start()
 
         results = []
+        args.cases_left = len(cases) - 1
         base = run_case(cases[0], args, paths, ports, backend, None, None)
         results.append(base)
         rate = half_capacity(base["saturation"])
         light_rate = base["light"]["target_rate"]
-        for case in cases[1:]:
+        for i, case in enumerate(cases[1:]):
+            args.cases_left = len(cases) - 2 - i
             results.append(run_case(case, args, paths, ports, backend, rate, light_rate))
         backend.stop()
 
