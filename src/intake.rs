@@ -37,13 +37,15 @@ pub trait IntakeHost {
     fn enqueue(&mut self, event: &QueuedEvent) -> Result<(), String>;
 }
 
-/// Whether a request carries events: its method and path are configured.
+/// Whether a request carries events: its method and path are configured,
+/// and some definition can match at all (else its body is not even read).
 pub fn carries_events(plugin: &Plugin, method: &str, path: &str) -> bool {
     let events = &plugin.config.events;
-    events
-        .methods
-        .iter()
-        .any(|m| m.eq_ignore_ascii_case(method))
+    !plugin.matcher.matches_nothing()
+        && events
+            .methods
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(method))
         && events
             .path_prefixes
             .iter()

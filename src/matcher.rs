@@ -129,6 +129,11 @@ impl Matcher {
         tree
     }
 
+    /// Whether no event can match (no definitions, or all `DISABLED`).
+    pub fn matches_nothing(&self) -> bool {
+        self.by_event_type.is_empty()
+    }
+
     pub fn definitions(&self) -> &[WebhookDefinition] {
         &self.definitions
     }

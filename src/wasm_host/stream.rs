@@ -119,6 +119,10 @@ impl HttpContext for EventStream {
         let Some(worker) = self.worker.clone() else {
             return Action::Continue;
         };
+        if worker.plugin.matcher.matches_nothing() && worker.plugin.config.admin.is_none() {
+            // Nothing to do for any request: not even a header is read.
+            return Action::Continue;
+        }
         if host::request_header(DELIVERY_MARKER).is_some() {
             // One of our own calls, come back through an Envoy with this filter.
             return Action::Continue;

@@ -72,6 +72,15 @@ fn requests_carry_events_by_method_and_path() {
     assert!(carries_events(&plugin, "put", "/events"));
     assert!(!carries_events(&plugin, "GET", "/events"));
     assert!(!carries_events(&plugin, "POST", "/other"));
+    // No definition that can match: no request carries events (bodies are not read).
+    let disabled = Plugin::load(
+        json!({"webhooks": [{"id": "a", "event_type": "assets", "url": "http://a/", "status": "DISABLED"}]})
+            .to_string()
+            .as_bytes(),
+        |_| None,
+    )
+    .expect("valid");
+    assert!(!carries_events(&disabled, "POST", "/"));
 }
 
 #[test]
