@@ -129,7 +129,7 @@ impl Default for DeliveryPolicy {
     fn default() -> Self {
         DeliveryPolicy {
             timeout_ms: 10_000,
-            max_in_flight: 1_000,
+            max_in_flight: 100,
             failing_window_s: 18_000,
             failure_threshold: 10,
             retry_schedule_s: crate::retry::DEFAULT_SCHEDULE_S.to_vec(),

@@ -117,7 +117,7 @@ fn minimal_configuration_gets_every_default() {
         config.delivery,
         DeliveryPolicy {
             timeout_ms: 10_000,
-            max_in_flight: 1_000,
+            max_in_flight: 100,
             failing_window_s: 18_000,
             failure_threshold: 10,
             retry_schedule_s: vec![5, 30, 120, 600, 1800, 3600],
