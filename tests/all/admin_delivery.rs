@@ -1,14 +1,6 @@
 //! The admin API (routing, bearer token, status entries) and delivery calls
 //! (headers, outcome classification, queue messages).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use envoy_webhooks::admin::{error_body, route, status_entry, AdminRoute};
 use envoy_webhooks::config::{DeliveryPolicy, PluginConfig, WebhookDefinition};
 use envoy_webhooks::delivery::call::{

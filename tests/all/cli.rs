@@ -1,13 +1,5 @@
 //! The `envoy-webhooks` command-line tool, run as a user would.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 

@@ -2,14 +2,6 @@
 //! problem at once with its webhook and field, secrets kept out of messages,
 //! and definition fingerprints.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use envoy_webhooks::config::{
     validate_admin_token, AdminConfig, AdminToken, ConfigError, DeliverOn, DeliveryPolicy,
     EventsConfig, Operation, PluginConfig, Problem, WebhookDefinition, MAX_ID_LEN,

@@ -3,14 +3,6 @@
 //! The file is a sequence of blocks; see the comment at its top for the format.
 //! Every case is run and every failure is reported, not only the first.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

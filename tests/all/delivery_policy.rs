@@ -1,14 +1,6 @@
 //! Configuration and records of the delivery policy: retries, signing
 //! secrets, dead letters, `410 Gone` and the pending view of the admin API.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use envoy_webhooks::admin::{pending_body, pending_summary};
 use envoy_webhooks::config::{PluginConfig, SecretSource};
 use envoy_webhooks::delivery::dead_letter::{record, FailedDelivery, Reason};

@@ -2,14 +2,6 @@
 //! dead letters, bounds, epochs, reloads, and the README's accounting
 //! identities under long random sequences of host events.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use std::collections::BTreeMap;
 use std::rc::Rc;
 

@@ -1,14 +1,6 @@
 //! Reading events out of request bodies: JSON, JSON arrays and NDJSON,
 //! streamed in chunks split anywhere, with the per-event size limit.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use envoy_webhooks::event::{
     parse_event, parse_json_body, BodyCollector, BodyFormat, Event, NotAnEvent,
 };

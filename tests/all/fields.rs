@@ -1,14 +1,6 @@
 //! Parsing only the paths that matching reads gives the same matches as a
 //! full parse, and accepts or rejects exactly the same texts.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use envoy_webhooks::config::PluginConfig;
 use envoy_webhooks::event::fields::FieldTree;
 use envoy_webhooks::event::{parse_event, parse_event_with};

@@ -1,14 +1,6 @@
 //! The webhook status machine: ENABLED → FAILING → FAILED by threshold or
 //! window, recovery, operator enable, DISABLED, and the shared-data encoding.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use envoy_webhooks::config::{DeliveryPolicy, PluginConfig, WebhookDefinition};
 use envoy_webhooks::status::Status;
 use envoy_webhooks::webhook::health::{Transition, WebhookHealth};

@@ -1,14 +1,6 @@
 //! A request's intake, natively: when its matches may go, what the bounds
 //! skip, and that everything is counted.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use std::collections::BTreeMap;
 
 use envoy_webhooks::delivery::message::QueuedEvent;

@@ -1,6 +1,15 @@
 //! Every native test of the crate's public surface, as one test binary (one
 //! link instead of fifteen). Private helpers are tested next to their code.
 
+// Tests may fail loudly; the rules against panics are for the filter's code.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::as_conversions,
+    clippy::cast_possible_truncation
+)]
+
 mod admin_delivery;
 mod cli;
 mod config;

@@ -2,14 +2,6 @@
 //! case-insensitivity, and a property test proving that the index never
 //! changes the result of a plain linear scan.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use envoy_webhooks::config::{Operation, PluginConfig, WebhookDefinition};
 use envoy_webhooks::matcher::{EventKeys, Matcher};
 use envoy_webhooks::status::Status;

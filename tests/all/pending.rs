@@ -1,13 +1,5 @@
 //! The per-worker retry queue: due order, bounds and eviction of the oldest.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use envoy_webhooks::delivery::queue::{Delivery, RetryQueue, Target, WebhookRef};
 
 fn webhook(index: usize) -> WebhookRef {

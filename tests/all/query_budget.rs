@@ -2,14 +2,6 @@
 //! than what is left is not run, its comparison does not match, and the
 //! evaluation says so.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use envoy_webhooks::config::PluginConfig;
 use envoy_webhooks::matcher::Matcher;
 use envoy_webhooks::query::{Literal, Query, RegexBudget, MAX_REGEX_BYTES, REGEX_BUDGET};

@@ -3,14 +3,6 @@
 //! reference model of the specification. Plus limits on pathological input,
 //! checked on a thread with a small stack so that deep recursion would show.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use envoy_webhooks::query::{
     candidates, Comparison, Expr, Literal, Op, Path, Query, MAX_DEPTH, MAX_QUERY_BYTES,
 };

@@ -1,13 +1,5 @@
 //! Retry schedule, jitter bounds, `Retry-After` and `410 Gone`.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use std::time::{Duration, UNIX_EPOCH};
 
 use envoy_webhooks::retry::{

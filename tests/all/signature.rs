@@ -1,14 +1,6 @@
 //! Standard Webhooks signatures, checked against the specification's own
 //! example and against an independent HMAC computation.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::as_conversions,
-    clippy::cast_possible_truncation
-)] // Tests may fail loudly.
-
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use envoy_webhooks::signature::{message_id, signature_header, verify, SigningSecret};
