@@ -680,13 +680,7 @@ impl Engine {
         let Some(transition) = transition else {
             return;
         };
-        log::info!(
-            "envoy-webhooks: webhook {} status {} -> {}: {}",
-            definition.id,
-            transition.from,
-            transition.to,
-            Printable(&transition.reason)
-        );
+        transition.log(&definition.id);
         host.set_status(&definition.id, transition.to);
     }
 

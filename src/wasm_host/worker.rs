@@ -3,7 +3,6 @@
 
 use std::rc::Rc;
 
-use crate::logging::Printable;
 use crate::plugin::Plugin;
 use crate::webhook::health::Transition;
 
@@ -23,13 +22,7 @@ impl Worker {
             return;
         };
         if let Some(definition) = self.plugin.definitions().get(index) {
-            log::info!(
-                "envoy-webhooks: webhook {} status {} -> {}: {}",
-                definition.id,
-                transition.from,
-                transition.to,
-                Printable(&transition.reason)
-            );
+            transition.log(&definition.id);
         }
         self.metrics.webhook(index).set_status(transition.to);
     }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::status::Status;
 use crate::config::{DeliveryPolicy, WebhookDefinition};
+use crate::logging::Printable;
 
 /// What all workers know about one webhook: the record kept in shared data
 /// (see `webhook::store`), as JSON.
@@ -39,6 +40,18 @@ pub struct Transition {
     pub from: Status,
     pub to: Status,
     pub reason: String,
+}
+
+impl Transition {
+    /// One info line for the change of webhook `id`, with its reason.
+    pub fn log(&self, id: &str) {
+        log::info!(
+            "envoy-webhooks: webhook {id} status {} -> {}: {}",
+            self.from,
+            self.to,
+            Printable(&self.reason)
+        );
+    }
 }
 
 impl WebhookHealth {
