@@ -118,6 +118,12 @@ impl Intake {
         self.finish(plugin, host);
     }
 
+    /// Whether the upstream's `:status` matters (`deliver_on: response_2xx`):
+    /// else it is not even read.
+    pub fn wants_response(&self, plugin: &Plugin) -> bool {
+        plugin.config.events.deliver_on == DeliverOn::Response2xx
+    }
+
     /// The upstream's answer began (`status`: its `:status`, if a number).
     pub fn response<H: IntakeHost>(&mut self, plugin: &Plugin, host: &mut H, status: Option<u16>) {
         if plugin.config.events.deliver_on == DeliverOn::Response2xx {

@@ -123,16 +123,16 @@ impl HttpContext for EventStream {
             // Nothing to do for any request: not even a header is read.
             return Action::Continue;
         }
-        if host::request_header(DELIVERY_MARKER).is_some() {
-            // One of our own calls, come back through an Envoy with this filter.
-            return Action::Continue;
-        }
         let method = host::request_header(":method").unwrap_or_default();
         let path = host::request_header(":path").unwrap_or_default();
         if Self::answer_admin(&worker, &method, &path) {
             return Action::Pause;
         }
         if !intake::carries_events(&worker.plugin, &method, &path) {
+            return Action::Continue;
+        }
+        if host::request_header(DELIVERY_MARKER).is_some() {
+            // One of our own calls, come back through an Envoy with this filter.
             return Action::Continue;
         }
         let content_type = host::request_header("content-type");
@@ -159,8 +159,10 @@ impl HttpContext for EventStream {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.with_intake(|intake, worker, sink| {
-            let status = host::response_header(":status").and_then(|s| s.parse().ok());
-            intake.response(&worker.plugin, sink, status);
+            if intake.wants_response(&worker.plugin) {
+                let status = host::response_header(":status").and_then(|s| s.parse().ok());
+                intake.response(&worker.plugin, sink, status);
+            }
         });
         Action::Continue
     }
