@@ -1,7 +1,5 @@
 //! A webhook definition: what it listens to and where it calls.
 
-use std::hash::{Hash, Hasher};
-
 use serde_json::Value;
 
 use super::problems::{kind_of, Fields, Problem};
@@ -250,8 +248,7 @@ pub(crate) fn parse_definition(
     if problems.len() > before {
         return None;
     }
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    value.to_string().hash(&mut hasher);
+    let fingerprint = fingerprint_of(value);
     Some(WebhookDefinition {
         id: id?.to_string(),
         name,
@@ -266,8 +263,22 @@ pub(crate) fn parse_definition(
         query: query?,
         headers: headers.unwrap_or_default(),
         signing,
-        fingerprint: hasher.finish(),
+        fingerprint,
     })
+}
+
+/// A definition's fingerprint: the first 8 bytes of the SHA-256 of its
+/// canonical text (compact JSON with keys sorted, as serde_json's map writes
+/// it). Stable across builds and toolchains, unlike `std`'s hashers, so a
+/// rebuilt filter keeps every webhook's status.
+pub fn fingerprint_of(definition: &Value) -> u64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(definition.to_string().as_bytes());
+    let mut first = [0u8; 8];
+    for (to, from) in first.iter_mut().zip(digest.iter()) {
+        *to = *from;
+    }
+    u64::from_be_bytes(first)
 }
 
 pub(crate) fn parse_headers(value: &Value, fields: &mut Fields<'_, '_>) -> Vec<(String, String)> {

@@ -13,7 +13,8 @@ mod problems;
 use serde_json::Value;
 
 pub use definition::{
-    parse_url, Operation, SecretSource, WebhookDefinition, WebhookUrl, MAX_CLUSTER_LEN, MAX_ID_LEN,
+    fingerprint_of, parse_url, Operation, SecretSource, WebhookDefinition, WebhookUrl,
+    MAX_CLUSTER_LEN, MAX_ID_LEN,
 };
 pub use problems::{ConfigError, Problem};
 

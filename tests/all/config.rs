@@ -1524,3 +1524,21 @@ fn a_smaller_held_budget_alone_lowers_the_pending_bytes_default() {
         "{problems}"
     );
 }
+
+/// The fingerprint keys a webhook's status in shared data: it must not change
+/// with the toolchain or the build, only with the definition.
+#[test]
+fn fingerprints_are_stable_sha256_of_the_canonical_definition() {
+    use envoy_webhooks::config::fingerprint_of;
+    let definition = json!({"url": "http://r/x", "id": "h", "event_type": "assets"});
+    // SHA-256 of `{"event_type":"assets","id":"h","url":"http://r/x"}`, first 8 bytes.
+    assert_eq!(fingerprint_of(&definition), 0x37f6_0c95_0e08_e9c7);
+    let config =
+        PluginConfig::from_value(&json!({"webhooks": [definition.clone()]})).expect("valid");
+    assert_eq!(config.webhooks[0].fingerprint, fingerprint_of(&definition));
+    // Key order in the configuration does not matter; any change of content does.
+    let reordered = json!({"event_type": "assets", "id": "h", "url": "http://r/x"});
+    assert_eq!(fingerprint_of(&reordered), fingerprint_of(&definition));
+    let changed = json!({"event_type": "assets", "id": "h", "url": "http://r/y"});
+    assert_ne!(fingerprint_of(&changed), fingerprint_of(&definition));
+}
