@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = REPO / "tests" / "fixtures"  # one copy of each fixture, shared with the Rust tests
 ENVOY_DIR = REPO / "envoy"
 WASM = Path(
     os.environ.get(
