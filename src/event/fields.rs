@@ -41,52 +41,13 @@ impl FieldTree {
     /// Parses `text` keeping only this tree's paths; the top level must be an object.
     pub fn parse(&self, text: &str) -> Result<Value, String> {
         let mut deserializer = serde_json::Deserializer::from_str(text);
-        let value = Pruned(self)
+        // Skipped values go through `deserialize_any` too (`Checked`), so
+        // serde_json's depth limit applies to them as to a full parse.
+        Pruned(self)
             .deserialize(&mut deserializer)
             .and_then(|value| deserializer.end().map(|()| value))
-            .map_err(|e| e.to_string())?;
-        // Skipped parts are not depth-checked by serde_json: check them here, so
-        // that a pruned parse refuses what a full parse refuses.
-        if let Some(offset) = nesting_beyond(text.as_bytes(), MAX_NESTING) {
-            return Err(format!(
-                "recursion limit exceeded: nested deeper than {MAX_NESTING} levels at byte {offset}"
-            ));
-        }
-        Ok(value)
+            .map_err(|e| e.to_string())
     }
-}
-
-/// The deepest nesting serde_json accepts.
-const MAX_NESTING: usize = 127;
-
-/// The offset of the first `[` or `{` nested deeper than `limit`, outside strings.
-fn nesting_beyond(text: &[u8], limit: usize) -> Option<usize> {
-    let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for (offset, &byte) in text.iter().enumerate() {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > limit {
-                    return Some(offset);
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    None
 }
 
 /// An object key, borrowed from the input when it has no escapes.
