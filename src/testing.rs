@@ -67,7 +67,7 @@ impl Host for FakeHost {
         0.5
     }
 
-    fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, DispatchError> {
+    fn dispatch(&mut self, call: Call<'_>) -> Result<u32, DispatchError> {
         if self.missing_clusters.iter().any(|c| c == call.cluster) {
             return Err(DispatchError::Refused("BadArgument".to_string()));
         }

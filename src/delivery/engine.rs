@@ -376,7 +376,7 @@ impl Engine {
             headers.push(("webhook-timestamp", timestamp.as_str()));
             headers.push(("webhook-signature", signature_value.as_str()));
         }
-        let dispatched = host.dispatch(&Call {
+        let dispatched = host.dispatch(Call {
             cluster,
             headers,
             body: &delivery.body,

@@ -68,7 +68,7 @@ pub trait Host: SharedData {
     /// Uniform in `[0, 1)`: retry jitter.
     fn random_unit(&mut self) -> f64;
     /// Starts a call; its outcome comes back with the returned token.
-    fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, DispatchError>;
+    fn dispatch(&mut self, call: Call<'_>) -> Result<u32, DispatchError>;
     /// Sets the tick period (0: no tick); `false` if the host refused.
     fn set_tick_period_ms(&mut self, period_ms: u64) -> bool;
     fn count(&mut self, counter: Counter, n: u64);

@@ -120,10 +120,10 @@ impl Host for ProxyHost<'_> {
         fastrand::f64()
     }
 
-    fn dispatch(&mut self, call: &Call<'_>) -> Result<u32, DispatchError> {
+    fn dispatch(&mut self, call: Call<'_>) -> Result<u32, DispatchError> {
         hostcalls::dispatch_http_call(
             call.cluster,
-            call.headers.clone(),
+            call.headers,
             Some(call.body),
             Vec::new(),
             Duration::from_millis(call.timeout_ms),
