@@ -600,6 +600,18 @@ def _host_paths(config: dict) -> list[Path]:
 # --------------------------------------------------------------------------- Envoy process
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminates ``proc`` if it still runs, killing it after 10 s."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 class EnvoyExited(RuntimeError):
     pass
 
@@ -779,13 +791,8 @@ class Envoy:
         if self.runner == "docker" and self.proc is not None:
             # docker run --rm removes it once stopped; rm -f also covers a hung client.
             subprocess.run(["docker", "rm", "-f", self.container], capture_output=True, timeout=60)
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc)
         _running.discard(self)
         if self._log_file is not None:
             self._log_file.close()

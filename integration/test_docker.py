@@ -35,6 +35,7 @@ from harness import (
     load_shipped_config,
     plugin_of,
     retarget,
+    stop_process,
     walk,
     wait_until,
 )
@@ -253,12 +254,7 @@ class Registry:
         return r
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        stop_process(self.proc)
         self.log.close()
 
 
