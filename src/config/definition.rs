@@ -370,7 +370,7 @@ fn header_value_refusal(value: &str) -> Option<&'static str> {
 /// Whether `cluster` is a name Envoy could have given a cluster: letters,
 /// digits and `_-.:/|` (Istio's `outbound|8080||svc.ns.svc.cluster.local`),
 /// 1 to `MAX_CLUSTER_LEN` bytes.
-fn cluster_refusal(cluster: &str) -> Option<String> {
+pub(super) fn cluster_refusal(cluster: &str) -> Option<String> {
     if cluster.is_empty() {
         return Some("must not be empty; leave it out to use the URL's host".to_string());
     }

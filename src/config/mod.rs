@@ -7,6 +7,7 @@
 // size (8 GiB became 0) is how limits stop limiting. Convert with `try_from`.
 #![deny(clippy::as_conversions, clippy::cast_possible_truncation)]
 
+mod cluster_state;
 mod definition;
 mod problems;
 
@@ -16,6 +17,7 @@ pub use definition::{
     fingerprint_of, parse_url, Operation, SecretSource, WebhookDefinition, WebhookUrl,
     MAX_CLUSTER_LEN, MAX_ID_LEN,
 };
+pub use cluster_state::EtcdConfig;
 pub use problems::{ConfigError, Problem};
 
 use problems::{kind_of, Fields};
@@ -97,6 +99,8 @@ pub struct PluginConfig {
     pub delivery: DeliveryPolicy,
     pub admin: Option<AdminConfig>,
     pub dead_letter: Option<DeadLetterConfig>,
+    /// Webhook status shared between Envoys; `None`: per Envoy.
+    pub cluster_state: Option<EtcdConfig>,
 }
 
 const MIB: usize = 1024 * 1024;
@@ -171,7 +175,8 @@ fn parse_config(value: &Value, problems: &mut Vec<Problem>) -> Option<PluginConf
     let delivery_value = fields.get("delivery");
     let admin_value = fields.get("admin");
     let dead_letter_value = fields.get("dead_letter");
-    fields.reject_unknown("webhooks, events, delivery, admin, dead_letter");
+    let cluster_state_value = fields.get("cluster_state");
+    fields.reject_unknown("webhooks, events, delivery, admin, dead_letter, cluster_state");
 
     let webhooks = match webhooks_value {
         None => {
@@ -228,6 +233,10 @@ fn parse_config(value: &Value, problems: &mut Vec<Problem>) -> Option<PluginConf
         None => Some(None),
         Some(v) => parse_dead_letter(v, problems).map(Some),
     };
+    let cluster_state = match cluster_state_value {
+        None => Some(None),
+        Some(v) => cluster_state::parse(v, problems).map(Some),
+    };
     let (events, delivery) = (events?, delivery?);
     check_held_bytes(&events, &delivery, problems);
     Some(PluginConfig {
@@ -236,6 +245,7 @@ fn parse_config(value: &Value, problems: &mut Vec<Problem>) -> Option<PluginConf
         delivery,
         admin: admin?,
         dead_letter: dead_letter?,
+        cluster_state: cluster_state?,
     })
 }
 

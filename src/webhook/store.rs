@@ -8,11 +8,17 @@
 //!   queue, decimal text; gives each VM a unique number.
 //! - `envoy_webhooks/pending/<n>`: VM `n`'s retry-queue summary for the admin
 //!   API (see `admin::pending_summary`), JSON.
+//! - With `cluster_state` (see `cluster`): `envoy_webhooks/delta/<id>`, the
+//!   webhook's [`Delta`] not yet written to etcd; `envoy_webhooks/cluster/dirty`,
+//!   changed whenever a delta is (the poller writes soon); `.../cluster/poller`,
+//!   which root context polls etcd; `.../cluster/sync`, how the last sync went.
 
 use crate::config::WebhookDefinition;
 use crate::delivery::host::{SharedData, StoreError};
 
+use super::delta::{Delta, Outcome};
 use super::health::{Transition, WebhookHealth};
+use crate::config::DeliveryPolicy;
 
 /// Every key of ours starts with this.
 pub const KEY_PREFIX: &str = "envoy_webhooks/";
@@ -152,4 +158,197 @@ pub fn read_pending<S: SharedData + ?Sized>(store: &S) -> Vec<Vec<u8>> {
 /// The name of VM `number`'s delivery queue.
 pub fn queue_name(number: u64) -> String {
     format!("{KEY_PREFIX}deliveries/{number}")
+}
+
+fn delta_key(definition: &WebhookDefinition) -> String {
+    format!("{KEY_PREFIX}delta/{}", definition.id)
+}
+
+pub const DIRTY_KEY: &str = "envoy_webhooks/cluster/dirty";
+pub const POLLER_KEY: &str = "envoy_webhooks/cluster/poller";
+pub const SYNC_KEY: &str = "envoy_webhooks/cluster/sync";
+
+fn read_delta<S: SharedData + ?Sized>(
+    store: &S,
+    definition: &WebhookDefinition,
+) -> (Delta, Option<u32>) {
+    let (bytes, cas) = store.get(&delta_key(definition));
+    let delta = bytes
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<Delta>(b).ok())
+        .filter(|delta| delta.fingerprint == definition.fingerprint)
+        .unwrap_or_else(|| Delta::new(definition.fingerprint));
+    (delta, cas)
+}
+
+/// Changes `definition`'s delta with `change` (compare-and-swap); `false` if it could not be stored.
+fn change_delta<S: SharedData + ?Sized>(
+    store: &mut S,
+    definition: &WebhookDefinition,
+    mut change: impl FnMut(Delta) -> Delta,
+) -> bool {
+    let key = delta_key(definition);
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (delta, cas) = read_delta(store, definition);
+        let changed = change(delta);
+        let bytes = serde_json::to_vec(&changed).unwrap_or_default();
+        match store.set(&key, &bytes, Some(cas.unwrap_or(CREATE_ONLY_CAS))) {
+            Ok(()) => return true,
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Other(problem)) => {
+                log::warn!(
+                    "envoy-webhooks: webhook {}: cannot keep its change for the cluster state: {problem}",
+                    definition.id
+                );
+                return false;
+            }
+        }
+    }
+    false
+}
+
+/// Keeps `outcome` for the cluster store and tells the poller (cluster mode only).
+pub fn record_outcome<S: SharedData + ?Sized>(
+    store: &mut S,
+    definition: &WebhookDefinition,
+    outcome: &Outcome<'_>,
+    policy: &DeliveryPolicy,
+    now_ms: u64,
+) {
+    let fingerprint = definition.fingerprint;
+    if change_delta(store, definition, |delta| {
+        delta.then(Delta::of(fingerprint, outcome), policy)
+    }) {
+        // Any change of the value wakes the poller; its content is only for people.
+        let _ = store.set(DIRTY_KEY, now_ms.to_string().as_bytes(), None);
+    }
+}
+
+/// The changes not yet written, left in place.
+pub fn pending_delta<S: SharedData + ?Sized>(store: &S, definition: &WebhookDefinition) -> Delta {
+    read_delta(store, definition).0
+}
+
+/// Takes the changes not yet written (the poller writes them); empty if none.
+pub fn take_delta<S: SharedData + ?Sized>(
+    store: &mut S,
+    definition: &WebhookDefinition,
+) -> Delta {
+    let mut taken = Delta::new(definition.fingerprint);
+    let fingerprint = definition.fingerprint;
+    if !change_delta(store, definition, |delta| {
+        taken = delta;
+        Delta::new(fingerprint)
+    }) {
+        taken = Delta::new(fingerprint);
+    }
+    taken
+}
+
+/// Puts back changes that could not be written, before any made since.
+pub fn restore_delta<S: SharedData + ?Sized>(
+    store: &mut S,
+    definition: &WebhookDefinition,
+    taken: &Delta,
+    policy: &DeliveryPolicy,
+) {
+    if taken.is_empty() {
+        return;
+    }
+    change_delta(store, definition, |since| taken.clone().then(since, policy));
+}
+
+/// The local record follows the cluster's: `cluster` (what etcd holds) with
+/// this Envoy's unwritten changes applied; the counts stay this Envoy's.
+pub fn adopt<S: SharedData + ?Sized>(
+    store: &mut S,
+    definition: &WebhookDefinition,
+    cluster: &WebhookHealth,
+    policy: &DeliveryPolicy,
+    now_s: u64,
+) -> Option<(WebhookHealth, Option<Transition>)> {
+    let pending = pending_delta(store, definition);
+    let (target, applied) = pending.apply(cluster, policy);
+    update(store, definition, now_s, |health| {
+        let from = health.status;
+        health.status = target.status;
+        health.consecutive_failures = target.consecutive_failures;
+        health.first_failed_at = target.first_failed_at;
+        health.last_error.clone_from(&target.last_error);
+        health.epoch = target.epoch;
+        (from != target.status).then(|| Transition {
+            from,
+            to: target.status,
+            reason: applied
+                .as_ref()
+                .filter(|t| t.to == target.status)
+                .map_or_else(
+                    || "the cluster state (etcd) says so".to_string(),
+                    |t| t.reason.clone(),
+                ),
+        })
+    })
+}
+
+/// Who polls the cluster store for this Envoy: one root context at a time.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PollerLease {
+    vm: u64,
+    until_ms: u64,
+}
+
+/// Whether VM `vm` polls now: it keeps the lease while it renews it, takes it
+/// when it lapsed, and takes it from an older VM (a lower number: a root
+/// context of a configuration that a reload replaced).
+pub fn hold_poller_lease<S: SharedData + ?Sized>(
+    store: &mut S,
+    vm: u64,
+    now_ms: u64,
+    ttl_ms: u64,
+) -> bool {
+    let (bytes, cas) = store.get(POLLER_KEY);
+    let current = bytes
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<PollerLease>(b).ok());
+    let ours = match &current {
+        None => true,
+        Some(lease) => lease.vm == vm || lease.until_ms <= now_ms || lease.vm < vm,
+    };
+    if !ours {
+        return false;
+    }
+    let lease = PollerLease {
+        vm,
+        until_ms: now_ms.saturating_add(ttl_ms),
+    };
+    let bytes = serde_json::to_vec(&lease).unwrap_or_default();
+    store
+        .set(POLLER_KEY, &bytes, Some(cas.unwrap_or(CREATE_ONLY_CAS)))
+        .is_ok()
+}
+
+/// How this Envoy's sync with the cluster store goes, for the admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SyncState {
+    /// Unix ms of the last complete read of the cluster's records.
+    pub synced_at_ms: Option<u64>,
+    /// Unix ms since which the store does not answer (or answers errors).
+    pub failing_since_ms: Option<u64>,
+    pub errors: u64,
+    pub last_error: Option<String>,
+}
+
+pub fn publish_sync<S: SharedData + ?Sized>(store: &mut S, state: &SyncState) {
+    let bytes = serde_json::to_vec(state).unwrap_or_default();
+    if let Err(problem) = store.set(SYNC_KEY, &bytes, None) {
+        log::debug!("envoy-webhooks: cannot publish the cluster sync state: {problem:?}");
+    }
+}
+
+pub fn read_sync<S: SharedData + ?Sized>(store: &S) -> SyncState {
+    store
+        .get(SYNC_KEY)
+        .0
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
