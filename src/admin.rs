@@ -2,12 +2,13 @@
 
 use serde_json::{json, Value};
 
-use crate::config::WebhookDefinition;
+use crate::config::{EtcdConfig, WebhookDefinition};
 use crate::delivery::host::SharedData;
 use crate::plugin::Plugin;
+use crate::webhook::delta::Outcome;
 use crate::webhook::health::{Transition, WebhookHealth};
 use crate::webhook::status::Status;
-use crate::webhook::store as webhook_store;
+use crate::webhook::store::{self as webhook_store, SyncState};
 
 /// What an admin request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,7 +279,12 @@ pub fn answer<S: SharedData + ?Sized>(
                 .iter()
                 .map(|d| status_entry(d, &webhook_store::load(store, d, now_s)))
                 .collect();
-            AdminAnswer::plain(200, json!({ "webhooks": webhooks }).to_string())
+            let mut body = json!({ "webhooks": webhooks });
+            if let Some(etcd) = &plugin.config.cluster_state {
+                body["cluster_state"] =
+                    cluster_state_entry(etcd, &webhook_store::read_sync(store), now_ms);
+            }
+            AdminAnswer::plain(200, body.to_string())
         }
         AdminRoute::Pending => AdminAnswer::plain(
             200,
@@ -289,6 +295,23 @@ pub fn answer<S: SharedData + ?Sized>(
             ),
         ),
         AdminRoute::Enable(id) => enable(plugin, store, id, now_s),
+    })
+}
+
+/// How current the cluster-wide status shown is: `stale` when etcd has not
+/// been read for three sync intervals (or fails since `stale_since`).
+fn cluster_state_entry(etcd: &EtcdConfig, sync: &SyncState, now_ms: u64) -> Value {
+    let limit_ms = etcd.sync_interval_ms.saturating_mul(3);
+    let too_old = |at: &u64| now_ms.saturating_sub(*at) > limit_ms;
+    let stale_since = sync.failing_since_ms.or(sync.synced_at_ms.filter(too_old));
+    json!({
+        "store": "etcd",
+        "prefix": etcd.prefix,
+        "synced_at_ms": sync.synced_at_ms,
+        "stale": stale_since.is_some() || sync.synced_at_ms.is_none(),
+        "stale_since_ms": stale_since,
+        "errors": sync.errors,
+        "last_error": sync.last_error,
     })
 }
 
@@ -306,7 +329,15 @@ fn enable<S: SharedData + ?Sized>(
     else {
         return AdminAnswer::plain(404, error_body(&format!("no webhook with id {id}")));
     };
-    match webhook_store::update(store, definition, now_s, |health| health.enable()) {
+    let updated = webhook_store::update(store, definition, now_s, |health| health.enable());
+    if updated.is_some() && plugin.config.cluster_state.is_some() {
+        // Every Envoy's: the cluster's record is enabled too, even if this
+        // Envoy has not seen it fail yet.
+        let policy = &plugin.config.delivery;
+        let now_ms = now_s.saturating_mul(1000);
+        webhook_store::record_outcome(store, definition, &Outcome::Enable, policy, now_ms);
+    }
+    match updated {
         Some((health, transition)) => {
             let transition = transition.map(|t| (index, t));
             if health.status == Status::Disabled {

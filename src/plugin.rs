@@ -24,6 +24,8 @@ pub struct Plugin {
     pub fields: Rc<FieldTree>,
     /// The admin bearer token, resolved from the configuration or the VM's environment.
     pub admin_token: Option<String>,
+    /// etcd's user name and password, read from the VM's environment.
+    pub cluster_credentials: Option<(String, String)>,
     /// Each webhook's signing secrets (empty: unsigned), in configuration order.
     secrets: Vec<Vec<SigningSecret>>,
     /// Each webhook's reference, in configuration order.
@@ -66,6 +68,35 @@ impl Plugin {
                 },
                 _ => {
                     problems.push(format!("admin: field 'token_env': {}", not_set(name)));
+                    None
+                }
+            },
+        };
+        let cluster_credentials = match config
+            .cluster_state
+            .as_ref()
+            .and_then(|etcd| etcd.credentials_env.as_ref())
+        {
+            None => None,
+            Some((user_env, password_env)) => match (env(user_env), env(password_env)) {
+                (Some(user), Some(password)) if !user.is_empty() && !password.is_empty() => {
+                    Some((user, password))
+                }
+                (user, _) => {
+                    let name = if user.is_none_or(|u| u.is_empty()) {
+                        user_env
+                    } else {
+                        password_env
+                    };
+                    problems.push(format!(
+                        "cluster_state.etcd: field '{}': {}",
+                        if name == user_env {
+                            "username_env"
+                        } else {
+                            "password_env"
+                        },
+                        not_set(name)
+                    ));
                     None
                 }
             },
@@ -113,6 +144,7 @@ impl Plugin {
             held: HeldBytes::new(config.delivery.max_held_bytes),
             config,
             admin_token,
+            cluster_credentials,
             secrets,
             refs,
             by_fingerprint,

@@ -50,7 +50,10 @@ pub(crate) fn parse(value: &Value, problems: &mut Vec<Problem>) -> Option<EtcdCo
         {
             fields.problem(
                 "authority",
-                format!("\"{}\" must be a host[:port], e.g. \"etcd:2379\"", authority.escape_debug()),
+                format!(
+                    "\"{}\" must be a host[:port], e.g. \"etcd:2379\"",
+                    authority.escape_debug()
+                ),
             );
         }
     }

@@ -13,11 +13,11 @@ mod problems;
 
 use serde_json::Value;
 
+pub use cluster_state::EtcdConfig;
 pub use definition::{
     fingerprint_of, parse_url, Operation, SecretSource, WebhookDefinition, WebhookUrl,
     MAX_CLUSTER_LEN, MAX_ID_LEN,
 };
-pub use cluster_state::EtcdConfig;
 pub use problems::{ConfigError, Problem};
 
 use problems::{kind_of, Fields};

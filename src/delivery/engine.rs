@@ -33,6 +33,7 @@ use crate::admin;
 use crate::config::WebhookDefinition;
 use crate::logging::Printable;
 use crate::plugin::Plugin;
+use crate::webhook::delta::Outcome;
 use crate::webhook::health::Transition;
 use crate::webhook::status::Status;
 use crate::webhook::store;
@@ -491,9 +492,9 @@ impl Engine {
             self.schedule_tick(host);
             return;
         }
-        let now_s = host.now_ms() / 1000;
+        let now_ms = host.now_ms();
         let epoch = delivery.epoch;
-        if let Some((_, transition)) = store::update(host, definition, now_s, |health| {
+        if let Some((_, transition)) = store::update(host, definition, now_ms / 1000, |health| {
             if health.epoch == epoch {
                 health.record_success()
             } else {
@@ -502,6 +503,11 @@ impl Engine {
                 None
             }
         }) {
+            if transition.is_some() && plugin.config.cluster_state.is_some() {
+                // It reset a run of failures: the cluster's record too.
+                let policy = &plugin.config.delivery;
+                store::record_outcome(host, definition, &Outcome::Success, policy, now_ms);
+            }
             Self::report(host, definition, transition.as_ref());
         }
     }
@@ -551,7 +557,9 @@ impl Engine {
             let policy = &plugin.config.delivery;
             let now_s = now_ms / 1000;
             let epoch = delivery.epoch;
+            let mut counts_for_status = false;
             let updated = store::update(host, definition, now_s, |health| {
+                counts_for_status = health.epoch == epoch && health.status.delivers();
                 if health.epoch != epoch {
                     // Made before an operator's enable: it must not fail the
                     // webhook again while its receiver may be fixed.
@@ -563,6 +571,17 @@ impl Engine {
                     health.record_failure(&error, now_s, policy)
                 }
             });
+            if updated.is_some() && counts_for_status && plugin.config.cluster_state.is_some() {
+                let outcome = if gone {
+                    Outcome::Gone { at: now_s }
+                } else {
+                    Outcome::Failure {
+                        error: &error,
+                        at: now_s,
+                    }
+                };
+                store::record_outcome(host, definition, &outcome, policy, now_ms);
+            }
             if let Some((health, transition)) = updated {
                 Self::report(host, definition, transition.as_ref());
                 if health.status == Status::Failed {

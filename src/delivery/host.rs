@@ -57,6 +57,9 @@ pub enum WebhookCounter {
 pub enum Counter {
     /// Waiting for a retry when their webhook's definition changed.
     DeliveriesDiscarded,
+    /// Calls to the cluster store (etcd) that failed, and records in it that
+    /// do not decode.
+    ClusterStateErrors,
     /// Named by the webhook's id: a delivery made under a configuration that
     /// has since been reloaded still counts for its webhook.
     Webhook(Rc<str>, WebhookCounter),

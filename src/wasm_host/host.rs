@@ -99,6 +99,9 @@ impl SharedData for ProxySharedData {
 /// The delivery engine's host: Envoy, through proxy-wasm, with the worker's stats.
 pub struct ProxyHost<'a> {
     pub metrics: &'a Metrics,
+    /// The tick comes at least this often (0: only when the engine asks),
+    /// for the cluster-state poller.
+    pub tick_floor_ms: u64,
 }
 
 impl SharedData for ProxyHost<'_> {
@@ -135,6 +138,11 @@ impl Host for ProxyHost<'_> {
     }
 
     fn set_tick_period_ms(&mut self, period_ms: u64) -> bool {
+        let period_ms = match (period_ms, self.tick_floor_ms) {
+            (0, floor) => floor,
+            (wanted, 0) => wanted,
+            (wanted, floor) => wanted.min(floor),
+        };
         hostcalls::set_tick_period(Duration::from_millis(period_ms)).is_ok()
     }
 
@@ -142,6 +150,7 @@ impl Host for ProxyHost<'_> {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         match counter {
             Counter::DeliveriesDiscarded => self.metrics.deliveries_discarded.add(n),
+            Counter::ClusterStateErrors => self.metrics.cluster_state_errors.add(n),
             Counter::Webhook(id, which) => {
                 let metrics = self.metrics.webhook_named(&id);
                 let metric = match which {

@@ -93,6 +93,8 @@ pub struct Metrics {
     pub deliveries_over_limit: Metric,
     /// Webhook queries not matched because their regexes ran out of budget.
     pub regex_over_budget: Metric,
+    /// Failed calls to the cluster store (etcd) and records in it that do not decode.
+    pub cluster_state_errors: Metric,
     /// Gauge: bytes of event bodies held for deliveries, summed over workers.
     pub held_bytes: Metric,
     /// In configuration order.
@@ -121,6 +123,7 @@ impl Metrics {
             events_over_limit: global("events_over_limit"),
             deliveries_over_limit: global("deliveries_over_limit"),
             regex_over_budget: global("regex_over_budget"),
+            cluster_state_errors: global("cluster_state_errors"),
             held_bytes: Metric::define(MetricType::Gauge, &format!("{PREFIX}.held_bytes")),
             webhooks,
             by_id,

@@ -10,8 +10,10 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
+use crate::cluster::{ClusterSync, EtcdAnswer, CHECK_INTERVAL_MS};
 use crate::delivery::call::Answer;
 use crate::delivery::engine::Engine;
+use crate::delivery::host::Host;
 use crate::delivery::message::QueuedEvent;
 use crate::plugin::Plugin;
 use crate::webhook::store;
@@ -23,6 +25,8 @@ use super::worker::Worker;
 
 /// Enough of an answer's body to recognise Envoy's own answers.
 const ANSWER_BODY_BYTES: usize = 256;
+/// etcd's answers are read whole, up to this (a larger one fails to decode).
+const ETCD_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Default)]
 pub struct WebhooksRoot {
@@ -30,9 +34,22 @@ pub struct WebhooksRoot {
     engine: Engine,
     /// This VM's delivery queue, once registered: (VM number, queue id).
     queue: Option<(u64, u32)>,
+    /// With `cluster_state`: the link to etcd.
+    sync: Option<ClusterSync>,
 }
 
 impl WebhooksRoot {
+    fn host<'a>(&self, worker: &'a Worker) -> ProxyHost<'a> {
+        ProxyHost {
+            metrics: &worker.metrics,
+            tick_floor_ms: if self.sync.is_some() {
+                CHECK_INTERVAL_MS
+            } else {
+                0
+            },
+        }
+    }
+
     /// This VM's delivery queue, registered on first use.
     fn queue(&mut self) -> Result<(u64, u32), String> {
         if let Some(queue) = self.queue {
@@ -53,14 +70,20 @@ impl WebhooksRoot {
         let plugin = Rc::new(Plugin::load(&bytes, |name| std::env::var(name).ok())?);
         let (vm_number, queue_id) = self.queue().map_err(|problem| vec![problem])?;
         let metrics = Metrics::define(plugin.definitions());
-        self.engine.set_vm_number(vm_number);
-        self.engine
-            .configure(&mut ProxyHost { metrics: &metrics }, plugin.clone());
-        self.worker = Some(Rc::new(Worker {
-            plugin,
+        self.sync = ClusterSync::new(plugin.clone(), vm_number);
+        let worker = Rc::new(Worker {
+            plugin: plugin.clone(),
             metrics,
             queue_id,
-        }));
+        });
+        let mut host = self.host(&worker);
+        self.engine.set_vm_number(vm_number);
+        self.engine.configure(&mut host, plugin);
+        if self.sync.is_some() {
+            // The poller's checks; the engine's own ticks come on top.
+            host.set_tick_period_ms(0);
+        }
+        self.worker = Some(worker);
         Ok(())
     }
 }
@@ -76,6 +99,20 @@ impl Context for WebhooksRoot {
         let Some(worker) = self.worker.clone() else {
             return;
         };
+        let mut host = self.host(&worker);
+        if let Some(sync) = self.sync.as_mut().filter(|sync| sync.owns(token_id)) {
+            let answer = EtcdAnswer {
+                status: host::call_response_header(num_headers, ":status")
+                    .and_then(|status| status.parse().ok()),
+                body: host::buffer(
+                    BufferType::HttpCallResponseBody,
+                    body_size.min(ETCD_ANSWER_BYTES),
+                )
+                .unwrap_or_default(),
+            };
+            sync.call_finished(&mut host, token_id, &answer);
+            return;
+        }
         // No headers: the call ended without an answer, and the host has no
         // answer to read (the SDK would panic asking for it).
         let answer = (num_headers > 0).then(|| Answer {
@@ -87,9 +124,6 @@ impl Context for WebhooksRoot {
             )
             .unwrap_or_default(),
         });
-        let mut host = ProxyHost {
-            metrics: &worker.metrics,
-        };
         self.engine
             .call_finished(&mut host, token_id, answer.as_ref());
     }
@@ -130,9 +164,7 @@ impl RootContext for WebhooksRoot {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let mut host = ProxyHost {
-            metrics: &worker.metrics,
-        };
+        let mut host = self.host(&worker);
         while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue_id) {
             match QueuedEvent::decode(&bytes) {
                 Some(event) => self.engine.accept(&mut host, event),
@@ -143,9 +175,11 @@ impl RootContext for WebhooksRoot {
 
     fn on_tick(&mut self) {
         if let Some(worker) = self.worker.clone() {
-            self.engine.tick(&mut ProxyHost {
-                metrics: &worker.metrics,
-            });
+            let mut host = self.host(&worker);
+            self.engine.tick(&mut host);
+            if let Some(sync) = self.sync.as_mut() {
+                sync.tick(&mut host);
+            }
         }
     }
 

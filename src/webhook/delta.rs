@@ -144,7 +144,10 @@ impl Delta {
         let last_error = later.last_error.or(self.last_error);
         if later.enabled {
             // Whatever came before, an enable leaves the webhook ENABLED with no failures.
-            return Delta { last_error, ..later };
+            return Delta {
+                last_error,
+                ..later
+            };
         }
         let fingerprint = later.fingerprint;
         if !self.reset {
@@ -209,7 +212,7 @@ impl Delta {
         if health.status.delivers() {
             self.apply_outcomes(&mut health, policy, &mut reason);
         }
-        let transition = (health.status != from).then(|| Transition {
+        let transition = (health.status != from).then_some(Transition {
             from,
             to: health.status,
             reason,
@@ -225,12 +228,16 @@ impl Delta {
     ) {
         let error = self.last_error.as_deref().unwrap_or("-");
         if let Some(lead) = &self.lead {
-            let failed = lead.failure_reason(
+            let failed =
+                lead.failure_reason(health.consecutive_failures, health.first_failed_at, policy);
+            fail(
+                health,
+                lead,
                 health.consecutive_failures,
-                health.first_failed_at,
-                policy,
+                failed,
+                error,
+                reason,
             );
-            fail(health, lead, health.consecutive_failures, failed, error, reason);
             if health.status == Status::Failed {
                 return;
             }
@@ -320,7 +327,10 @@ mod tests {
     fn outcome(op: &Op) -> Outcome<'static> {
         match op {
             Op::Success => Outcome::Success,
-            Op::Failure(at) => Outcome::Failure { error: "HTTP 500", at: *at },
+            Op::Failure(at) => Outcome::Failure {
+                error: "HTTP 500",
+                at: *at,
+            },
             Op::Gone(at) => Outcome::Gone { at: *at },
             Op::Enable => Outcome::Enable,
         }
@@ -456,7 +466,9 @@ mod tests {
         let (health, transition) = delta.apply(&failing, &policy());
         assert_eq!(health.status, Status::Failed);
         let reason = transition.map(|t| t.reason).unwrap_or_default();
-        assert!(reason.contains("4 consecutive failures (all replicas) reached failure_threshold 4"));
+        assert!(
+            reason.contains("4 consecutive failures (all replicas) reached failure_threshold 4")
+        );
         assert!(reason.ends_with("last error: HTTP 503"), "{reason}");
     }
 }

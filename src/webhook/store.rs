@@ -230,10 +230,7 @@ pub fn pending_delta<S: SharedData + ?Sized>(store: &S, definition: &WebhookDefi
 }
 
 /// Takes the changes not yet written (the poller writes them); empty if none.
-pub fn take_delta<S: SharedData + ?Sized>(
-    store: &mut S,
-    definition: &WebhookDefinition,
-) -> Delta {
+pub fn take_delta<S: SharedData + ?Sized>(store: &mut S, definition: &WebhookDefinition) -> Delta {
     let mut taken = Delta::new(definition.fingerprint);
     let fingerprint = definition.fingerprint;
     if !change_delta(store, definition, |delta| {

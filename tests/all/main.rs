@@ -12,6 +12,7 @@
 
 mod admin_delivery;
 mod cli;
+mod cluster;
 mod config;
 mod conformance;
 mod delivery_policy;

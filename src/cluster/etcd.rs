@@ -1,0 +1,330 @@
+//! etcd v3's JSON gateway, as far as the cluster state uses it: read every
+//! key under a prefix, put a key if its `mod_revision` is still the one read
+//! (else read it back in the same round trip), and authenticate.
+//!
+//! Keys and values travel as base64; 64-bit integers as JSON strings, and
+//! fields equal to their default (0, false, empty) are left out.
+
+use std::fmt;
+
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+pub const RANGE_PATH: &str = "/v3/kv/range";
+pub const TXN_PATH: &str = "/v3/kv/txn";
+pub const AUTHENTICATE_PATH: &str = "/v3/auth/authenticate";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+/// How a compare-and-set ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOutcome {
+    /// Written; `revision` is the key's new `mod_revision`.
+    Applied { revision: i64 },
+    /// Someone wrote first: what the key holds now (`None`: it does not exist).
+    Conflict { current: Option<KeyValue> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EtcdError {
+    /// The answer is not what etcd's gateway sends.
+    Malformed(String),
+    /// The token is missing, invalid or expired: authenticate again.
+    AuthExpired { status: u16, message: String },
+    /// etcd (or Envoy in front of it) refused the request.
+    Refused { status: u16, message: String },
+}
+
+impl fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EtcdError::Malformed(why) => write!(
+                f,
+                "the answer is not etcd's v3 JSON gateway ({why}); check that cluster_state.etcd.cluster reaches etcd's client port"
+            ),
+            EtcdError::AuthExpired { status, message } => write!(
+                f,
+                "HTTP {status}: {message}; authenticating again"
+            ),
+            EtcdError::Refused { status, message } => write!(f, "HTTP {status}: {message}"),
+        }
+    }
+}
+
+fn encode(bytes: &[u8]) -> String {
+    BASE64.encode(bytes)
+}
+
+/// The first key after every key starting with `prefix` (etcd's `range_end`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last.saturating_add(1));
+            return end;
+        }
+    }
+    // Every byte 0xff (or empty): to the end of the keyspace.
+    vec![0]
+}
+
+pub fn range_prefix_request(prefix: &[u8]) -> Vec<u8> {
+    json!({"key": encode(prefix), "range_end": encode(&prefix_end(prefix))})
+        .to_string()
+        .into_bytes()
+}
+
+pub fn txn_put_if_revision(key: &[u8], expected_mod_revision: i64, value: &[u8]) -> Vec<u8> {
+    let key = encode(key);
+    json!({
+        "compare": [{"key": key, "target": "MOD", "result": "EQUAL",
+                     "mod_revision": expected_mod_revision.to_string()}],
+        "success": [{"request_put": {"key": key, "value": encode(value)}}],
+        "failure": [{"request_range": {"key": key}}],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+pub fn authenticate_request(name: &str, password: &str) -> Vec<u8> {
+    json!({"name": name, "password": password})
+        .to_string()
+        .into_bytes()
+}
+
+fn parse_json(body: &[u8]) -> Result<Value, EtcdError> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| EtcdError::Malformed(format!("not JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(EtcdError::Malformed("not a JSON object".to_string()));
+    }
+    Ok(value)
+}
+
+/// An int64 field: a string, a number, or absent (0).
+fn int(value: &Value, field: &str) -> Result<i64, EtcdError> {
+    match value.get(field) {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::String(text)) => text
+            .parse()
+            .map_err(|_| EtcdError::Malformed(format!("{field} is \"{text}\", not an integer"))),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .ok_or_else(|| EtcdError::Malformed(format!("{field} is {n}, not an int64"))),
+        Some(_) => Err(EtcdError::Malformed(format!("{field} is not an integer"))),
+    }
+}
+
+/// A base64 field; absent is empty.
+fn bytes(value: &Value, field: &str) -> Result<Vec<u8>, EtcdError> {
+    match value.get(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(text)) => BASE64
+            .decode(text)
+            .map_err(|e| EtcdError::Malformed(format!("{field} is not base64: {e}"))),
+        Some(_) => Err(EtcdError::Malformed(format!("{field} is not a string"))),
+    }
+}
+
+fn key_values(range: &Value) -> Result<Vec<KeyValue>, EtcdError> {
+    match range.get("kvs") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|kv| {
+                Ok(KeyValue {
+                    key: bytes(kv, "key")?,
+                    value: bytes(kv, "value")?,
+                    mod_revision: int(kv, "mod_revision")?,
+                })
+            })
+            .collect(),
+        Some(_) => Err(EtcdError::Malformed("kvs is not a list".to_string())),
+    }
+}
+
+fn header_revision(answer: &Value) -> Result<i64, EtcdError> {
+    let header = answer
+        .get("header")
+        .ok_or_else(|| EtcdError::Malformed("no header".to_string()))?;
+    int(header, "revision")
+}
+
+/// The store's revision and every key-value of a range answer.
+pub fn parse_range(body: &[u8]) -> Result<(i64, Vec<KeyValue>), EtcdError> {
+    let answer = parse_json(body)?;
+    Ok((header_revision(&answer)?, key_values(&answer)?))
+}
+
+pub fn parse_txn(body: &[u8]) -> Result<TxnOutcome, EtcdError> {
+    let answer = parse_json(body)?;
+    let revision = header_revision(&answer)?;
+    let succeeded = match answer.get("succeeded") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(EtcdError::Malformed(
+                "succeeded is not a boolean".to_string(),
+            ))
+        }
+    };
+    if succeeded {
+        return Ok(TxnOutcome::Applied { revision });
+    }
+    let range = answer
+        .get("responses")
+        .and_then(Value::as_array)
+        .and_then(|responses| responses.first())
+        .and_then(|response| response.get("response_range"))
+        .ok_or_else(|| {
+            EtcdError::Malformed("a failed txn without the range of its key".to_string())
+        })?;
+    let current = key_values(range)?.into_iter().next();
+    Ok(TxnOutcome::Conflict { current })
+}
+
+pub fn parse_authenticate(body: &[u8]) -> Result<String, EtcdError> {
+    let answer = parse_json(body)?;
+    match answer.get("token").and_then(Value::as_str) {
+        Some(token) if !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()) => {
+            Ok(token.to_string())
+        }
+        _ => Err(EtcdError::Malformed(
+            "no usable token in the authenticate answer".to_string(),
+        )),
+    }
+}
+
+/// A non-200 answer. etcd's gateway sends `{"error", "message", "code"}`
+/// with gRPC codes; 16 (unauthenticated) and the token messages mean the
+/// token must be renewed.
+pub fn parse_error(status: u16, body: &[u8]) -> EtcdError {
+    let answer: Option<Value> = serde_json::from_slice(body).ok();
+    let message = answer
+        .as_ref()
+        .and_then(|a| a.get("message").or_else(|| a.get("error")))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            let start = body.get(..body.len().min(200)).unwrap_or_default();
+            String::from_utf8_lossy(start).into_owned()
+        });
+    let code = answer
+        .as_ref()
+        .and_then(|a| a.get("code"))
+        .and_then(Value::as_u64);
+    let token_problem = message.contains("invalid auth token")
+        || message.contains("user name is empty")
+        || message.contains("token")
+            && (message.contains("expired") || message.contains("invalid"));
+    if code == Some(16) || token_problem {
+        EtcdError::AuthExpired { status, message }
+    } else {
+        EtcdError::Refused { status, message }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+
+    #[test]
+    fn a_range_answer_with_strings_for_integers_and_omitted_defaults() {
+        let body = br#"{"header":{"cluster_id":"1","member_id":"2","revision":"9","raft_term":"2"},
+            "kvs":[{"key":"L3gvYQ==","create_revision":"4","mod_revision":"7","version":"2","value":"e30="},
+                   {"key":"L3gvYg==","mod_revision":"8"}],"count":"2"}"#;
+        let (revision, kvs) = parse_range(body).unwrap();
+        assert_eq!(revision, 9);
+        assert_eq!(kvs[0].key, b"/x/a");
+        assert_eq!(kvs[0].value, b"{}");
+        assert_eq!(kvs[0].mod_revision, 7);
+        assert_eq!(kvs[1].value, b"");
+        let (_, none) = parse_range(br#"{"header":{"revision":"3"}}"#).unwrap();
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_txn_applied_or_in_conflict() {
+        let applied = br#"{"header":{"revision":"12"},"succeeded":true,"responses":[{"response_put":{"header":{"revision":"12"}}}]}"#;
+        assert_eq!(
+            parse_txn(applied).unwrap(),
+            TxnOutcome::Applied { revision: 12 }
+        );
+        let conflict = br#"{"header":{"revision":"12"},"responses":[{"response_range":{"header":{"revision":"12"},"kvs":[{"key":"YQ==","value":"Yg==","mod_revision":"11"}],"count":"1"}}]}"#;
+        assert_eq!(
+            parse_txn(conflict).unwrap(),
+            TxnOutcome::Conflict {
+                current: Some(KeyValue {
+                    key: b"a".to_vec(),
+                    value: b"b".to_vec(),
+                    mod_revision: 11
+                })
+            }
+        );
+        let gone = br#"{"header":{"revision":"12"},"responses":[{"response_range":{"header":{"revision":"12"}}}]}"#;
+        assert_eq!(
+            parse_txn(gone).unwrap(),
+            TxnOutcome::Conflict { current: None }
+        );
+    }
+
+    #[test]
+    fn what_is_not_etcd_is_an_error_not_a_panic() {
+        for body in [
+            &b"<html>"[..],
+            b"[]",
+            b"{}",
+            br#"{"header":{"revision":"x"}}"#,
+            br#"{"header":{"revision":"1"},"kvs":[{"key":"%%%"}]}"#,
+            br#"{"header":{"revision":"1"},"kvs":{}}"#,
+        ] {
+            assert!(
+                parse_range(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(parse_txn(body).is_err());
+        }
+        assert!(parse_authenticate(br#"{"token":""}"#).is_err());
+        assert!(parse_authenticate(b"{\"token\":\"a\\nb\"}").is_err());
+    }
+
+    #[test]
+    fn an_invalid_token_means_authenticate_again() {
+        let body = br#"{"error":"etcdserver: invalid auth token","code":16,"message":"etcdserver: invalid auth token"}"#;
+        assert!(matches!(
+            parse_error(401, body),
+            EtcdError::AuthExpired { .. }
+        ));
+        let other = parse_error(
+            503,
+            b"upstream connect error or disconnect/reset before headers",
+        );
+        assert!(matches!(other, EtcdError::Refused { status: 503, .. }));
+        assert!(other.to_string().contains("upstream connect error"));
+    }
+
+    #[test]
+    fn requests_carry_base64_and_the_revision_as_a_string() {
+        let txn: Value = serde_json::from_slice(&txn_put_if_revision(b"k", 5, b"v")).unwrap();
+        assert_eq!(txn["compare"][0]["mod_revision"], "5");
+        assert_eq!(txn["compare"][0]["key"], "aw==");
+        assert_eq!(txn["success"][0]["request_put"]["value"], "dg==");
+        let range: Value = serde_json::from_slice(&range_prefix_request(b"/p/")).unwrap();
+        assert_eq!(range["range_end"], encode(b"/p0"));
+    }
+}

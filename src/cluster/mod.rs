@@ -1,0 +1,8 @@
+//! Webhook status shared by every Envoy of a deployment, through etcd:
+//! `etcd` speaks its v3 JSON gateway, `sync` keeps the local records and the
+//! cluster's in step.
+
+pub mod etcd;
+mod sync;
+
+pub use sync::{ClusterSync, EtcdAnswer, CHECK_INTERVAL_MS};

@@ -1,0 +1,458 @@
+//! One Envoy's side of the cluster state: a root context that holds the
+//! poller lease reads every webhook's record from etcd every
+//! `sync_interval_ms`, makes the local records follow them, and writes the
+//! changes this Envoy made (its deltas) with compare-and-set transactions.
+//!
+//! etcd failing never stops a delivery: the local records go on changing,
+//! the deltas wait in shared data (a FAILED among them is never lost), the
+//! errors are counted, logged once per outage and shown by `GET /status`.
+
+use std::rc::Rc;
+
+use hashbrown::HashMap;
+
+use super::etcd::{self, EtcdError, KeyValue, TxnOutcome};
+use crate::config::{EtcdConfig, WebhookDefinition};
+use crate::delivery::host::{Call, Counter, Host};
+use crate::logging::Printable;
+use crate::plugin::Plugin;
+use crate::webhook::delta::Delta;
+use crate::webhook::health::WebhookHealth;
+use crate::webhook::store::{self, SyncState};
+
+/// A write that lost this many races in one round waits for the next round.
+const MAX_CONFLICTS: u32 = 8;
+/// A lease lapses after this many sync intervals without renewal.
+const LEASE_INTERVALS: u64 = 3;
+/// How often a root context looks for changes to write, and at the lease.
+pub const CHECK_INTERVAL_MS: u64 = 100;
+
+/// What etcd holds for one webhook, as last seen.
+#[derive(Debug, Clone)]
+struct Known {
+    /// `None`: no record (or one that does not decode: it is overwritten).
+    record: Option<WebhookHealth>,
+    /// The key's `mod_revision`; 0: the key does not exist.
+    revision: i64,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Authenticate {
+        then_range: bool,
+    },
+    Range,
+    Write {
+        index: usize,
+        delta: Box<Delta>,
+        record: Box<WebhookHealth>,
+        conflicts: u32,
+    },
+}
+
+/// What a finished call brought back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdAnswer {
+    /// `None`: the call ended without an answer (reset, timeout, no cluster).
+    pub status: Option<u16>,
+    pub body: Vec<u8>,
+}
+
+pub struct ClusterSync {
+    plugin: Rc<Plugin>,
+    vm_number: u64,
+    token: Option<String>,
+    /// By definition index; empty until the first read succeeded.
+    known: HashMap<usize, Known>,
+    calls: HashMap<u32, Pending>,
+    holder: bool,
+    next_lease_ms: u64,
+    next_round_ms: u64,
+    dirty_seen: Option<Vec<u8>>,
+    /// After a failed call, no round starts before this (but the regular one).
+    quiet_until_ms: u64,
+    state: SyncState,
+}
+
+impl ClusterSync {
+    /// `None` without `cluster_state` in the configuration.
+    pub fn new(plugin: Rc<Plugin>, vm_number: u64) -> Option<ClusterSync> {
+        plugin.config.cluster_state.as_ref()?;
+        Some(ClusterSync {
+            plugin,
+            vm_number,
+            token: None,
+            known: HashMap::new(),
+            calls: HashMap::new(),
+            holder: false,
+            next_lease_ms: 0,
+            next_round_ms: 0,
+            dirty_seen: None,
+            quiet_until_ms: 0,
+            state: SyncState::default(),
+        })
+    }
+
+    fn config(&self) -> Option<&EtcdConfig> {
+        self.plugin.config.cluster_state.as_ref()
+    }
+
+    /// Whether the call with this token is ours (its whole answer is to be read).
+    pub fn owns(&self, token: u32) -> bool {
+        self.calls.contains_key(&token)
+    }
+
+    /// Whether this root context polls etcd for its Envoy.
+    pub fn is_poller(&self) -> bool {
+        self.holder
+    }
+
+    /// Called every `CHECK_INTERVAL_MS`: keeps the lease, and starts a round
+    /// when one is due or a delta changed.
+    pub fn tick<H: Host>(&mut self, host: &mut H) {
+        let Some(interval) = self.config().map(|c| c.sync_interval_ms) else {
+            return;
+        };
+        let now = host.now_ms();
+        if now >= self.next_lease_ms {
+            let ttl = interval.saturating_mul(LEASE_INTERVALS);
+            let held = store::hold_poller_lease(host, self.vm_number, now, ttl);
+            if held && !self.holder {
+                log::debug!("envoy-webhooks: VM {} polls etcd", self.vm_number);
+                self.next_round_ms = now;
+            }
+            self.holder = held;
+            self.next_lease_ms = now.saturating_add((interval / 2).max(CHECK_INTERVAL_MS));
+        }
+        if !self.holder || !self.calls.is_empty() {
+            return;
+        }
+        let dirty = host.get(store::DIRTY_KEY).0;
+        let due = now >= self.next_round_ms;
+        if !due && (dirty == self.dirty_seen || now < self.quiet_until_ms) {
+            return;
+        }
+        self.dirty_seen = dirty;
+        let range = due || self.known.is_empty();
+        if range {
+            self.next_round_ms = now.saturating_add(interval);
+        }
+        self.start(host, range);
+    }
+
+    fn start<H: Host>(&mut self, host: &mut H, range: bool) {
+        let credentials = self
+            .plugin
+            .cluster_credentials
+            .as_ref()
+            .filter(|_| self.token.is_none())
+            .cloned();
+        if let Some((name, password)) = credentials {
+            let body = etcd::authenticate_request(&name, &password);
+            self.send(
+                host,
+                etcd::AUTHENTICATE_PATH,
+                body,
+                Pending::Authenticate { then_range: range },
+            );
+        } else if range {
+            let prefix = self.records_prefix();
+            self.send(
+                host,
+                etcd::RANGE_PATH,
+                etcd::range_prefix_request(prefix.as_bytes()),
+                Pending::Range,
+            );
+        } else {
+            self.write_deltas(host);
+        }
+    }
+
+    fn records_prefix(&self) -> String {
+        let prefix = self.config().map_or("", |c| c.prefix.as_str());
+        format!("{prefix}webhooks/")
+    }
+
+    fn key(&self, definition: &WebhookDefinition) -> String {
+        format!(
+            "{}{}/{:016x}",
+            self.records_prefix(),
+            definition.id,
+            definition.fingerprint
+        )
+    }
+
+    /// Starts a call; a call the host refuses fails at once.
+    fn send<H: Host>(&mut self, host: &mut H, path: &str, body: Vec<u8>, pending: Pending) {
+        let Some(config) = self.config().cloned() else {
+            return;
+        };
+        let mut headers = vec![
+            (":method", "POST"),
+            (":path", path),
+            (":authority", config.authority.as_str()),
+            ("content-type", "application/json"),
+            (crate::delivery::call::DELIVERY_MARKER, "1"),
+        ];
+        let token = self.token.clone();
+        if let (Some(token), false) = (&token, matches!(pending, Pending::Authenticate { .. })) {
+            headers.push(("authorization", token.as_str()));
+        }
+        let dispatched = host.dispatch(Call {
+            cluster: &config.cluster,
+            headers,
+            body: &body,
+            timeout_ms: config.timeout_ms,
+        });
+        match dispatched {
+            Ok(token) => {
+                self.calls.insert(token, pending);
+            }
+            Err(error) => {
+                let why = format!("cannot call cluster '{}': {error:?}", config.cluster);
+                self.failed(host, pending, &why);
+            }
+        }
+    }
+
+    /// The answer to one of our calls (see `owns`).
+    pub fn call_finished<H: Host>(&mut self, host: &mut H, token: u32, answer: &EtcdAnswer) {
+        let Some(pending) = self.calls.remove(&token) else {
+            return;
+        };
+        let body = match answer.status {
+            None => {
+                let why = "no answer (etcd down, a timeout or a reset)";
+                return self.failed(host, pending, why);
+            }
+            Some(200) => answer.body.as_slice(),
+            Some(status) => {
+                let error = etcd::parse_error(status, &answer.body);
+                let expired = matches!(error, EtcdError::AuthExpired { .. });
+                self.failed(host, pending, &error.to_string());
+                if expired {
+                    // Authenticate again at the next check.
+                    self.token = None;
+                    self.quiet_until_ms = 0;
+                    self.next_round_ms = host.now_ms();
+                }
+                return;
+            }
+        };
+        match pending {
+            Pending::Authenticate { then_range } => match etcd::parse_authenticate(body) {
+                Ok(token) => {
+                    self.token = Some(token);
+                    self.start(host, then_range);
+                }
+                Err(error) => self.failed(
+                    host,
+                    Pending::Authenticate { then_range },
+                    &error.to_string(),
+                ),
+            },
+            Pending::Range => match etcd::parse_range(body) {
+                Ok((_, records)) => {
+                    self.read(host, records);
+                    self.write_deltas(host);
+                }
+                Err(error) => self.failed(host, Pending::Range, &error.to_string()),
+            },
+            Pending::Write {
+                index,
+                delta,
+                record,
+                conflicts,
+            } => match etcd::parse_txn(body) {
+                Ok(TxnOutcome::Applied { revision }) => {
+                    self.known.insert(
+                        index,
+                        Known {
+                            record: Some(*record.clone()),
+                            revision,
+                        },
+                    );
+                    self.follow(host, index, &record);
+                }
+                Ok(TxnOutcome::Conflict { current }) => {
+                    let known = self.decode(host, index, current.as_ref());
+                    self.known.insert(index, known);
+                    if conflicts >= MAX_CONFLICTS {
+                        self.put_back(host, index, &delta);
+                    } else {
+                        self.write(host, index, *delta, conflicts.saturating_add(1));
+                    }
+                }
+                Err(error) => {
+                    let pending = Pending::Write {
+                        index,
+                        delta,
+                        record,
+                        conflicts,
+                    };
+                    self.failed(host, pending, &error.to_string());
+                }
+            },
+        }
+        if self.calls.is_empty() {
+            store::publish_sync(host, &self.state);
+        }
+    }
+
+    /// A complete read: every webhook's record, the local ones follow.
+    fn read<H: Host>(&mut self, host: &mut H, records: Vec<KeyValue>) {
+        let now = host.now_ms();
+        let mut by_key: HashMap<Vec<u8>, KeyValue> =
+            records.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        let plugin = self.plugin.clone();
+        for (index, definition) in plugin.definitions().iter().enumerate() {
+            let key = self.key(definition);
+            let known = self.decode(host, index, by_key.remove(key.as_bytes()).as_ref());
+            if let Some(record) = &known.record {
+                self.follow(host, index, record);
+            }
+            self.known.insert(index, known);
+        }
+        if let Some(since) = self.state.failing_since_ms {
+            log::info!(
+                "envoy-webhooks: cluster state: etcd answers again after {} s ({} error(s)); webhook status is shared again",
+                now.saturating_sub(since) / 1000,
+                self.state.errors
+            );
+        }
+        self.state.failing_since_ms = None;
+        self.state.synced_at_ms = Some(now);
+    }
+
+    /// What etcd holds for the webhook at `index`, from a key-value (or its absence).
+    fn decode<H: Host>(&mut self, host: &mut H, index: usize, kv: Option<&KeyValue>) -> Known {
+        let Some(kv) = kv else {
+            return Known {
+                record: None,
+                revision: 0,
+            };
+        };
+        let fingerprint = self.plugin.definitions().get(index).map(|d| d.fingerprint);
+        let record = WebhookHealth::decode(&kv.value)
+            .filter(|record| Some(record.fingerprint) == fingerprint);
+        if record.is_none() {
+            host.count(Counter::ClusterStateErrors, 1);
+            self.state.errors = self.state.errors.saturating_add(1);
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            self.plugin.warn("cluster_record", host.now_ms(), || {
+                format!(
+                    "cluster state: etcd key {} does not hold a webhook record; this Envoy's state is kept and written over it",
+                    Printable(&key)
+                )
+            });
+        }
+        Known {
+            record,
+            revision: kv.mod_revision,
+        }
+    }
+
+    /// The local record of the webhook at `index` follows `record`.
+    fn follow<H: Host>(&mut self, host: &mut H, index: usize, record: &WebhookHealth) {
+        let Some(definition) = self.plugin.definitions().get(index) else {
+            return;
+        };
+        let now_s = host.now_ms() / 1000;
+        let policy = &self.plugin.config.delivery;
+        if let Some((_, Some(transition))) = store::adopt(host, definition, record, policy, now_s) {
+            transition.log(&definition.id);
+            host.set_status(&definition.id, transition.to);
+        }
+    }
+
+    /// Writes every webhook's delta (after a read: the revisions are known).
+    fn write_deltas<H: Host>(&mut self, host: &mut H) {
+        if self.known.is_empty() {
+            return;
+        }
+        let plugin = self.plugin.clone();
+        for (index, definition) in plugin.definitions().iter().enumerate() {
+            let delta = store::take_delta(host, definition);
+            if !delta.is_empty() {
+                self.write(host, index, delta, 0);
+            }
+        }
+    }
+
+    /// Writes the record `delta` makes of what etcd holds, if that changes it.
+    fn write<H: Host>(&mut self, host: &mut H, index: usize, delta: Delta, conflicts: u32) {
+        let plugin = self.plugin.clone();
+        let Some(definition) = plugin.definitions().get(index) else {
+            return;
+        };
+        let Some(known) = self.known.get(&index).cloned() else {
+            return self.put_back(host, index, &delta);
+        };
+        let now_s = host.now_ms() / 1000;
+        let policy = &plugin.config.delivery;
+        let record = match &known.record {
+            Some(current) => delta.apply(current, policy).0,
+            // No record yet: this Envoy's own, which has the delta in it already.
+            None => store::load(host, definition, now_s),
+        };
+        let record = WebhookHealth {
+            delivered: 0,
+            failed: 0,
+            ..record
+        };
+        let unchanged = match &known.record {
+            Some(current) => *current == record,
+            None => {
+                let initial = WebhookHealth::initial(definition, now_s);
+                record.status == initial.status
+                    && record.consecutive_failures == 0
+                    && record.epoch == 0
+            }
+        };
+        if unchanged {
+            return;
+        }
+        let key = self.key(definition);
+        let body = etcd::txn_put_if_revision(key.as_bytes(), known.revision, &record.encode());
+        self.send(
+            host,
+            etcd::TXN_PATH,
+            body,
+            Pending::Write {
+                index,
+                delta: Box::new(delta),
+                record: Box::new(record),
+                conflicts,
+            },
+        );
+    }
+
+    fn put_back<H: Host>(&mut self, host: &mut H, index: usize, delta: &Delta) {
+        if let Some(definition) = self.plugin.definitions().get(index) {
+            store::restore_delta(host, definition, delta, &self.plugin.config.delivery);
+        }
+        // Written by a later round.
+        self.dirty_seen = None;
+    }
+
+    /// A call failed: counted, logged once per outage, its delta kept.
+    fn failed<H: Host>(&mut self, host: &mut H, pending: Pending, why: &str) {
+        let now = host.now_ms();
+        host.count(Counter::ClusterStateErrors, 1);
+        self.state.errors = self.state.errors.saturating_add(1);
+        self.state.last_error = Some(why.to_string());
+        if self.state.failing_since_ms.is_none() {
+            self.state.failing_since_ms = Some(now);
+            log::warn!(
+                "envoy-webhooks: cluster state: etcd call failed: {}; deliveries go on with this Envoy's state, changes are kept and written when etcd answers (logged once per outage; see cluster_state_errors)",
+                Printable(why)
+            );
+        }
+        if let Pending::Write { index, delta, .. } = pending {
+            self.put_back(host, index, &delta);
+        }
+        let interval = self.config().map_or(0, |c| c.sync_interval_ms);
+        self.quiet_until_ms = now.saturating_add(interval);
+        store::publish_sync(host, &self.state);
+    }
+}

@@ -1,0 +1,537 @@
+//! The cluster state, natively: three replicas (each an engine, a sync and
+//! its own shared data on a fake host) and one in-memory etcd that
+//! interprets the JSON gateway's range and txn requests as etcd does
+//! (compare on mod_revision). What the README promises: failures add up
+//! across replicas, FAILED is written once, an enable anywhere enables
+//! everywhere, and etcd failing costs nothing but staleness.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use envoy_webhooks::admin::{self, AdminRoute};
+use envoy_webhooks::cluster::{ClusterSync, EtcdAnswer};
+use envoy_webhooks::delivery::call::Answer;
+use envoy_webhooks::delivery::engine::Engine;
+use envoy_webhooks::delivery::host::Counter;
+use envoy_webhooks::delivery::message::{QueuedEvent, QueuedTarget};
+use envoy_webhooks::plugin::Plugin;
+use envoy_webhooks::status::Status;
+use envoy_webhooks::testing::FakeHost;
+use envoy_webhooks::webhook::health::WebhookHealth;
+use envoy_webhooks::webhook::store;
+use serde_json::{json, Value};
+
+const START_MS: u64 = 1_700_000_000_000;
+
+/// etcd, as far as the filter uses it.
+#[derive(Default)]
+struct FakeEtcd {
+    revision: i64,
+    /// key → (value, mod_revision)
+    kv: BTreeMap<Vec<u8>, (Vec<u8>, i64)>,
+    /// Every value put, in order: (key, value).
+    puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Answer nothing (all members down).
+    down: bool,
+    /// Answer this instead (status, body).
+    garbage: Option<(u16, Vec<u8>)>,
+    requests: usize,
+    /// With auth on: the valid token.
+    token: Option<String>,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+fn unb64(value: &Value) -> Vec<u8> {
+    value
+        .as_str()
+        .map(|s| B64.decode(s).expect("base64 from the filter"))
+        .unwrap_or_default()
+}
+
+fn int(value: &Value) -> i64 {
+    match value {
+        Value::String(s) => s.parse().expect("an int64 as a string"),
+        Value::Number(n) => n.as_i64().expect("an int64"),
+        _ => 0,
+    }
+}
+
+impl FakeEtcd {
+    fn header(&self) -> Value {
+        json!({"cluster_id": "1", "member_id": "2", "revision": self.revision.to_string(), "raft_term": "3"})
+    }
+
+    fn kvs(&self, key: &[u8], range_end: &[u8]) -> Vec<Value> {
+        self.kv
+            .iter()
+            .filter(|(k, _)| {
+                if range_end.is_empty() {
+                    k.as_slice() == key
+                } else {
+                    k.as_slice() >= key && k.as_slice() < range_end
+                }
+            })
+            .map(|(k, (v, rev))| {
+                json!({"key": b64(k), "value": b64(v), "mod_revision": rev.to_string(),
+                       "create_revision": rev.to_string(), "version": "1"})
+            })
+            .collect()
+    }
+
+    fn range_answer(&self, request: &Value) -> Value {
+        let kvs = self.kvs(&unb64(&request["key"]), &unb64(&request["range_end"]));
+        let mut answer = json!({"header": self.header(), "count": kvs.len().to_string()});
+        if !kvs.is_empty() {
+            answer["kvs"] = Value::Array(kvs);
+        }
+        answer
+    }
+
+    fn answer(&mut self, path: &str, headers: &[(String, String)], body: &[u8]) -> EtcdAnswer {
+        self.requests += 1;
+        if self.down {
+            return EtcdAnswer::default();
+        }
+        if let Some((status, body)) = &self.garbage {
+            return EtcdAnswer {
+                status: Some(*status),
+                body: body.clone(),
+            };
+        }
+        let request: Value = serde_json::from_slice(body).expect("JSON from the filter");
+        if path == "/v3/auth/authenticate" {
+            let token = format!("token-{}", self.requests);
+            self.token = Some(token.clone());
+            return ok(json!({"header": self.header(), "token": token}));
+        }
+        if let Some(token) = &self.token {
+            let sent = headers
+                .iter()
+                .find(|(n, _)| n == "authorization")
+                .map(|(_, v)| v.as_str());
+            if sent != Some(token.as_str()) {
+                return EtcdAnswer {
+                    status: Some(401),
+                    body: br#"{"error":"etcdserver: invalid auth token","message":"etcdserver: invalid auth token","code":16}"#.to_vec(),
+                };
+            }
+        }
+        match path {
+            "/v3/kv/range" => ok(self.range_answer(&request)),
+            "/v3/kv/txn" => {
+                let compare = &request["compare"][0];
+                let key = unb64(&compare["key"]);
+                assert_eq!(compare["target"], "MOD", "the filter compares mod_revision");
+                let expected = int(&compare["mod_revision"]);
+                let current = self.kv.get(&key).map_or(0, |(_, rev)| *rev);
+                if current == expected {
+                    let put = &request["success"][0]["request_put"];
+                    let value = unb64(&put["value"]);
+                    self.revision += 1;
+                    self.kv
+                        .insert(unb64(&put["key"]), (value.clone(), self.revision));
+                    self.puts.push((key, value));
+                    ok(json!({"header": self.header(), "succeeded": true,
+                              "responses": [{"response_put": {"header": self.header()}}]}))
+                } else {
+                    let range = &request["failure"][0]["request_range"];
+                    ok(json!({"header": self.header(),
+                              "responses": [{"response_range": self.range_answer(range)}]}))
+                }
+            }
+            other => panic!("unexpected etcd path {other}"),
+        }
+    }
+
+    /// The statuses etcd went through for one webhook, in order.
+    fn statuses(&self) -> Vec<Status> {
+        self.puts
+            .iter()
+            .filter_map(|(_, v)| WebhookHealth::decode(v))
+            .map(|h| h.status)
+            .collect()
+    }
+
+    fn record(&self) -> Option<WebhookHealth> {
+        let (value, _) = self.kv.values().next()?;
+        WebhookHealth::decode(value)
+    }
+}
+
+fn ok(body: Value) -> EtcdAnswer {
+    EtcdAnswer {
+        status: Some(200),
+        body: body.to_string().into_bytes(),
+    }
+}
+
+struct Replica {
+    host: FakeHost,
+    engine: Engine,
+    sync: ClusterSync,
+    plugin: Rc<Plugin>,
+}
+
+fn config(threshold: u64) -> Value {
+    json!({
+        "webhooks": [{"id": "hook", "event_type": "assets", "url": "http://hook:8080/in", "cluster": "hook"}],
+        "delivery": {"failure_threshold": threshold, "retry_schedule_s": []},
+        "admin": {"path_prefix": "/admin", "token": "secret-token-1234"},
+        "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379", "prefix": "/test/",
+                                   "sync_interval_ms": 1000}}
+    })
+}
+
+fn replica(config: &Value) -> Replica {
+    let plugin = Rc::new(
+        Plugin::load(config.to_string().as_bytes(), |name| {
+            (name == "ETCD_USER" || name == "ETCD_PASSWORD").then(|| "x".to_string())
+        })
+        .expect("valid"),
+    );
+    let mut host = FakeHost {
+        now_ms: START_MS,
+        ..FakeHost::default()
+    };
+    let mut engine = Engine::new(1);
+    engine.configure(&mut host, plugin.clone());
+    let sync = ClusterSync::new(plugin.clone(), 1).expect("cluster_state is configured");
+    Replica {
+        host,
+        engine,
+        sync,
+        plugin,
+    }
+}
+
+impl Replica {
+    fn local(&self) -> WebhookHealth {
+        let definition = &self.plugin.definitions()[0];
+        store::load(&self.host, definition, self.host.now_ms / 1000)
+    }
+
+    /// Time passes: ticks, and etcd answers every call to it.
+    fn run(&mut self, etcd: &mut FakeEtcd, ms: u64) {
+        let end = self.host.now_ms + ms;
+        while self.host.now_ms < end {
+            self.host.now_ms += 100;
+            self.engine.tick(&mut self.host);
+            self.sync.tick(&mut self.host);
+            self.answer_etcd(etcd);
+        }
+    }
+
+    fn answer_etcd(&mut self, etcd: &mut FakeEtcd) {
+        loop {
+            let Some(call) = self
+                .host
+                .open
+                .values()
+                .find(|c| c.cluster == "etcd")
+                .cloned()
+            else {
+                return;
+            };
+            self.host.take(call.token);
+            assert!(self.sync.owns(call.token));
+            let path = call
+                .headers
+                .iter()
+                .find(|(n, _)| n == ":path")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let answer = etcd.answer(&path, &call.headers, &call.body);
+            self.sync.call_finished(&mut self.host, call.token, &answer);
+        }
+    }
+
+    /// One event for the webhook, whose call gets `status`.
+    fn deliver(&mut self, status: &str) {
+        self.engine.accept(
+            &mut self.host,
+            QueuedEvent {
+                targets: vec![QueuedTarget {
+                    webhook: 0,
+                    fingerprint: self.plugin.definitions()[0].fingerprint,
+                }],
+                request_id: Some("r".to_string()),
+                body: br#"{"event_type":"assets"}"#.to_vec(),
+            },
+        );
+        let call = self
+            .host
+            .open
+            .values()
+            .find(|c| c.cluster == "hook")
+            .cloned()
+            .expect("a delivery call");
+        self.host.take(call.token);
+        let answer = Answer {
+            status: Some(status.to_string()),
+            retry_after: None,
+            body_start: Vec::new(),
+        };
+        self.engine
+            .call_finished(&mut self.host, call.token, Some(&answer));
+    }
+
+    fn delivery_calls(&self) -> usize {
+        self.host
+            .calls
+            .iter()
+            .filter(|c| c.cluster == "hook")
+            .count()
+    }
+
+    fn status_body(&mut self) -> Value {
+        let now = self.host.now_ms;
+        let answer = admin::answer(&self.plugin, &mut self.host, &AdminRoute::Status, now)
+            .expect("an admin answer");
+        serde_json::from_str(&answer.body).expect("JSON")
+    }
+
+    fn errors(&self) -> u64 {
+        self.host
+            .counts
+            .get(&Counter::ClusterStateErrors)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+fn replicas(n: usize, config: &Value) -> Vec<Replica> {
+    (0..n).map(|_| replica(config)).collect()
+}
+
+fn run_all(replicas: &mut [Replica], etcd: &mut FakeEtcd, ms: u64) {
+    for _ in 0..ms / 100 {
+        for replica in replicas.iter_mut() {
+            replica.run(etcd, 100);
+        }
+    }
+}
+
+#[test]
+fn failures_through_different_envoys_add_up_and_fail_the_webhook_once() {
+    let config = config(3);
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(3, &config);
+    run_all(&mut envoys, &mut etcd, 1_000);
+    // One failure through each Envoy: none reaches the threshold of 3 alone.
+    for envoy in envoys.iter_mut() {
+        envoy.deliver("500");
+        assert_eq!(envoy.local().status, Status::Failing);
+    }
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.record().map(|r| r.status), Some(Status::Failed));
+    let failed_writes = etcd
+        .statuses()
+        .iter()
+        .filter(|s| **s == Status::Failed)
+        .count();
+    assert_eq!(
+        failed_writes,
+        1,
+        "FAILED is written once: {:?}",
+        etcd.statuses()
+    );
+    for envoy in envoys.iter_mut() {
+        assert_eq!(envoy.local().status, Status::Failed);
+        assert_eq!(envoy.status_body()["webhooks"][0]["status"], "FAILED");
+        // And it is no longer called.
+        let before = envoy.delivery_calls();
+        envoy.engine.accept(
+            &mut envoy.host,
+            QueuedEvent {
+                targets: vec![QueuedTarget {
+                    webhook: 0,
+                    fingerprint: envoy.plugin.definitions()[0].fingerprint,
+                }],
+                request_id: None,
+                body: b"{}".to_vec(),
+            },
+        );
+        assert_eq!(envoy.delivery_calls(), before);
+    }
+}
+
+#[test]
+fn an_enable_through_one_envoy_enables_every_envoy() {
+    let config = config(1);
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(3, &config);
+    envoys[0].deliver("500");
+    run_all(&mut envoys, &mut etcd, 3_000);
+    assert!(envoys.iter().all(|e| e.local().status == Status::Failed));
+    let route = AdminRoute::Enable("hook".to_string());
+    let now = envoys[2].host.now_ms;
+    let plugin = envoys[2].plugin.clone();
+    let answer = admin::answer(&plugin, &mut envoys[2].host, &route, now).expect("an answer");
+    assert_eq!(answer.status, 200);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    for envoy in envoys.iter_mut() {
+        assert_eq!(envoy.local().status, Status::Enabled);
+        envoy.deliver("204");
+    }
+    assert_eq!(etcd.record().map(|r| r.status), Some(Status::Enabled));
+}
+
+#[test]
+fn concurrent_failures_from_every_envoy_never_lose_a_count() {
+    // All three write against the same revision: two conflict and retry.
+    let config = config(100);
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(3, &config);
+    run_all(&mut envoys, &mut etcd, 1_000);
+    for round in 0..5 {
+        for envoy in envoys.iter_mut() {
+            envoy.deliver("503");
+            envoy.deliver("503");
+        }
+        // Every Envoy starts its write before any answer arrives.
+        for envoy in envoys.iter_mut() {
+            envoy.host.now_ms += 100;
+            envoy.sync.tick(&mut envoy.host);
+        }
+        for envoy in envoys.iter_mut() {
+            envoy.answer_etcd(&mut etcd);
+        }
+        run_all(&mut envoys, &mut etcd, 300);
+        let record = etcd.record().expect("a record");
+        assert_eq!(record.consecutive_failures, 6 * (round + 1));
+        assert_eq!(record.status, Status::Failing);
+    }
+}
+
+#[test]
+fn etcd_down_costs_only_staleness_and_no_failed_is_lost() {
+    let config = config(2);
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(2, &config);
+    run_all(&mut envoys, &mut etcd, 1_000);
+    etcd.down = true;
+    // Deliveries go on; the webhook fails on this Envoy's own state.
+    envoys[0].deliver("204");
+    envoys[0].deliver("500");
+    envoys[0].deliver("500");
+    assert_eq!(envoys[0].local().status, Status::Failed);
+    run_all(&mut envoys, &mut etcd, 5_000);
+    assert!(envoys[0].errors() > 0);
+    assert!(
+        envoys[0].errors() <= 10,
+        "one try per interval: {}",
+        envoys[0].errors()
+    );
+    let body = envoys[0].status_body();
+    assert_eq!(body["cluster_state"]["stale"], true, "{body}");
+    assert!(body["cluster_state"]["stale_since_ms"].is_u64());
+    assert_eq!(envoys[1].local().status, Status::Enabled);
+    // etcd back: the FAILED is written and reaches the other Envoy.
+    etcd.down = false;
+    run_all(&mut envoys, &mut etcd, 3_000);
+    assert_eq!(etcd.record().map(|r| r.status), Some(Status::Failed));
+    assert_eq!(envoys[1].local().status, Status::Failed);
+    let body = envoys[1].status_body();
+    assert_eq!(body["cluster_state"]["stale"], false, "{body}");
+}
+
+#[test]
+fn answers_that_are_not_etcd_are_counted_and_change_nothing() {
+    let config = config(2);
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(1, &config);
+    envoys[0].deliver("500");
+    for garbage in [
+        (200, b"<html>not json</html>".to_vec()),
+        (200, br#"{"kvs": [{"key": "%%%", "value": 7}]}"#.to_vec()),
+        (503, b"upstream connect error".to_vec()),
+    ] {
+        etcd.garbage = Some(garbage);
+        let errors = envoys[0].errors();
+        run_all(&mut envoys, &mut etcd, 1_000);
+        assert!(envoys[0].errors() > errors);
+        assert_eq!(envoys[0].local().status, Status::Failing);
+    }
+    etcd.garbage = None;
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.record().map(|r| r.status), Some(Status::Failing));
+}
+
+#[test]
+fn a_record_that_does_not_decode_is_counted_and_written_over() {
+    let config = config(2);
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(1, &config);
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].deliver("500");
+    run_all(&mut envoys, &mut etcd, 1_500);
+    let key = etcd.kv.keys().next().expect("a key").clone();
+    assert!(String::from_utf8_lossy(&key).starts_with("/test/webhooks/hook/"));
+    etcd.revision += 1;
+    etcd.kv
+        .insert(key, (b"{not a record".to_vec(), etcd.revision));
+    let errors = envoys[0].errors();
+    run_all(&mut envoys, &mut etcd, 1_500);
+    assert!(envoys[0].errors() > errors);
+    assert_eq!(envoys[0].local().status, Status::Failing);
+    envoys[0].deliver("500");
+    run_all(&mut envoys, &mut etcd, 1_500);
+    assert_eq!(etcd.record().map(|r| r.status), Some(Status::Failed));
+}
+
+#[test]
+fn with_credentials_it_authenticates_and_again_when_the_token_expires() {
+    let mut config = config(2);
+    config["cluster_state"]["etcd"]["username_env"] = json!("ETCD_USER");
+    config["cluster_state"]["etcd"]["password_env"] = json!("ETCD_PASSWORD");
+    let mut etcd = FakeEtcd {
+        token: Some("not yet".to_string()),
+        ..FakeEtcd::default()
+    };
+    let mut envoys = replicas(1, &config);
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].deliver("500");
+    run_all(&mut envoys, &mut etcd, 1_000);
+    assert_eq!(etcd.record().map(|r| r.status), Some(Status::Failing));
+    // The token expires (etcd restarted): one error, then a new token.
+    etcd.token = Some("rotated".to_string());
+    envoys[0].deliver("500");
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.record().map(|r| r.status), Some(Status::Failed));
+    assert!(envoys[0].errors() >= 1);
+}
+
+#[test]
+fn only_one_root_context_per_envoy_polls() {
+    let config = config(2);
+    let plugin = Rc::new(Plugin::load(config.to_string().as_bytes(), |_| None).expect("valid"));
+    let mut host = FakeHost {
+        now_ms: START_MS,
+        ..FakeHost::default()
+    };
+    let mut syncs: Vec<ClusterSync> = (1..=3)
+        .map(|vm| ClusterSync::new(plugin.clone(), vm).expect("configured"))
+        .collect();
+    for _ in 0..30 {
+        host.now_ms += 100;
+        for sync in syncs.iter_mut() {
+            sync.tick(&mut host);
+        }
+    }
+    let pollers: Vec<bool> = syncs.iter().map(ClusterSync::is_poller).collect();
+    assert_eq!(pollers, vec![false, false, true], "the newest VM polls");
+    // The poller goes away (its configuration was replaced): another takes over.
+    syncs.pop();
+    for _ in 0..40 {
+        host.now_ms += 100;
+        for sync in syncs.iter_mut() {
+            sync.tick(&mut host);
+        }
+    }
+    assert_eq!(syncs.iter().filter(|s| s.is_poller()).count(), 1);
+}
