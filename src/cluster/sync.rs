@@ -107,6 +107,18 @@ impl ClusterSync {
         self.holder
     }
 
+    /// This root context goes away: another one polls at once.
+    pub fn stop<H: Host>(&mut self, host: &mut H) {
+        if self.holder {
+            store::release_poller_lease(host, self.vm_number);
+            self.holder = false;
+        }
+        // No more rounds from here.
+        self.next_lease_ms = u64::MAX;
+        self.next_round_ms = u64::MAX;
+        self.quiet_until_ms = u64::MAX;
+    }
+
     /// Called every `CHECK_INTERVAL_MS`: keeps the lease, and starts a round
     /// when one is due or a delta changed.
     pub fn tick<H: Host>(&mut self, host: &mut H) {

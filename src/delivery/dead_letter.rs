@@ -17,6 +17,9 @@ pub enum Reason {
     WebhookFailed,
     /// The worker held `delivery.max_held_bytes` of bodies already.
     MemoryLimit,
+    /// Envoy stopped the filter (shut down, or replaced its configuration)
+    /// while the delivery waited for a retry.
+    Shutdown,
 }
 
 impl Reason {
@@ -27,6 +30,7 @@ impl Reason {
             Reason::PendingLimit => "pending_limit",
             Reason::WebhookFailed => "webhook_failed",
             Reason::MemoryLimit => "memory_limit",
+            Reason::Shutdown => "shutdown",
         }
     }
 }

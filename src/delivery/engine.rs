@@ -96,6 +96,8 @@ pub struct Engine {
     turn_bytes: usize,
     /// What this worker last added to the `held_bytes` gauge.
     held_reported: i64,
+    /// Envoy is removing this root context (`stop`): nothing waits any more.
+    stopping: bool,
 }
 
 impl Default for Engine {
@@ -119,6 +121,7 @@ impl Engine {
             summary_stale: false,
             turn_calls: 0,
             turn_bytes: 0,
+            stopping: false,
             held_reported: 0,
         }
     }
@@ -204,6 +207,33 @@ impl Engine {
             self.run_due(host);
         }
         self.end_turn(host);
+    }
+
+    /// Envoy is removing this root context (`on_done`): every delivery
+    /// waiting for a retry goes to the dead letters now, with reason
+    /// `shutdown` (dead letters waiting for a retry get one last attempt),
+    /// and a failed attempt from now on is not retried.
+    pub fn stop<H: Host>(&mut self, host: &mut H) {
+        let Some(plugin) = self.plugin.clone() else {
+            return;
+        };
+        self.stopping = true;
+        self.start_turn();
+        let waiting = self.retries.remove_where(|_| true);
+        for delivery in waiting {
+            if delivery.target.is_dead_letter() {
+                self.attempt(host, &plugin, delivery);
+            } else {
+                Self::count_for(host, &delivery, WebhookCounter::Dropped);
+                self.dead_letter(host, &plugin, &delivery, Reason::Shutdown);
+            }
+        }
+        self.end_turn(host);
+    }
+
+    /// No call in flight and nothing waiting.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_empty() && self.retries.is_empty()
     }
 
     pub fn tick<H: Host>(&mut self, host: &mut H) {
@@ -312,7 +342,8 @@ impl Engine {
             }
             return;
         };
-        if self.turn_calls >= MAX_TURN_CALLS || self.turn_bytes >= MAX_TURN_BYTES {
+        let budget_used = self.turn_calls >= MAX_TURN_CALLS || self.turn_bytes >= MAX_TURN_BYTES;
+        if budget_used && !self.stopping {
             // Enough for this callback: the next tick goes on.
             self.park(host, plugin, delivery, now_ms);
             return;
@@ -331,7 +362,7 @@ impl Engine {
             }
         }
         let policy = &plugin.config.delivery;
-        if self.in_flight.len() >= policy.max_in_flight {
+        if self.in_flight.len() >= policy.max_in_flight && !self.stopping {
             self.park(host, plugin, delivery, now_ms.saturating_add(SLOT_WAIT_MS));
             return;
         }
@@ -446,6 +477,21 @@ impl Engine {
 
     /// Queues `delivery` for `due_ms`, dead-lettering whatever that pushes out.
     fn park<H: Host>(&mut self, host: &mut H, plugin: &Plugin, delivery: Delivery, due_ms: u64) {
+        if self.stopping {
+            // Nothing waits in a root context that is going away.
+            if delivery.target.is_dead_letter() {
+                self.lose(
+                    host,
+                    plugin,
+                    &delivery,
+                    "Envoy stopped this worker's filter",
+                );
+            } else {
+                Self::count_for(host, &delivery, WebhookCounter::Dropped);
+                self.dead_letter(host, plugin, &delivery, Reason::Shutdown);
+            }
+            return;
+        }
         let evicted = self.retries.push(delivery, due_ms);
         self.handle_evicted(host, plugin, evicted);
         self.schedule_tick(host);

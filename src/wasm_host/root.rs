@@ -36,6 +36,8 @@ pub struct WebhooksRoot {
     queue: Option<(u64, u32)>,
     /// With `cluster_state`: the link to etcd.
     sync: Option<ClusterSync>,
+    /// `on_done` came and returned false: `done()` once the last call ended.
+    stopping: bool,
 }
 
 impl WebhooksRoot {
@@ -89,6 +91,28 @@ impl WebhooksRoot {
 }
 
 impl Context for WebhooksRoot {
+    /// Envoy removes this root context: a configuration replaced it (the VM
+    /// lives on, and so does this context until `done()`), or Envoy stops
+    /// (the VM is destroyed about a millisecond later, whatever we return).
+    fn on_done(&mut self) -> bool {
+        let Some(worker) = self.worker.clone() else {
+            return true;
+        };
+        let mut host = self.host(&worker);
+        if let Some(sync) = self.sync.as_mut() {
+            sync.stop(&mut host);
+        }
+        self.engine.stop(&mut host);
+        let idle = self.engine.is_idle();
+        if !idle {
+            log::info!(
+                "envoy-webhooks: stopping: deliveries that waited for a retry went to the dead-letter destination (reason shutdown); waiting for the calls in flight"
+            );
+        }
+        self.stopping = !idle;
+        idle
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
@@ -126,6 +150,12 @@ impl Context for WebhooksRoot {
         });
         self.engine
             .call_finished(&mut host, token_id, answer.as_ref());
+        if self.stopping && self.engine.is_idle() {
+            // Our last call ended: Envoy may delete this root context now.
+            if let Err(status) = hostcalls::done() {
+                log::debug!("envoy-webhooks: done() refused: {status:?}");
+            }
+        }
     }
 }
 

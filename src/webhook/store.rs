@@ -324,6 +324,20 @@ pub fn hold_poller_lease<S: SharedData + ?Sized>(
         .is_ok()
 }
 
+/// Gives the lease up (if `vm` holds it), so that another root context polls at once.
+pub fn release_poller_lease<S: SharedData + ?Sized>(store: &mut S, vm: u64) {
+    let (bytes, cas) = store.get(POLLER_KEY);
+    let held = bytes
+        .as_deref()
+        .and_then(|b| serde_json::from_slice::<PollerLease>(b).ok())
+        .is_some_and(|lease| lease.vm == vm);
+    if held {
+        let lapsed = PollerLease { vm: 0, until_ms: 0 };
+        let bytes = serde_json::to_vec(&lapsed).unwrap_or_default();
+        let _ = store.set(POLLER_KEY, &bytes, cas);
+    }
+}
+
 /// How this Envoy's sync with the cluster store goes, for the admin API.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SyncState {

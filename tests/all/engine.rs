@@ -147,6 +147,43 @@ fn failed_attempts_are_retried_on_the_schedule_then_dead_lettered() {
 }
 
 #[test]
+fn on_stop_waiting_retries_are_dead_lettered_with_reason_shutdown() {
+    let plugin = load(config(&["a"], json!({"retry_schedule_s": [60]}), true));
+    let (mut engine, mut host) = started(&plugin);
+    engine.accept(&mut host, event_for(&plugin, &["a"], EVENT));
+    engine.accept(&mut host, event_for(&plugin, &["a"], EVENT));
+    let calls: Vec<MadeCall> = host.open.values().cloned().collect();
+    // One waits for its retry, one is still in flight when Envoy stops the filter.
+    host.take(calls[0].token);
+    engine.call_finished(&mut host, calls[0].token, Some(&answer("500")));
+    assert_eq!(engine.pending(), 1);
+    engine.stop(&mut host);
+    assert_eq!(engine.pending(), 0);
+    assert!(!engine.is_idle(), "calls are in flight");
+    let letter = host
+        .open
+        .values()
+        .find(|c| c.cluster == "dead")
+        .cloned()
+        .expect("a dead letter");
+    let record: Value = serde_json::from_slice(&letter.body).expect("JSON");
+    assert_eq!(record["reason"], "shutdown");
+    // The call in flight fails: not retried any more, dead-lettered at once.
+    host.take(calls[1].token);
+    engine.call_finished(&mut host, calls[1].token, Some(&answer("503")));
+    let letters: Vec<MadeCall> = host.open.values().cloned().collect();
+    assert_eq!(letters.len(), 2);
+    for letter in letters {
+        host.take(letter.token);
+        engine.call_finished(&mut host, letter.token, Some(&answer("200")));
+    }
+    assert!(engine.is_idle());
+    assert_eq!(host.count_of("a", WebhookCounter::DeadLettered), 2);
+    assert_eq!(host.count_of("a", WebhookCounter::Dropped), 2);
+    assert_eq!(host.count_of("a", WebhookCounter::Lost), 0);
+}
+
+#[test]
 fn without_a_dead_letter_destination_a_failed_delivery_is_lost() {
     let plugin = load(config(&["a"], json!({"retry_schedule_s": []}), false));
     let (mut engine, mut host) = started(&plugin);
