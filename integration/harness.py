@@ -661,6 +661,7 @@ class Envoy:
         cwd: Path | str | None = None,
         runner: str = ENVOY_RUNNER,
         image: str = ENVOY_IMAGE,
+        extra_args: list[str] | None = None,
     ):
         if runner not in ("process", "docker"):
             raise ValueError(f"ENVOY_RUNNER must be process or docker, not {runner!r}")
@@ -681,6 +682,7 @@ class Envoy:
         self.listener_ports = listener_ports(self.config)
         self.port = self.listener_ports[0]
         self.concurrency = concurrency
+        self.extra_args = list(extra_args or [])
         self.log_level = log_level
         self.env = env
         self.envoy_bin = Path(envoy_bin)
@@ -696,6 +698,7 @@ class Envoy:
             "--concurrency", str(self.concurrency),
             "--log-level", self.log_level,
             "--use-dynamic-base-id",
+            *self.extra_args,
         ]
 
     def command(self) -> list[str]:

@@ -30,7 +30,7 @@ class ReloadableEnvoy:
     """Envoy whose event listener comes from an LDS file that the test rewrites."""
 
     def __init__(self, tmp_path: Path, envoy_bin: Path, wasm: Path, upstream_port: int,
-                 hooks_port: int):
+                 hooks_port: int, extra_args: list[str] | None = None, concurrency: int = 1):
         self.dir = tmp_path / "lds"
         self.dir.mkdir()
         self.lds_path = self.dir / "lds.yaml"
@@ -51,7 +51,8 @@ class ReloadableEnvoy:
         }
         self.version = 0
         self.write({"webhooks": []})
-        self.envoy = Envoy(base, tmp_path, name="envoy-reload", envoy_bin=envoy_bin)
+        self.envoy = Envoy(base, tmp_path, name="envoy-reload", envoy_bin=envoy_bin,
+                           extra_args=extra_args, concurrency=concurrency)
 
     def write(self, plugin: dict) -> None:
         listener = copy.deepcopy(self.with_filter["static_resources"]["listeners"][0])
