@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 pub const RANGE_PATH: &str = "/v3/kv/range";
 pub const TXN_PATH: &str = "/v3/kv/txn";
 pub const AUTHENTICATE_PATH: &str = "/v3/auth/authenticate";
+pub const LEASE_GRANT_PATH: &str = "/v3/lease/grant";
+pub const LEASE_KEEPALIVE_PATH: &str = "/v3/lease/keepalive";
+pub const LEASE_REVOKE_PATH: &str = "/v3/lease/revoke";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
@@ -90,6 +93,114 @@ pub fn txn_put_if_revision(key: &[u8], expected_mod_revision: i64, value: &[u8])
     })
     .to_string()
     .into_bytes()
+}
+
+/// Every key under `prefix`, without values.
+pub fn range_keys_request(prefix: &[u8]) -> Vec<u8> {
+    // Served by any one member: a scan for orphans may be a moment behind.
+    json!({"key": encode(prefix), "range_end": encode(&prefix_end(prefix)),
+           "keys_only": true, "serializable": true})
+    .to_string()
+    .into_bytes()
+}
+
+/// Puts and deletes in one transaction (no compare: it always applies).
+pub fn txn_write(puts: &[(Vec<u8>, Vec<u8>)], deletes: &[Vec<u8>], lease: Option<i64>) -> Vec<u8> {
+    let mut ops: Vec<Value> = puts
+        .iter()
+        .map(|(key, value)| {
+            let mut put = json!({"key": encode(key), "value": encode(value)});
+            if let Some(lease) = lease {
+                put["lease"] = json!(lease.to_string());
+            }
+            json!({"request_put": put})
+        })
+        .collect();
+    ops.extend(
+        deletes
+            .iter()
+            .map(|key| json!({"request_delete_range": {"key": encode(key)}})),
+    );
+    json!({"success": ops}).to_string().into_bytes()
+}
+
+/// Reads and deletes `key` if its `mod_revision` is still `expected`: whoever
+/// gets it, gets it alone.
+pub fn txn_take_if_revision(key: &[u8], expected_mod_revision: i64) -> Vec<u8> {
+    let key = encode(key);
+    json!({
+        "compare": [{"key": key, "target": "MOD", "result": "EQUAL",
+                     "mod_revision": expected_mod_revision.to_string()}],
+        "success": [{"request_range": {"key": key}}, {"request_delete_range": {"key": key}}],
+    })
+    .to_string()
+    .into_bytes()
+}
+
+pub fn lease_grant_request(ttl_s: u64) -> Vec<u8> {
+    json!({"TTL": ttl_s.to_string()}).to_string().into_bytes()
+}
+
+pub fn lease_id_request(id: i64) -> Vec<u8> {
+    json!({"ID": id.to_string()}).to_string().into_bytes()
+}
+
+/// The granted lease's id.
+pub fn parse_lease_grant(body: &[u8]) -> Result<i64, EtcdError> {
+    let answer = parse_json(body)?;
+    if let Some(error) = answer
+        .get("error")
+        .and_then(Value::as_str)
+        .filter(|e| !e.is_empty())
+    {
+        return Err(EtcdError::Refused {
+            status: 200,
+            message: error.to_string(),
+        });
+    }
+    match int(&answer, "ID")? {
+        0 => Err(EtcdError::Malformed(
+            "a lease grant without an ID".to_string(),
+        )),
+        id => Ok(id),
+    }
+}
+
+/// Whether the lease is still alive (a lapsed one answers without a TTL).
+pub fn parse_keepalive(body: &[u8]) -> Result<bool, EtcdError> {
+    let answer = parse_json(body)?;
+    let result = answer
+        .get("result")
+        .ok_or_else(|| EtcdError::Malformed("a keepalive answer without a result".to_string()))?;
+    Ok(int(result, "TTL")? > 0)
+}
+
+/// A transaction without compare, or one whose compare failed: whether it applied.
+pub fn parse_txn_applied(body: &[u8]) -> Result<bool, EtcdError> {
+    let answer = parse_json(body)?;
+    header_revision(&answer)?;
+    match answer.get("succeeded") {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(EtcdError::Malformed(
+            "succeeded is not a boolean".to_string(),
+        )),
+    }
+}
+
+/// What `txn_take_if_revision` took (`None`: someone else was first).
+pub fn parse_take(body: &[u8]) -> Result<Option<KeyValue>, EtcdError> {
+    if !parse_txn_applied(body)? {
+        return Ok(None);
+    }
+    let answer = parse_json(body)?;
+    let range = answer
+        .get("responses")
+        .and_then(Value::as_array)
+        .and_then(|responses| responses.first())
+        .and_then(|response| response.get("response_range"))
+        .ok_or_else(|| EtcdError::Malformed("a take without the range of its key".to_string()))?;
+    Ok(key_values(range)?.into_iter().next())
 }
 
 pub fn authenticate_request(name: &str, password: &str) -> Vec<u8> {

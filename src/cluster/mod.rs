@@ -3,6 +3,8 @@
 //! cluster's in step.
 
 pub mod etcd;
+mod handoff;
+mod journal;
 mod sync;
 
 pub use sync::{ClusterSync, EtcdAnswer, CHECK_INTERVAL_MS};

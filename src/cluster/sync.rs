@@ -12,7 +12,10 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 
 use super::etcd::{self, EtcdError, KeyValue, TxnOutcome};
+use super::handoff;
+use super::journal::{Journal, JournalCall};
 use crate::config::{EtcdConfig, WebhookDefinition};
+use crate::delivery::engine::Engine;
 use crate::delivery::host::{Call, Counter, Host};
 use crate::logging::Printable;
 use crate::plugin::Plugin;
@@ -26,6 +29,8 @@ const MAX_CONFLICTS: u32 = 8;
 const LEASE_INTERVALS: u64 = 3;
 /// How often a root context looks for changes to write, and at the lease.
 pub const CHECK_INTERVAL_MS: u64 = 100;
+/// Records of Envoys that went away adopted per round, at most.
+const MAX_ADOPTIONS_PER_ROUND: usize = 20;
 
 /// What etcd holds for one webhook, as last seen.
 #[derive(Debug, Clone)]
@@ -42,6 +47,15 @@ enum Pending {
         then_range: bool,
     },
     Range,
+    /// Which owners of journaled deliveries are alive (adoption, step 1).
+    Owners,
+    /// The journaled deliveries (adoption, step 2).
+    Handoffs {
+        owners: Vec<Vec<u8>>,
+    },
+    /// One orphaned record, taken if still there.
+    Take,
+    Journal(JournalCall),
     Write {
         index: usize,
         delta: Box<Delta>,
@@ -72,13 +86,18 @@ pub struct ClusterSync {
     /// After a failed call, no round starts before this (but the regular one).
     quiet_until_ms: u64,
     state: SyncState,
+    journal: Journal,
+    /// This root context's name in etcd (owner of its journal).
+    owner: String,
 }
 
 impl ClusterSync {
     /// `None` without `cluster_state` in the configuration.
-    pub fn new(plugin: Rc<Plugin>, vm_number: u64) -> Option<ClusterSync> {
-        plugin.config.cluster_state.as_ref()?;
+    pub fn new(plugin: Rc<Plugin>, vm_number: u64, owner: String) -> Option<ClusterSync> {
+        let journal = Journal::new(plugin.config.cluster_state.as_ref()?, owner.clone());
         Some(ClusterSync {
+            journal,
+            owner,
             plugin,
             vm_number,
             token: None,
@@ -113,15 +132,45 @@ impl ClusterSync {
             store::release_poller_lease(host, self.vm_number);
             self.holder = false;
         }
+        self.journal.stop();
         // No more rounds from here.
         self.next_lease_ms = u64::MAX;
         self.next_round_ms = u64::MAX;
         self.quiet_until_ms = u64::MAX;
     }
 
-    /// Called every `CHECK_INTERVAL_MS`: keeps the lease, and starts a round
-    /// when one is due or a delta changed.
-    pub fn tick<H: Host>(&mut self, host: &mut H) {
+    /// Stopped, its journal flushed and its lease revoked: the root context may end.
+    pub fn is_finished(&self) -> bool {
+        self.calls.is_empty() && self.journal.is_finished()
+    }
+
+    /// Called every `CHECK_INTERVAL_MS`: keeps the lease, writes the journal,
+    /// and starts a round when one is due or a delta changed.
+    pub fn tick<H: Host>(&mut self, host: &mut H, engine: &mut Engine) {
+        self.pump_journal(host, engine);
+        self.poll(host);
+    }
+
+    /// Sends the journal's next call, if it has one.
+    fn pump_journal<H: Host>(&mut self, host: &mut H, engine: &mut Engine) {
+        if self
+            .calls
+            .values()
+            .any(|p| matches!(p, Pending::Journal(_)))
+        {
+            return;
+        }
+        if let Some(request) = self.journal.next(host, engine) {
+            self.send(
+                host,
+                request.path,
+                request.body,
+                Pending::Journal(request.call),
+            );
+        }
+    }
+
+    fn poll<H: Host>(&mut self, host: &mut H) {
         let Some(interval) = self.config().map(|c| c.sync_interval_ms) else {
             return;
         };
@@ -180,9 +229,54 @@ impl ClusterSync {
         }
     }
 
+    fn prefix(&self) -> &str {
+        self.config().map_or("", |c| c.prefix.as_str())
+    }
+
     fn records_prefix(&self) -> String {
-        let prefix = self.config().map_or("", |c| c.prefix.as_str());
-        format!("{prefix}webhooks/")
+        format!("{}webhooks/", self.prefix())
+    }
+
+    /// Takes the journaled deliveries of owners that are gone, for webhooks
+    /// configured here (a few per round).
+    fn adopt_orphans<H: Host>(&mut self, host: &mut H, owners: &[Vec<u8>], records: Vec<KeyValue>) {
+        let owners_prefix = Journal::owners_prefix(self.prefix());
+        let live: hashbrown::HashSet<&[u8]> = owners
+            .iter()
+            .filter_map(|key| key.strip_prefix(owners_prefix.as_bytes()))
+            .collect();
+        let handoff_prefix = Journal::handoff_prefix(self.prefix()).into_bytes();
+        let mut taken = 0;
+        for record in records {
+            if taken >= MAX_ADOPTIONS_PER_ROUND {
+                break;
+            }
+            // handoff/<owner>/<webhook>/<fingerprint>/<n>
+            let Some(rest) = record.key.strip_prefix(handoff_prefix.as_slice()) else {
+                continue;
+            };
+            let mut parts = rest.split(|b| *b == b'/');
+            let (Some(owner), Some(webhook), Some(fingerprint)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if live.contains(owner) || owner == self.owner.as_bytes() {
+                continue;
+            }
+            let known = std::str::from_utf8(fingerprint)
+                .ok()
+                .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+                .and_then(|fingerprint| self.plugin.resolve_fingerprint(fingerprint))
+                .is_some_and(|(_, d)| d.id.as_bytes() == webhook);
+            if !known {
+                // For another configuration: an Envoy that has it adopts it.
+                continue;
+            }
+            taken += 1;
+            let body = etcd::txn_take_if_revision(&record.key, record.mod_revision);
+            self.send(host, etcd::TXN_PATH, body, Pending::Take);
+        }
     }
 
     fn key(&self, definition: &WebhookDefinition) -> String {
@@ -228,10 +322,29 @@ impl ClusterSync {
     }
 
     /// The answer to one of our calls (see `owns`).
-    pub fn call_finished<H: Host>(&mut self, host: &mut H, token: u32, answer: &EtcdAnswer) {
+    pub fn call_finished<H: Host>(
+        &mut self,
+        host: &mut H,
+        token: u32,
+        answer: &EtcdAnswer,
+        engine: &mut Engine,
+    ) {
         let Some(pending) = self.calls.remove(&token) else {
             return;
         };
+        if let Pending::Journal(call) = pending {
+            let body = (answer.status == Some(200)).then_some(answer.body.as_slice());
+            if let Err(error) = self.journal.finished_call(call, body) {
+                let why = match answer.status {
+                    Some(200) => error.to_string(),
+                    Some(status) => etcd::parse_error(status, &answer.body).to_string(),
+                    None => "no answer (etcd down, a timeout or a reset)".to_string(),
+                };
+                self.count_error(host, &format!("journal: {why}"));
+            }
+            self.pump_journal(host, engine);
+            return;
+        }
         let body = match answer.status {
             None => {
                 let why = "no answer (etcd down, a timeout or a reset)";
@@ -267,9 +380,42 @@ impl ClusterSync {
                 Ok((_, records)) => {
                     self.read(host, records);
                     self.write_deltas(host);
+                    let prefix = Journal::owners_prefix(self.prefix());
+                    let body = etcd::range_keys_request(prefix.as_bytes());
+                    self.send(host, etcd::RANGE_PATH, body, Pending::Owners);
                 }
                 Err(error) => self.failed(host, Pending::Range, &error.to_string()),
             },
+            Pending::Owners => match etcd::parse_range(body) {
+                Ok((_, owners)) => {
+                    let prefix = Journal::handoff_prefix(self.prefix());
+                    let body = etcd::range_keys_request(prefix.as_bytes());
+                    let owners = owners.into_iter().map(|kv| kv.key).collect();
+                    self.send(host, etcd::RANGE_PATH, body, Pending::Handoffs { owners });
+                }
+                Err(error) => self.failed(host, Pending::Owners, &error.to_string()),
+            },
+            Pending::Handoffs { owners } => match etcd::parse_range(body) {
+                Ok((_, records)) => self.adopt_orphans(host, &owners, records),
+                Err(error) => self.failed(host, Pending::Take, &error.to_string()),
+            },
+            Pending::Take => {
+                match etcd::parse_take(body) {
+                    Ok(Some(kv)) => {
+                        match handoff::delivery_of(&kv.value, &self.plugin) {
+                            Some(delivery) => engine.adopt(host, delivery),
+                            None => {
+                                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                                self.count_error(host, &format!("cannot adopt {}: not a delivery of a webhook configured here", Printable(&key)));
+                            }
+                        }
+                    }
+                    // Another Envoy took it first.
+                    Ok(None) => {}
+                    Err(error) => self.failed(host, Pending::Take, &error.to_string()),
+                }
+            }
+            Pending::Journal(_) => {}
             Pending::Write {
                 index,
                 delta,
@@ -445,6 +591,17 @@ impl ClusterSync {
         }
         // Written by a later round.
         self.dirty_seen = None;
+    }
+
+    /// Counts (and shows in `/status`) an error that does not stop the sync.
+    fn count_error<H: Host>(&mut self, host: &mut H, why: &str) {
+        host.count(Counter::ClusterStateErrors, 1);
+        self.state.errors = self.state.errors.saturating_add(1);
+        self.state.last_error = Some(why.to_string());
+        let plugin = self.plugin.clone();
+        plugin.warn("cluster_state", host.now_ms(), || {
+            format!("cluster state: {}", Printable(why))
+        });
     }
 
     /// A call failed: counted, logged once per outage, its delta kept.

@@ -98,6 +98,11 @@ pub struct Engine {
     held_reported: i64,
     /// Envoy is removing this root context (`stop`): nothing waits any more.
     stopping: bool,
+    /// With `cluster_state`: waiting deliveries are journaled in etcd.
+    journaling: bool,
+    journal_next: u64,
+    /// Journal numbers of deliveries handed off when the filter stopped.
+    handed_off: Vec<u64>,
 }
 
 impl Default for Engine {
@@ -122,6 +127,9 @@ impl Engine {
             turn_calls: 0,
             turn_bytes: 0,
             stopping: false,
+            journaling: false,
+            journal_next: 0,
+            handed_off: Vec::new(),
             held_reported: 0,
         }
     }
@@ -221,12 +229,51 @@ impl Engine {
         self.start_turn();
         let waiting = self.retries.remove_where(|_| true);
         for delivery in waiting {
-            if delivery.target.is_dead_letter() {
+            if let Some(number) = delivery.journal {
+                Self::count_for(host, &delivery, WebhookCounter::HandedOff);
+                self.handed_off.push(number);
+            } else if delivery.target.is_dead_letter() {
                 self.attempt(host, &plugin, delivery);
             } else {
                 Self::count_for(host, &delivery, WebhookCounter::Dropped);
                 self.dead_letter(host, &plugin, &delivery, Reason::Shutdown);
             }
+        }
+        self.end_turn(host);
+    }
+
+    /// Journal waiting deliveries for the cluster state (see `journaled`).
+    pub fn set_journaling(&mut self, on: bool) {
+        self.journaling = on;
+    }
+
+    /// Every journaled delivery this worker still holds (waiting or in
+    /// flight), by journal number.
+    pub fn journaled(&self) -> impl Iterator<Item = (u64, &Delivery)> {
+        let waiting = self.retries.iter();
+        let flying = self.in_flight.values().map(|call| &call.delivery);
+        waiting
+            .chain(flying)
+            .filter_map(|delivery| Some((delivery.journal?, delivery)))
+    }
+
+    /// Journal numbers of the deliveries handed off since the last call.
+    pub fn take_handed_off(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.handed_off)
+    }
+
+    /// A delivery an Envoy that went away left waiting: made here now.
+    pub fn adopt<H: Host>(&mut self, host: &mut H, mut delivery: Delivery) {
+        let Some(plugin) = self.plugin.clone() else {
+            return;
+        };
+        delivery.journal = None;
+        Self::count_for(host, &delivery, WebhookCounter::Adopted);
+        self.start_turn();
+        if self.stopping {
+            self.park(host, &plugin, delivery, 0);
+        } else {
+            self.attempt(host, &plugin, delivery);
         }
         self.end_turn(host);
     }
@@ -301,6 +348,7 @@ impl Engine {
             first_attempt_at_ms: now_ms,
             last_error: None,
             epoch: 0,
+            journal: None,
         };
         if !self.fits(&plugin.held, delivery.cost_bytes()) {
             Self::count_for(host, &delivery, WebhookCounter::Dropped);
@@ -476,10 +524,20 @@ impl Engine {
     }
 
     /// Queues `delivery` for `due_ms`, dead-lettering whatever that pushes out.
-    fn park<H: Host>(&mut self, host: &mut H, plugin: &Plugin, delivery: Delivery, due_ms: u64) {
+    fn park<H: Host>(
+        &mut self,
+        host: &mut H,
+        plugin: &Plugin,
+        mut delivery: Delivery,
+        due_ms: u64,
+    ) {
         if self.stopping {
             // Nothing waits in a root context that is going away.
-            if delivery.target.is_dead_letter() {
+            if let Some(number) = delivery.journal {
+                // In etcd already: another Envoy adopts it.
+                Self::count_for(host, &delivery, WebhookCounter::HandedOff);
+                self.handed_off.push(number);
+            } else if delivery.target.is_dead_letter() {
                 self.lose(
                     host,
                     plugin,
@@ -491,6 +549,10 @@ impl Engine {
                 self.dead_letter(host, plugin, &delivery, Reason::Shutdown);
             }
             return;
+        }
+        if self.journaling && delivery.journal.is_none() && !delivery.target.is_dead_letter() {
+            self.journal_next = self.journal_next.saturating_add(1);
+            delivery.journal = Some(self.journal_next);
         }
         let evicted = self.retries.push(delivery, due_ms);
         self.handle_evicted(host, plugin, evicted);
@@ -718,6 +780,7 @@ impl Engine {
             first_attempt_at_ms: host.now_ms(),
             last_error: None,
             epoch: 0,
+            journal: None,
         };
         self.attempt(host, plugin, letter);
     }

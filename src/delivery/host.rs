@@ -50,6 +50,10 @@ pub enum WebhookCounter {
     Retried,
     DeadLettered,
     Lost,
+    /// Taken over from an Envoy that went away (cluster state).
+    Adopted,
+    /// Left in etcd for another Envoy when this one stopped (cluster state).
+    HandedOff,
 }
 
 /// Counters of the whole filter.

@@ -58,6 +58,9 @@ pub struct Delivery {
     /// The webhook's `enable` epoch when the latest attempt was made (see
     /// `WebhookHealth::epoch`).
     pub epoch: u64,
+    /// With `cluster_state`: its number in this worker's hand-off journal
+    /// (kept in etcd while it waits, for another Envoy to adopt).
+    pub journal: Option<u64>,
 }
 
 impl Delivery {
@@ -181,6 +184,11 @@ impl RetryQueue {
             }
         }
         removed
+    }
+
+    /// Every waiting delivery, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &Delivery> {
+        self.entries.values().map(|(_, delivery)| delivery)
     }
 
     pub fn len(&self) -> usize {

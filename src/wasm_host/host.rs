@@ -160,6 +160,8 @@ impl Host for ProxyHost<'_> {
                     WebhookCounter::Retried => metrics.retried,
                     WebhookCounter::DeadLettered => metrics.dead_lettered,
                     WebhookCounter::Lost => metrics.lost,
+                    WebhookCounter::Adopted => metrics.adopted,
+                    WebhookCounter::HandedOff => metrics.handed_off,
                 };
                 metric.add(n);
             }

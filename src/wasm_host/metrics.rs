@@ -55,6 +55,10 @@ pub struct WebhookMetrics {
     /// Failed or dropped deliveries that reached no dead-letter destination
     /// (none configured, or it kept failing); each is logged with its request_id.
     pub lost: Metric,
+    /// Taken over from an Envoy that went away (cluster state).
+    pub adopted: Metric,
+    /// Left in etcd for another Envoy when this filter stopped (cluster state).
+    pub handed_off: Metric,
     /// 0 ENABLED, 1 FAILING, 2 FAILED, 3 DISABLED.
     pub status: Metric,
 }
@@ -71,6 +75,8 @@ impl WebhookMetrics {
             withheld: Metric::define(MetricType::Counter, &name("withheld")),
             dead_lettered: Metric::define(MetricType::Counter, &name("dead_lettered")),
             lost: Metric::define(MetricType::Counter, &name("lost")),
+            adopted: Metric::define(MetricType::Counter, &name("adopted")),
+            handed_off: Metric::define(MetricType::Counter, &name("handed_off")),
             status: Metric::define(MetricType::Gauge, &name("status")),
         }
     }

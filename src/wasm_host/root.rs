@@ -41,6 +41,21 @@ pub struct WebhooksRoot {
 }
 
 impl WebhooksRoot {
+    /// No call in flight, nothing waiting, the journal flushed.
+    fn is_finished(&self) -> bool {
+        self.engine.is_idle() && self.sync.as_ref().is_none_or(ClusterSync::is_finished)
+    }
+
+    /// After `on_done` returned false: tells Envoy once this root context is finished.
+    fn done_if_stopped(&mut self) {
+        if self.stopping && self.is_finished() {
+            self.stopping = false;
+            if let Err(status) = hostcalls::done() {
+                log::debug!("envoy-webhooks: done() refused: {status:?}");
+            }
+        }
+    }
+
     fn host<'a>(&self, worker: &'a Worker) -> ProxyHost<'a> {
         ProxyHost {
             metrics: &worker.metrics,
@@ -72,7 +87,10 @@ impl WebhooksRoot {
         let plugin = Rc::new(Plugin::load(&bytes, |name| std::env::var(name).ok())?);
         let (vm_number, queue_id) = self.queue().map_err(|problem| vec![problem])?;
         let metrics = Metrics::define(plugin.definitions());
-        self.sync = ClusterSync::new(plugin.clone(), vm_number);
+        // A name no other root context of any Envoy has: its journal's owner in etcd.
+        let owner = format!("{vm_number}-{:x}", fastrand::u64(..));
+        self.sync = ClusterSync::new(plugin.clone(), vm_number, owner);
+        self.engine.set_journaling(self.sync.is_some());
         let worker = Rc::new(Worker {
             plugin: plugin.clone(),
             metrics,
@@ -103,7 +121,11 @@ impl Context for WebhooksRoot {
             sync.stop(&mut host);
         }
         self.engine.stop(&mut host);
-        let idle = self.engine.is_idle();
+        if let Some(sync) = self.sync.as_mut() {
+            // The journal's last deletes and the lease's revocation.
+            sync.tick(&mut host, &mut self.engine);
+        }
+        let idle = self.is_finished();
         if !idle {
             log::info!(
                 "envoy-webhooks: stopping: deliveries that waited for a retry went to the dead-letter destination (reason shutdown); waiting for the calls in flight"
@@ -134,7 +156,8 @@ impl Context for WebhooksRoot {
                 )
                 .unwrap_or_default(),
             };
-            sync.call_finished(&mut host, token_id, &answer);
+            sync.call_finished(&mut host, token_id, &answer, &mut self.engine);
+            self.done_if_stopped();
             return;
         }
         // No headers: the call ended without an answer, and the host has no
@@ -150,12 +173,7 @@ impl Context for WebhooksRoot {
         });
         self.engine
             .call_finished(&mut host, token_id, answer.as_ref());
-        if self.stopping && self.engine.is_idle() {
-            // Our last call ended: Envoy may delete this root context now.
-            if let Err(status) = hostcalls::done() {
-                log::debug!("envoy-webhooks: done() refused: {status:?}");
-            }
-        }
+        self.done_if_stopped();
     }
 }
 
@@ -208,8 +226,9 @@ impl RootContext for WebhooksRoot {
             let mut host = self.host(&worker);
             self.engine.tick(&mut host);
             if let Some(sync) = self.sync.as_mut() {
-                sync.tick(&mut host);
+                sync.tick(&mut host, &mut self.engine);
             }
+            self.done_if_stopped();
         }
     }
 

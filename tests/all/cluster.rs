@@ -25,6 +25,8 @@ use serde_json::{json, Value};
 
 const START_MS: u64 = 1_700_000_000_000;
 
+static NEXT_OWNER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// etcd, as far as the filter uses it.
 #[derive(Default)]
 struct FakeEtcd {
@@ -40,6 +42,9 @@ struct FakeEtcd {
     requests: usize,
     /// With auth on: the valid token.
     token: Option<String>,
+    /// Lease id → the keys attached to it.
+    leases: BTreeMap<i64, Vec<Vec<u8>>>,
+    next_lease: i64,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -66,7 +71,7 @@ impl FakeEtcd {
         json!({"cluster_id": "1", "member_id": "2", "revision": self.revision.to_string(), "raft_term": "3"})
     }
 
-    fn kvs(&self, key: &[u8], range_end: &[u8]) -> Vec<Value> {
+    fn kvs_of(&self, key: &[u8], range_end: &[u8], keys_only: bool) -> Vec<Value> {
         self.kv
             .iter()
             .filter(|(k, _)| {
@@ -77,14 +82,23 @@ impl FakeEtcd {
                 }
             })
             .map(|(k, (v, rev))| {
-                json!({"key": b64(k), "value": b64(v), "mod_revision": rev.to_string(),
-                       "create_revision": rev.to_string(), "version": "1"})
+                let mut kv = json!({"key": b64(k), "mod_revision": rev.to_string(),
+                                    "create_revision": rev.to_string(), "version": "1"});
+                if !keys_only {
+                    kv["value"] = json!(b64(v));
+                }
+                kv
             })
             .collect()
     }
 
     fn range_answer(&self, request: &Value) -> Value {
-        let kvs = self.kvs(&unb64(&request["key"]), &unb64(&request["range_end"]));
+        let keys_only = request["keys_only"] == json!(true);
+        let kvs = self.kvs_of(
+            &unb64(&request["key"]),
+            &unb64(&request["range_end"]),
+            keys_only,
+        );
         let mut answer = json!({"header": self.header(), "count": kvs.len().to_string()});
         if !kvs.is_empty() {
             answer["kvs"] = Value::Array(kvs);
@@ -124,28 +138,87 @@ impl FakeEtcd {
         match path {
             "/v3/kv/range" => ok(self.range_answer(&request)),
             "/v3/kv/txn" => {
-                let compare = &request["compare"][0];
-                let key = unb64(&compare["key"]);
-                assert_eq!(compare["target"], "MOD", "the filter compares mod_revision");
-                let expected = int(&compare["mod_revision"]);
-                let current = self.kv.get(&key).map_or(0, |(_, rev)| *rev);
-                if current == expected {
-                    let put = &request["success"][0]["request_put"];
-                    let value = unb64(&put["value"]);
-                    self.revision += 1;
-                    self.kv
-                        .insert(unb64(&put["key"]), (value.clone(), self.revision));
-                    self.puts.push((key, value));
-                    ok(json!({"header": self.header(), "succeeded": true,
-                              "responses": [{"response_put": {"header": self.header()}}]}))
-                } else {
-                    let range = &request["failure"][0]["request_range"];
-                    ok(json!({"header": self.header(),
-                              "responses": [{"response_range": self.range_answer(range)}]}))
+                let holds = request["compare"].as_array().is_none_or(|compares| {
+                    compares.iter().all(|compare| {
+                        assert_eq!(compare["target"], "MOD", "the filter compares mod_revision");
+                        let key = unb64(&compare["key"]);
+                        let current = self.kv.get(&key).map_or(0, |(_, rev)| *rev);
+                        current == int(&compare["mod_revision"])
+                    })
+                });
+                let branch = if holds { "success" } else { "failure" };
+                let ops = request[branch].as_array().cloned().unwrap_or_default();
+                let mut responses = Vec::new();
+                let mut wrote = false;
+                for op in &ops {
+                    if let Some(range) = op.get("request_range") {
+                        responses.push(json!({"response_range": self.range_answer(range)}));
+                    } else if let Some(put) = op.get("request_put") {
+                        if !wrote {
+                            self.revision += 1;
+                            wrote = true;
+                        }
+                        let key = unb64(&put["key"]);
+                        let value = unb64(&put["value"]);
+                        if put.get("lease").is_some() {
+                            let lease = int(&put["lease"]);
+                            self.leases
+                                .get_mut(&lease)
+                                .expect("a granted lease")
+                                .push(key.clone());
+                        }
+                        self.kv.insert(key.clone(), (value.clone(), self.revision));
+                        self.puts.push((key, value));
+                        responses.push(json!({"response_put": {"header": self.header()}}));
+                    } else if let Some(delete) = op.get("request_delete_range") {
+                        if !wrote {
+                            self.revision += 1;
+                            wrote = true;
+                        }
+                        self.kv.remove(&unb64(&delete["key"]));
+                        responses.push(json!({"response_delete_range": {"header": self.header()}}));
+                    }
                 }
+                let mut answer = json!({"header": self.header(), "responses": responses});
+                if holds {
+                    answer["succeeded"] = json!(true);
+                }
+                ok(answer)
+            }
+            "/v3/lease/grant" => {
+                self.next_lease += 1;
+                self.leases.insert(self.next_lease, Vec::new());
+                ok(json!({"header": self.header(), "ID": self.next_lease.to_string(), "TTL": "5"}))
+            }
+            "/v3/lease/keepalive" => {
+                let id = int(&request["ID"]);
+                let mut result = json!({"header": self.header(), "ID": id.to_string()});
+                if self.leases.contains_key(&id) {
+                    result["TTL"] = json!("5");
+                }
+                ok(json!({"result": result}))
+            }
+            "/v3/lease/revoke" => {
+                self.expire(int(&request["ID"]));
+                ok(json!({"header": self.header()}))
             }
             other => panic!("unexpected etcd path {other}"),
         }
+    }
+
+    /// The lease lapses: its keys go.
+    fn expire(&mut self, lease: i64) {
+        for key in self.leases.remove(&lease).unwrap_or_default() {
+            self.kv.remove(&key);
+        }
+    }
+
+    fn keys_under(&self, prefix: &str) -> Vec<String> {
+        self.kv
+            .keys()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .filter(|k| k.starts_with(prefix))
+            .collect()
     }
 
     /// The statuses etcd went through for one webhook, in order.
@@ -158,7 +231,8 @@ impl FakeEtcd {
     }
 
     fn record(&self) -> Option<WebhookHealth> {
-        let (value, _) = self.kv.values().next()?;
+        let key = self.keys_under("/test/webhooks/").into_iter().next()?;
+        let (value, _) = self.kv.get(key.as_bytes())?;
         WebhookHealth::decode(value)
     }
 }
@@ -200,7 +274,12 @@ fn replica(config: &Value) -> Replica {
     };
     let mut engine = Engine::new(1);
     engine.configure(&mut host, plugin.clone());
-    let sync = ClusterSync::new(plugin.clone(), 1).expect("cluster_state is configured");
+    engine.set_journaling(true);
+    let owner = format!(
+        "owner-{}",
+        NEXT_OWNER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let sync = ClusterSync::new(plugin.clone(), 1, owner).expect("cluster_state is configured");
     Replica {
         host,
         engine,
@@ -221,7 +300,7 @@ impl Replica {
         while self.host.now_ms < end {
             self.host.now_ms += 100;
             self.engine.tick(&mut self.host);
-            self.sync.tick(&mut self.host);
+            self.sync.tick(&mut self.host, &mut self.engine);
             self.answer_etcd(etcd);
         }
     }
@@ -246,7 +325,8 @@ impl Replica {
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default();
             let answer = etcd.answer(&path, &call.headers, &call.body);
-            self.sync.call_finished(&mut self.host, call.token, &answer);
+            self.sync
+                .call_finished(&mut self.host, call.token, &answer, &mut self.engine);
         }
     }
 
@@ -396,7 +476,7 @@ fn concurrent_failures_from_every_envoy_never_lose_a_count() {
         // Every Envoy starts its write before any answer arrives.
         for envoy in envoys.iter_mut() {
             envoy.host.now_ms += 100;
-            envoy.sync.tick(&mut envoy.host);
+            envoy.sync.tick(&mut envoy.host, &mut envoy.engine);
         }
         for envoy in envoys.iter_mut() {
             envoy.answer_etcd(&mut etcd);
@@ -515,12 +595,13 @@ fn only_one_root_context_per_envoy_polls() {
         ..FakeHost::default()
     };
     let mut syncs: Vec<ClusterSync> = (1..=3)
-        .map(|vm| ClusterSync::new(plugin.clone(), vm).expect("configured"))
+        .map(|vm| ClusterSync::new(plugin.clone(), vm, format!("o{vm}")).expect("configured"))
         .collect();
+    let mut engine = Engine::new(9);
     for _ in 0..30 {
         host.now_ms += 100;
         for sync in syncs.iter_mut() {
-            sync.tick(&mut host);
+            sync.tick(&mut host, &mut engine);
         }
     }
     let pollers: Vec<bool> = syncs.iter().map(ClusterSync::is_poller).collect();
@@ -530,8 +611,143 @@ fn only_one_root_context_per_envoy_polls() {
     for _ in 0..40 {
         host.now_ms += 100;
         for sync in syncs.iter_mut() {
-            sync.tick(&mut host);
+            sync.tick(&mut host, &mut engine);
         }
     }
     assert_eq!(syncs.iter().filter(|s| s.is_poller()).count(), 1);
+}
+
+fn waiting_config() -> Value {
+    let mut config = config(100);
+    config["delivery"]["retry_schedule_s"] = json!([60, 60]);
+    config
+}
+
+impl Replica {
+    /// One event whose first attempt fails: it waits for its retry.
+    fn leave_waiting(&mut self, n: usize) {
+        for _ in 0..n {
+            self.deliver("503");
+        }
+        assert_eq!(self.engine.pending(), n);
+    }
+
+    /// Answers every webhook call in flight with `status`; how many there were.
+    fn answer_hooks(&mut self, status: &str) -> usize {
+        let calls: Vec<_> = self
+            .host
+            .open
+            .values()
+            .filter(|c| c.cluster == "hook")
+            .cloned()
+            .collect();
+        for call in &calls {
+            self.host.take(call.token);
+            let answer = Answer {
+                status: Some(status.to_string()),
+                retry_after: None,
+                body_start: Vec::new(),
+            };
+            self.engine
+                .call_finished(&mut self.host, call.token, Some(&answer));
+        }
+        calls.len()
+    }
+
+    fn count(&self, counter: envoy_webhooks::delivery::host::WebhookCounter) -> u64 {
+        self.host.count_of("hook", counter)
+    }
+}
+
+#[test]
+fn deliveries_waiting_in_an_envoy_that_dies_are_made_by_another() {
+    use envoy_webhooks::delivery::host::WebhookCounter;
+    let config = waiting_config();
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(2, &config);
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].leave_waiting(3);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 3, "journaled");
+    assert_eq!(etcd.keys_under("/test/owners/").len(), 1);
+    // The other Envoy leaves a live owner's deliveries alone.
+    assert_eq!(envoys[1].count(WebhookCounter::Adopted), 0);
+
+    // Envoy 0 is killed: its lease lapses.
+    let dead = envoys.remove(0);
+    let leases: Vec<i64> = etcd.leases.keys().copied().collect();
+    for lease in leases {
+        etcd.expire(lease);
+    }
+    drop(dead);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(envoys[0].count(WebhookCounter::Adopted), 3);
+    assert_eq!(envoys[0].answer_hooks("204"), 3);
+    assert_eq!(envoys[0].count(WebhookCounter::Delivered), 3);
+    assert!(etcd.keys_under("/test/handoff/").is_empty());
+}
+
+#[test]
+fn a_delivery_made_leaves_the_journal_and_a_stopped_filter_hands_off_the_rest() {
+    use envoy_webhooks::delivery::host::WebhookCounter;
+    let config = waiting_config();
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(2, &config);
+    envoys[0].leave_waiting(3);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 3);
+    // Retried a minute later: one succeeds, two fail again and wait.
+    envoys[0].host.now_ms += 60_000;
+    let now_envoy = &mut envoys[0];
+    now_envoy.engine.tick(&mut now_envoy.host);
+    let retries: Vec<_> = now_envoy
+        .host
+        .open
+        .values()
+        .filter(|c| c.cluster == "hook")
+        .cloned()
+        .collect();
+    assert_eq!(retries.len(), 3);
+    for (i, call) in retries.iter().enumerate() {
+        now_envoy.host.take(call.token);
+        let status = if i == 0 { "204" } else { "503" };
+        let answer = Answer {
+            status: Some(status.to_string()),
+            retry_after: None,
+            body_start: Vec::new(),
+        };
+        now_envoy
+            .engine
+            .call_finished(&mut now_envoy.host, call.token, Some(&answer));
+    }
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(
+        etcd.keys_under("/test/handoff/").len(),
+        2,
+        "the delivered one is deleted"
+    );
+
+    // Envoy 0's filter stops (a configuration change): it hands off and revokes its lease.
+    let stopping = &mut envoys[0];
+    stopping.sync.stop(&mut stopping.host);
+    stopping.engine.stop(&mut stopping.host);
+    stopping.run(&mut etcd, 500);
+    assert!(stopping.sync.is_finished());
+    assert!(stopping.engine.is_idle());
+    assert_eq!(stopping.count(WebhookCounter::HandedOff), 2);
+    assert!(etcd.keys_under("/test/owners/").is_empty(), "lease revoked");
+    assert_eq!(
+        etcd.keys_under("/test/handoff/").len(),
+        2,
+        "records stay for another Envoy"
+    );
+    run_all(&mut envoys[1..], &mut etcd, 2_000);
+    assert_eq!(envoys[1].count(WebhookCounter::Adopted), 2);
+    assert_eq!(envoys[1].answer_hooks("204"), 2);
+    assert!(etcd.keys_under("/test/handoff/").is_empty());
+    // Every event delivered once: 1 by Envoy 0, 2 by Envoy 1.
+    assert_eq!(
+        envoys[0].count(WebhookCounter::Delivered) + envoys[1].count(WebhookCounter::Delivered),
+        3
+    );
 }
