@@ -197,6 +197,10 @@ impl ClusterSync {
         let range = due || self.known.is_empty();
         if range {
             self.next_round_ms = now.saturating_add(interval);
+        } else {
+            // Changes are written soon, but at most four times an interval:
+            // a failing receiver costs etcd a few writes, not one per delivery.
+            self.quiet_until_ms = now.saturating_add(interval / 4);
         }
         self.start(host, range);
     }
