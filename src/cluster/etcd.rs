@@ -787,9 +787,18 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("/v3/"), "{err}");
+        // A write through a follower while the leader had just died (held ~7 s first).
         let err = parse_error(
-            503,
-            br#"{"error":"etcdserver: no leader","message":"etcdserver: no leader","code":14}"#,
+            status_of("error-leader-failure"),
+            recorded!("error-leader-failure.json"),
+        );
+        assert_eq!(
+            err,
+            EtcdError::Status {
+                status: 503,
+                code: Some(14),
+                message: "etcdserver: request timed out".to_string()
+            }
         );
         assert!(err.to_string().contains("endpoint health"), "{err}");
         // Nothing at all (Envoy's own 503 with an empty body, say).
