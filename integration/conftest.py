@@ -24,6 +24,7 @@ from harness import (  # noqa: E402
     envoy_config,
     free_port,
 )
+from etcd_cluster import EtcdCluster, etcd_problem  # noqa: E402
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -182,3 +183,32 @@ def module_launcher(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fi
     launcher = EnvoyLauncher(tmp_path_factory.mktemp(request.module.__name__), envoy_bin)
     yield launcher
     launcher.stop_all(show_logs=bool(request.session.testsfailed))
+
+
+@pytest.fixture
+def make_etcd_cluster(tmp_path: Path, request: pytest.FixtureRequest):
+    """``make_etcd_cluster(size=3, auth_token_ttl=None)``: a started etcd cluster on
+    127.0.0.1 (integration/etcd_cluster.py). Every one is killed at teardown, and its members'
+    log tails printed when the test failed."""
+    problem = etcd_problem()
+    if problem:
+        pytest.fail(problem, pytrace=False)
+    clusters: list[EtcdCluster] = []
+
+    def _make(**kw: Any) -> EtcdCluster:
+        cluster = EtcdCluster(tmp_path / f"etcd{len(clusters)}", **kw)
+        clusters.append(cluster)
+        return cluster.start_all()
+
+    yield _make
+    for cluster in clusters:
+        cluster.kill_all()
+        if _failed(request):
+            for i in range(cluster.size):
+                print(f"\n{cluster.log_tail(i, 30)}")
+
+
+@pytest.fixture
+def etcd_cluster(make_etcd_cluster: Callable[..., EtcdCluster]) -> EtcdCluster:
+    """A three-member etcd cluster, healthy, killed at teardown."""
+    return make_etcd_cluster()

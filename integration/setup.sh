@@ -73,12 +73,15 @@ setup_musl_target() {
   fi
 }
 
-# Debian packages for the image tests: a registry server for 127.0.0.1 (docker-registry)
-# and skopeo. apt-get update runs once, only when one is missing.
+# Debian packages: for the image tests a registry server for 127.0.0.1 (docker-registry)
+# and skopeo; for the cluster-state tests etcd 3.4 (etcd-server: `etcd`, etcd-client:
+# `etcdctl`). apt-get update runs once, only when one is missing.
 setup_apt_packages() {
   local missing=()
   command -v docker-registry >/dev/null || missing+=(docker-registry)
   command -v skopeo >/dev/null || missing+=(skopeo)
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  command -v etcdctl >/dev/null || missing+=(etcd-client)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "== apt-get install ${missing[*]}"
     apt-get update -qq
@@ -86,6 +89,10 @@ setup_apt_packages() {
     # Debian starts the registry as a service on :5000; the tests run their own.
     if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
       systemctl stop docker-registry || true
+    fi
+    # Likewise etcd on :2379; the tests start their own clusters on free ports.
+    if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
+      systemctl stop etcd || true
     fi
   fi
 }

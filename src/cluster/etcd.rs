@@ -330,10 +330,10 @@ pub fn parse_error(status: u16, body: &[u8]) -> EtcdError {
         .as_ref()
         .and_then(|a| a.get("code"))
         .and_then(Value::as_u64);
-    let token_problem = message.contains("invalid auth token")
-        || message.contains("user name is empty")
-        || message.contains("token")
-            && (message.contains("expired") || message.contains("invalid"));
+    // "user name is empty" (etcd has authentication on and no credentials
+    // are configured) is not renewed by authenticating again: it is refused.
+    let token_problem =
+        message.contains("invalid auth token") || message.contains("revision of auth store is old");
     if code == Some(16) || token_problem {
         EtcdError::AuthExpired { status, message }
     } else {

@@ -17,6 +17,7 @@ mod config;
 mod conformance;
 mod delivery_policy;
 mod engine;
+mod etcd_answers;
 mod events;
 mod fields;
 mod health;
