@@ -61,7 +61,36 @@ enum Pending {
         delta: Box<Delta>,
         record: Box<WebhookHealth>,
         conflicts: u32,
+        /// Unique to this write: tells our own write from an equal one.
+        write_id: String,
     },
+}
+
+/// The record as written to etcd, with the id of the write.
+fn stamped(record: &WebhookHealth, write_id: &str) -> Vec<u8> {
+    let mut value = serde_json::to_value(record).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("write".to_string(), serde_json::Value::from(write_id));
+    }
+    serde_json::to_vec(&value).unwrap_or_default()
+}
+
+/// Whether `kv` holds the write `write_id`.
+fn written_by(kv: Option<&KeyValue>, write_id: &str) -> bool {
+    kv.and_then(|kv| serde_json::from_slice::<serde_json::Value>(&kv.value).ok())
+        .is_some_and(|value| {
+            value.get("write").and_then(serde_json::Value::as_str) == Some(write_id)
+        })
+}
+
+/// A call to etcd waiting for its answer, kept whole to be sent again once.
+#[derive(Debug)]
+struct InFlight {
+    pending: Pending,
+    path: &'static str,
+    body: Vec<u8>,
+    /// Already sent twice: a second failure counts.
+    retried: bool,
 }
 
 /// What a finished call brought back.
@@ -78,7 +107,7 @@ pub struct ClusterSync {
     token: Option<String>,
     /// By definition index; empty until the first read succeeded.
     known: HashMap<usize, Known>,
-    calls: HashMap<u32, Pending>,
+    calls: HashMap<u32, InFlight>,
     holder: bool,
     next_lease_ms: u64,
     next_round_ms: u64,
@@ -89,6 +118,8 @@ pub struct ClusterSync {
     journal: Journal,
     /// This root context's name in etcd (owner of its journal).
     owner: String,
+    /// Writes made so far (naming each).
+    writes: u64,
 }
 
 impl ClusterSync {
@@ -98,6 +129,7 @@ impl ClusterSync {
         Some(ClusterSync {
             journal,
             owner,
+            writes: 0,
             plugin,
             vm_number,
             token: None,
@@ -156,7 +188,7 @@ impl ClusterSync {
         if self
             .calls
             .values()
-            .any(|p| matches!(p, Pending::Journal(_)))
+            .any(|call| matches!(call.pending, Pending::Journal(_)))
         {
             return;
         }
@@ -293,7 +325,18 @@ impl ClusterSync {
     }
 
     /// Starts a call; a call the host refuses fails at once.
-    fn send<H: Host>(&mut self, host: &mut H, path: &str, body: Vec<u8>, pending: Pending) {
+    fn send<H: Host>(&mut self, host: &mut H, path: &'static str, body: Vec<u8>, pending: Pending) {
+        self.dispatch(host, path, body, pending, false);
+    }
+
+    fn dispatch<H: Host>(
+        &mut self,
+        host: &mut H,
+        path: &'static str,
+        body: Vec<u8>,
+        pending: Pending,
+        retried: bool,
+    ) {
         let Some(config) = self.config().cloned() else {
             return;
         };
@@ -316,7 +359,13 @@ impl ClusterSync {
         });
         match dispatched {
             Ok(token) => {
-                self.calls.insert(token, pending);
+                let call = InFlight {
+                    pending,
+                    path,
+                    body,
+                    retried,
+                };
+                self.calls.insert(token, call);
             }
             Err(error) => {
                 let why = format!("cannot call cluster '{}': {error:?}", config.cluster);
@@ -333,9 +382,17 @@ impl ClusterSync {
         answer: &EtcdAnswer,
         engine: &mut Engine,
     ) {
-        let Some(pending) = self.calls.remove(&token) else {
+        let Some(call) = self.calls.remove(&token) else {
             return;
         };
+        // No answer, or Envoy's or etcd's 5xx (a member just died, a leader
+        // election): once more at once, which goes to another member.
+        let transient = answer.status.is_none_or(|status| status >= 500);
+        if transient && !call.retried {
+            self.dispatch(host, call.path, call.body, call.pending, true);
+            return;
+        }
+        let pending = call.pending;
         if let Pending::Journal(call) = pending {
             let body = (answer.status == Some(200)).then_some(answer.body.as_slice());
             if let Err(error) = self.journal.finished_call(call, body) {
@@ -425,6 +482,7 @@ impl ClusterSync {
                 delta,
                 record,
                 conflicts,
+                write_id,
             } => match etcd::parse_txn(body) {
                 Ok(TxnOutcome::Applied { revision }) => {
                     self.known.insert(
@@ -437,9 +495,14 @@ impl ClusterSync {
                     self.follow(host, index, &record);
                 }
                 Ok(TxnOutcome::Conflict { current }) => {
+                    let ours = written_by(current.as_ref(), &write_id);
                     let known = self.decode(host, index, current.as_ref());
                     self.known.insert(index, known);
-                    if conflicts >= MAX_CONFLICTS {
+                    if ours {
+                        // Our own write: it applied, and its answer was lost
+                        // (the call was sent again).
+                        self.follow(host, index, &record);
+                    } else if conflicts >= MAX_CONFLICTS {
                         self.put_back(host, index, &delta);
                     } else {
                         self.write(host, index, *delta, conflicts.saturating_add(1));
@@ -451,6 +514,7 @@ impl ClusterSync {
                         delta,
                         record,
                         conflicts,
+                        write_id,
                     };
                     self.failed(host, pending, &error.to_string());
                 }
@@ -575,7 +639,10 @@ impl ClusterSync {
             return;
         }
         let key = self.key(definition);
-        let body = etcd::txn_put_if_revision(key.as_bytes(), known.revision, &record.encode());
+        self.writes = self.writes.saturating_add(1);
+        let write_id = format!("{}-{}", self.owner, self.writes);
+        let body =
+            etcd::txn_put_if_revision(key.as_bytes(), known.revision, &stamped(&record, &write_id));
         self.send(
             host,
             etcd::TXN_PATH,
@@ -585,6 +652,7 @@ impl ClusterSync {
                 delta: Box::new(delta),
                 record: Box::new(record),
                 conflicts,
+                write_id,
             },
         );
     }

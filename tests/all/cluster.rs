@@ -45,6 +45,8 @@ struct FakeEtcd {
     /// Lease id → the keys attached to it.
     leases: BTreeMap<i64, Vec<Vec<u8>>>,
     next_lease: i64,
+    /// Apply the next write, then answer nothing (the answer is lost).
+    lose_next_write_answer: bool,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -182,6 +184,9 @@ impl FakeEtcd {
                 let mut answer = json!({"header": self.header(), "responses": responses});
                 if holds {
                     answer["succeeded"] = json!(true);
+                }
+                if wrote && std::mem::take(&mut self.lose_next_write_answer) {
+                    return EtcdAnswer::default();
                 }
                 ok(answer)
             }
@@ -750,4 +755,48 @@ fn a_delivery_made_leaves_the_journal_and_a_stopped_filter_hands_off_the_rest() 
         envoys[0].count(WebhookCounter::Delivered) + envoys[1].count(WebhookCounter::Delivered),
         3
     );
+}
+
+#[test]
+fn a_write_whose_answer_was_lost_is_sent_again_and_counted_once() {
+    let config = config(100);
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(1, &config);
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].deliver("503");
+    etcd.lose_next_write_answer = true;
+    run_all(&mut envoys, &mut etcd, 2_000);
+    let record = etcd.record().expect("a record");
+    assert_eq!(record.consecutive_failures, 1, "applied once, not twice");
+    assert_eq!(envoys[0].errors(), 0, "the retry found its own write");
+}
+
+#[test]
+fn a_member_that_does_not_answer_once_costs_no_error() {
+    let config = config(100);
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(1, &config);
+    run_all(&mut envoys, &mut etcd, 1_000);
+    etcd.down = true;
+    // One call fails (a dead member); its retry goes to a live one.
+    let envoy = &mut envoys[0];
+    envoy.host.now_ms += 1_000;
+    envoy.sync.tick(&mut envoy.host, &mut envoy.engine);
+    let call = envoy
+        .host
+        .open
+        .values()
+        .find(|c| c.cluster == "etcd")
+        .cloned()
+        .expect("a read");
+    envoy.host.take(call.token);
+    envoy.sync.call_finished(
+        &mut envoy.host,
+        call.token,
+        &EtcdAnswer::default(),
+        &mut envoy.engine,
+    );
+    etcd.down = false;
+    envoy.answer_etcd(&mut etcd);
+    assert_eq!(envoy.errors(), 0);
 }
