@@ -278,3 +278,46 @@ def test_with_authentication_the_token_is_used_and_renewed(launch_envoy, upstrea
     assert envoy.post_event(_event(2)).status == 200
     wait_until(lambda: (r := record(etcd)) and r[0]["status"] == "FAILED", timeout=15, message="written again")
     assert status_of(envoy)["cluster_state"]["stale"] is False
+
+
+def test_what_an_envoy_asks_of_etcd(launch_envoy, upstream, hooks, etcd_cluster):
+    """The README's costs, measured from Envoy's own count of requests to the etcd cluster
+    (health checks not included): idle, then a failing receiver with deliveries waiting."""
+    hooks.set_reply("/hooks/shared", status=503)
+    plugin = cluster_plugin(threshold=100_000, retry_schedule_s=[600], sync_interval_ms=1000)
+    envoy, = start_envoys(launch_envoy, upstream, hooks, etcd_cluster.client_ports, plugin, n=1)
+    time.sleep(2)
+
+    def rate(seconds: float, during=None) -> float:
+        before = envoy.stat("cluster.etcd.upstream_rq_total")
+        start = time.monotonic()
+        n = 0
+        while time.monotonic() - start < seconds:
+            if during:
+                during(n)
+                n += 1
+            time.sleep(0.05)
+        return (envoy.stat("cluster.etcd.upstream_rq_total") - before) / (time.monotonic() - start)
+
+    idle = rate(6)
+    failing = rate(6, lambda n: envoy.post_event(_event(f"f{n}")))
+    print(f"requests to etcd per second, one Envoy with 2 workers, sync_interval_ms 1000: "
+          f"idle {idle:.2f}, failing receiver with ~20 events/s waiting for retries {failing:.2f}")
+    assert idle <= 3.5
+    assert failing <= 12
+    assert len(etcd_cluster.get_prefix(PREFIX + "handoff/")) > 50, "the waiting deliveries are journaled"
+
+
+def test_a_record_that_does_not_decode_is_counted_and_written_over(launch_envoy, upstream, hooks, etcd_cluster):
+    hooks.set_reply("/hooks/shared", status=500)
+    envoy, = start_envoys(launch_envoy, upstream, hooks, etcd_cluster.client_ports, cluster_plugin(threshold=3), n=1)
+    assert envoy.post_event(_event(1)).status == 200
+    wait_until(lambda: record(etcd_cluster) is not None, message="a record")
+    (key,) = etcd_cluster.get_prefix(PREFIX + "webhooks/shared/")
+    etcd_cluster.put(key, "{not a record")
+    wait_until(lambda: envoy.wasm_stat("envoy_webhooks.cluster_state_errors") > 0, message="counted")
+    assert hook_status(envoy) == "FAILING", "the local state is kept"
+    assert envoy.post_event(_event(2)).status == 200
+    wait_until(lambda: (r := record(etcd_cluster)) and r[0]["status"] == "FAILING", timeout=10,
+               message="written over with a valid record")
+    assert upstream.count() == 2
