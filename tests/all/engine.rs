@@ -364,6 +364,8 @@ enum Step {
     Reload(usize, bool),
     /// An operator enables webhook `i`.
     Enable(usize),
+    /// Envoy stops the filter (`on_done`).
+    Stop,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -375,10 +377,20 @@ fn step() -> impl Strategy<Value = Step> {
         3 => prop_oneof![Just(10u64), Just(200), Just(5_000), Just(40_000)].prop_map(Step::Wait),
         1 => (0usize..6, any::<bool>()).prop_map(|(i, add)| Step::Reload(i, add)),
         1 => (0usize..6).prop_map(Step::Enable),
+        1 => Just(Step::Stop),
     ]
 }
 
 fn identities_hold(steps: Vec<Step>, dead_letter: bool, small: bool) -> Result<(), TestCaseError> {
+    identities_hold_journaling(steps, dead_letter, small, false)
+}
+
+fn identities_hold_journaling(
+    steps: Vec<Step>,
+    dead_letter: bool,
+    small: bool,
+    journaling: bool,
+) -> Result<(), TestCaseError> {
     let mut ids: Vec<String> = (0..4).map(|i| format!("h{i}")).collect();
     let mut urls: BTreeMap<String, u32> = BTreeMap::new();
     let delivery = if small {
@@ -399,6 +411,7 @@ fn identities_hold(steps: Vec<Step>, dead_letter: bool, small: bool) -> Result<(
     };
     let mut plugin = make(&ids, &urls);
     let (mut engine, mut host) = started(&plugin);
+    engine.set_journaling(journaling);
     let mut matched: BTreeMap<String, u64> = BTreeMap::new();
     let mut accepted = 0u64;
     for step in steps {
@@ -444,6 +457,10 @@ fn identities_hold(steps: Vec<Step>, dead_letter: bool, small: bool) -> Result<(
                     store::update(&mut host, definition, 0, |health| health.enable());
                 }
             }
+            Step::Stop => {
+                engine.stop(&mut host);
+                prop_assert_eq!(engine.pending(), 0, "nothing waits once stopped");
+            }
         }
         prop_assert!(engine.held_bytes() <= plugin.config.delivery.max_held_bytes);
     }
@@ -470,7 +487,10 @@ fn identities_hold(steps: Vec<Step>, dead_letter: bool, small: bool) -> Result<(
     for (id, matched) in &matched {
         let count = |c| host.count_of(id, c);
         use WebhookCounter::*;
-        settled += count(Delivered) + count(Failed) + count(Dropped);
+        settled += count(Delivered) + count(Failed) + count(Dropped) + count(HandedOff);
+        if !journaling {
+            prop_assert_eq!(count(HandedOff), 0);
+        }
         prop_assert_eq!(
             count(Failed) + count(Dropped),
             count(DeadLettered) + count(Lost),
@@ -482,7 +502,7 @@ fn identities_hold(steps: Vec<Step>, dead_letter: bool, small: bool) -> Result<(
     prop_assert_eq!(
         accepted,
         settled + host.discarded(),
-        "matched = delivered + failed + dropped (+ discarded by reloads)"
+        "matched = delivered + failed + dropped + handed_off (+ discarded by reloads)"
     );
     Ok(())
 }
@@ -498,6 +518,11 @@ proptest! {
     #[test]
     fn identities_hold_without_dead_letters(steps in proptest::collection::vec(step(), 1..80)) {
         identities_hold(steps, false, false)?;
+    }
+
+    #[test]
+    fn identities_hold_when_journaling_for_the_cluster(steps in proptest::collection::vec(step(), 1..80), dead_letter in any::<bool>()) {
+        identities_hold_journaling(steps, dead_letter, false, true)?;
     }
 
     #[test]
