@@ -96,7 +96,9 @@ impl SharedData for ProxySharedData {
     }
 }
 
-/// The delivery engine's host: Envoy, through proxy-wasm, with the worker's stats.
+/// The delivery engine's host: Envoy, through proxy-wasm, with the worker's
+/// stats. Made for one callback: dropped at its end, it adds what was counted
+/// to Envoy's stats.
 pub struct ProxyHost<'a> {
     pub metrics: &'a Metrics,
 }
@@ -141,7 +143,9 @@ impl Host for ProxyHost<'_> {
     fn count(&mut self, counter: Counter, n: u64) {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         match counter {
-            Counter::DeliveriesDiscarded => self.metrics.deliveries_discarded.add(n),
+            Counter::DeliveriesDiscarded => {
+                self.metrics.add(self.metrics.deliveries_discarded, n);
+            }
             Counter::Webhook(id, which) => {
                 let metrics = self.metrics.webhook_named(&id);
                 let metric = match which {
@@ -152,7 +156,7 @@ impl Host for ProxyHost<'_> {
                     WebhookCounter::DeadLettered => metrics.dead_lettered,
                     WebhookCounter::Lost => metrics.lost,
                 };
-                metric.add(n);
+                self.metrics.add(metric, n);
             }
         }
     }
@@ -162,6 +166,13 @@ impl Host for ProxyHost<'_> {
     }
 
     fn add_held_bytes(&mut self, delta: i64) {
-        self.metrics.held_bytes.add(delta);
+        self.metrics.add(self.metrics.held_bytes, delta);
+    }
+}
+
+/// The stats counted during a callback reach Envoy when it ends.
+impl Drop for ProxyHost<'_> {
+    fn drop(&mut self) {
+        self.metrics.flush();
     }
 }
