@@ -134,6 +134,7 @@ impl Metrics {
 
     /// Adds `n` to a counter, or to a gauge (negative: subtracts), when the
     /// callback ends (`flush`).
+    #[inline(never)]
     pub fn add(&self, metric: Metric, n: i64) {
         let (Some(id), false) = (metric.0, n == 0) else {
             return;
@@ -150,6 +151,7 @@ impl Metrics {
     }
 
     /// Adds the increments gathered since the last flush to Envoy's stats.
+    #[inline(never)]
     pub fn flush(&self) {
         let Ok(mut pending) = self.pending.try_borrow_mut() else {
             return;
