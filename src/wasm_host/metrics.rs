@@ -1,5 +1,13 @@
 //! Envoy stats (`define_metric`). Envoy prefixes them with `wasmcustom.`;
 //! per-webhook names carry the id as `webhook_id.<id>.` for a `stats_tags` rule.
+//!
+//! Counter and gauge increments are gathered during a callback and added to
+//! Envoy's stats when it ends (`Metrics::flush`, called by the hosts'
+//! `Drop`): one host call per stat changed, however often it changed (a
+//! request of many events counts `events_seen` once). Stats stay exact as
+//! soon as the callback returns.
+
+use std::cell::RefCell;
 
 use hashbrown::HashMap;
 use proxy_wasm::hostcalls;
@@ -22,13 +30,6 @@ impl Metric {
                 log::warn!("envoy-webhooks: cannot define metric {name}: {status:?}");
                 Metric(None)
             }
-        }
-    }
-
-    /// Adds `n` to a counter, or to a gauge (negative: subtracts).
-    pub fn add(self, n: i64) {
-        if let (Some(id), false) = (self.0, n == 0) {
-            let _ = hostcalls::increment_metric(id, n);
         }
     }
 
@@ -107,6 +108,9 @@ pub struct Metrics {
     pub webhooks: Vec<WebhookMetrics>,
     /// Positions in `webhooks` by webhook id.
     by_id: HashMap<String, usize>,
+    /// Increments not yet added to Envoy's stats: (metric id, sum), one entry
+    /// per metric. A callback changes a few stats: a scan beats a map.
+    pending: RefCell<Vec<(u32, i64)>>,
 }
 
 impl Metrics {
@@ -133,6 +137,38 @@ impl Metrics {
             held_bytes: Metric::define(MetricType::Gauge, &format!("{PREFIX}.held_bytes")),
             webhooks,
             by_id,
+            pending: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Adds `n` to a counter, or to a gauge (negative: subtracts), when the
+    /// callback ends (`flush`).
+    #[inline(never)]
+    pub fn add(&self, metric: Metric, n: i64) {
+        let (Some(id), false) = (metric.0, n == 0) else {
+            return;
+        };
+        let Ok(mut pending) = self.pending.try_borrow_mut() else {
+            // Never re-entered; were it, the increment is not lost.
+            let _ = hostcalls::increment_metric(id, n);
+            return;
+        };
+        match pending.iter_mut().find(|(pending_id, _)| *pending_id == id) {
+            Some((_, sum)) => *sum = sum.saturating_add(n),
+            None => pending.push((id, n)),
+        }
+    }
+
+    /// Adds the increments gathered since the last flush to Envoy's stats.
+    #[inline(never)]
+    pub fn flush(&self) {
+        let Ok(mut pending) = self.pending.try_borrow_mut() else {
+            return;
+        };
+        for (id, n) in pending.drain(..) {
+            if n != 0 {
+                let _ = hostcalls::increment_metric(id, n);
+            }
         }
     }
 

@@ -96,12 +96,14 @@ impl WebhooksRoot {
             metrics,
             queue_id,
         });
-        let mut host = self.host(&worker);
-        self.engine.set_vm_number(vm_number);
-        self.engine.configure(&mut host, plugin);
-        if self.sync.is_some() {
-            // The poller's checks; the engine's own ticks come on top.
-            host.set_tick_period_ms(0);
+        {
+            let mut host = self.host(&worker);
+            self.engine.set_vm_number(vm_number);
+            self.engine.configure(&mut host, plugin);
+            if self.sync.is_some() {
+                // The poller's checks; the engine's own ticks come on top.
+                host.set_tick_period_ms(0);
+            }
         }
         self.worker = Some(worker);
         Ok(())

@@ -22,9 +22,16 @@ pub struct EventStream {
     intake: Option<Intake>,
 }
 
-/// The intake's host: the worker's stats and delivery queue.
+/// The intake's host: the worker's stats and delivery queue. Made for one
+/// callback: dropped at its end, it adds what was counted to Envoy's stats.
 struct StreamHost<'a> {
     worker: &'a Worker,
+}
+
+impl Drop for StreamHost<'_> {
+    fn drop(&mut self) {
+        self.worker.metrics.flush();
+    }
 }
 
 impl IntakeHost for StreamHost<'_> {
@@ -47,7 +54,7 @@ impl IntakeHost for StreamHost<'_> {
             IntakeCounter::Lost(index) => metrics.webhook(index).lost,
             IntakeCounter::Withheld(index) => metrics.webhook(index).withheld,
         };
-        metric.add(n);
+        metrics.add(metric, n);
     }
 
     fn enqueue(&mut self, event: &QueuedEvent) -> Result<(), String> {
