@@ -103,6 +103,8 @@ pub struct Engine {
     journal_next: u64,
     /// Journal numbers of deliveries handed off when the filter stopped.
     handed_off: Vec<u64>,
+    /// Each webhook's health as last decoded, with its CAS value, by fingerprint.
+    health_cache: HashMap<u64, Option<(u32, crate::webhook::health::WebhookHealth)>>,
 }
 
 impl Default for Engine {
@@ -130,6 +132,7 @@ impl Engine {
             journaling: false,
             journal_next: 0,
             handed_off: Vec::new(),
+            health_cache: HashMap::new(),
             held_reported: 0,
         }
     }
@@ -162,6 +165,7 @@ impl Engine {
     /// afresh for changed definitions), gauges set, the queue's bounds applied.
     pub fn configure<H: Host>(&mut self, host: &mut H, plugin: Rc<Plugin>) {
         let now_s = host.now_ms() / 1000;
+        self.health_cache.clear();
         for definition in plugin.definitions() {
             let health = store::update(host, definition, now_s, |_| None)
                 .map(|(health, _)| health)
@@ -398,7 +402,9 @@ impl Engine {
         }
         let mut clean_version = None;
         if !delivery.target.is_dead_letter() {
-            let (health, version) = store::load_versioned(host, definition, now_ms / 1000);
+            let cache = self.health_cache.entry(definition.fingerprint).or_default();
+            let (health, version) =
+                store::load_versioned_cached(host, definition, now_ms / 1000, cache);
             delivery.epoch = health.epoch;
             if health.status == Status::Enabled && health.consecutive_failures == 0 {
                 clean_version = version;

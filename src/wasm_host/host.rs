@@ -104,6 +104,8 @@ pub struct ProxyHost<'a> {
     /// The tick comes at least this often (0: only when the engine asks),
     /// for the cluster-state poller.
     pub tick_floor_ms: u64,
+    /// The time, read once per callback (a host call each).
+    pub clock: std::cell::Cell<Option<u64>>,
 }
 
 impl SharedData for ProxyHost<'_> {
@@ -118,7 +120,12 @@ impl SharedData for ProxyHost<'_> {
 
 impl Host for ProxyHost<'_> {
     fn now_ms(&self) -> u64 {
-        now_ms()
+        if let Some(now) = self.clock.get() {
+            return now;
+        }
+        let now = now_ms();
+        self.clock.set(Some(now));
+        now
     }
 
     fn random_unit(&mut self) -> f64 {

@@ -64,6 +64,7 @@ impl WebhooksRoot {
             } else {
                 0
             },
+            clock: std::cell::Cell::new(None),
         }
     }
 
@@ -164,14 +165,21 @@ impl Context for WebhooksRoot {
         }
         // No headers: the call ended without an answer, and the host has no
         // answer to read (the SDK would panic asking for it).
-        let answer = (num_headers > 0).then(|| Answer {
-            status: host::call_response_header(num_headers, ":status"),
-            retry_after: host::call_response_header(num_headers, "retry-after"),
-            body_start: host::buffer(
-                BufferType::HttpCallResponseBody,
-                body_size.min(ANSWER_BODY_BYTES),
-            )
-            .unwrap_or_default(),
+        let answer = (num_headers > 0).then(|| {
+            let status = host::call_response_header(num_headers, ":status");
+            // Only a failed attempt's delay can follow it: no header read on success.
+            let failed = status.as_deref().is_none_or(|s| !s.starts_with('2'));
+            Answer {
+                retry_after: failed
+                    .then(|| host::call_response_header(num_headers, "retry-after"))
+                    .flatten(),
+                status,
+                body_start: host::buffer(
+                    BufferType::HttpCallResponseBody,
+                    body_size.min(ANSWER_BODY_BYTES),
+                )
+                .unwrap_or_default(),
+            }
         });
         self.engine
             .call_finished(&mut host, token_id, answer.as_ref());
