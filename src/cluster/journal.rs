@@ -123,6 +123,10 @@ impl Journal {
         }
         let now = host.now_ms();
         self.kept.extend(engine.take_handed_off());
+        if !self.stopping && now < self.next_write_ms {
+            // Written this interval already: no scan of the worker's deliveries.
+            return self.keepalive(now);
+        }
         let alive: HashMap<u64, &Delivery> = engine.journaled().collect();
         let puts: Vec<u64> = if self.stopping {
             Vec::new()
