@@ -33,7 +33,11 @@ pub enum JournalCall {
     Grant,
     Liveness,
     Keepalive,
-    Write { puts: Vec<u64>, deletes: Vec<u64> },
+    Write {
+        /// Journal numbers and their keys.
+        puts: Vec<(u64, Vec<u8>)>,
+        deletes: Vec<u64>,
+    },
     Revoke,
 }
 
@@ -51,10 +55,10 @@ pub struct Journal {
     lease: Option<i64>,
     /// The liveness key is in place under `lease`: records may be written.
     live: bool,
-    /// Journal numbers whose record etcd holds.
-    written: HashSet<u64>,
-    /// Their keys (the delivery may be gone when its record is deleted).
-    written_keys: HashMap<u64, Vec<u8>>,
+    /// Journal numbers whose record etcd holds, with its key (the delivery
+    /// may be gone when its record is deleted); `None`: not journaled (too
+    /// large, not text), never to be tried again.
+    written: HashMap<u64, Option<Vec<u8>>>,
     /// Handed off when the filter stopped: their records stay for another Envoy.
     kept: HashSet<u64>,
     busy: bool,
@@ -73,8 +77,7 @@ impl Journal {
             interval_ms: config.sync_interval_ms,
             lease: None,
             live: false,
-            written: HashSet::new(),
-            written_keys: HashMap::new(),
+            written: HashMap::new(),
             kept: HashSet::new(),
             busy: false,
             next_write_ms: 0,
@@ -133,13 +136,13 @@ impl Journal {
         } else {
             alive
                 .keys()
-                .filter(|n| !self.written.contains(*n))
+                .filter(|n| !self.written.contains_key(*n))
                 .copied()
                 .collect()
         };
         let deletes: Vec<u64> = self
             .written
-            .iter()
+            .keys()
             .filter(|n| !alive.contains_key(*n) && !self.kept.contains(*n))
             .copied()
             .collect();
@@ -227,9 +230,8 @@ impl Journal {
                 continue;
             };
             let Some(record) = handoff::record_of(delivery) else {
-                // Not journaled (too large, not text): counted as written so
-                // that it is not tried again; a hard kill loses it.
-                self.written.insert(number);
+                // Not journaled: a hard kill loses it.
+                self.written.insert(number, None);
                 continue;
             };
             bytes = bytes.saturating_add(record.len());
@@ -240,7 +242,7 @@ impl Journal {
         let deletes: Vec<u64> = deletes.into_iter().take(room).collect();
         let delete_keys: Vec<Vec<u8>> = deletes
             .iter()
-            .filter_map(|n| self.written_keys.get(n).cloned())
+            .filter_map(|n| self.written.get(n).cloned().flatten())
             .collect();
         if put_records.is_empty() && delete_keys.is_empty() {
             for n in &deletes {
@@ -250,16 +252,14 @@ impl Journal {
         }
         self.busy = true;
         self.next_write_ms = now.saturating_add(self.interval_ms);
-        for (number, (key, _)) in put_numbers.iter().zip(&put_records) {
-            self.written_keys.insert(*number, key.clone());
-        }
+        let puts = put_numbers
+            .into_iter()
+            .zip(put_records.iter().map(|(key, _)| key.clone()))
+            .collect();
         Some(Request {
             path: etcd::TXN_PATH,
             body: etcd::txn_write(&put_records, &delete_keys, None),
-            call: JournalCall::Write {
-                puts: put_numbers,
-                deletes,
-            },
+            call: JournalCall::Write { puts, deletes },
         })
     }
 
@@ -298,10 +298,10 @@ impl Journal {
             }
             JournalCall::Write { puts, deletes } => {
                 if etcd::parse_txn_applied(body)? {
-                    self.written.extend(puts);
+                    self.written
+                        .extend(puts.into_iter().map(|(n, key)| (n, Some(key))));
                     for n in deletes {
                         self.written.remove(&n);
-                        self.written_keys.remove(&n);
                     }
                 }
             }

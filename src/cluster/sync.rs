@@ -562,15 +562,14 @@ impl ClusterSync {
         let record = WebhookHealth::decode(&kv.value)
             .filter(|record| Some(record.fingerprint) == fingerprint);
         if record.is_none() {
-            host.count(Counter::ClusterStateErrors, 1);
-            self.state.errors = self.state.errors.saturating_add(1);
             let key = String::from_utf8_lossy(&kv.key).into_owned();
-            self.plugin.warn("cluster_record", host.now_ms(), || {
-                format!(
-                    "cluster state: etcd key {} does not hold a webhook record; this Envoy's state is kept and written over it",
+            self.count_error(
+                host,
+                &format!(
+                    "etcd key {} does not hold a webhook record; this Envoy's state is kept and written over it",
                     Printable(&key)
-                )
-            });
+                ),
+            );
         }
         Known {
             record,
@@ -665,11 +664,16 @@ impl ClusterSync {
         self.dirty_seen = None;
     }
 
-    /// Counts (and shows in `/status`) an error that does not stop the sync.
-    fn count_error<H: Host>(&mut self, host: &mut H, why: &str) {
+    /// Counts an error and keeps it for `/status`.
+    fn record_error<H: Host>(&mut self, host: &mut H, why: &str) {
         host.count(Counter::ClusterStateErrors, 1);
         self.state.errors = self.state.errors.saturating_add(1);
         self.state.last_error = Some(why.to_string());
+    }
+
+    /// Counts (and shows in `/status`) an error that does not stop the sync.
+    fn count_error<H: Host>(&mut self, host: &mut H, why: &str) {
+        self.record_error(host, why);
         let plugin = self.plugin.clone();
         plugin.warn("cluster_state", host.now_ms(), || {
             format!("cluster state: {}", Printable(why))
@@ -679,9 +683,7 @@ impl ClusterSync {
     /// A call failed: counted, logged once per outage, its delta kept.
     fn failed<H: Host>(&mut self, host: &mut H, pending: Pending, why: &str) {
         let now = host.now_ms();
-        host.count(Counter::ClusterStateErrors, 1);
-        self.state.errors = self.state.errors.saturating_add(1);
-        self.state.last_error = Some(why.to_string());
+        self.record_error(host, why);
         if self.state.failing_since_ms.is_none() {
             self.state.failing_since_ms = Some(now);
             log::warn!(

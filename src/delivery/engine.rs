@@ -403,8 +403,7 @@ impl Engine {
         let mut clean_version = None;
         if !delivery.target.is_dead_letter() {
             let cache = self.health_cache.entry(definition.fingerprint).or_default();
-            let (health, version) =
-                store::load_versioned_cached(host, definition, now_ms / 1000, cache);
+            let (health, version) = store::load_versioned(host, definition, now_ms / 1000, cache);
             delivery.epoch = health.epoch;
             if health.status == Status::Enabled && health.consecutive_failures == 0 {
                 clean_version = version;

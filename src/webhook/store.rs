@@ -53,18 +53,9 @@ pub fn load<S: SharedData + ?Sized>(
 }
 
 /// Like `load`, with the record's CAS value: the record is unchanged for as
-/// long as `version` still returns it.
+/// long as `version` still returns it. Decodes only when the record changed
+/// since the last call with the same `cache` (the common case: it did not).
 pub fn load_versioned<S: SharedData + ?Sized>(
-    store: &S,
-    definition: &WebhookDefinition,
-    now_s: u64,
-) -> (WebhookHealth, Option<u32>) {
-    read(store, definition, now_s)
-}
-
-/// Like `load_versioned`, decoding only when the record changed since the
-/// last call with the same `cache` (the request path's common case: it did not).
-pub fn load_versioned_cached<S: SharedData + ?Sized>(
     store: &S,
     definition: &WebhookDefinition,
     now_s: u64,
@@ -76,11 +67,7 @@ pub fn load_versioned_cached<S: SharedData + ?Sized>(
             return (health.clone(), cas);
         }
     }
-    let health = bytes
-        .as_deref()
-        .and_then(WebhookHealth::decode)
-        .filter(|health| health.fingerprint == definition.fingerprint)
-        .unwrap_or_else(|| WebhookHealth::initial(definition, now_s));
+    let health = decoded(bytes.as_deref(), definition, now_s);
     *cache = cas.map(|version| (version, health.clone()));
     (health, cas)
 }
@@ -96,12 +83,16 @@ fn read<S: SharedData + ?Sized>(
     now_s: u64,
 ) -> (WebhookHealth, Option<u32>) {
     let (bytes, cas) = store.get(&health_key(definition));
-    let health = bytes
-        .as_deref()
+    (decoded(bytes.as_deref(), definition, now_s), cas)
+}
+
+/// A stored record; a missing one or one for another definition reads as
+/// the definition's initial state.
+fn decoded(bytes: Option<&[u8]>, definition: &WebhookDefinition, now_s: u64) -> WebhookHealth {
+    bytes
         .and_then(WebhookHealth::decode)
         .filter(|health| health.fingerprint == definition.fingerprint)
-        .unwrap_or_else(|| WebhookHealth::initial(definition, now_s));
-    (health, cas)
+        .unwrap_or_else(|| WebhookHealth::initial(definition, now_s))
 }
 
 /// Applies `change` atomically; returns the new record and the transition it made.

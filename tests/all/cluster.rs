@@ -355,14 +355,19 @@ impl Replica {
             .find(|c| c.cluster == "hook")
             .cloned()
             .expect("a delivery call");
-        self.host.take(call.token);
+        self.answer_hook(call.token, status);
+    }
+
+    /// The receiver answers the delivery call `token` with `status`.
+    fn answer_hook(&mut self, token: u32, status: &str) {
+        self.host.take(token);
         let answer = Answer {
             status: Some(status.to_string()),
             retry_after: None,
             body_start: Vec::new(),
         };
         self.engine
-            .call_finished(&mut self.host, call.token, Some(&answer));
+            .call_finished(&mut self.host, token, Some(&answer));
     }
 
     fn delivery_calls(&self) -> usize {
@@ -647,14 +652,7 @@ impl Replica {
             .cloned()
             .collect();
         for call in &calls {
-            self.host.take(call.token);
-            let answer = Answer {
-                status: Some(status.to_string()),
-                retry_after: None,
-                body_start: Vec::new(),
-            };
-            self.engine
-                .call_finished(&mut self.host, call.token, Some(&answer));
+            self.answer_hook(call.token, status);
         }
         calls.len()
     }
@@ -714,16 +712,7 @@ fn a_delivery_made_leaves_the_journal_and_a_stopped_filter_hands_off_the_rest() 
         .collect();
     assert_eq!(retries.len(), 3);
     for (i, call) in retries.iter().enumerate() {
-        now_envoy.host.take(call.token);
-        let status = if i == 0 { "204" } else { "503" };
-        let answer = Answer {
-            status: Some(status.to_string()),
-            retry_after: None,
-            body_start: Vec::new(),
-        };
-        now_envoy
-            .engine
-            .call_finished(&mut now_envoy.host, call.token, Some(&answer));
+        now_envoy.answer_hook(call.token, if i == 0 { "204" } else { "503" });
     }
     run_all(&mut envoys, &mut etcd, 2_000);
     assert_eq!(
