@@ -20,6 +20,7 @@ from etcd_cluster import (
     EtcdCluster,
     EtcdUnreachable,
     authenticate_request,
+    b64,
     range_prefix_request,
     txn_put_if_revision,
     unb64,
@@ -103,6 +104,39 @@ def test_answers_have_the_recorded_shapes(etcd_cluster: EtcdCluster) -> None:
     same_shape(body, "range-prefix-empty.json")
     status, body = etcd_cluster.request("/v3/kv/range", b'{"key":"L25vbmU="}')
     same_shape(body, "range-missing.json")
+
+
+def test_adoption_reads_one_view_and_takes_only_while_the_owner_is_gone(etcd_cluster: EtcdCluster) -> None:
+    """The codec's adoption requests, as recorded (tests/fixtures/etcd/README.md), on three
+    members: the read of owners and records through any member sees the owner's liveness key
+    with its record; the take is refused through every member while that key exists, and
+    applies once the lease is revoked."""
+    prefix = "/envoy-webhooks/test/"
+    lease = etcd_cluster._call("/v3/lease/grant", {"TTL": "30"})["ID"]
+    etcd_cluster._call("/v3/kv/put", {"key": b64(prefix + "owners/envoy-a-1"), "lease": lease})
+    assert etcd_cluster.put(prefix + "handoff/envoy-a-1/hook-a/00000000000000aa/1", '{"x":1}') == 3
+    assert etcd_cluster.put(prefix + "handoff/envoy-b-1/hook-a/00000000000000aa/7", '{"x":2}') == 4
+    for member in range(3):
+        answer = etcd_cluster.txn(recorded("txn-request-read-keys.json"), member)
+        assert [[unb64(kv["key"]).decode() for kv in r["response_range"].get("kvs", [])]
+                for r in answer["responses"]] == [
+            [prefix + "owners/envoy-a-1"],
+            [prefix + "handoff/envoy-a-1/hook-a/00000000000000aa/1",
+             prefix + "handoff/envoy-b-1/hook-a/00000000000000aa/7"]]
+        same_shape(json.dumps(answer).encode(), "txn-read-keys.json")
+        refused = etcd_cluster.txn(recorded("txn-request-take-live-owner.json"), member)
+        assert not refused.get("succeeded"), refused
+    assert etcd_cluster.get(prefix + "handoff/envoy-a-1/hook-a/00000000000000aa/1") == ('{"x":1}', 3)
+    etcd_cluster._call("/v3/lease/revoke", {"ID": lease})
+    # The live owner's take, with the revision it had: applies now that the owner is gone.
+    taken = etcd_cluster.txn(recorded("txn-request-take-live-owner.json"), member=2)
+    assert taken.get("succeeded") is True, taken
+    assert etcd_cluster.get(prefix + "handoff/envoy-a-1/hook-a/00000000000000aa/1") is None
+    gone = etcd_cluster.txn(recorded("txn-request-take-gone-owner.json"), member=1)
+    assert gone.get("succeeded") is True, gone
+    same_shape(json.dumps(gone).encode(), "txn-take-gone-owner.json")
+    again = etcd_cluster.txn(recorded("txn-request-take-gone-owner.json"), member=0)
+    assert not again.get("succeeded"), "taken once only"
 
 
 # --------------------------------------------------------------------------- compare-and-set

@@ -95,13 +95,46 @@ pub fn txn_put_if_revision(key: &[u8], expected_mod_revision: i64, value: &[u8])
     .into_bytes()
 }
 
-/// Every key under `prefix`, without values.
-pub fn range_keys_request(prefix: &[u8]) -> Vec<u8> {
-    // Served by any one member: a scan for orphans may be a moment behind.
-    json!({"key": encode(prefix), "range_end": encode(&prefix_end(prefix)),
-           "keys_only": true, "serializable": true})
-    .to_string()
-    .into_bytes()
+/// Every key under each of `prefixes`, without values, all read at one
+/// revision: a transaction of ranges is one consistent view, and without
+/// `serializable` it is linearizable (served through the leader, never by a
+/// member that is behind).
+pub fn txn_read_keys(prefixes: &[&[u8]]) -> Vec<u8> {
+    let ranges: Vec<Value> = prefixes
+        .iter()
+        .map(|prefix| {
+            json!({"request_range": {"key": encode(prefix),
+                                     "range_end": encode(&prefix_end(prefix)),
+                                     "keys_only": true}})
+        })
+        .collect();
+    json!({"success": ranges}).to_string().into_bytes()
+}
+
+/// The key-values of each range of a `txn_read_keys` answer, in order.
+pub fn parse_txn_ranges(body: &[u8], expected: usize) -> Result<Vec<Vec<KeyValue>>, EtcdError> {
+    let answer = parse_json(body)?;
+    header_revision(&answer)?;
+    let responses: &[Value] = match answer.get("responses") {
+        None | Some(Value::Null) => &[],
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(EtcdError::Malformed("responses is not a list".to_string())),
+    };
+    if responses.len() != expected {
+        return Err(EtcdError::Malformed(format!(
+            "{} ranges in the answer to a transaction of {expected}",
+            responses.len()
+        )));
+    }
+    responses
+        .iter()
+        .map(|response| {
+            let range = response.get("response_range").ok_or_else(|| {
+                EtcdError::Malformed("a read transaction answered without a range".to_string())
+            })?;
+            key_values(range)
+        })
+        .collect()
 }
 
 /// Puts and deletes in one transaction (no compare: it always applies).
@@ -124,13 +157,17 @@ pub fn txn_write(puts: &[(Vec<u8>, Vec<u8>)], deletes: &[Vec<u8>], lease: Option
     json!({"success": ops}).to_string().into_bytes()
 }
 
-/// Reads and deletes `key` if its `mod_revision` is still `expected`: whoever
-/// gets it, gets it alone.
-pub fn txn_take_if_revision(key: &[u8], expected_mod_revision: i64) -> Vec<u8> {
+/// Reads and deletes `key` if its `mod_revision` is still `expected` and
+/// `unless_key` does not exist (etcd compares a missing key's `mod_revision`
+/// as 0): whoever gets it, gets it alone, and only while its owner's liveness
+/// key is gone, as etcd sees it when it applies the take.
+pub fn txn_take_if_revision(key: &[u8], expected_mod_revision: i64, unless_key: &[u8]) -> Vec<u8> {
     let key = encode(key);
     json!({
         "compare": [{"key": key, "target": "MOD", "result": "EQUAL",
-                     "mod_revision": expected_mod_revision.to_string()}],
+                     "mod_revision": expected_mod_revision.to_string()},
+                    {"key": encode(unless_key), "target": "MOD", "result": "EQUAL",
+                     "mod_revision": "0"}],
         "success": [{"request_range": {"key": key}}, {"request_delete_range": {"key": key}}],
     })
     .to_string()

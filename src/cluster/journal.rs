@@ -126,7 +126,11 @@ impl Journal {
         }
         let now = host.now_ms();
         self.kept.extend(engine.take_handed_off());
-        if !self.stopping && now < self.next_write_ms {
+        // Records in etcd with no liveness key look orphaned to every other
+        // Envoy (the lease lapsed while etcd was away): a new lease and
+        // liveness key at once, not at the next put.
+        let orphaned = !self.live && self.written.values().any(Option::is_some);
+        if !self.stopping && now < self.next_write_ms && !orphaned {
             // Written this interval already: no scan of the worker's deliveries.
             return self.keepalive(now);
         }
@@ -155,7 +159,7 @@ impl Journal {
             }
             return None;
         }
-        if puts.is_empty() && deletes.is_empty() {
+        if puts.is_empty() && deletes.is_empty() && !orphaned {
             return self.keepalive(now);
         }
         let Some(lease) = self.lease else {

@@ -47,13 +47,9 @@ enum Pending {
         then_range: bool,
     },
     Range,
-    /// Which owners of journaled deliveries are alive (adoption, step 1).
-    Owners,
-    /// The journaled deliveries (adoption, step 2).
-    Handoffs {
-        owners: Vec<Vec<u8>>,
-    },
-    /// One orphaned record, taken if still there.
+    /// The owners that are alive and the journaled deliveries, in one view.
+    Orphans,
+    /// One orphaned record, taken if still there and its owner still gone.
     Take,
     Journal(JournalCall),
     Write {
@@ -275,11 +271,16 @@ impl ClusterSync {
 
     /// Takes the journaled deliveries of owners that are gone, for webhooks
     /// configured here (a few per round).
-    fn adopt_orphans<H: Host>(&mut self, host: &mut H, owners: &[Vec<u8>], records: Vec<KeyValue>) {
+    fn adopt_orphans<H: Host>(
+        &mut self,
+        host: &mut H,
+        owners: &[KeyValue],
+        records: Vec<KeyValue>,
+    ) {
         let owners_prefix = Journal::owners_prefix(self.prefix());
         let live: hashbrown::HashSet<&[u8]> = owners
             .iter()
-            .filter_map(|key| key.strip_prefix(owners_prefix.as_bytes()))
+            .filter_map(|kv| kv.key.strip_prefix(owners_prefix.as_bytes()))
             .collect();
         let handoff_prefix = Journal::handoff_prefix(self.prefix()).into_bytes();
         let mut taken = 0;
@@ -310,7 +311,11 @@ impl ClusterSync {
                 continue;
             }
             taken += 1;
-            let body = etcd::txn_take_if_revision(&record.key, record.mod_revision);
+            // Taken only if the owner is still gone when etcd applies the
+            // take: an owner back since the read (its lease renewed) keeps it.
+            let mut liveness = owners_prefix.clone().into_bytes();
+            liveness.extend_from_slice(owner);
+            let body = etcd::txn_take_if_revision(&record.key, record.mod_revision, &liveness);
             self.send(host, etcd::TXN_PATH, body, Pending::Take);
         }
     }
@@ -441,24 +446,22 @@ impl ClusterSync {
                 Ok((_, records)) => {
                     self.read(host, records);
                     self.write_deltas(host);
-                    let prefix = Journal::owners_prefix(self.prefix());
-                    let body = etcd::range_keys_request(prefix.as_bytes());
-                    self.send(host, etcd::RANGE_PATH, body, Pending::Owners);
+                    // Owners and records from one revision: a record written
+                    // after the owners were read cannot look orphaned.
+                    let owners = Journal::owners_prefix(self.prefix());
+                    let records = Journal::handoff_prefix(self.prefix());
+                    let body = etcd::txn_read_keys(&[owners.as_bytes(), records.as_bytes()]);
+                    self.send(host, etcd::TXN_PATH, body, Pending::Orphans);
                 }
                 Err(error) => self.failed(host, Pending::Range, &error.to_string()),
             },
-            Pending::Owners => match etcd::parse_range(body) {
-                Ok((_, owners)) => {
-                    let prefix = Journal::handoff_prefix(self.prefix());
-                    let body = etcd::range_keys_request(prefix.as_bytes());
-                    let owners = owners.into_iter().map(|kv| kv.key).collect();
-                    self.send(host, etcd::RANGE_PATH, body, Pending::Handoffs { owners });
+            Pending::Orphans => match etcd::parse_txn_ranges(body, 2) {
+                Ok(mut ranges) => {
+                    let records = ranges.pop().unwrap_or_default();
+                    let owners = ranges.pop().unwrap_or_default();
+                    self.adopt_orphans(host, &owners, records);
                 }
-                Err(error) => self.failed(host, Pending::Owners, &error.to_string()),
-            },
-            Pending::Handoffs { owners } => match etcd::parse_range(body) {
-                Ok((_, records)) => self.adopt_orphans(host, &owners, records),
-                Err(error) => self.failed(host, Pending::Take, &error.to_string()),
+                Err(error) => self.failed(host, Pending::Orphans, &error.to_string()),
             },
             Pending::Take => {
                 match etcd::parse_take(body) {

@@ -27,12 +27,14 @@ const START_MS: u64 = 1_700_000_000_000;
 
 static NEXT_OWNER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// key → (value, mod_revision)
+type Store = BTreeMap<Vec<u8>, (Vec<u8>, i64)>;
+
 /// etcd, as far as the filter uses it.
 #[derive(Default)]
 struct FakeEtcd {
     revision: i64,
-    /// key → (value, mod_revision)
-    kv: BTreeMap<Vec<u8>, (Vec<u8>, i64)>,
+    kv: Store,
     /// Every value put, in order: (key, value).
     puts: Vec<(Vec<u8>, Vec<u8>)>,
     /// Answer nothing (all members down).
@@ -47,6 +49,11 @@ struct FakeEtcd {
     next_lease: i64,
     /// Apply the next write, then answer nothing (the answer is lost).
     lose_next_write_answer: bool,
+    /// A member that is behind: what it holds (key → (value, mod_revision)).
+    /// Reads that may be served by any member (serializable ones) go to it
+    /// and to an up-to-date member in turn, as a round-robin cluster does.
+    lagging: Option<Store>,
+    serializable_reads: usize,
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -108,7 +115,54 @@ impl FakeEtcd {
         answer
     }
 
+    /// A member falls behind from here: it keeps what it holds now.
+    fn lag(&mut self) {
+        self.lagging = Some(self.kv.clone());
+    }
+
+    /// Whether a member that is behind may answer `request` (etcd serves a
+    /// range, or a transaction that only reads, from the member it reaches
+    /// when every read in it is serializable).
+    fn served_by_any_member(path: &str, request: &Value) -> bool {
+        let serializable = |range: &Value| range["serializable"] == json!(true);
+        match path {
+            "/v3/kv/range" => serializable(request),
+            "/v3/kv/txn" => {
+                let ops: Vec<&Value> = ["success", "failure"]
+                    .iter()
+                    .filter_map(|branch| request[*branch].as_array())
+                    .flatten()
+                    .collect();
+                request["compare"].as_array().is_none_or(Vec::is_empty)
+                    && ops
+                        .iter()
+                        .all(|op| op.get("request_range").is_some_and(&serializable))
+            }
+            _ => false,
+        }
+    }
+
     fn answer(&mut self, path: &str, headers: &[(String, String)], body: &[u8]) -> EtcdAnswer {
+        let request: Value = serde_json::from_slice(body).unwrap_or_default();
+        if self.lagging.is_some() && Self::served_by_any_member(path, &request) {
+            self.serializable_reads += 1;
+            if self.serializable_reads % 2 == 1 {
+                let lagging = self.lagging.clone().unwrap_or_default();
+                let current = std::mem::replace(&mut self.kv, lagging);
+                let answer = self.answer_current(path, headers, body);
+                self.kv = current;
+                return answer;
+            }
+        }
+        self.answer_current(path, headers, body)
+    }
+
+    fn answer_current(
+        &mut self,
+        path: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> EtcdAnswer {
         self.requests += 1;
         if self.down {
             return EtcdAnswer::default();
@@ -332,6 +386,38 @@ impl Replica {
             let answer = etcd.answer(&path, &call.headers, &call.body);
             self.sync
                 .call_finished(&mut self.host, call.token, &answer, &mut self.engine);
+        }
+    }
+
+    /// etcd answers every call in flight now; the answers reach the filter
+    /// later (`receive`), as over a slow link.
+    fn answers_now(&mut self, etcd: &mut FakeEtcd) -> Vec<(u32, EtcdAnswer)> {
+        let calls: Vec<_> = self
+            .host
+            .open
+            .values()
+            .filter(|c| c.cluster == "etcd")
+            .cloned()
+            .collect();
+        calls
+            .into_iter()
+            .map(|call| {
+                self.host.take(call.token);
+                let path = call
+                    .headers
+                    .iter()
+                    .find(|(n, _)| n == ":path")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                (call.token, etcd.answer(&path, &call.headers, &call.body))
+            })
+            .collect()
+    }
+
+    fn receive(&mut self, answers: Vec<(u32, EtcdAnswer)>) {
+        for (token, answer) in answers {
+            self.sync
+                .call_finished(&mut self.host, token, &answer, &mut self.engine);
         }
     }
 
@@ -744,6 +830,105 @@ fn a_delivery_made_leaves_the_journal_and_a_stopped_filter_hands_off_the_rest() 
         envoys[0].count(WebhookCounter::Delivered) + envoys[1].count(WebhookCounter::Delivered),
         3
     );
+}
+
+/// Envoy 1 starts an adoption round whose answers arrive late; Envoy 0
+/// journals its waiting deliveries while answer number `cut` of that round
+/// is on its way (or a lease lapses and is renewed there, with `lapse`).
+/// Returns how many deliveries Envoy 1 adopted and how many records etcd
+/// still holds.
+fn adoption_round_cut_at(cut: usize, lapse: bool) -> (u64, usize) {
+    use envoy_webhooks::delivery::host::WebhookCounter;
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(2, &waiting_config());
+    run_all(&mut envoys, &mut etcd, 1_000);
+    if lapse {
+        envoys[0].leave_waiting(3);
+        run_all(&mut envoys, &mut etcd, 200);
+        assert_eq!(etcd.keys_under("/test/handoff/").len(), 3);
+        // etcd lost Envoy 0 for longer than its lease: the liveness key goes.
+        let leases: Vec<i64> = etcd.leases.keys().copied().collect();
+        for lease in leases {
+            etcd.expire(lease);
+        }
+    }
+    // Envoy 1's next round starts.
+    let adopter = &mut envoys[1];
+    adopter.host.now_ms += 1_000;
+    adopter.engine.tick(&mut adopter.host);
+    adopter.sync.tick(&mut adopter.host, &mut adopter.engine);
+    let mut batch = 0;
+    loop {
+        let answers = envoys[1].answers_now(&mut etcd);
+        if answers.is_empty() {
+            break;
+        }
+        if batch == cut {
+            let owner = &mut envoys[0];
+            if lapse {
+                // Envoy 0 is back: its keepalive finds the lease gone and it
+                // takes a new one, with its liveness key.
+                owner.run(&mut etcd, 1_000);
+            } else {
+                owner.leave_waiting(3);
+                owner.run(&mut etcd, 100);
+            }
+            assert_eq!(etcd.keys_under("/test/owners/").len(), 1, "Envoy 0 is live");
+        }
+        envoys[1].receive(answers);
+        batch += 1;
+    }
+    assert!(
+        batch > cut,
+        "the round had {batch} answers, fewer than {cut}"
+    );
+    run_all(&mut envoys, &mut etcd, 3_000);
+    (
+        envoys[1].count(WebhookCounter::Adopted),
+        etcd.keys_under("/test/handoff/").len(),
+    )
+}
+
+#[test]
+fn a_live_owners_deliveries_are_not_adopted_whenever_its_journal_lands_in_a_round() {
+    // Every point of an adoption round (its range, its reads of owners and
+    // journals, its takes) at which the owner's journal can land.
+    for cut in 0..2 {
+        assert_eq!(
+            adoption_round_cut_at(cut, false),
+            (0, 3),
+            "cut at answer {cut}"
+        );
+    }
+}
+
+#[test]
+fn a_lapsed_owner_that_renews_before_the_take_keeps_its_deliveries() {
+    // The round read the records as orphaned (the liveness key was gone);
+    // the owner renewed before the takes reached etcd.
+    assert_eq!(adoption_round_cut_at(1, true), (0, 3));
+}
+
+#[test]
+fn a_lagging_member_never_makes_a_live_owner_look_gone() {
+    use envoy_webhooks::delivery::host::WebhookCounter;
+    for shift in 0..2 {
+        let mut etcd = FakeEtcd::default();
+        let mut envoys = replicas(2, &waiting_config());
+        run_all(&mut envoys, &mut etcd, 1_000);
+        // A member falls behind before Envoy 0 journals; the round-robin
+        // sends every other read that any member may serve to it.
+        etcd.lag();
+        etcd.serializable_reads = shift;
+        envoys[0].leave_waiting(3);
+        envoys[0].run(&mut etcd, 100);
+        assert_eq!(etcd.keys_under("/test/handoff/").len(), 3);
+        for _ in 0..5 {
+            run_all(&mut envoys[1..], &mut etcd, 1_000);
+        }
+        assert_eq!(envoys[1].count(WebhookCounter::Adopted), 0, "shift {shift}");
+        assert_eq!(etcd.keys_under("/test/handoff/").len(), 3);
+    }
 }
 
 #[test]

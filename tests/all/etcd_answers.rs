@@ -133,3 +133,72 @@ fn recorded_errors_say_whether_to_authenticate_again() {
     let no_token = etcd::parse_error(400, &fixture("error-no-token.json")).to_string();
     assert!(no_token.contains("user name is empty"), "{no_token}");
 }
+
+#[test]
+fn adoption_reads_owners_and_records_at_one_revision_and_takes_only_from_a_gone_owner() {
+    let prefix = "/envoy-webhooks/test/";
+    let owners = format!("{prefix}owners/");
+    let handoff = format!("{prefix}handoff/");
+    assert_eq!(
+        json(&etcd::txn_read_keys(&[
+            owners.as_bytes(),
+            handoff.as_bytes()
+        ])),
+        json(&fixture("txn-request-read-keys.json"))
+    );
+    // Recorded with envoy-a-1 live (its liveness key under a lease), a record
+    // of it and one of envoy-b-1, which has no liveness key.
+    assert_eq!(status_of("txn-read-keys"), 200);
+    let ranges = etcd::parse_txn_ranges(&fixture("txn-read-keys.json"), 2).expect("two ranges");
+    let keys: Vec<Vec<String>> = ranges
+        .iter()
+        .map(|kvs| {
+            kvs.iter()
+                .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            vec![format!("{owners}envoy-a-1")],
+            vec![
+                format!("{handoff}envoy-a-1/hook-a/00000000000000aa/1"),
+                format!("{handoff}envoy-b-1/hook-a/00000000000000aa/7"),
+            ],
+        ]
+    );
+    assert!(
+        etcd::parse_txn_ranges(&fixture("txn-read-keys.json"), 3).is_err(),
+        "a range missing from the answer is an error, not an empty range"
+    );
+
+    let live = format!("{handoff}envoy-a-1/hook-a/00000000000000aa/1");
+    assert_eq!(
+        json(&etcd::txn_take_if_revision(
+            live.as_bytes(),
+            3,
+            format!("{owners}envoy-a-1").as_bytes()
+        )),
+        json(&fixture("txn-request-take-live-owner.json"))
+    );
+    assert_eq!(
+        etcd::parse_take(&fixture("txn-take-live-owner.json")).ok(),
+        Some(None),
+        "the owner's liveness key exists: nothing taken"
+    );
+    let gone = format!("{handoff}envoy-b-1/hook-a/00000000000000aa/7");
+    assert_eq!(
+        json(&etcd::txn_take_if_revision(
+            gone.as_bytes(),
+            4,
+            format!("{owners}envoy-b-1").as_bytes()
+        )),
+        json(&fixture("txn-request-take-gone-owner.json"))
+    );
+    let taken = etcd::parse_take(&fixture("txn-take-gone-owner.json"))
+        .expect("a take")
+        .expect("taken");
+    assert_eq!(taken.key, gone.as_bytes());
+    assert_eq!(taken.value, br#"{"x":2}"#);
+}
