@@ -16,7 +16,7 @@ use serde_json::Value;
 pub use cluster_state::EtcdConfig;
 pub use definition::{
     fingerprint_of, parse_url, Operation, SecretSource, WebhookDefinition, WebhookUrl,
-    MAX_CLUSTER_LEN, MAX_ID_LEN,
+    DELIVERY_MARKER, MAX_CLUSTER_LEN, MAX_ID_LEN,
 };
 pub use problems::{ConfigError, Problem};
 

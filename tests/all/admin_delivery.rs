@@ -2,10 +2,8 @@
 //! (headers, outcome classification, queue messages).
 
 use envoy_webhooks::admin::{error_body, route, status_entry, AdminRoute};
-use envoy_webhooks::config::{DeliveryPolicy, PluginConfig, WebhookDefinition};
-use envoy_webhooks::delivery::call::{
-    request_headers, Answer, CallOutcome, DELIVERY_MARKER, USER_AGENT,
-};
+use envoy_webhooks::config::{DeliveryPolicy, PluginConfig, WebhookDefinition, DELIVERY_MARKER};
+use envoy_webhooks::delivery::call::{request_headers, Answer, CallOutcome, USER_AGENT};
 use envoy_webhooks::delivery::message::{QueuedEvent, QueuedTarget};
 use envoy_webhooks::status::Status;
 use envoy_webhooks::webhook::health::WebhookHealth;
