@@ -23,6 +23,7 @@ mod fields;
 mod health;
 mod intake;
 mod matcher;
+mod module_imports;
 mod pending;
 mod query_budget;
 mod query_properties;
