@@ -137,7 +137,7 @@ impl Default for DeliveryPolicy {
             max_in_flight: 100,
             failing_window_s: 18_000,
             failure_threshold: 10,
-            retry_schedule_s: crate::retry::DEFAULT_SCHEDULE_S.to_vec(),
+            retry_schedule_s: crate::delivery::retry::DEFAULT_SCHEDULE_S.to_vec(),
             max_pending: 10_000,
             max_pending_bytes: 64 * MIB,
             max_held_bytes: 256 * MIB,

@@ -202,7 +202,9 @@ pub fn read_pending<S: SharedData + ?Sized>(store: &S) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The name of VM `number`'s delivery queue.
+/// The name of VM `number`'s delivery queue (a proxy-wasm shared queue:
+/// only the Wasm build has one).
+#[cfg(target_arch = "wasm32")]
 pub fn queue_name(number: u64) -> String {
     format!("{KEY_PREFIX}deliveries/{number}")
 }

@@ -5,15 +5,15 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use envoy_webhooks::admin::{self, AdminRoute};
-use envoy_webhooks::delivery::call::Answer;
-use envoy_webhooks::delivery::engine::{Engine, MAX_TURN_BYTES};
-use envoy_webhooks::delivery::host::WebhookCounter;
-use envoy_webhooks::delivery::message::{QueuedEvent, QueuedTarget};
-use envoy_webhooks::plugin::Plugin;
 use envoy_webhooks::status::Status;
+use envoy_webhooks::testing::admin::{self, AdminRoute};
+use envoy_webhooks::testing::call::Answer;
+use envoy_webhooks::testing::engine::{Engine, MAX_TURN_BYTES};
+use envoy_webhooks::testing::host::WebhookCounter;
+use envoy_webhooks::testing::message::{QueuedEvent, QueuedTarget};
+use envoy_webhooks::testing::plugin::Plugin;
+use envoy_webhooks::testing::store;
 use envoy_webhooks::testing::{FakeHost, MadeCall};
-use envoy_webhooks::webhook::store;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
