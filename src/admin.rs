@@ -157,30 +157,8 @@ pub fn error_body(message: &str) -> String {
 /// Summaries older than this come from VMs that are gone.
 const STALE_SUMMARY_MS: u64 = 30_000;
 
-/// One worker's retry queue, as published in shared data.
-pub fn pending_summary(
-    now_ms: u64,
-    entries: impl IntoIterator<Item = (String, crate::delivery::queue::PendingSummary)>,
-) -> Vec<u8> {
-    let webhooks: serde_json::Map<String, Value> = entries
-        .into_iter()
-        .map(|(id, summary)| {
-            (
-                id,
-                json!({
-                    "deliveries": summary.deliveries,
-                    "dead_letters": summary.dead_letters,
-                    "next_due_ms": summary.next_due_ms,
-                }),
-            )
-        })
-        .collect();
-    json!({ "updated_at_ms": now_ms, "webhooks": webhooks })
-        .to_string()
-        .into_bytes()
-}
-
-/// `GET {prefix}/pending`: every worker's summaries added up, per webhook in
+/// `GET {prefix}/pending`: every worker's summaries (`published`, each as
+/// `webhook::store::pending_record` wrote it) added up, per webhook in
 /// configuration order: `{"webhooks":[{"id","pending","dead_letters_pending","next_due_at"}],
 /// "workers_with_backlog":N}`.
 pub fn pending_body(

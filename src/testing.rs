@@ -1,6 +1,73 @@
-//! A fake host for the delivery engine, for the crate's tests and fuzz
-//! targets: a clock they set, calls they answer, counters and shared data
-//! they read. Not used by the filter itself.
+//! What the crate's tests, fuzz targets and benches use of its private
+//! modules, and a fake host for the delivery engine: a clock they set, calls
+//! they answer, counters and shared data they read. Not used by the filter
+//! itself, and not part of the crate's API.
+//!
+//! One submodule per private module, named after it, re-exporting only the
+//! items used outside the crate: a test reaches `delivery::engine::Engine`
+//! as `testing::engine::Engine`.
+
+pub mod admin {
+    pub use crate::admin::{answer, error_body, pending_body, route, status_entry, AdminRoute};
+}
+
+pub mod cluster {
+    pub use crate::cluster::{ClusterSync, EtcdAnswer};
+}
+
+pub mod etcd {
+    pub use crate::cluster::etcd::{
+        authenticate_request, parse_authenticate, parse_error, parse_range, parse_txn,
+        range_prefix_request, txn_put_if_revision, EtcdError, TxnOutcome,
+    };
+}
+
+pub mod call {
+    pub use crate::delivery::call::{request_headers, Answer, CallOutcome, USER_AGENT};
+}
+
+pub mod dead_letter {
+    pub use crate::delivery::dead_letter::{record, FailedDelivery, Reason};
+}
+
+pub mod engine {
+    pub use crate::delivery::engine::{Engine, MAX_TURN_BYTES};
+}
+
+pub mod host {
+    pub use crate::delivery::host::{Counter, WebhookCounter};
+}
+
+pub mod message {
+    pub use crate::delivery::message::{QueuedEvent, QueuedTarget};
+}
+
+pub mod queue {
+    pub use crate::delivery::queue::{Delivery, PendingSummary, RetryQueue, Target, WebhookRef};
+}
+
+pub mod retry {
+    pub use crate::delivery::retry::{
+        after_failure, jittered_ms, parse_retry_after, AttemptOutcome, RetryDecision,
+        DEFAULT_SCHEDULE_S,
+    };
+}
+
+pub mod intake {
+    pub use crate::intake::{carries_events, Intake, IntakeCounter, IntakeHost};
+}
+
+pub mod plugin {
+    pub use crate::plugin::Plugin;
+}
+
+pub mod health {
+    pub use crate::webhook::health::{Transition, WebhookHealth};
+}
+
+pub mod store {
+    pub use crate::webhook::store::{load, pending_record, unique_vm_number, update};
+}
 
 use std::collections::BTreeMap;
 use std::rc::Rc;

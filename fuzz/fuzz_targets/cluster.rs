@@ -5,13 +5,13 @@
 
 use std::rc::Rc;
 
-use envoy_webhooks::cluster::{ClusterSync, EtcdAnswer};
-use envoy_webhooks::delivery::call::Answer;
-use envoy_webhooks::delivery::engine::Engine;
-use envoy_webhooks::delivery::message::{QueuedEvent, QueuedTarget};
-use envoy_webhooks::plugin::Plugin;
+use envoy_webhooks::testing::cluster::{ClusterSync, EtcdAnswer};
+use envoy_webhooks::testing::call::Answer;
+use envoy_webhooks::testing::engine::Engine;
+use envoy_webhooks::testing::message::{QueuedEvent, QueuedTarget};
+use envoy_webhooks::testing::plugin::Plugin;
 use envoy_webhooks::testing::FakeHost;
-use envoy_webhooks::webhook::store;
+use envoy_webhooks::testing::store;
 use libfuzzer_sys::fuzz_target;
 
 const CONFIG: &str = r#"{

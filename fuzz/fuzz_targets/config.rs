@@ -2,7 +2,7 @@
 //! configuration says why.
 #![no_main]
 
-use envoy_webhooks::plugin::Plugin;
+use envoy_webhooks::testing::plugin::Plugin;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -5,11 +5,11 @@
 
 use std::rc::Rc;
 
-use envoy_webhooks::delivery::call::Answer;
-use envoy_webhooks::delivery::engine::Engine;
-use envoy_webhooks::delivery::host::WebhookCounter;
-use envoy_webhooks::delivery::message::{QueuedEvent, QueuedTarget};
-use envoy_webhooks::plugin::Plugin;
+use envoy_webhooks::testing::call::Answer;
+use envoy_webhooks::testing::engine::Engine;
+use envoy_webhooks::testing::host::WebhookCounter;
+use envoy_webhooks::testing::message::{QueuedEvent, QueuedTarget};
+use envoy_webhooks::testing::plugin::Plugin;
 use envoy_webhooks::testing::FakeHost;
 use libfuzzer_sys::fuzz_target;
 

@@ -350,7 +350,7 @@ impl ClusterSync {
             (":path", path),
             (":authority", config.authority.as_str()),
             ("content-type", "application/json"),
-            (crate::delivery::call::DELIVERY_MARKER, "1"),
+            (crate::config::DELIVERY_MARKER, "1"),
         ];
         let token = self.token.clone();
         if let (Some(token), false) = (&token, matches!(pending, Pending::Authenticate { .. })) {

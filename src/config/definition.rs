@@ -3,7 +3,6 @@
 use serde_json::Value;
 
 use super::problems::{kind_of, Fields, Problem};
-use crate::delivery::call::DELIVERY_MARKER;
 use crate::query::Query;
 use crate::signature::SigningSecret;
 use crate::status::Status;
@@ -96,6 +95,12 @@ pub struct WebhookDefinition {
 }
 
 const KNOWN_FIELDS: &str = "id, name, description, event_type, realm, operation, object_id, url, cluster, status, query, headers, secret, secret_env";
+
+/// Sent on every call the filter makes (deliveries and dead letters). A
+/// request carrying it is never read as an event: a webhook whose cluster
+/// leads back through an Envoy with this filter cannot loop. Defined here,
+/// not with the calls, because configured headers are checked against it.
+pub const DELIVERY_MARKER: &str = "envoy-webhooks-delivery";
 
 /// Headers the filter sets itself on delivery calls.
 const FILTER_HEADERS: [&str; 6] = [

@@ -16,7 +16,7 @@ use serde_json::Value;
 pub use cluster_state::EtcdConfig;
 pub use definition::{
     fingerprint_of, parse_url, Operation, SecretSource, WebhookDefinition, WebhookUrl,
-    MAX_CLUSTER_LEN, MAX_ID_LEN,
+    DELIVERY_MARKER, MAX_CLUSTER_LEN, MAX_ID_LEN,
 };
 pub use problems::{ConfigError, Problem};
 
@@ -137,7 +137,7 @@ impl Default for DeliveryPolicy {
             max_in_flight: 100,
             failing_window_s: 18_000,
             failure_threshold: 10,
-            retry_schedule_s: crate::retry::DEFAULT_SCHEDULE_S.to_vec(),
+            retry_schedule_s: crate::delivery::retry::DEFAULT_SCHEDULE_S.to_vec(),
             max_pending: 10_000,
             max_pending_bytes: 64 * MIB,
             max_held_bytes: 256 * MIB,

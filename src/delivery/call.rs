@@ -3,15 +3,10 @@
 use std::fmt;
 
 use super::retry::AttemptOutcome;
-use crate::config::{WebhookDefinition, WebhookUrl};
+use crate::config::{WebhookDefinition, WebhookUrl, DELIVERY_MARKER};
 
 /// Sent as `user-agent` on every delivery.
 pub const USER_AGENT: &str = concat!("envoy-webhooks/", env!("CARGO_PKG_VERSION"));
-
-/// Sent on every call the filter makes (deliveries and dead letters). A
-/// request carrying it is never read as an event: a webhook whose cluster
-/// leads back through an Envoy with this filter cannot loop.
-pub const DELIVERY_MARKER: &str = "envoy-webhooks-delivery";
 
 /// The headers of a delivery call: pseudo-headers, then ours, then the webhook's own.
 pub fn request_headers(definition: &WebhookDefinition) -> Vec<(&str, &str)> {

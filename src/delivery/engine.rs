@@ -29,7 +29,6 @@ use super::message::QueuedEvent;
 use super::queue::{Delivery, RetryQueue, Target, WebhookRef};
 use super::retry::{self, RetryDecision};
 use super::signature;
-use crate::admin;
 use crate::config::WebhookDefinition;
 use crate::logging::Printable;
 use crate::plugin::Plugin;
@@ -909,8 +908,7 @@ impl Engine {
             .summary()
             .into_iter()
             .map(|(id, summary)| (id.to_string(), summary));
-        let summary = admin::pending_summary(now_ms, entries);
-        store::publish_pending(host, self.vm_number, &summary);
+        store::publish_pending(host, self.vm_number, now_ms, entries);
         self.published_ms = now_ms;
         self.published_nonempty = !self.retries.is_empty();
         self.summary_stale = false;

@@ -9,7 +9,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
 use crate::admin::{self, AdminRoute};
-use crate::delivery::call::DELIVERY_MARKER;
+use crate::config::DELIVERY_MARKER;
 use crate::delivery::message::QueuedEvent;
 use crate::intake::{self, Intake, IntakeCounter, IntakeHost};
 

@@ -7,14 +7,17 @@
 //! - `envoy_webhooks/vm_counter`: the number of VMs that registered a delivery
 //!   queue, decimal text; gives each VM a unique number.
 //! - `envoy_webhooks/pending/<n>`: VM `n`'s retry-queue summary for the admin
-//!   API (see `admin::pending_summary`), JSON.
+//!   API (see `pending_record`), JSON.
 //! - With `cluster_state` (see `cluster`): `envoy_webhooks/delta/<id>`, the
 //!   webhook's [`Delta`] not yet written to etcd; `envoy_webhooks/cluster/dirty`,
 //!   changed whenever a delta is (the poller writes soon); `.../cluster/poller`,
 //!   which root context polls etcd; `.../cluster/sync`, how the last sync went.
 
+use serde_json::{json, Value};
+
 use crate::config::WebhookDefinition;
 use crate::delivery::host::{SharedData, StoreError};
+use crate::delivery::queue::PendingSummary;
 
 use super::delta::{Delta, Outcome};
 use super::health::{Transition, WebhookHealth};
@@ -154,9 +157,39 @@ pub fn unique_vm_number<S: SharedData + ?Sized>(store: &mut S) -> Option<u64> {
     None
 }
 
+/// One VM's retry-queue summary at `now_ms` (per webhook id), as stored:
+/// `{"updated_at_ms", "webhooks": {id: {"deliveries", "dead_letters", "next_due_ms"}}}`.
+pub fn pending_record(
+    now_ms: u64,
+    entries: impl IntoIterator<Item = (String, PendingSummary)>,
+) -> Vec<u8> {
+    let webhooks: serde_json::Map<String, Value> = entries
+        .into_iter()
+        .map(|(id, summary)| {
+            (
+                id,
+                json!({
+                    "deliveries": summary.deliveries,
+                    "dead_letters": summary.dead_letters,
+                    "next_due_ms": summary.next_due_ms,
+                }),
+            )
+        })
+        .collect();
+    json!({ "updated_at_ms": now_ms, "webhooks": webhooks })
+        .to_string()
+        .into_bytes()
+}
+
 /// Publishes this VM's retry-queue summary for the admin API (any worker may answer it).
-pub fn publish_pending<S: SharedData + ?Sized>(store: &mut S, vm_number: u64, summary: &[u8]) {
-    if let Err(problem) = store.set(&pending_key(vm_number), summary, None) {
+pub fn publish_pending<S: SharedData + ?Sized>(
+    store: &mut S,
+    vm_number: u64,
+    now_ms: u64,
+    entries: impl IntoIterator<Item = (String, PendingSummary)>,
+) {
+    let record = pending_record(now_ms, entries);
+    if let Err(problem) = store.set(&pending_key(vm_number), &record, None) {
         log::debug!("envoy-webhooks: cannot publish the retry queue summary: {problem:?}");
     }
 }
@@ -169,7 +202,9 @@ pub fn read_pending<S: SharedData + ?Sized>(store: &S) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// The name of VM `number`'s delivery queue.
+/// The name of VM `number`'s delivery queue (a proxy-wasm shared queue:
+/// only the Wasm build has one).
+#[cfg(target_arch = "wasm32")]
 pub fn queue_name(number: u64) -> String {
     format!("{KEY_PREFIX}deliveries/{number}")
 }

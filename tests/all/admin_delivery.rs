@@ -1,14 +1,12 @@
 //! The admin API (routing, bearer token, status entries) and delivery calls
 //! (headers, outcome classification, queue messages).
 
-use envoy_webhooks::admin::{error_body, route, status_entry, AdminRoute};
-use envoy_webhooks::config::{DeliveryPolicy, PluginConfig, WebhookDefinition};
-use envoy_webhooks::delivery::call::{
-    request_headers, Answer, CallOutcome, DELIVERY_MARKER, USER_AGENT,
-};
-use envoy_webhooks::delivery::message::{QueuedEvent, QueuedTarget};
+use envoy_webhooks::config::{DeliveryPolicy, PluginConfig, WebhookDefinition, DELIVERY_MARKER};
 use envoy_webhooks::status::Status;
-use envoy_webhooks::webhook::health::WebhookHealth;
+use envoy_webhooks::testing::admin::{error_body, route, status_entry, AdminRoute};
+use envoy_webhooks::testing::call::{request_headers, Answer, CallOutcome, USER_AGENT};
+use envoy_webhooks::testing::health::WebhookHealth;
+use envoy_webhooks::testing::message::{QueuedEvent, QueuedTarget};
 use serde_json::{json, Value};
 
 const PREFIX: &str = "/webhooks-admin";
@@ -452,7 +450,7 @@ fn no_answer_near_the_timeout_is_a_timeout() {
 
 #[test]
 fn the_retry_schedule_sees_the_status_and_retry_after() {
-    use envoy_webhooks::retry::AttemptOutcome;
+    use envoy_webhooks::testing::retry::AttemptOutcome;
     let answer = Answer {
         status: Some("429".to_string()),
         retry_after: Some("\u{fffd}".to_string()),

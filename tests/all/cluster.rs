@@ -10,17 +10,17 @@ use std::rc::Rc;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use envoy_webhooks::admin::{self, AdminRoute};
-use envoy_webhooks::cluster::{ClusterSync, EtcdAnswer};
-use envoy_webhooks::delivery::call::Answer;
-use envoy_webhooks::delivery::engine::Engine;
-use envoy_webhooks::delivery::host::Counter;
-use envoy_webhooks::delivery::message::{QueuedEvent, QueuedTarget};
-use envoy_webhooks::plugin::Plugin;
 use envoy_webhooks::status::Status;
+use envoy_webhooks::testing::admin::{self, AdminRoute};
+use envoy_webhooks::testing::call::Answer;
+use envoy_webhooks::testing::cluster::{ClusterSync, EtcdAnswer};
+use envoy_webhooks::testing::engine::Engine;
+use envoy_webhooks::testing::health::WebhookHealth;
+use envoy_webhooks::testing::host::Counter;
+use envoy_webhooks::testing::message::{QueuedEvent, QueuedTarget};
+use envoy_webhooks::testing::plugin::Plugin;
+use envoy_webhooks::testing::store;
 use envoy_webhooks::testing::FakeHost;
-use envoy_webhooks::webhook::health::WebhookHealth;
-use envoy_webhooks::webhook::store;
 use serde_json::{json, Value};
 
 const START_MS: u64 = 1_700_000_000_000;
@@ -743,14 +743,14 @@ impl Replica {
         calls.len()
     }
 
-    fn count(&self, counter: envoy_webhooks::delivery::host::WebhookCounter) -> u64 {
+    fn count(&self, counter: envoy_webhooks::testing::host::WebhookCounter) -> u64 {
         self.host.count_of("hook", counter)
     }
 }
 
 #[test]
 fn deliveries_waiting_in_an_envoy_that_dies_are_made_by_another() {
-    use envoy_webhooks::delivery::host::WebhookCounter;
+    use envoy_webhooks::testing::host::WebhookCounter;
     let config = waiting_config();
     let mut etcd = FakeEtcd::default();
     let mut envoys = replicas(2, &config);
@@ -778,7 +778,7 @@ fn deliveries_waiting_in_an_envoy_that_dies_are_made_by_another() {
 
 #[test]
 fn a_delivery_made_leaves_the_journal_and_a_stopped_filter_hands_off_the_rest() {
-    use envoy_webhooks::delivery::host::WebhookCounter;
+    use envoy_webhooks::testing::host::WebhookCounter;
     let config = waiting_config();
     let mut etcd = FakeEtcd::default();
     let mut envoys = replicas(2, &config);

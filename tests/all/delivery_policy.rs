@@ -1,12 +1,13 @@
 //! Configuration and records of the delivery policy: retries, signing
 //! secrets, dead letters, `410 Gone` and the pending view of the admin API.
 
-use envoy_webhooks::admin::{pending_body, pending_summary};
 use envoy_webhooks::config::{PluginConfig, SecretSource};
-use envoy_webhooks::delivery::dead_letter::{record, FailedDelivery, Reason};
-use envoy_webhooks::delivery::queue::PendingSummary;
 use envoy_webhooks::status::Status;
-use envoy_webhooks::webhook::health::WebhookHealth;
+use envoy_webhooks::testing::admin::pending_body;
+use envoy_webhooks::testing::dead_letter::{record, FailedDelivery, Reason};
+use envoy_webhooks::testing::health::WebhookHealth;
+use envoy_webhooks::testing::queue::PendingSummary;
+use envoy_webhooks::testing::store;
 use serde_json::{json, Value};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -180,7 +181,7 @@ fn pending_view_adds_up_fresh_worker_summaries() {
     .expect("valid");
     let now = 1_700_000_100_000;
     let worker = |at: u64, a: usize, due: u64| {
-        pending_summary(
+        store::pending_record(
             at,
             [(
                 "a".to_string(),

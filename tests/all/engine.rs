@@ -5,14 +5,15 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use envoy_webhooks::delivery::call::Answer;
-use envoy_webhooks::delivery::engine::{Engine, MAX_TURN_BYTES};
-use envoy_webhooks::delivery::host::WebhookCounter;
-use envoy_webhooks::delivery::message::{QueuedEvent, QueuedTarget};
-use envoy_webhooks::plugin::Plugin;
 use envoy_webhooks::status::Status;
+use envoy_webhooks::testing::admin::{self, AdminRoute};
+use envoy_webhooks::testing::call::Answer;
+use envoy_webhooks::testing::engine::{Engine, MAX_TURN_BYTES};
+use envoy_webhooks::testing::host::WebhookCounter;
+use envoy_webhooks::testing::message::{QueuedEvent, QueuedTarget};
+use envoy_webhooks::testing::plugin::Plugin;
+use envoy_webhooks::testing::store;
 use envoy_webhooks::testing::{FakeHost, MadeCall};
-use envoy_webhooks::webhook::store;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -144,6 +145,41 @@ fn failed_attempts_are_retried_on_the_schedule_then_dead_lettered() {
     assert_eq!(host.count_of("a", WebhookCounter::DeadLettered), 1);
     let health = store::load(&host, &plugin.definitions()[0], 0);
     assert_eq!(health.status, Status::Failing);
+}
+
+/// The engine publishes its queue into shared data and any worker's admin
+/// API reads it back: the record's bytes and the view are pinned here.
+#[test]
+fn a_waiting_retry_is_published_and_shown_by_the_pending_view() {
+    let plugin = load(config(&["a", "b"], json!({}), false));
+    let (mut engine, mut host) = started(&plugin);
+    // As the root context does: the view reads the VMs that registered.
+    assert_eq!(store::unique_vm_number(&mut host), Some(1));
+    let now = host.now_ms;
+    engine.accept(&mut host, event_for(&plugin, &["a"], EVENT));
+    let token = host.calls[0].token;
+    engine.call_finished(&mut host, token, Some(&answer("503")));
+    let due = now + 5_000;
+    let record = host
+        .data
+        .get("envoy_webhooks/pending/1")
+        .map(|(bytes, _)| String::from_utf8_lossy(bytes).into_owned());
+    let a = format!(r#""a":{{"dead_letters":0,"deliveries":1,"next_due_ms":{due}}}"#);
+    assert_eq!(
+        record,
+        Some(format!(r#"{{"updated_at_ms":{now},"webhooks":{{{a}}}}}"#))
+    );
+    let view = admin::answer(&plugin, &mut host, &AdminRoute::Pending, now).expect("an answer");
+    assert_eq!(view.status, 200);
+    let a = format!(
+        r#"{{"dead_letters_pending":0,"id":"a","next_due_at":{},"pending":1}}"#,
+        due / 1000
+    );
+    let b = r#"{"dead_letters_pending":0,"id":"b","next_due_at":null,"pending":0}"#;
+    assert_eq!(
+        view.body,
+        format!(r#"{{"webhooks":[{a},{b}],"workers_with_backlog":1}}"#)
+    );
 }
 
 #[test]

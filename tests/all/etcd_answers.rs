@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use envoy_webhooks::cluster::etcd::{self, EtcdError, TxnOutcome};
+use envoy_webhooks::testing::etcd::{self, EtcdError, TxnOutcome};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Vec<u8> {

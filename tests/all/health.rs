@@ -3,7 +3,7 @@
 
 use envoy_webhooks::config::{DeliveryPolicy, PluginConfig, WebhookDefinition};
 use envoy_webhooks::status::Status;
-use envoy_webhooks::webhook::health::{Transition, WebhookHealth};
+use envoy_webhooks::testing::health::{Transition, WebhookHealth};
 use serde_json::json;
 
 fn definition(status: &str) -> WebhookDefinition {

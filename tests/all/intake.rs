@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use envoy_webhooks::delivery::message::QueuedEvent;
-use envoy_webhooks::intake::{carries_events, Intake, IntakeCounter, IntakeHost};
-use envoy_webhooks::plugin::Plugin;
+use envoy_webhooks::testing::intake::{carries_events, Intake, IntakeCounter, IntakeHost};
+use envoy_webhooks::testing::message::QueuedEvent;
+use envoy_webhooks::testing::plugin::Plugin;
 use serde_json::{json, Value};
 
 #[derive(Default)]

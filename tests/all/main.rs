@@ -1,5 +1,6 @@
-//! Every native test of the crate's public surface, as one test binary (one
-//! link instead of fifteen). Private helpers are tested next to their code.
+//! Every native test of the crate, as one test binary (one link instead of
+//! fifteen): its public surface, and its private modules through
+//! `envoy_webhooks::testing`. Private helpers are tested next to their code.
 
 // Tests may fail loudly; the rules against panics are for the filter's code.
 #![allow(
@@ -23,6 +24,7 @@ mod fields;
 mod health;
 mod intake;
 mod matcher;
+mod module_imports;
 mod pending;
 mod query_budget;
 mod query_properties;

@@ -1,6 +1,6 @@
 //! The per-worker retry queue: due order, bounds and eviction of the oldest.
 
-use envoy_webhooks::delivery::queue::{Delivery, RetryQueue, Target, WebhookRef};
+use envoy_webhooks::testing::queue::{Delivery, RetryQueue, Target, WebhookRef};
 
 fn webhook(index: usize) -> WebhookRef {
     WebhookRef {

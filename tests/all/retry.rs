@@ -2,7 +2,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use envoy_webhooks::retry::{
+use envoy_webhooks::testing::retry::{
     after_failure, jittered_ms, parse_retry_after, AttemptOutcome, RetryDecision,
     DEFAULT_SCHEDULE_S,
 };
