@@ -838,7 +838,7 @@ fn a_delivery_made_leaves_the_journal_and_a_stopped_filter_hands_off_the_rest() 
 /// Returns how many deliveries Envoy 1 adopted and how many records etcd
 /// still holds.
 fn adoption_round_cut_at(cut: usize, lapse: bool) -> (u64, usize) {
-    use envoy_webhooks::delivery::host::WebhookCounter;
+    use envoy_webhooks::testing::host::WebhookCounter;
     let mut etcd = FakeEtcd::default();
     let mut envoys = replicas(2, &waiting_config());
     run_all(&mut envoys, &mut etcd, 1_000);
@@ -911,7 +911,7 @@ fn a_lapsed_owner_that_renews_before_the_take_keeps_its_deliveries() {
 
 #[test]
 fn a_lagging_member_never_makes_a_live_owner_look_gone() {
-    use envoy_webhooks::delivery::host::WebhookCounter;
+    use envoy_webhooks::testing::host::WebhookCounter;
     for shift in 0..2 {
         let mut etcd = FakeEtcd::default();
         let mut envoys = replicas(2, &waiting_config());
