@@ -236,6 +236,31 @@ def test_deliveries_waiting_in_a_killed_envoy_are_made_by_another(launch_envoy, 
     assert hooks.count("/hooks/shared") == 5, "each exactly once"
 
 
+def test_etcd_down_with_deliveries_waiting_costs_a_few_calls_an_interval(
+        launch_envoy, upstream, hooks, etcd_cluster):
+    """Every member down while deliveries wait to be journaled: each worker's journal tries
+    once an interval, not once per refused answer (which would spin as fast as Envoy fails
+    the calls, in the data path's workers)."""
+    hooks.set_reply("/hooks/shared", status=503)
+    plugin = cluster_plugin(threshold=1000, retry_schedule_s=[120])
+    envoy, = start_envoys(launch_envoy, upstream, hooks, etcd_cluster.client_ports, plugin, n=1)
+    etcd_cluster.kill_all()
+    for i in range(5):
+        assert envoy.post_event(_event(i)).status == 200
+    hooks.wait_for(5, "/hooks/shared")
+    time.sleep(1)
+    before = envoy.wasm_stat("envoy_webhooks.cluster_state_errors")
+    time.sleep(4)
+    rate = (envoy.wasm_stat("envoy_webhooks.cluster_state_errors") - before) / 4
+    print(f"cluster_state_errors per second with etcd down and deliveries waiting: {rate:.1f}")
+    # By design at sync_interval_ms 500: per worker one journal call a interval, and the
+    # poller's read: 2 workers x 2/s + 2/s.
+    assert 0 < rate <= 10, rate
+    etcd_cluster.start_all()
+    wait_until(lambda: len(etcd_cluster.get_prefix(PREFIX + "handoff/")) == 5, timeout=20,
+               message="journaled once etcd is back")
+
+
 @pytest.mark.parametrize("etcd_is", ["not etcd", "nobody"])
 def test_answers_that_are_not_etcd_are_counted_and_traffic_is_untouched(
         launch_envoy, upstream, hooks, make_server, etcd_is):

@@ -64,6 +64,9 @@ pub struct Journal {
     busy: bool,
     next_write_ms: u64,
     next_keepalive_ms: u64,
+    /// After a failed call, the next waits until then: an etcd that refuses
+    /// at once must not get a call per answer.
+    retry_at_ms: u64,
     stopping: bool,
     /// Stopped, flushed and the lease revoked (or given up on).
     finished: bool,
@@ -82,6 +85,7 @@ impl Journal {
             busy: false,
             next_write_ms: 0,
             next_keepalive_ms: 0,
+            retry_at_ms: 0,
             stopping: false,
             finished: false,
         }
@@ -125,6 +129,9 @@ impl Journal {
             return None;
         }
         let now = host.now_ms();
+        if now < self.retry_at_ms {
+            return None;
+        }
         self.kept.extend(engine.take_handed_off());
         // Records in etcd with no liveness key look orphaned to every other
         // Envoy (the lease lapsed while etcd was away): a new lease and
@@ -316,6 +323,12 @@ impl Journal {
             }
         }
         Ok(())
+    }
+
+    /// A call failed (no answer, an error, an answer that is not etcd's):
+    /// the next one waits an interval.
+    pub fn back_off(&mut self, now_ms: u64) {
+        self.retry_at_ms = now_ms.saturating_add(self.interval_ms);
     }
 
     /// The filter stops: handed-off records stay, the rest are deleted, then

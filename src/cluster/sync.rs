@@ -401,6 +401,7 @@ impl ClusterSync {
         if let Pending::Journal(call) = pending {
             let body = (answer.status == Some(200)).then_some(answer.body.as_slice());
             if let Err(error) = self.journal.finished_call(call, body) {
+                self.journal.back_off(host.now_ms());
                 let why = match answer.status {
                     Some(200) => error.to_string(),
                     Some(status) => etcd::parse_error(status, &answer.body).to_string(),

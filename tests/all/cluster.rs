@@ -974,3 +974,43 @@ fn a_member_that_does_not_answer_once_costs_no_error() {
     envoy.answer_etcd(&mut etcd);
     assert_eq!(envoy.errors(), 0);
 }
+
+#[test]
+fn etcd_down_with_deliveries_waiting_costs_a_few_calls_an_interval() {
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(1, &waiting_config());
+    run_all(&mut envoys, &mut etcd, 1_000);
+    etcd.down = true;
+    envoys[0].leave_waiting(3);
+    let before = etcd.requests;
+    // Answered by hand, a bounded number of times: a journal that sent its
+    // next call at once after each failure would never stop.
+    for _ in 0..50 {
+        let replica = &mut envoys[0];
+        replica.host.now_ms += 100;
+        replica.engine.tick(&mut replica.host);
+        replica.sync.tick(&mut replica.host, &mut replica.engine);
+        for _ in 0..10 {
+            let answers = replica.answers_now(&mut etcd);
+            if answers.is_empty() {
+                break;
+            }
+            replica.receive(answers);
+        }
+        assert!(
+            replica.answers_now(&mut etcd).is_empty(),
+            "a failed call is followed by another at once, without end"
+        );
+    }
+    let calls = etcd.requests - before;
+    // 5 s at sync_interval_ms 1000: each failed call sent twice, the journal
+    // and the poller trying about once an interval each.
+    assert!(calls <= 30, "{calls} calls to an etcd that is down in 5 s");
+    etcd.down = false;
+    run_all(&mut envoys, &mut etcd, 3_000);
+    assert_eq!(
+        etcd.keys_under("/test/handoff/").len(),
+        3,
+        "journaled once etcd is back"
+    );
+}
