@@ -115,6 +115,17 @@ impl FakeEtcd {
         answer
     }
 
+    /// The answer to one call the filter made.
+    fn answer_call(&mut self, call: &envoy_webhooks::testing::MadeCall) -> EtcdAnswer {
+        let path = call
+            .headers
+            .iter()
+            .find(|(n, _)| n == ":path")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        self.answer(&path, &call.headers, &call.body)
+    }
+
     /// A member falls behind from here: it keeps what it holds now.
     fn lag(&mut self) {
         self.lagging = Some(self.kv.clone());
@@ -377,13 +388,7 @@ impl Replica {
             };
             self.host.take(call.token);
             assert!(self.sync.owns(call.token));
-            let path = call
-                .headers
-                .iter()
-                .find(|(n, _)| n == ":path")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            let answer = etcd.answer(&path, &call.headers, &call.body);
+            let answer = etcd.answer_call(&call);
             self.sync
                 .call_finished(&mut self.host, call.token, &answer, &mut self.engine);
         }
@@ -403,13 +408,7 @@ impl Replica {
             .into_iter()
             .map(|call| {
                 self.host.take(call.token);
-                let path = call
-                    .headers
-                    .iter()
-                    .find(|(n, _)| n == ":path")
-                    .map(|(_, v)| v.clone())
-                    .unwrap_or_default();
-                (call.token, etcd.answer(&path, &call.headers, &call.body))
+                (call.token, etcd.answer_call(&call))
             })
             .collect()
     }
