@@ -174,6 +174,39 @@ pub fn txn_take_if_revision(key: &[u8], expected_mod_revision: i64, unless_key: 
     .into_bytes()
 }
 
+/// Reads and deletes `key` if its `mod_revision` is still `expected`, the
+/// key `unless_key` (if any) does not exist, and no key under `unchanged_prefix`
+/// was written after `revision` (etcd compares every key of a range, and an
+/// empty range as a missing key, `mod_revision` 0): a removal decided from
+/// what was read at `revision` applies only if that is still true.
+pub fn txn_remove_if_unchanged(
+    key: &[u8],
+    expected_mod_revision: i64,
+    unless_key: Option<&[u8]>,
+    unchanged_prefix: &[u8],
+    revision: i64,
+) -> Vec<u8> {
+    let key = encode(key);
+    let mut compare = vec![json!({"key": key, "target": "MOD", "result": "EQUAL",
+                                  "mod_revision": expected_mod_revision.to_string()})];
+    if let Some(unless_key) = unless_key {
+        compare.push(
+            json!({"key": encode(unless_key), "target": "MOD", "result": "EQUAL",
+                            "mod_revision": "0"}),
+        );
+    }
+    compare.push(json!({"key": encode(unchanged_prefix),
+                        "range_end": encode(&prefix_end(unchanged_prefix)),
+                        "target": "MOD", "result": "LESS",
+                        "mod_revision": revision.saturating_add(1).to_string()}));
+    json!({
+        "compare": compare,
+        "success": [{"request_range": {"key": key}}, {"request_delete_range": {"key": key}}],
+    })
+    .to_string()
+    .into_bytes()
+}
+
 pub fn lease_grant_request(ttl_s: u64) -> Vec<u8> {
     json!({"TTL": ttl_s.to_string()}).to_string().into_bytes()
 }

@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::delivery::queue::{Delivery, Target};
+use crate::delivery::queue::{Delivery, Target, WebhookRef};
 use crate::plugin::Plugin;
 
 /// Records larger than this are not journaled: etcd refuses requests over
@@ -57,7 +57,22 @@ pub fn delivery_of(bytes: &[u8], plugin: &Plugin) -> Option<Delivery> {
         return None;
     }
     let webhook = plugin.webhook_ref(index)?.clone();
-    Some(Delivery {
+    Some(delivery(record, webhook))
+}
+
+/// The delivery a record holds, whatever the configuration: for a webhook
+/// no Envoy has any more, on its way to the dead letters.
+pub fn orphan_of(bytes: &[u8]) -> Option<Delivery> {
+    let record: HandoffRecord = serde_json::from_slice(bytes).ok()?;
+    let webhook = WebhookRef {
+        id: Rc::from(record.webhook_id.as_str()),
+        fingerprint: record.fingerprint,
+    };
+    Some(delivery(record, webhook))
+}
+
+fn delivery(record: HandoffRecord, webhook: WebhookRef) -> Delivery {
+    Delivery {
         target: Target::Webhook(webhook),
         body: Rc::from(record.event.into_bytes()),
         message_id: record.message_id,
@@ -68,5 +83,5 @@ pub fn delivery_of(bytes: &[u8], plugin: &Plugin) -> Option<Delivery> {
         last_error: record.last_error,
         epoch: 0,
         journal: None,
-    })
+    }
 }

@@ -5,6 +5,8 @@
 pub mod etcd;
 mod handoff;
 mod journal;
+mod members;
+mod sweep;
 mod sync;
 
 pub use sync::{ClusterSync, EtcdAnswer};

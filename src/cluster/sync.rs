@@ -14,6 +14,8 @@ use hashbrown::HashMap;
 use super::etcd::{self, EtcdError, KeyValue, TxnOutcome};
 use super::handoff;
 use super::journal::{Journal, JournalCall};
+use super::members::{MemberCall, Membership};
+use super::sweep::{Candidate, Sweep};
 use crate::config::{EtcdConfig, WebhookDefinition};
 use crate::delivery::engine::Engine;
 use crate::delivery::host::{Call, Counter, Host};
@@ -52,6 +54,11 @@ enum Pending {
     /// One orphaned record, taken if still there and its owner still gone.
     Take,
     Journal(JournalCall),
+    Member(MemberCall),
+    /// Every member entry: which webhooks some Envoy has.
+    Members,
+    /// A record of a webhook no Envoy has, removed if still unchanged.
+    Remove(Box<Candidate>),
     Write {
         index: usize,
         delta: Box<Delta>,
@@ -112,6 +119,8 @@ pub struct ClusterSync {
     quiet_until_ms: u64,
     state: SyncState,
     journal: Journal,
+    membership: Membership,
+    sweep: Sweep,
     /// This root context's name in etcd (owner of its journal).
     owner: String,
     /// Writes made so far (naming each).
@@ -121,9 +130,14 @@ pub struct ClusterSync {
 impl ClusterSync {
     /// `None` without `cluster_state` in the configuration.
     pub fn new(plugin: Rc<Plugin>, vm_number: u64, owner: String) -> Option<ClusterSync> {
-        let journal = Journal::new(plugin.config.cluster_state.as_ref()?, owner.clone());
+        let config = plugin.config.cluster_state.as_ref()?;
+        let journal = Journal::new(config, owner.clone());
+        let membership = Membership::new(config, &owner, plugin.definitions());
+        let sweep = Sweep::new(config.orphan_retention_s, config.sync_interval_ms);
         Some(ClusterSync {
             journal,
+            membership,
+            sweep,
             owner,
             writes: 0,
             plugin,
@@ -161,6 +175,7 @@ impl ClusterSync {
             self.holder = false;
         }
         self.journal.stop();
+        self.membership.set_active(false);
         // No more rounds from here.
         self.next_lease_ms = u64::MAX;
         self.next_round_ms = u64::MAX;
@@ -169,7 +184,7 @@ impl ClusterSync {
 
     /// Stopped, its journal flushed and its lease revoked: the root context may end.
     pub fn is_finished(&self) -> bool {
-        self.calls.is_empty() && self.journal.is_finished()
+        self.calls.is_empty() && self.journal.is_finished() && self.membership.is_finished()
     }
 
     /// Called every `CHECK_INTERVAL_MS`: keeps the lease, writes the journal,
@@ -177,6 +192,22 @@ impl ClusterSync {
     pub fn tick<H: Host>(&mut self, host: &mut H, engine: &mut Engine) {
         self.pump_journal(host, engine);
         self.poll(host);
+        self.pump_membership(host);
+    }
+
+    /// Keeps this Envoy's member entry while this root context polls.
+    fn pump_membership<H: Host>(&mut self, host: &mut H) {
+        if self
+            .calls
+            .values()
+            .any(|call| matches!(call.pending, Pending::Member(_)))
+        {
+            return;
+        }
+        self.membership.set_active(self.holder);
+        if let Some((path, body, call)) = self.membership.next(host.now_ms()) {
+            self.send(host, path, body, Pending::Member(call));
+        }
     }
 
     /// Sends the journal's next call, if it has one.
@@ -285,9 +316,6 @@ impl ClusterSync {
         let handoff_prefix = Journal::handoff_prefix(self.prefix()).into_bytes();
         let mut taken = 0;
         for record in records {
-            if taken >= MAX_ADOPTIONS_PER_ROUND {
-                break;
-            }
             // handoff/<owner>/<webhook>/<fingerprint>/<n>
             let Some(rest) = record.key.strip_prefix(handoff_prefix.as_slice()) else {
                 continue;
@@ -306,15 +334,23 @@ impl ClusterSync {
                 .and_then(|hex| u64::from_str_radix(hex, 16).ok())
                 .and_then(|fingerprint| self.plugin.resolve_fingerprint(fingerprint))
                 .is_some_and(|(_, d)| d.id.as_bytes() == webhook);
+            let mut liveness = owners_prefix.clone().into_bytes();
+            liveness.extend_from_slice(owner);
             if !known {
-                // For another configuration: an Envoy that has it adopts it.
+                // For another configuration: an Envoy that has it adopts it,
+                // or, when none has for the retention, the sweep removes it.
+                let mut name = webhook.to_vec();
+                name.push(b'/');
+                name.extend_from_slice(fingerprint);
+                self.sweep.journaled(&record, name, liveness);
+                continue;
+            }
+            if taken >= MAX_ADOPTIONS_PER_ROUND {
                 continue;
             }
             taken += 1;
             // Taken only if the owner is still gone when etcd applies the
             // take: an owner back since the read (its lease renewed) keeps it.
-            let mut liveness = owners_prefix.clone().into_bytes();
-            liveness.extend_from_slice(owner);
             let body = etcd::txn_take_if_revision(&record.key, record.mod_revision, &liveness);
             self.send(host, etcd::TXN_PATH, body, Pending::Take);
         }
@@ -412,6 +448,19 @@ impl ClusterSync {
             self.pump_journal(host, engine);
             return;
         }
+        if let Pending::Member(call) = pending {
+            let body = (answer.status == Some(200)).then_some(answer.body.as_slice());
+            if let Err(error) = self.membership.finished_call(call, body, host.now_ms()) {
+                let why = match answer.status {
+                    Some(200) => error.to_string(),
+                    Some(status) => etcd::parse_error(status, &answer.body).to_string(),
+                    None => "no answer (etcd down, a timeout or a reset)".to_string(),
+                };
+                self.count_error(host, &format!("member entry: {why}"));
+            }
+            self.pump_membership(host);
+            return;
+        }
         let body = match answer.status {
             None => {
                 let why = "no answer (etcd down, a timeout or a reset)";
@@ -445,7 +494,9 @@ impl ClusterSync {
             },
             Pending::Range => match etcd::parse_range(body) {
                 Ok((_, records)) => {
-                    self.read(host, records);
+                    self.sweep.begin_round();
+                    let unconfigured = self.read(host, records);
+                    self.note_unconfigured(&unconfigured);
                     self.write_deltas(host);
                     // Owners and records from one revision: a record written
                     // after the owners were read cannot look orphaned.
@@ -461,8 +512,24 @@ impl ClusterSync {
                     let records = ranges.pop().unwrap_or_default();
                     let owners = ranges.pop().unwrap_or_default();
                     self.adopt_orphans(host, &owners, records);
+                    if self.sweep.is_due(host.now_ms()) {
+                        let members = Membership::members_prefix(self.prefix());
+                        let body = etcd::range_prefix_request(members.as_bytes());
+                        self.send(host, etcd::RANGE_PATH, body, Pending::Members);
+                    }
                 }
                 Err(error) => self.failed(host, Pending::Orphans, &error.to_string()),
+            },
+            Pending::Members => match etcd::parse_range(body) {
+                Ok((revision, entries)) => self.remove_unconfigured(host, revision, &entries),
+                Err(error) => self.failed(host, Pending::Members, &error.to_string()),
+            },
+            Pending::Remove(candidate) => match etcd::parse_take(body) {
+                Ok(Some(kv)) => self.removed(host, engine, &candidate, &kv),
+                // Changed, adopted or removed by another Envoy, or a member
+                // entry was written since the read: kept.
+                Ok(None) => {}
+                Err(error) => self.failed(host, Pending::Remove(candidate), &error.to_string()),
             },
             Pending::Take => {
                 match etcd::parse_take(body) {
@@ -480,7 +547,7 @@ impl ClusterSync {
                     Err(error) => self.failed(host, Pending::Take, &error.to_string()),
                 }
             }
-            Pending::Journal(_) => {}
+            Pending::Journal(_) | Pending::Member(_) => {}
             Pending::Write {
                 index,
                 delta,
@@ -530,7 +597,8 @@ impl ClusterSync {
     }
 
     /// A complete read: every webhook's record, the local ones follow.
-    fn read<H: Host>(&mut self, host: &mut H, records: Vec<KeyValue>) {
+    /// Returns the records of webhooks not configured here.
+    fn read<H: Host>(&mut self, host: &mut H, records: Vec<KeyValue>) -> Vec<KeyValue> {
         let now = host.now_ms();
         let mut by_key: HashMap<Vec<u8>, KeyValue> =
             records.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
@@ -552,6 +620,84 @@ impl ClusterSync {
         }
         self.state.failing_since_ms = None;
         self.state.synced_at_ms = Some(now);
+        by_key.into_values().collect()
+    }
+
+    /// Status records of webhooks not configured here: candidates for removal.
+    fn note_unconfigured(&mut self, records: &[KeyValue]) {
+        let prefix = self.records_prefix().into_bytes();
+        for kv in records {
+            if let Some(name) = kv.key.strip_prefix(prefix.as_slice()) {
+                self.sweep.status_record(kv, name);
+            }
+        }
+    }
+
+    /// Removes the records no member has named for the retention.
+    fn remove_unconfigured<H: Host>(&mut self, host: &mut H, revision: i64, entries: &[KeyValue]) {
+        let candidates = match self.sweep.decide(host.now_ms(), entries) {
+            Ok(candidates) => candidates,
+            Err(key) => {
+                let key = String::from_utf8_lossy(&key).into_owned();
+                return self.count_error(
+                    host,
+                    &format!(
+                        "etcd key {} is not a member entry; no record is removed while it is there",
+                        Printable(&key)
+                    ),
+                );
+            }
+        };
+        let members = Membership::members_prefix(self.prefix()).into_bytes();
+        for candidate in candidates {
+            let body = etcd::txn_remove_if_unchanged(
+                &candidate.key,
+                candidate.mod_revision,
+                candidate.liveness.as_deref(),
+                &members,
+                revision,
+            );
+            self.send(
+                host,
+                etcd::TXN_PATH,
+                body,
+                Pending::Remove(Box::new(candidate)),
+            );
+        }
+    }
+
+    /// A record of a webhook no Envoy has, removed from etcd.
+    fn removed<H: Host>(
+        &mut self,
+        host: &mut H,
+        engine: &mut Engine,
+        candidate: &Candidate,
+        kv: &KeyValue,
+    ) {
+        let key = String::from_utf8_lossy(&kv.key).into_owned();
+        let retention_s = self.config().map_or(0, |c| c.orphan_retention_s);
+        if !candidate.is_delivery() {
+            host.count(Counter::ClusterStateRecordsRemoved, 1);
+            log::info!(
+                "envoy-webhooks: cluster state: removed {}: no Envoy has had its webhook for {retention_s} s (orphan_retention_s)",
+                Printable(&key)
+            );
+            return;
+        }
+        host.count(Counter::DeliveriesOrphaned, 1);
+        match handoff::orphan_of(&kv.value) {
+            Some(delivery) => {
+                log::info!(
+                    "envoy-webhooks: cluster state: {} goes to the dead letters (orphaned): its Envoy went away and no Envoy has had its webhook for {retention_s} s",
+                    Printable(&key)
+                );
+                engine.dead_letter_orphan(host, delivery);
+            }
+            None => self.count_error(
+                host,
+                &format!("removed {}: not a journaled delivery", Printable(&key)),
+            ),
+        }
     }
 
     /// What etcd holds for the webhook at `index`, from a key-value (or its absence).

@@ -16,6 +16,10 @@ pub struct EtcdConfig {
     pub prefix: String,
     pub sync_interval_ms: u64,
     pub timeout_ms: u64,
+    /// Records of webhooks no Envoy has configured (status records, and
+    /// deliveries journaled by Envoys that went away) are kept this long, then
+    /// removed: the keyspace stays proportional to what is configured.
+    pub orphan_retention_s: u64,
     /// Environment variables holding etcd's user name and password (both or neither).
     pub credentials_env: Option<(String, String)>,
 }
@@ -23,6 +27,7 @@ pub struct EtcdConfig {
 pub const DEFAULT_PREFIX: &str = "/envoy-webhooks/";
 pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 500;
+pub const DEFAULT_ORPHAN_RETENTION_S: u64 = 3_600;
 
 pub(crate) fn parse(value: &Value, problems: &mut Vec<Problem>) -> Option<EtcdConfig> {
     let mut outer = Fields::of(value, "cluster_state", problems)?;
@@ -72,6 +77,9 @@ pub(crate) fn parse(value: &Value, problems: &mut Vec<Problem>) -> Option<EtcdCo
     let timeout_ms = fields
         .integer("timeout_ms", 10, 60_000)
         .unwrap_or(DEFAULT_TIMEOUT_MS);
+    let orphan_retention_s = fields
+        .integer("orphan_retention_s", 1, 31_536_000)
+        .unwrap_or(DEFAULT_ORPHAN_RETENTION_S);
     let credentials_env = match (fields.string("username_env"), fields.string("password_env")) {
         (None, None) => Some(None),
         (Some(user), Some(password)) if !user.is_empty() && !password.is_empty() => {
@@ -86,7 +94,7 @@ pub(crate) fn parse(value: &Value, problems: &mut Vec<Problem>) -> Option<EtcdCo
         }
     };
     fields.reject_unknown(
-        "cluster, authority, prefix, sync_interval_ms, timeout_ms, username_env, password_env",
+        "cluster, authority, prefix, sync_interval_ms, timeout_ms, orphan_retention_s, username_env, password_env",
     );
     Some(EtcdConfig {
         cluster: cluster?.to_string(),
@@ -94,6 +102,7 @@ pub(crate) fn parse(value: &Value, problems: &mut Vec<Problem>) -> Option<EtcdCo
         prefix: prefix.to_string(),
         sync_interval_ms,
         timeout_ms,
+        orphan_retention_s,
         credentials_env: credentials_env?,
     })
 }

@@ -20,6 +20,9 @@ pub enum Reason {
     /// Envoy stopped the filter (shut down, or replaced its configuration)
     /// while the delivery waited for a retry.
     Shutdown,
+    /// Journaled in etcd by an Envoy that went away, for a webhook no Envoy
+    /// has configured any more (`cluster_state.etcd.orphan_retention_s`).
+    Orphaned,
 }
 
 impl Reason {
@@ -31,6 +34,7 @@ impl Reason {
             Reason::WebhookFailed => "webhook_failed",
             Reason::MemoryLimit => "memory_limit",
             Reason::Shutdown => "shutdown",
+            Reason::Orphaned => "orphaned",
         }
     }
 }

@@ -281,6 +281,17 @@ impl Engine {
         self.end_turn(host);
     }
 
+    /// A journaled delivery of a webhook no Envoy has any more: to the dead
+    /// letters, with reason `orphaned` (its webhook is not configured here).
+    pub fn dead_letter_orphan<H: Host>(&mut self, host: &mut H, delivery: Delivery) {
+        let Some(plugin) = self.plugin.clone() else {
+            return;
+        };
+        self.start_turn();
+        self.dead_letter(host, &plugin, &delivery, Reason::Orphaned);
+        self.end_turn(host);
+    }
+
     /// No call in flight and nothing waiting.
     pub fn is_idle(&self) -> bool {
         self.in_flight.is_empty() && self.retries.is_empty()
@@ -373,26 +384,19 @@ impl Engine {
     /// slot (or this callback's budget) is taken.
     fn attempt<H: Host>(&mut self, host: &mut H, plugin: &Plugin, mut delivery: Delivery) {
         let now_ms = host.now_ms();
-        let Some((index, definition)) = plugin.resolve(delivery.target.webhook()) else {
-            if delivery.target.is_dead_letter() {
-                // Its webhook was removed by a reload, after it had failed.
-                self.lose(
-                    host,
-                    plugin,
-                    &delivery,
-                    "its webhook was removed by a configuration reload",
-                );
-            } else {
-                host.count(Counter::DeliveriesDiscarded, 1);
-                plugin.warn("discarded", now_ms, || {
-                    format!(
-                        "delivery of request_id={} not made: its webhook changed in a configuration reload",
-                        Printable(delivery.request_id.as_deref().unwrap_or("-"))
-                    )
-                });
-            }
+        // A dead letter carries its whole record: it goes out even when its
+        // webhook is not (or no longer) configured here.
+        let resolved = plugin.resolve(delivery.target.webhook());
+        if resolved.is_none() && !delivery.target.is_dead_letter() {
+            host.count(Counter::DeliveriesDiscarded, 1);
+            plugin.warn("discarded", now_ms, || {
+                format!(
+                    "delivery of request_id={} not made: its webhook changed in a configuration reload",
+                    Printable(delivery.request_id.as_deref().unwrap_or("-"))
+                )
+            });
             return;
-        };
+        }
         let budget_used = self.turn_calls >= MAX_TURN_CALLS || self.turn_bytes >= MAX_TURN_BYTES;
         if budget_used && !self.stopping {
             // Enough for this callback: the next tick goes on.
@@ -400,7 +404,11 @@ impl Engine {
             return;
         }
         let mut clean_version = None;
-        if !delivery.target.is_dead_letter() {
+        let webhook = match (&delivery.target, resolved) {
+            (Target::Webhook(_), Some(resolved)) => Some(resolved),
+            _ => None,
+        };
+        if let Some((_, definition)) = webhook {
             let cache = self.health_cache.entry(definition.fingerprint).or_default();
             let (health, version) = store::load_versioned(host, definition, now_ms / 1000, cache);
             delivery.epoch = health.epoch;
@@ -418,12 +426,12 @@ impl Engine {
             self.park(host, plugin, delivery, now_ms.saturating_add(SLOT_WAIT_MS));
             return;
         }
-        let (cluster, mut headers) = match &delivery.target {
-            Target::Webhook(_) => (
+        let (cluster, mut headers) = match webhook {
+            Some((_, definition)) => (
                 definition.cluster.as_str(),
                 call::request_headers(definition),
             ),
-            Target::DeadLetter(_) => {
+            None => {
                 let Some(destination) = &plugin.config.dead_letter else {
                     self.lose(
                         host,
@@ -439,13 +447,13 @@ impl Engine {
                 )
             }
         };
-        let secrets = plugin.secrets(index);
+        let secrets = webhook.map_or(&[][..], |(index, _)| plugin.secrets(index));
         let timestamp = (now_ms / 1000).to_string();
         let signature_value;
-        if !delivery.target.is_dead_letter() && !secrets.is_empty() {
+        if !secrets.is_empty() {
             if delivery.message_id.is_empty() {
                 delivery.message_id = signature::message_id(
-                    &definition.id,
+                    &delivery.target.webhook().id,
                     delivery.request_id.as_deref(),
                     &delivery.body,
                 );
@@ -510,7 +518,7 @@ impl Engine {
             }
             Err(error) => {
                 let cluster = cluster.to_string();
-                let id = definition.id.as_str();
+                let id = delivery.target.webhook().id.clone();
                 plugin.warn("cannot_call", now_ms, || {
                     let why = match &error {
                         DispatchError::Busy => "busy".to_string(),

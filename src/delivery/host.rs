@@ -64,6 +64,10 @@ pub enum Counter {
     /// Calls to the cluster store (etcd) that failed, and records in it that
     /// do not decode.
     ClusterStateErrors,
+    /// Journaled deliveries of webhooks no Envoy has any more, taken from etcd.
+    DeliveriesOrphaned,
+    /// Status records of webhooks no Envoy has any more, deleted from etcd.
+    ClusterStateRecordsRemoved,
     /// Named by the webhook's id: a delivery made under a configuration that
     /// has since been reloaded still counts for its webhook.
     Webhook(Rc<str>, WebhookCounter),

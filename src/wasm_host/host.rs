@@ -164,6 +164,13 @@ impl Host for ProxyHost<'_> {
             Counter::ClusterStateErrors => {
                 self.metrics.add(self.metrics.cluster_state_errors, n);
             }
+            Counter::DeliveriesOrphaned => {
+                self.metrics.add(self.metrics.deliveries_orphaned, n);
+            }
+            Counter::ClusterStateRecordsRemoved => {
+                self.metrics
+                    .add(self.metrics.cluster_state_records_removed, n);
+            }
             Counter::Webhook(id, which) => {
                 let metrics = self.metrics.webhook_named(&id);
                 let metric = match which {

@@ -102,6 +102,11 @@ pub struct Metrics {
     pub regex_over_budget: Metric,
     /// Failed calls to the cluster store (etcd) and records in it that do not decode.
     pub cluster_state_errors: Metric,
+    /// Journaled deliveries of webhooks no Envoy has any more, taken from etcd
+    /// after `orphan_retention_s` (then dead-lettered, or lost without a destination).
+    pub deliveries_orphaned: Metric,
+    /// Status records of webhooks no Envoy has any more, deleted from etcd.
+    pub cluster_state_records_removed: Metric,
     /// Gauge: bytes of event bodies held for deliveries, summed over workers.
     pub held_bytes: Metric,
     /// In configuration order.
@@ -134,6 +139,8 @@ impl Metrics {
             deliveries_over_limit: global("deliveries_over_limit"),
             regex_over_budget: global("regex_over_budget"),
             cluster_state_errors: global("cluster_state_errors"),
+            deliveries_orphaned: global("deliveries_orphaned"),
+            cluster_state_records_removed: global("cluster_state_records_removed"),
             held_bytes: Metric::define(MetricType::Gauge, &format!("{PREFIX}.held_bytes")),
             webhooks,
             by_id,

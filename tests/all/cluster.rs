@@ -209,8 +209,27 @@ impl FakeEtcd {
                     compares.iter().all(|compare| {
                         assert_eq!(compare["target"], "MOD", "the filter compares mod_revision");
                         let key = unb64(&compare["key"]);
-                        let current = self.kv.get(&key).map_or(0, |(_, rev)| *rev);
-                        current == int(&compare["mod_revision"])
+                        let range_end = unb64(&compare["range_end"]);
+                        // Every key of a range; an empty range as a missing key.
+                        let mut revisions: Vec<i64> = if range_end.is_empty() {
+                            vec![self.kv.get(&key).map_or(0, |(_, rev)| *rev)]
+                        } else {
+                            self.kv
+                                .range(key.clone()..range_end)
+                                .map(|(_, (_, rev))| *rev)
+                                .collect()
+                        };
+                        if revisions.is_empty() {
+                            revisions.push(0);
+                        }
+                        let expected = int(&compare["mod_revision"]);
+                        revisions
+                            .iter()
+                            .all(|rev| match compare["result"].as_str() {
+                                None | Some("EQUAL") => *rev == expected,
+                                Some("LESS") => *rev < expected,
+                                other => panic!("unexpected compare result {other:?}"),
+                            })
                     })
                 });
                 let branch = if holds { "success" } else { "failure" };
@@ -645,8 +664,9 @@ fn a_record_that_does_not_decode_is_counted_and_written_over() {
     run_all(&mut envoys, &mut etcd, 1_000);
     envoys[0].deliver("500");
     run_all(&mut envoys, &mut etcd, 1_500);
-    let key = etcd.kv.keys().next().expect("a key").clone();
-    assert!(String::from_utf8_lossy(&key).starts_with("/test/webhooks/hook/"));
+    let key = etcd.keys_under("/test/webhooks/hook/")[0]
+        .clone()
+        .into_bytes();
     etcd.revision += 1;
     etcd.kv
         .insert(key, (b"{not a record".to_vec(), etcd.revision));
@@ -1012,4 +1032,243 @@ fn etcd_down_with_deliveries_waiting_costs_a_few_calls_an_interval() {
         3,
         "journaled once etcd is back"
     );
+}
+
+/// A webhook's definition changed (or was removed) on every Envoy: its old
+/// status record and the deliveries an Envoy that went away journaled for it.
+fn sweep_configs(retention_s: u64) -> (Value, Value) {
+    let mut old = waiting_config();
+    old["webhooks"][0]["url"] = json!("http://hook:8080/old");
+    let mut new = waiting_config();
+    for config in [&mut old, &mut new] {
+        config["dead_letter"] = json!({"url": "http://dead:8080/letters", "cluster": "dead"});
+        config["cluster_state"]["etcd"]["orphan_retention_s"] = json!(retention_s);
+    }
+    (old, new)
+}
+
+impl Replica {
+    fn dead_letters(&self) -> Vec<Value> {
+        self.host
+            .calls
+            .iter()
+            .filter(|c| c.cluster == "dead")
+            .map(|c| serde_json::from_slice(&c.body).expect("a JSON dead letter"))
+            .collect()
+    }
+
+    fn global(&self, counter: Counter) -> u64 {
+        self.host.counts.get(&counter).copied().unwrap_or(0)
+    }
+
+    fn record_key(&self) -> String {
+        let definition = &self.plugin.definitions()[0];
+        format!(
+            "/test/webhooks/{}/{:016x}",
+            definition.id, definition.fingerprint
+        )
+    }
+}
+
+fn without_retries(config: &Value) -> Value {
+    let mut config = config.clone();
+    config["delivery"]["retry_schedule_s"] = json!([]);
+    config
+}
+
+/// Every lease lapses (the Envoys holding them were killed).
+fn kill_all_leases(etcd: &mut FakeEtcd) {
+    let leases: Vec<i64> = etcd.leases.keys().copied().collect();
+    for lease in leases {
+        etcd.expire(lease);
+    }
+}
+
+#[test]
+fn records_of_a_webhook_no_envoy_has_go_after_the_retention() {
+    let (old, new) = sweep_configs(10);
+    let mut etcd = FakeEtcd::default();
+    // Two Envoys with the old definition: one leaves deliveries waiting,
+    // the other fails one (a status record).
+    let mut envoys = vec![
+        replica(&old),
+        replica(&without_retries(&old)),
+        replica(&new),
+    ];
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].leave_waiting(2);
+    envoys[1].deliver("500");
+    run_all(&mut envoys, &mut etcd, 2_000);
+    let old_record = envoys[0].record_key();
+    assert!(
+        etcd.kv.contains_key(old_record.as_bytes()),
+        "the old definition's record"
+    );
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2);
+    assert_eq!(etcd.keys_under("/test/members/").len(), 3);
+
+    // The Envoys with the old definition are killed; the other one never had it.
+    drop(envoys.drain(..2));
+    kill_all_leases(&mut etcd);
+    run_all(&mut envoys, &mut etcd, 9_500);
+    assert!(
+        etcd.kv.contains_key(old_record.as_bytes()),
+        "kept for the retention"
+    );
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2);
+    assert!(envoys[0].dead_letters().is_empty());
+
+    run_all(&mut envoys, &mut etcd, 6_500);
+    assert!(
+        !etcd.kv.contains_key(old_record.as_bytes()),
+        "removed after it"
+    );
+    assert!(etcd.keys_under("/test/handoff/").is_empty());
+    let letters = envoys[0].dead_letters();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    for letter in &letters {
+        assert_eq!(letter["reason"], "orphaned");
+        assert_eq!(letter["webhook_id"], "hook");
+        assert_eq!(letter["event"], json!({"event_type": "assets"}));
+        assert_eq!(letter["attempts"], 1);
+    }
+    assert_eq!(envoys[0].global(Counter::DeliveriesOrphaned), 2);
+    assert_eq!(envoys[0].global(Counter::ClusterStateRecordsRemoved), 1);
+    // What is left: the live Envoy's entry (and its webhook's record, once it has one).
+    let left = etcd.keys_under("/test/");
+    assert!(
+        left.iter()
+            .all(|k| k.starts_with("/test/members/") || *k == envoys[0].record_key()),
+        "{left:?}"
+    );
+    assert_eq!(etcd.keys_under("/test/members/").len(), 1);
+}
+
+#[test]
+fn without_a_dead_letter_destination_an_orphaned_delivery_is_counted_lost() {
+    use envoy_webhooks::testing::host::WebhookCounter;
+    let (mut old, mut new) = sweep_configs(2);
+    old.as_object_mut()
+        .expect("an object")
+        .remove("dead_letter");
+    new.as_object_mut()
+        .expect("an object")
+        .remove("dead_letter");
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = vec![replica(&old), replica(&new)];
+    envoys[0].leave_waiting(1);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    drop(envoys.remove(0));
+    kill_all_leases(&mut etcd);
+    run_all(&mut envoys, &mut etcd, 6_000);
+    assert!(etcd.keys_under("/test/handoff/").is_empty());
+    assert_eq!(envoys[0].global(Counter::DeliveriesOrphaned), 1);
+    assert_eq!(envoys[0].count(WebhookCounter::Lost), 1);
+}
+
+#[test]
+fn a_webhook_a_live_envoy_has_keeps_its_records_and_its_deliveries_are_adopted() {
+    use envoy_webhooks::testing::host::WebhookCounter;
+    let (old, new) = sweep_configs(2);
+    let mut etcd = FakeEtcd::default();
+    // Three Envoys with the old definition (two are killed), one with the new.
+    let mut envoys = vec![
+        replica(&old),
+        replica(&without_retries(&old)),
+        replica(&old),
+        replica(&new),
+    ];
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].leave_waiting(2);
+    envoys[1].deliver("500");
+    run_all(&mut envoys, &mut etcd, 2_000);
+    let old_record = envoys[0].record_key();
+    assert!(etcd.kv.contains_key(old_record.as_bytes()));
+    drop(envoys.drain(..2));
+    kill_all_leases(&mut etcd);
+    run_all(&mut envoys, &mut etcd, 20_000);
+    assert_eq!(envoys[0].count(WebhookCounter::Adopted), 2);
+    assert!(envoys[1].dead_letters().is_empty());
+    assert!(etcd.kv.contains_key(old_record.as_bytes()));
+    assert_eq!(envoys[1].global(Counter::ClusterStateRecordsRemoved), 0);
+}
+
+#[test]
+fn an_envoy_that_comes_up_with_the_webhook_during_a_removal_keeps_its_record() {
+    let (old, new) = sweep_configs(2);
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = vec![replica(&without_retries(&old)), replica(&new)];
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].deliver("500");
+    run_all(&mut envoys, &mut etcd, 2_000);
+    let old_record = envoys[0].record_key();
+    assert!(etcd.kv.contains_key(old_record.as_bytes()));
+    drop(envoys.remove(0));
+    kill_all_leases(&mut etcd);
+    // The sweeping Envoy runs until its removal is on its way to etcd; an
+    // Envoy with the old definition registers before it arrives.
+    let mut sweeper = envoys.remove(0);
+    let mut newcomer = None;
+    for _ in 0..200 {
+        sweeper.host.now_ms += 100;
+        sweeper.engine.tick(&mut sweeper.host);
+        sweeper.sync.tick(&mut sweeper.host, &mut sweeper.engine);
+        for (token, answer) in sweeper.answers_now_unless_removal(&mut etcd, &mut newcomer, &old) {
+            sweeper
+                .sync
+                .call_finished(&mut sweeper.host, token, &answer, &mut sweeper.engine);
+        }
+        if newcomer.is_some() {
+            break;
+        }
+    }
+    let mut newcomer = newcomer.expect("the sweeper sent a removal");
+    assert!(
+        etcd.kv.contains_key(old_record.as_bytes()),
+        "the removal was refused"
+    );
+    assert_eq!(sweeper.global(Counter::ClusterStateRecordsRemoved), 0);
+    // From here the newcomer names it: it stays.
+    for _ in 0..100 {
+        sweeper.run(&mut etcd, 100);
+        newcomer.run(&mut etcd, 100);
+    }
+    assert!(etcd.kv.contains_key(old_record.as_bytes()));
+}
+
+impl Replica {
+    /// Like `answers_now`, but when a status record's removal is among the calls, a new Envoy
+    /// with `config` comes up (and registers) before etcd applies it.
+    fn answers_now_unless_removal(
+        &mut self,
+        etcd: &mut FakeEtcd,
+        newcomer: &mut Option<Replica>,
+        config: &Value,
+    ) -> Vec<(u32, EtcdAnswer)> {
+        let calls: Vec<_> = self
+            .host
+            .open
+            .values()
+            .filter(|c| c.cluster == "etcd")
+            .cloned()
+            .collect();
+        let mut answers = Vec::new();
+        for call in calls {
+            self.host.take(call.token);
+            let request: Value = serde_json::from_slice(&call.body).unwrap_or_default();
+            let removal = request["success"].as_array().is_some_and(|ops| {
+                ops.iter().any(|op| {
+                    unb64(&op["request_delete_range"]["key"]).starts_with(b"/test/webhooks/")
+                })
+            });
+            if removal && newcomer.is_none() {
+                let mut replica = replica(config);
+                replica.run(etcd, 1_000);
+                assert_eq!(etcd.keys_under("/test/members/").len(), 2);
+                *newcomer = Some(replica);
+            }
+            answers.push((call.token, etcd.answer_call(&call)));
+        }
+        answers
+    }
 }

@@ -1,0 +1,135 @@
+//! What keeps etcd's keyspace proportional to what is configured and
+//! waiting: records of webhooks that no Envoy has configured any more are
+//! removed once no member has named them for `orphan_retention_s`.
+//!
+//! - a status record (`webhooks/<id>/<fingerprint>`): deleted;
+//! - a delivery journaled by an Envoy that went away (`handoff/...`), which
+//!   no Envoy can adopt: taken and sent to the dead letters (reason
+//!   `orphaned`), or lost and counted without a destination.
+//!
+//! Each poller decides for itself, from what it read, and each removal is a
+//! transaction that applies only if the record is unchanged, its owner (for a
+//! journaled delivery) still gone, and no member entry was written since the
+//! read the decision came from: an Envoy that comes up with the webhook in
+//! the meantime keeps its records.
+
+use hashbrown::{HashMap, HashSet};
+
+use super::etcd::KeyValue;
+use super::members;
+
+/// Records removed per round, at most.
+const MAX_REMOVALS_PER_ROUND: usize = 20;
+/// The member entries are read at most this often while candidates wait.
+const MAX_CHECK_EVERY_MS: u64 = 60_000;
+
+/// A record of a webhook this Envoy does not have: removed if no member has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub key: Vec<u8>,
+    pub mod_revision: i64,
+    /// `<id>/<fingerprint>`, as member entries name webhooks.
+    webhook: Vec<u8>,
+    /// A journaled delivery: its owner's liveness key (absent when removed).
+    pub liveness: Option<Vec<u8>>,
+}
+
+impl Candidate {
+    pub fn is_delivery(&self) -> bool {
+        self.liveness.is_some()
+    }
+}
+
+pub struct Sweep {
+    retention_ms: u64,
+    check_every_ms: u64,
+    next_check_ms: u64,
+    /// This round's.
+    candidates: Vec<Candidate>,
+    /// Since when no member has named each candidate (by key).
+    unlisted_since: HashMap<Vec<u8>, u64>,
+}
+
+impl Sweep {
+    pub fn new(retention_s: u64, interval_ms: u64) -> Sweep {
+        let retention_ms = retention_s.saturating_mul(1000);
+        Sweep {
+            retention_ms,
+            check_every_ms: (retention_ms / 4)
+                .clamp(interval_ms, MAX_CHECK_EVERY_MS.max(interval_ms)),
+            next_check_ms: 0,
+            candidates: Vec::new(),
+            unlisted_since: HashMap::new(),
+        }
+    }
+
+    /// A round begins: its reads bring the candidates.
+    pub fn begin_round(&mut self) {
+        self.candidates.clear();
+    }
+
+    /// A status record at `webhooks/<id>/<fingerprint>` (`name` is what
+    /// follows the prefix) of a webhook not configured here.
+    pub fn status_record(&mut self, kv: &KeyValue, name: &[u8]) {
+        self.candidates.push(Candidate {
+            key: kv.key.clone(),
+            mod_revision: kv.mod_revision,
+            webhook: name.to_vec(),
+            liveness: None,
+        });
+    }
+
+    /// A journaled delivery of a webhook not configured here, whose owner is gone.
+    pub fn journaled(&mut self, kv: &KeyValue, webhook: Vec<u8>, liveness: Vec<u8>) {
+        self.candidates.push(Candidate {
+            key: kv.key.clone(),
+            mod_revision: kv.mod_revision,
+            webhook,
+            liveness: Some(liveness),
+        });
+    }
+
+    /// Whether to read the member entries now (candidates wait, and a check is due).
+    pub fn is_due(&self, now_ms: u64) -> bool {
+        !self.candidates.is_empty() && now_ms >= self.next_check_ms
+    }
+
+    /// Given every member entry: the candidates to remove now (no member has
+    /// named them for the retention). `Err`: an entry is not a member entry
+    /// (its key is returned), so nothing is removed this time.
+    pub fn decide(&mut self, now_ms: u64, members: &[KeyValue]) -> Result<Vec<Candidate>, Vec<u8>> {
+        self.next_check_ms = now_ms.saturating_add(self.check_every_ms);
+        let mut listed: HashSet<Vec<u8>> = HashSet::new();
+        for member in members {
+            let Some(webhooks) = members::parse_listing(&member.value) else {
+                self.candidates.clear();
+                return Err(member.key.clone());
+            };
+            listed.extend(webhooks.into_iter().map(String::into_bytes));
+        }
+        let candidates = std::mem::take(&mut self.candidates);
+        let unlisted: Vec<Candidate> = candidates
+            .into_iter()
+            .filter(|candidate| !listed.contains(&candidate.webhook))
+            .collect();
+        {
+            let keys: HashSet<&[u8]> = unlisted.iter().map(|c| c.key.as_slice()).collect();
+            // Forget what is named again, or gone.
+            self.unlisted_since
+                .retain(|key, _| keys.contains(key.as_slice()));
+        }
+        let mut ready = Vec::new();
+        for candidate in unlisted {
+            let since = *self
+                .unlisted_since
+                .entry(candidate.key.clone())
+                .or_insert(now_ms);
+            if now_ms.saturating_sub(since) >= self.retention_ms
+                && ready.len() < MAX_REMOVALS_PER_ROUND
+            {
+                ready.push(candidate);
+            }
+        }
+        Ok(ready)
+    }
+}
