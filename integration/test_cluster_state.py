@@ -346,3 +346,68 @@ def test_a_record_that_does_not_decode_is_counted_and_written_over(launch_envoy,
     wait_until(lambda: (r := record(etcd_cluster)) and r[0]["status"] == "FAILING", timeout=10,
                message="written over with a valid record")
     assert upstream.count() == 2
+
+
+def test_records_of_a_webhook_removed_from_every_envoy_leave_etcd(launch_envoy, upstream, hooks, etcd_cluster):
+    """A webhook no Envoy has any more: after orphan_retention_s, its status record is deleted
+    and the deliveries an Envoy that went away journaled for it go to the dead letters with
+    reason `orphaned`; what etcd holds then is what the live Envoys have configured."""
+    hooks.set_reply("/hooks/old", status=503)
+
+    def plugin(webhooks: list[str], retry_schedule_s: list[int]) -> dict:
+        etcd = {"cluster": "etcd", "authority": "etcd:2379", "prefix": PREFIX,
+                "sync_interval_ms": INTERVAL_MS, "timeout_ms": 500, "orphan_retention_s": 2}
+        return plugin_config([webhook(id) for id in webhooks],
+                             delivery={"failure_threshold": 1000, "retry_schedule_s": retry_schedule_s},
+                             dead_letter={"url": "http://hooks:8080/dead", "cluster": "hooks"},
+                             cluster_state={"etcd": etcd})
+
+    def launch(config: dict):
+        envoy, = start_envoys(launch_envoy, upstream, hooks, etcd_cluster.client_ports, config, n=1)
+        return envoy
+
+    # Two Envoys have "old": one fails a delivery (its status record), one leaves three
+    # waiting for a retry (journaled); the third Envoy has only "shared".
+    failing = launch(plugin(["shared", "old"], []))
+    waiting = launch(plugin(["shared", "old"], [120]))
+    remaining = launch(plugin(["shared"], []))
+    assert failing.post_event(_event("f")).status == 200
+    for i in range(3):
+        assert waiting.post_event(_event(i)).status == 200
+    wait_until(lambda: len(etcd_cluster.get_prefix(PREFIX + "handoff/")) == 3, timeout=10,
+               message="3 waiting deliveries journaled")
+    wait_until(lambda: etcd_cluster.get_prefix(PREFIX + "webhooks/old/"), timeout=10,
+               message="the old webhook's status record")
+    # One entry per Envoy, its poller's (at start-up each root context polls in turn: the
+    # older ones revoke theirs).
+    wait_until(lambda: len(etcd_cluster.get_prefix(PREFIX + "members/")) == 3, timeout=10,
+               message="one member entry per Envoy")
+    hooks.clear()
+    for envoy in (failing, waiting):
+        assert envoy.proc is not None
+        envoy.proc.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+
+    def dead_letters() -> list[dict]:
+        return [json.loads(r.body) for r in hooks.requests("/dead")]
+
+    wait_until(lambda: len(dead_letters()) == 3, timeout=30, message="3 orphaned deliveries dead-lettered")
+    wait_until(lambda: not etcd_cluster.get_prefix(PREFIX + "webhooks/old/"), timeout=10,
+               message="the old webhook's status record removed")
+    print(f"removed {time.monotonic() - killed:.1f} s after the kill "
+          f"(owner lease 5 s, member lease 12 s, orphan_retention_s 2)")
+    letters = dead_letters()
+    assert {letter["reason"] for letter in letters} == {"orphaned"}
+    assert {letter["webhook_id"] for letter in letters} == {"old"}
+    assert sorted(letter["event"]["object_id"] for letter in letters) == ["obj-0", "obj-1", "obj-2"]
+    assert remaining.hook_stat("old", "orphaned") == 3
+    assert remaining.wasm_stat("envoy_webhooks.cluster_state_records_removed") == 1
+    # Counted once the destination's answer is back.
+    wait_until(lambda: remaining.hook_stat("old", "dead_lettered") == 3, message="dead_lettered counted")
+    keys = sorted(etcd_cluster.get_prefix(PREFIX))
+    print("etcd keyspace after:", keys)
+    members = [k for k in keys if k.startswith(PREFIX + "members/")]
+    assert len(members) == 1, keys
+    assert all(k.startswith(PREFIX + "webhooks/shared/") for k in keys if k not in members), keys
+    listed = json.loads(etcd_cluster.get(members[0])[0])["webhooks"]
+    assert len(listed) == 1 and listed[0].startswith("shared/"), listed

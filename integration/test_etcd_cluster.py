@@ -364,3 +364,34 @@ def test_a_token_after_the_member_restarts(etcd_cluster: EtcdCluster) -> None:
     etcd_cluster.start(1)
     for i in range(3):
         assert etcd_cluster.request("/v3/kv/range", body, member=i, token=token)[0] == 200
+
+
+def test_a_removal_applies_only_while_no_member_entry_was_written_since_the_read(
+    etcd_cluster: EtcdCluster,
+) -> None:
+    """The codec's removals of records no Envoy has, as recorded (tests/fixtures/etcd/README.md),
+    on three members: refused through every member once a member entry was written after the
+    read the removal was decided from; applied when none was, also with no entry at all."""
+    prefix = "/envoy-webhooks/test/"
+    record = prefix + "webhooks/hook-a/00000000000000aa"
+    orphan = prefix + "handoff/envoy-b-1/hook-a/00000000000000aa/7"
+    assert etcd_cluster.put(record, '{"status":"FAILING"}') == 2
+    assert etcd_cluster.put(prefix + "members/envoy-a-1", '{"webhooks":["hook-b/00000000000000bb"]}') == 3
+    assert etcd_cluster.put(orphan, '{"x":2}') == 4
+    status, body = etcd_cluster.request("/v3/kv/range", range_prefix_request(prefix + "members/"))
+    assert status == 200
+    same_shape(body, "range-members.json")
+    assert etcd_cluster.put(prefix + "members/envoy-c-1", '{"webhooks":["hook-a/00000000000000aa"]}') == 5
+    for member in range(3):
+        refused = etcd_cluster.txn(recorded("txn-request-remove-record.json"), member)
+        assert not refused.get("succeeded"), refused
+    assert etcd_cluster.get(record) == ('{"status":"FAILING"}', 2)
+    etcd_cluster._call("/v3/kv/deleterange", {"key": b64(prefix + "members/envoy-c-1")})
+    taken = etcd_cluster.txn(recorded("txn-request-remove-orphan.json"), member=1)
+    assert taken.get("succeeded") is True, taken
+    same_shape(json.dumps(taken).encode(), "txn-remove-orphan.json")
+    assert etcd_cluster.get(orphan) is None
+    etcd_cluster._call("/v3/kv/deleterange", {"key": b64(prefix + "members/envoy-a-1")})
+    removed = etcd_cluster.txn(recorded("txn-request-remove-record-no-members.json"), member=2)
+    assert removed.get("succeeded") is True, removed
+    assert etcd_cluster.get(record) is None

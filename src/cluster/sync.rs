@@ -18,7 +18,7 @@ use super::members::{MemberCall, Membership};
 use super::sweep::{Candidate, Sweep};
 use crate::config::{EtcdConfig, WebhookDefinition};
 use crate::delivery::engine::Engine;
-use crate::delivery::host::{Call, Counter, Host};
+use crate::delivery::host::{Call, Counter, Host, WebhookCounter};
 use crate::logging::Printable;
 use crate::plugin::Plugin;
 use crate::webhook::delta::Delta;
@@ -684,9 +684,10 @@ impl ClusterSync {
             );
             return;
         }
-        host.count(Counter::DeliveriesOrphaned, 1);
         match handoff::orphan_of(&kv.value) {
             Some(delivery) => {
+                let id = delivery.target.webhook().id.clone();
+                host.count(Counter::Webhook(id, WebhookCounter::Orphaned), 1);
                 log::info!(
                     "envoy-webhooks: cluster state: {} goes to the dead letters (orphaned): its Envoy went away and no Envoy has had its webhook for {retention_s} s",
                     Printable(&key)

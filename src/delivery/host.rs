@@ -54,6 +54,9 @@ pub enum WebhookCounter {
     Adopted,
     /// Left in etcd for another Envoy when this one stopped (cluster state).
     HandedOff,
+    /// Journaled by an Envoy that went away, for a webhook no Envoy has any
+    /// more: taken from etcd after `orphan_retention_s`, to the dead letters.
+    Orphaned,
 }
 
 /// Counters of the whole filter.
@@ -64,8 +67,6 @@ pub enum Counter {
     /// Calls to the cluster store (etcd) that failed, and records in it that
     /// do not decode.
     ClusterStateErrors,
-    /// Journaled deliveries of webhooks no Envoy has any more, taken from etcd.
-    DeliveriesOrphaned,
     /// Status records of webhooks no Envoy has any more, deleted from etcd.
     ClusterStateRecordsRemoved,
     /// Named by the webhook's id: a delivery made under a configuration that

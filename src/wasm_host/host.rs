@@ -164,9 +164,6 @@ impl Host for ProxyHost<'_> {
             Counter::ClusterStateErrors => {
                 self.metrics.add(self.metrics.cluster_state_errors, n);
             }
-            Counter::DeliveriesOrphaned => {
-                self.metrics.add(self.metrics.deliveries_orphaned, n);
-            }
             Counter::ClusterStateRecordsRemoved => {
                 self.metrics
                     .add(self.metrics.cluster_state_records_removed, n);
@@ -182,6 +179,7 @@ impl Host for ProxyHost<'_> {
                     WebhookCounter::Lost => metrics.lost,
                     WebhookCounter::Adopted => metrics.adopted,
                     WebhookCounter::HandedOff => metrics.handed_off,
+                    WebhookCounter::Orphaned => metrics.orphaned,
                 };
                 self.metrics.add(metric, n);
             }

@@ -60,6 +60,7 @@ pub struct WebhookMetrics {
     pub adopted: Metric,
     /// Left in etcd for another Envoy when this filter stopped (cluster state).
     pub handed_off: Metric,
+    pub orphaned: Metric,
     /// 0 ENABLED, 1 FAILING, 2 FAILED, 3 DISABLED.
     pub status: Metric,
 }
@@ -78,6 +79,7 @@ impl WebhookMetrics {
             lost: Metric::define(MetricType::Counter, &name("lost")),
             adopted: Metric::define(MetricType::Counter, &name("adopted")),
             handed_off: Metric::define(MetricType::Counter, &name("handed_off")),
+            orphaned: Metric::define(MetricType::Counter, &name("orphaned")),
             status: Metric::define(MetricType::Gauge, &name("status")),
         }
     }
@@ -102,9 +104,6 @@ pub struct Metrics {
     pub regex_over_budget: Metric,
     /// Failed calls to the cluster store (etcd) and records in it that do not decode.
     pub cluster_state_errors: Metric,
-    /// Journaled deliveries of webhooks no Envoy has any more, taken from etcd
-    /// after `orphan_retention_s` (then dead-lettered, or lost without a destination).
-    pub deliveries_orphaned: Metric,
     /// Status records of webhooks no Envoy has any more, deleted from etcd.
     pub cluster_state_records_removed: Metric,
     /// Gauge: bytes of event bodies held for deliveries, summed over workers.
@@ -139,7 +138,6 @@ impl Metrics {
             deliveries_over_limit: global("deliveries_over_limit"),
             regex_over_budget: global("regex_over_budget"),
             cluster_state_errors: global("cluster_state_errors"),
-            deliveries_orphaned: global("deliveries_orphaned"),
             cluster_state_records_removed: global("cluster_state_records_removed"),
             held_bytes: Metric::define(MetricType::Gauge, &format!("{PREFIX}.held_bytes")),
             webhooks,

@@ -1086,6 +1086,7 @@ fn kill_all_leases(etcd: &mut FakeEtcd) {
 
 #[test]
 fn records_of_a_webhook_no_envoy_has_go_after_the_retention() {
+    use envoy_webhooks::testing::host::WebhookCounter;
     let (old, new) = sweep_configs(10);
     let mut etcd = FakeEtcd::default();
     // Two Envoys with the old definition: one leaves deliveries waiting,
@@ -1132,7 +1133,18 @@ fn records_of_a_webhook_no_envoy_has_go_after_the_retention() {
         assert_eq!(letter["event"], json!({"event_type": "assets"}));
         assert_eq!(letter["attempts"], 1);
     }
-    assert_eq!(envoys[0].global(Counter::DeliveriesOrphaned), 2);
+    assert_eq!(envoys[0].count(WebhookCounter::Orphaned), 2);
+    let letter_calls: Vec<u32> = envoys[0]
+        .host
+        .open
+        .values()
+        .filter(|c| c.cluster == "dead")
+        .map(|c| c.token)
+        .collect();
+    for token in letter_calls {
+        envoys[0].answer_hook(token, "204");
+    }
+    assert_eq!(envoys[0].count(WebhookCounter::DeadLettered), 2);
     assert_eq!(envoys[0].global(Counter::ClusterStateRecordsRemoved), 1);
     // What is left: the live Envoy's entry (and its webhook's record, once it has one).
     let left = etcd.keys_under("/test/");
@@ -1162,7 +1174,7 @@ fn without_a_dead_letter_destination_an_orphaned_delivery_is_counted_lost() {
     kill_all_leases(&mut etcd);
     run_all(&mut envoys, &mut etcd, 6_000);
     assert!(etcd.keys_under("/test/handoff/").is_empty());
-    assert_eq!(envoys[0].global(Counter::DeliveriesOrphaned), 1);
+    assert_eq!(envoys[0].count(WebhookCounter::Orphaned), 1);
     assert_eq!(envoys[0].count(WebhookCounter::Lost), 1);
 }
 

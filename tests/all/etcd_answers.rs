@@ -202,3 +202,65 @@ fn adoption_reads_owners_and_records_at_one_revision_and_takes_only_from_a_gone_
     assert_eq!(taken.key, gone.as_bytes());
     assert_eq!(taken.value, br#"{"x":2}"#);
 }
+
+#[test]
+fn a_removal_applies_only_while_no_member_entry_was_written_since_the_read() {
+    let prefix = "/envoy-webhooks/test/";
+    let members = format!("{prefix}members/");
+    // Recorded: a status record (rev 2), envoy-a-1's entry naming another
+    // webhook (rev 3), a journaled delivery of envoy-b-1 (rev 4); the entries
+    // read at revision 4.
+    assert_eq!(status_of("range-members"), 200);
+    let (revision, entries) = etcd::parse_range(&fixture("range-members.json")).expect("a range");
+    assert_eq!(revision, 4);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        entries[0].value,
+        br#"{"webhooks":["hook-b/00000000000000bb"]}"#
+    );
+
+    let record = format!("{prefix}webhooks/hook-a/00000000000000aa");
+    let request = |revision| {
+        json(&etcd::txn_remove_if_unchanged(
+            record.as_bytes(),
+            2,
+            None,
+            members.as_bytes(),
+            revision,
+        ))
+    };
+    assert_eq!(request(4), json(&fixture("txn-request-remove-record.json")));
+    // envoy-c-1 wrote its entry (rev 5) before the removal arrived: refused.
+    assert_eq!(
+        etcd::parse_take(&fixture("txn-remove-member-written.json")).ok(),
+        Some(None),
+        "a member entry written since the read: nothing removed"
+    );
+    // Every entry gone, read again at revision 8: an empty range compares as
+    // a missing key (mod_revision 0), so the removal applies.
+    assert_eq!(
+        request(8),
+        json(&fixture("txn-request-remove-record-no-members.json"))
+    );
+    let removed = etcd::parse_take(&fixture("txn-remove-record-no-members.json"))
+        .expect("an answer")
+        .expect("removed");
+    assert_eq!(removed.key, record.as_bytes());
+
+    let orphan = format!("{prefix}handoff/envoy-b-1/hook-a/00000000000000aa/7");
+    assert_eq!(
+        json(&etcd::txn_remove_if_unchanged(
+            orphan.as_bytes(),
+            4,
+            Some(format!("{prefix}owners/envoy-b-1").as_bytes()),
+            members.as_bytes(),
+            6,
+        )),
+        json(&fixture("txn-request-remove-orphan.json"))
+    );
+    let taken = etcd::parse_take(&fixture("txn-remove-orphan.json"))
+        .expect("an answer")
+        .expect("taken");
+    assert_eq!(taken.key, orphan.as_bytes());
+    assert_eq!(taken.value, br#"{"x":2}"#);
+}
