@@ -328,7 +328,7 @@ def test_what_an_envoy_asks_of_etcd(launch_envoy, upstream, hooks, etcd_cluster)
     failing = rate(6, lambda n: envoy.post_event(_event(f"f{n}")))
     print(f"requests to etcd per second, one Envoy with 2 workers, sync_interval_ms 1000: "
           f"idle {idle:.2f}, failing receiver with ~20 events/s waiting for retries {failing:.2f}")
-    assert idle <= 2.5, "2 reads a second by design: the records, and owners with journal in one txn"
+    assert idle <= 2.5, "2 reads a second by design (the records, and owners with journal in one txn), and a member keep-alive every 4 s"
     assert failing <= 12
     assert len(etcd_cluster.get_prefix(PREFIX + "handoff/")) > 50, "the waiting deliveries are journaled"
 
