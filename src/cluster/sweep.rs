@@ -133,3 +133,70 @@ impl Sweep {
         Ok(ready)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+            mod_revision: 7,
+        }
+    }
+
+    fn round(sweep: &mut Sweep, records: usize) {
+        sweep.begin_round();
+        for n in 0..records {
+            let key = format!("/p/webhooks/old-{n}/00000000000000aa");
+            sweep.status_record(
+                &kv(&key, "{}"),
+                format!("old-{n}/00000000000000aa").as_bytes(),
+            );
+        }
+    }
+
+    const NAMES_OLD_0: &str = r#"{"webhooks":["old-0/00000000000000aa"]}"#;
+
+    #[test]
+    fn a_webhook_named_again_before_the_retention_starts_its_clock_afresh() {
+        let mut sweep = Sweep::new(10, 1_000);
+        let member = [kv("/p/members/a", NAMES_OLD_0)];
+        round(&mut sweep, 1);
+        assert!(sweep.is_due(0));
+        assert_eq!(sweep.decide(0, &[]).map(|r| r.len()), Ok(0));
+        round(&mut sweep, 1);
+        assert!(!sweep.is_due(2_000), "checked every retention/4");
+        assert_eq!(sweep.decide(8_000, &member).map(|r| r.len()), Ok(0));
+        round(&mut sweep, 1);
+        assert_eq!(
+            sweep.decide(12_000, &[]).map(|r| r.len()),
+            Ok(0),
+            "unlisted since 12 s"
+        );
+        round(&mut sweep, 1);
+        assert_eq!(sweep.decide(22_000, &[]).map(|r| r.len()), Ok(1));
+    }
+
+    #[test]
+    fn an_entry_that_is_not_a_member_entry_removes_nothing() {
+        let mut sweep = Sweep::new(1, 1_000);
+        round(&mut sweep, 1);
+        assert_eq!(sweep.decide(0, &[]).map(|r| r.len()), Ok(0));
+        round(&mut sweep, 1);
+        let garbage = [kv("/p/members/x", "not json")];
+        assert_eq!(sweep.decide(5_000, &garbage), Err(b"/p/members/x".to_vec()));
+        round(&mut sweep, 1);
+        assert_eq!(sweep.decide(6_000, &[]).map(|r| r.len()), Ok(1));
+    }
+
+    #[test]
+    fn at_most_twenty_removals_a_round() {
+        let mut sweep = Sweep::new(1, 1_000);
+        round(&mut sweep, 50);
+        assert_eq!(sweep.decide(0, &[]).map(|r| r.len()), Ok(0));
+        round(&mut sweep, 50);
+        assert_eq!(sweep.decide(2_000, &[]).map(|r| r.len()), Ok(20));
+    }
+}

@@ -1542,3 +1542,41 @@ fn fingerprints_are_stable_sha256_of_the_canonical_definition() {
     let changed = json!({"event_type": "assets", "id": "h", "url": "http://r/y"});
     assert_ne!(fingerprint_of(&changed), fingerprint_of(&definition));
 }
+
+#[test]
+fn cluster_state_keeps_records_no_envoy_has_for_orphan_retention_s() {
+    let with = |etcd_extra: Value| {
+        let mut etcd = json!({"cluster": "etcd", "authority": "etcd:2379"});
+        for (key, value) in etcd_extra.as_object().expect("an object") {
+            etcd[key] = value.clone();
+        }
+        json!({"webhooks": [hook("a", json!({}))], "cluster_state": {"etcd": etcd}})
+    };
+    let default = valid(with(json!({})));
+    assert_eq!(
+        default.cluster_state.map(|etcd| etcd.orphan_retention_s),
+        Some(3600)
+    );
+    let set = valid(with(json!({"orphan_retention_s": 86400})));
+    assert_eq!(
+        set.cluster_state.map(|etcd| etcd.orphan_retention_s),
+        Some(86400)
+    );
+    for bad in [
+        json!(0),
+        json!(-5),
+        json!("1h"),
+        json!(31_536_001),
+        json!(1.5),
+    ] {
+        let found = problems(with(json!({ "orphan_retention_s": bad })));
+        assert_eq!(found.len(), 1, "{bad}: {found:?}");
+        assert_eq!(found[0].place, "cluster_state.etcd");
+        assert_eq!(found[0].field, "orphan_retention_s");
+        assert!(
+            found[0].message.contains("from 1 to 31536000"),
+            "{}",
+            found[0].message
+        );
+    }
+}
