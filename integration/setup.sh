@@ -82,6 +82,7 @@ setup_apt_packages() {
   command -v skopeo >/dev/null || missing+=(skopeo)
   command -v etcd >/dev/null || missing+=(etcd-server)
   command -v etcdctl >/dev/null || missing+=(etcd-client)
+  command -v promtool >/dev/null || missing+=(prometheus)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "== apt-get install ${missing[*]}"
     apt-get update -qq
@@ -90,10 +91,13 @@ setup_apt_packages() {
     if command -v systemctl >/dev/null && systemctl is-active --quiet docker-registry 2>/dev/null; then
       systemctl stop docker-registry || true
     fi
-    # Likewise etcd on :2379; the tests start their own clusters on free ports.
-    if command -v systemctl >/dev/null && systemctl is-active --quiet etcd 2>/dev/null; then
-      systemctl stop etcd || true
-    fi
+    # Likewise etcd on :2379 and Prometheus on :9090: the tests start their own, or need
+    # only promtool.
+    for service in etcd prometheus; do
+      if command -v systemctl >/dev/null && systemctl is-active --quiet "$service" 2>/dev/null; then
+        systemctl stop "$service" || true
+      fi
+    done
   fi
 }
 

@@ -12,8 +12,9 @@ import json
 import re
 
 import pytest
+import yaml
 
-from harness import plugin_config, wait_until, webhook
+from harness import REPO, plugin_config, wait_until, webhook
 
 LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)\{(.*)\} (\S+)$")
 
@@ -94,6 +95,29 @@ def test_prometheus_has_webhook_id_label(exercised):
     # the id is a label, never part of a metric name
     assert not [k for k in samples if k[0].startswith("envoy_webhooks_webhook_id")]
     assert not [k for k in samples if "wasmcustom" in k[0]]
+
+
+def test_every_metric_the_alert_rules_use_is_exported(exercised):
+    """prometheus/alerts.yaml (unit-tested by promtool in scripts/test) against what a running
+    Envoy's /stats/prometheus prints: every metric a rule reads exists, with the labels the
+    rule aggregates by."""
+    rules = yaml.safe_load((REPO / "prometheus" / "alerts.yaml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    used = {name for expr in exprs for name in re.findall(r"\benvoy_webhooks_[a-z_]+", expr)}
+    assert used == {"envoy_webhooks_status", "envoy_webhooks_lost", "envoy_webhooks_dead_lettered",
+                    "envoy_webhooks_held_bytes", "envoy_webhooks_held_bytes_limit",
+                    "envoy_webhooks_cluster_state_errors"}, used
+    text = exercised.prometheus()
+    exported = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
+    assert used <= exported, ("not exported:", used - exported)
+    samples = parse_prometheus(text)
+    for name in ("envoy_webhooks_status", "envoy_webhooks_lost", "envoy_webhooks_dead_lettered"):
+        labelled = {dict(labels).get("webhook_id") for (metric, labels) in samples if metric == name}
+        assert "fmt-hook" in labelled, (name, labelled)
+    # The budget, one max_held_bytes (256 MiB by default) per root context that holds bodies.
+    limit = samples[("envoy_webhooks_held_bytes_limit", ())]
+    assert limit > 0 and limit % (256 * 1024 * 1024) == 0, limit
+    assert samples[("envoy_webhooks_held_bytes", ())] < limit
 
 
 def test_status_gauge_follows_transitions(start_envoy, hooks):

@@ -108,6 +108,10 @@ pub struct Metrics {
     pub cluster_state_records_removed: Metric,
     /// Gauge: bytes of event bodies held for deliveries, summed over workers.
     pub held_bytes: Metric,
+    /// Gauge: `delivery.max_held_bytes` summed over the root contexts that
+    /// hold bodies (each worker's, and the main thread's): what `held_bytes`
+    /// is measured against.
+    pub held_bytes_limit: Metric,
     /// In configuration order.
     pub webhooks: Vec<WebhookMetrics>,
     /// Positions in `webhooks` by webhook id.
@@ -140,6 +144,10 @@ impl Metrics {
             cluster_state_errors: global("cluster_state_errors"),
             cluster_state_records_removed: global("cluster_state_records_removed"),
             held_bytes: Metric::define(MetricType::Gauge, &format!("{PREFIX}.held_bytes")),
+            held_bytes_limit: Metric::define(
+                MetricType::Gauge,
+                &format!("{PREFIX}.held_bytes_limit"),
+            ),
             webhooks,
             by_id,
             pending: RefCell::new(Vec::new()),

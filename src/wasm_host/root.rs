@@ -38,6 +38,8 @@ pub struct WebhooksRoot {
     sync: Option<ClusterSync>,
     /// `on_done` came and returned false: `done()` once the last call ended.
     stopping: bool,
+    /// What this root context added to the `held_bytes_limit` gauge.
+    held_limit_reported: i64,
 }
 
 impl WebhooksRoot {
@@ -50,10 +52,23 @@ impl WebhooksRoot {
     fn done_if_stopped(&mut self) {
         if self.stopping && self.is_finished() {
             self.stopping = false;
+            if let Some(worker) = self.worker.clone() {
+                self.release_held_limit(&worker);
+            }
             if let Err(status) = hostcalls::done() {
                 log::debug!("envoy-webhooks: done() refused: {status:?}");
             }
         }
+    }
+
+    /// Finished: its budget leaves the `held_bytes_limit` gauge.
+    fn release_held_limit(&mut self, worker: &Worker) {
+        worker.metrics.add(
+            worker.metrics.held_bytes_limit,
+            self.held_limit_reported.saturating_neg(),
+        );
+        worker.metrics.flush();
+        self.held_limit_reported = 0;
     }
 
     fn host<'a>(&self, worker: &'a Worker) -> ProxyHost<'a> {
@@ -98,6 +113,12 @@ impl WebhooksRoot {
             queue_id,
         });
         {
+            let limit = i64::try_from(plugin.config.delivery.max_held_bytes).unwrap_or(i64::MAX);
+            worker.metrics.add(
+                worker.metrics.held_bytes_limit,
+                limit.saturating_sub(self.held_limit_reported),
+            );
+            self.held_limit_reported = limit;
             let mut host = self.host(&worker);
             self.engine.set_vm_number(vm_number);
             self.engine.configure(&mut host, plugin);
@@ -129,7 +150,9 @@ impl Context for WebhooksRoot {
             sync.tick(&mut host, &mut self.engine);
         }
         let idle = self.is_finished();
-        if !idle {
+        if idle {
+            self.release_held_limit(&worker);
+        } else {
             log::info!(
                 "envoy-webhooks: stopping: deliveries that waited for a retry went to the dead-letter destination (reason shutdown); waiting for the calls in flight"
             );
