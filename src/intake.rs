@@ -7,9 +7,10 @@
 //! Nothing here can delay or change the platform's request: the intake only
 //! reads copies of its body.
 
+use crate::config::header_value_refusal;
 use crate::config::DeliverOn;
 use crate::delivery::budget;
-use crate::delivery::message::{QueuedEvent, QueuedTarget};
+use crate::delivery::message::{QueuedEvent, QueuedTarget, MAX_PROPAGATED_BYTES};
 use crate::event::{BodyCollector, BodyFormat, Event, NotAnEvent};
 use crate::logging::Printable;
 use crate::plugin::Plugin;
@@ -52,6 +53,29 @@ pub fn carries_events(plugin: &Plugin, method: &str, path: &str) -> bool {
             .any(|p| path.starts_with(p.as_str()))
 }
 
+/// The request's `delivery.propagate_headers` (read by `read`), to copy into
+/// its calls: values that could not be sent as they are (control characters,
+/// surrounding whitespace) are left out, and so is what goes past
+/// `MAX_PROPAGATED_BYTES`.
+pub fn propagated_headers(
+    plugin: &Plugin,
+    mut read: impl FnMut(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    let mut bytes = 0usize;
+    let mut headers = Vec::new();
+    for name in &plugin.config.delivery.propagate_headers {
+        let Some(value) = read(name) else {
+            continue;
+        };
+        let fits = bytes.saturating_add(value.len()) <= MAX_PROPAGATED_BYTES;
+        if fits && header_value_refusal(&value).is_none() {
+            bytes = bytes.saturating_add(value.len());
+            headers.push((name.clone(), value));
+        }
+    }
+    headers
+}
+
 pub struct Intake {
     /// Present until the body is complete.
     collector: Option<BodyCollector>,
@@ -67,6 +91,8 @@ pub struct Intake {
     matches: Vec<usize>,
     /// Definitions whose query ran out of regex budget on the current event.
     over_budget: Vec<usize>,
+    /// The request's headers to copy into every call its events cause.
+    propagated: Vec<(String, String)>,
 }
 
 impl Intake {
@@ -88,7 +114,14 @@ impl Intake {
             deliveries: 0,
             matches: Vec::new(),
             over_budget: Vec::new(),
+            propagated: Vec::new(),
         }
+    }
+
+    /// The request's `delivery.propagate_headers`, as (name, value).
+    pub fn propagating(mut self, headers: Vec<(String, String)>) -> Intake {
+        self.propagated = headers;
+        self
     }
 
     /// A chunk of the body (`end`: the last one).
@@ -268,6 +301,7 @@ impl Intake {
         self.held.push(QueuedEvent {
             targets,
             request_id,
+            headers: self.propagated.clone(),
             body,
         });
     }

@@ -40,7 +40,7 @@ pub mod host {
 }
 
 pub mod message {
-    pub use crate::delivery::message::{QueuedEvent, QueuedTarget};
+    pub use crate::delivery::message::{QueuedEvent, QueuedTarget, MAX_PROPAGATED_BYTES};
 }
 
 pub mod queue {
@@ -55,7 +55,9 @@ pub mod retry {
 }
 
 pub mod intake {
-    pub use crate::intake::{carries_events, Intake, IntakeCounter, IntakeHost};
+    pub use crate::intake::{
+        carries_events, propagated_headers, Intake, IntakeCounter, IntakeHost,
+    };
 }
 
 pub mod plugin {

@@ -22,6 +22,10 @@ struct HandoffRecord {
     attempts: u32,
     first_attempt_at_ms: u64,
     last_error: Option<String>,
+    /// The platform request's propagated headers (`delivery.propagate_headers`);
+    /// absent in records of earlier versions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    headers: Vec<(String, String)>,
     /// The event, exactly as received (JSON text).
     event: String,
 }
@@ -43,6 +47,7 @@ pub fn record_of(delivery: &Delivery) -> Option<Vec<u8>> {
         attempts: delivery.attempts,
         first_attempt_at_ms: delivery.first_attempt_at_ms,
         last_error: delivery.last_error.clone(),
+        headers: delivery.headers.to_vec(),
         event: std::str::from_utf8(&delivery.body).ok()?.to_string(),
     };
     serde_json::to_vec(&record).ok()
@@ -75,6 +80,7 @@ fn delivery(record: HandoffRecord, webhook: WebhookRef) -> Delivery {
     Delivery {
         target: Target::Webhook(webhook),
         body: Rc::from(record.event.into_bytes()),
+        headers: Rc::from(record.headers),
         message_id: record.message_id,
         request_id: record.request_id,
         attempts: record.attempts,

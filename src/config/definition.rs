@@ -331,7 +331,7 @@ pub(crate) fn parse_headers(value: &Value, fields: &mut Fields<'_, '_>) -> Vec<(
 }
 
 /// Why a configured header name (lower case) cannot be used, if it cannot.
-fn header_name_refusal(lower: &str) -> Option<&'static str> {
+pub(super) fn header_name_refusal(lower: &str) -> Option<&'static str> {
     if lower.starts_with(':') {
         return Some("is a pseudo-header; the filter sets them from \"url\"");
     }
@@ -359,7 +359,7 @@ fn header_name_refusal(lower: &str) -> Option<&'static str> {
 }
 
 /// Why a configured header value cannot be sent, if it cannot. Never shows the value.
-fn header_value_refusal(value: &str) -> Option<&'static str> {
+pub(crate) fn header_value_refusal(value: &str) -> Option<&'static str> {
     if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
         return Some("contains a line break or NUL");
     }

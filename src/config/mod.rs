@@ -20,6 +20,7 @@ pub use definition::{
 };
 pub use problems::{ConfigError, Problem};
 
+pub(crate) use definition::header_value_refusal;
 use problems::{kind_of, Fields};
 
 /// Which requests carry events, and how to read them.
@@ -67,7 +68,18 @@ pub struct DeliveryPolicy {
     /// retry, dead letters), per worker: one memory budget for all of them.
     /// At least `max_pending_bytes` and twice `EventsConfig::max_event_bytes`.
     pub max_held_bytes: usize,
+    /// Headers of the platform's request copied into every call its events
+    /// cause (lower case): trace context, so that a webhook call shows up in
+    /// the platform's trace.
+    pub propagate_headers: Vec<String>,
 }
+
+/// Default `delivery.propagate_headers`: W3C trace context.
+pub const DEFAULT_PROPAGATE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+/// At most this many `delivery.propagate_headers`.
+pub const MAX_PROPAGATE_HEADERS: usize = 16;
+/// Credentials of the platform: never sent to a receiver.
+const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
 
 /// Where deliveries that cannot be made go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +153,7 @@ impl Default for DeliveryPolicy {
             max_pending: 10_000,
             max_pending_bytes: 64 * MIB,
             max_held_bytes: 256 * MIB,
+            propagate_headers: DEFAULT_PROPAGATE_HEADERS.map(String::from).to_vec(),
         }
     }
 }
@@ -336,6 +349,8 @@ fn parse_delivery(value: &Value, problems: &mut Vec<Problem>) -> Option<Delivery
         max_held_bytes: fields
             .size("max_held_bytes", MIN_HELD_BYTES, MAX_HELD_BYTES_LIMIT)
             .unwrap_or(defaults.max_held_bytes),
+        propagate_headers: parse_propagate_headers(&mut fields)
+            .unwrap_or(defaults.propagate_headers),
     };
     let mut policy = policy;
     if fields.get("max_pending_bytes").is_none() {
@@ -344,9 +359,62 @@ fn parse_delivery(value: &Value, problems: &mut Vec<Problem>) -> Option<Delivery
         policy.max_pending_bytes = policy.max_pending_bytes.min(policy.max_held_bytes);
     }
     fields.reject_unknown(
-        "timeout_ms, max_in_flight, failing_window_s, failure_threshold, retry_schedule_s, max_pending, max_pending_bytes, max_held_bytes",
+        "timeout_ms, max_in_flight, failing_window_s, failure_threshold, retry_schedule_s, max_pending, max_pending_bytes, max_held_bytes, propagate_headers",
     );
     Some(policy)
+}
+
+/// `delivery.propagate_headers`: header names (any case), as configured
+/// headers' names are checked, and never the platform's credentials.
+fn parse_propagate_headers(fields: &mut Fields<'_, '_>) -> Option<Vec<String>> {
+    let value = fields.get("propagate_headers")?;
+    let Some(items) = value.as_array() else {
+        fields.problem(
+            "propagate_headers",
+            "expected a list of header names, e.g. [\"traceparent\", \"tracestate\"]; [] propagates none",
+        );
+        return None;
+    };
+    if items.len() > MAX_PROPAGATE_HEADERS {
+        fields.problem(
+            "propagate_headers",
+            format!(
+                "lists {} headers; at most {MAX_PROPAGATE_HEADERS}",
+                items.len()
+            ),
+        );
+        return None;
+    }
+    let mut names: Vec<String> = Vec::new();
+    let mut valid = true;
+    for item in items {
+        let Some(name) = item.as_str() else {
+            fields.problem(
+                "propagate_headers",
+                "every entry must be a header name (a string)",
+            );
+            valid = false;
+            continue;
+        };
+        let lower = name.to_ascii_lowercase();
+        let refusal = definition::header_name_refusal(&lower)
+            .or_else(|| {
+                CREDENTIAL_HEADERS.contains(&lower.as_str()).then_some(
+                    "carries the platform's credentials: it is never sent to a receiver (use a webhook's \"headers\" for the receiver's own)",
+                )
+            })
+            .or_else(|| names.contains(&lower).then_some("is given twice (header names ignore case)"));
+        if let Some(reason) = refusal {
+            fields.problem(
+                "propagate_headers",
+                format!("\"{}\" {reason}", name.escape_debug()),
+            );
+            valid = false;
+            continue;
+        }
+        names.push(lower);
+    }
+    valid.then_some(names)
 }
 
 /// `delivery.max_held_bytes` must hold what the other bounds let deliveries keep.

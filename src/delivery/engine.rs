@@ -74,6 +74,13 @@ struct InFlight {
     clean_version: Option<u32>,
 }
 
+/// What the deliveries of one event to several webhooks share: one copy each.
+struct SharedEvent {
+    body: Rc<[u8]>,
+    headers: Rc<[(String, String)]>,
+    request_id: Option<String>,
+}
+
 /// One worker's deliveries.
 pub struct Engine {
     plugin: Option<Rc<Plugin>>,
@@ -187,9 +194,13 @@ impl Engine {
             return;
         };
         self.start_turn();
-        let body: Rc<[u8]> = event.body.into();
+        let shared = SharedEvent {
+            body: event.body.into(),
+            headers: event.headers.into(),
+            request_id: event.request_id,
+        };
         for target in event.targets {
-            self.accept_one(host, &plugin, target.fingerprint, &body, &event.request_id);
+            self.accept_one(host, &plugin, target.fingerprint, &shared);
         }
         self.end_turn(host);
     }
@@ -336,8 +347,7 @@ impl Engine {
         host: &mut H,
         plugin: &Plugin,
         fingerprint: u64,
-        body: &Rc<[u8]>,
-        request_id: &Option<String>,
+        event: &SharedEvent,
     ) {
         let now_ms = host.now_ms();
         let Some(webhook) = plugin
@@ -355,8 +365,9 @@ impl Engine {
             target: Target::Webhook(webhook),
             // Computed when first needed (signing, dead letters): hashing every body costs.
             message_id: String::new(),
-            body: body.clone(),
-            request_id: request_id.clone(),
+            body: event.body.clone(),
+            request_id: event.request_id.clone(),
+            headers: event.headers.clone(),
             attempts: 0,
             dispatch_failures: 0,
             first_attempt_at_ms: now_ms,
@@ -426,6 +437,7 @@ impl Engine {
             self.park(host, plugin, delivery, now_ms.saturating_add(SLOT_WAIT_MS));
             return;
         }
+        let propagated = delivery.headers.clone();
         let (cluster, mut headers) = match webhook {
             Some((_, definition)) => (
                 definition.cluster.as_str(),
@@ -447,6 +459,13 @@ impl Engine {
                 )
             }
         };
+        // The trace context of the platform's request; a header the
+        // operator configured for the destination keeps its value.
+        for (name, value) in propagated.iter() {
+            if !headers.iter().any(|(configured, _)| configured == name) {
+                headers.push((name.as_str(), value.as_str()));
+            }
+        }
         let secrets = webhook.map_or(&[][..], |(index, _)| plugin.secrets(index));
         let timestamp = (now_ms / 1000).to_string();
         let signature_value;
@@ -787,6 +806,7 @@ impl Engine {
             body: record.into(),
             message_id,
             request_id: delivery.request_id.clone(),
+            headers: delivery.headers.clone(),
             attempts: 0,
             dispatch_failures: 0,
             first_attempt_at_ms: host.now_ms(),

@@ -19,16 +19,26 @@ pub struct QueuedEvent {
     pub targets: Vec<QueuedTarget>,
     /// The event's `request_id`, for `webhook-id` and logs.
     pub request_id: Option<String>,
+    /// Headers of the platform's request to copy into the calls
+    /// (`delivery.propagate_headers`): (lower-case name, value).
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
+
+/// Bytes of propagated header values carried per request, at most: a value
+/// that would go past it is left out (W3C trace context is well under 1 KiB).
+pub const MAX_PROPAGATED_BYTES: usize = 8 * 1024;
 
 /// Bytes of one target in a queue message.
 const TARGET_BYTES: usize = 12;
 
 impl QueuedEvent {
     /// `target count (u32 LE) | (webhook u32 LE, fingerprint u64 LE)* |
-    /// request_id length (u16 LE, 0xFFFF for none) | request_id | body`.
-    /// A request_id of 64 KiB or more is left out (it only labels logs).
+    /// request_id length (u16 LE, 0xFFFF for none) | request_id |
+    /// header count (u8) | (name length u16 LE, name, value length u16 LE, value)* | body`.
+    /// A request_id of 64 KiB or more is left out (it only labels logs), and
+    /// so are headers past 255 or longer than 64 KiB (the configuration and
+    /// the capture bound both far lower).
     pub fn encode(&self) -> Vec<u8> {
         let request_id = self.request_id.as_deref().and_then(|id| {
             u16::try_from(id.len())
@@ -59,6 +69,24 @@ impl QueuedEvent {
             }
             None => bytes.extend_from_slice(&u16::MAX.to_le_bytes()),
         }
+        let headers: Vec<(&[u8], u16, &[u8], u16)> = self
+            .headers
+            .iter()
+            .filter_map(|(name, value)| {
+                let name_len = u16::try_from(name.len()).ok()?;
+                let value_len = u16::try_from(value.len()).ok()?;
+                Some((name.as_bytes(), name_len, value.as_bytes(), value_len))
+            })
+            .take(usize::from(u8::MAX))
+            .collect();
+        // At most 255, by the `take` above.
+        bytes.push(u8::try_from(headers.len()).unwrap_or(u8::MAX));
+        for (name, name_len, value, value_len) in headers {
+            bytes.extend_from_slice(&name_len.to_le_bytes());
+            bytes.extend_from_slice(name);
+            bytes.extend_from_slice(&value_len.to_le_bytes());
+            bytes.extend_from_slice(value);
+        }
         bytes.extend_from_slice(&self.body);
         bytes
     }
@@ -87,10 +115,29 @@ impl QueuedEvent {
             let id = std::str::from_utf8(bytes.get(id_start..end)?).ok()?;
             (Some(id.to_string()), end)
         };
+        let count = *bytes.get(body_start)?;
+        let mut at = body_start.checked_add(1)?;
+        let mut headers = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let name = length_prefixed(bytes, &mut at)?;
+            let value = length_prefixed(bytes, &mut at)?;
+            headers.push((name, value));
+        }
         Some(QueuedEvent {
             targets,
             request_id,
-            body: bytes.get(body_start..)?.to_vec(),
+            headers,
+            body: bytes.get(at..)?.to_vec(),
         })
     }
+}
+
+/// A `u16 LE` length and that many bytes of UTF-8 at `*at`, which moves past them.
+fn length_prefixed(bytes: &[u8], at: &mut usize) -> Option<String> {
+    let start = at.checked_add(2)?;
+    let len = u16::from_le_bytes(bytes.get(*at..start)?.try_into().ok()?);
+    let end = start.checked_add(usize::from(len))?;
+    let text = std::str::from_utf8(bytes.get(start..end)?).ok()?;
+    *at = end;
+    Some(text.to_string())
 }

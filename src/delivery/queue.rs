@@ -49,6 +49,9 @@ pub struct Delivery {
     pub message_id: String,
     /// The event's `request_id`, for logs.
     pub request_id: Option<String>,
+    /// Headers of the platform's request copied into every attempt
+    /// (`delivery.propagate_headers`); shared like `body`.
+    pub headers: Rc<[(String, String)]>,
     /// Attempts made so far.
     pub attempts: u32,
     /// Times the host could not even start the call (not counted as attempts).
@@ -70,6 +73,11 @@ impl Delivery {
             + self.message_id.len()
             + self.request_id.as_ref().map_or(0, String::len)
             + self.last_error.as_ref().map_or(0, String::len)
+            + self
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>()
             + 64
     }
 }

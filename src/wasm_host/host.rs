@@ -44,6 +44,15 @@ pub fn request_header(name: &str) -> Option<String> {
     map_value(MapType::HttpRequestHeaders, name)
 }
 
+/// A request header exactly as sent; `None` also when it is not UTF-8 (it
+/// is then not copied anywhere: a changed value would be a lie).
+pub fn request_header_exact(name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
 /// A response header, with bytes that are not UTF-8 replaced by U+FFFD.
 pub fn response_header(name: &str) -> Option<String> {
     map_value(MapType::HttpResponseHeaders, name)

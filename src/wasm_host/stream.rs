@@ -143,7 +143,9 @@ impl HttpContext for EventStream {
             return Action::Continue;
         }
         let content_type = host::request_header("content-type");
-        self.intake = Some(Intake::start(&worker.plugin, content_type.as_deref()));
+        let propagated = intake::propagated_headers(&worker.plugin, host::request_header_exact);
+        self.intake =
+            Some(Intake::start(&worker.plugin, content_type.as_deref()).propagating(propagated));
         if end_of_stream {
             // No body at all.
             self.with_intake(|intake, worker, sink| intake.end_of_body(&worker.plugin, sink));

@@ -532,21 +532,41 @@ fn queued_event_round_trips() {
         QueuedEvent {
             targets: vec![target(0, 0)],
             request_id: None,
+            headers: Vec::new(),
             body: Vec::new(),
         },
         QueuedEvent {
             targets: (0..1000).map(|i| target(i, u64::from(i) << 32)).collect(),
             request_id: Some("476117422b18ed2f915fe9887b77b702".to_string()),
+            headers: Vec::new(),
             body: formats.to_vec(),
         },
         QueuedEvent {
             targets: vec![target(u32::MAX, u64::MAX), target(7, 0x0123_4567_89ab_cdef)],
             request_id: Some(String::new()),
+            headers: Vec::new(),
             body: vec![0, 0xff, b'\n', 0],
         },
         QueuedEvent {
             targets: Vec::new(),
             request_id: Some("r".to_string()),
+            headers: Vec::new(),
+            body: b"{}".to_vec(),
+        },
+        QueuedEvent {
+            targets: vec![target(1, 2)],
+            request_id: Some("r".to_string()),
+            headers: vec![
+                (
+                    "traceparent".to_string(),
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
+                ),
+                (
+                    "tracestate".to_string(),
+                    "congo=t61rcWkgMzE,é=ü".to_string(),
+                ),
+                ("x-empty".to_string(), String::new()),
+            ],
             body: b"{}".to_vec(),
         },
     ];
@@ -554,9 +574,14 @@ fn queued_event_round_trips() {
         let bytes = event.encode();
         // One copy of the body, however many targets.
         let id_len = event.request_id.as_ref().map_or(0, String::len);
+        let header_bytes: usize = event
+            .headers
+            .iter()
+            .map(|(name, value)| 4 + name.len() + value.len())
+            .sum();
         assert_eq!(
             bytes.len(),
-            6 + 12 * event.targets.len() + id_len + event.body.len()
+            7 + 12 * event.targets.len() + id_len + header_bytes + event.body.len()
         );
         assert_eq!(QueuedEvent::decode(&bytes), Some(event));
     }
@@ -567,11 +592,12 @@ fn short_or_lying_queue_messages_decode_to_none() {
     let bytes = QueuedEvent {
         targets: vec![target(3, 4)],
         request_id: Some("req".to_string()),
+        headers: Vec::new(),
         body: Vec::new(),
     }
     .encode();
-    // 4 + 12 bytes of targets, 2 of id length, then 3 of request_id.
-    for length in 0..21 {
+    // 4 + 12 bytes of targets, 2 of id length, 3 of request_id, 1 of header count.
+    for length in 0..22 {
         assert_eq!(
             QueuedEvent::decode(&bytes[..length]),
             None,
@@ -582,6 +608,21 @@ fn short_or_lying_queue_messages_decode_to_none() {
     // A count that promises more targets than the message holds.
     let mut lying = bytes.clone();
     lying[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert_eq!(QueuedEvent::decode(&lying), None);
+    // A header cut short, or a count of headers the message does not hold.
+    let with_header = QueuedEvent {
+        targets: Vec::new(),
+        request_id: None,
+        headers: vec![("a".to_string(), "b".to_string())],
+        body: Vec::new(),
+    }
+    .encode();
+    assert_eq!(with_header.len(), 13);
+    for length in 0..with_header.len() {
+        assert_eq!(QueuedEvent::decode(&with_header[..length]), None);
+    }
+    let mut lying = with_header.clone();
+    lying[6] = 2;
     assert_eq!(QueuedEvent::decode(&lying), None);
 }
 

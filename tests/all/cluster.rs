@@ -449,6 +449,7 @@ impl Replica {
                     fingerprint: self.plugin.definitions()[0].fingerprint,
                 }],
                 request_id: Some("r".to_string()),
+                headers: Vec::new(),
                 body: br#"{"event_type":"assets"}"#.to_vec(),
             },
         );
@@ -547,6 +548,7 @@ fn failures_through_different_envoys_add_up_and_fail_the_webhook_once() {
                     fingerprint: envoy.plugin.definitions()[0].fingerprint,
                 }],
                 request_id: None,
+                headers: Vec::new(),
                 body: b"{}".to_vec(),
             },
         );
@@ -1283,4 +1285,43 @@ impl Replica {
         }
         answers
     }
+}
+
+#[test]
+fn an_adopted_delivery_keeps_the_platform_requests_trace_headers() {
+    use envoy_webhooks::testing::host::WebhookCounter;
+    let config = waiting_config();
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(2, &config);
+    run_all(&mut envoys, &mut etcd, 1_000);
+    let first = &mut envoys[0];
+    first.engine.accept(
+        &mut first.host,
+        QueuedEvent {
+            targets: vec![QueuedTarget {
+                webhook: 0,
+                fingerprint: first.plugin.definitions()[0].fingerprint,
+            }],
+            request_id: Some("r".to_string()),
+            headers: vec![("traceparent".to_string(), "00-abc-def-01".to_string())],
+            body: br#"{"event_type":"assets"}"#.to_vec(),
+        },
+    );
+    assert_eq!(first.answer_hooks("503"), 1);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 1);
+    drop(envoys.remove(0));
+    kill_all_leases(&mut etcd);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(envoys[0].count(WebhookCounter::Adopted), 1);
+    let call = envoys[0]
+        .host
+        .open
+        .values()
+        .find(|c| c.cluster == "hook")
+        .cloned()
+        .expect("the adopted delivery's call");
+    assert!(call
+        .headers
+        .contains(&("traceparent".to_string(), "00-abc-def-01".to_string())));
 }

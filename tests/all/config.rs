@@ -116,6 +116,7 @@ fn minimal_configuration_gets_every_default() {
             max_pending: 10_000,
             max_pending_bytes: 64 * 1024 * 1024,
             max_held_bytes: 256 * 1024 * 1024,
+            propagate_headers: vec!["traceparent".to_string(), "tracestate".to_string()],
         }
     );
     assert_eq!(config.admin, None);
@@ -178,6 +179,7 @@ fn complete_configuration_from_fixture() {
             max_pending: 500,
             max_pending_bytes: 1_048_576,
             max_held_bytes: 256 * 1024 * 1024,
+            propagate_headers: vec!["traceparent".to_string(), "x-b3-traceid".to_string()],
         }
     );
     assert_eq!(
@@ -1576,6 +1578,45 @@ fn cluster_state_keeps_records_no_envoy_has_for_orphan_retention_s() {
         assert!(
             found[0].message.contains("from 1 to 31536000"),
             "{}",
+            found[0].message
+        );
+    }
+}
+
+#[test]
+fn propagate_headers_are_checked_like_configured_headers_and_never_credentials() {
+    let with = |names: Value| json!({"webhooks": [], "delivery": {"propagate_headers": names}});
+    assert_eq!(
+        valid(with(json!(["TraceParent", "b3"])))
+            .delivery
+            .propagate_headers,
+        ["traceparent", "b3"]
+    );
+    assert!(valid(with(json!([]))).delivery.propagate_headers.is_empty());
+    for (names, teaches) in [
+        (json!([":path"]), "pseudo-header"),
+        (json!(["connection"]), "hop-by-hop"),
+        (json!(["x-envoy-retry-on"]), "x-envoy-"),
+        (json!(["webhook-signature"]), "set by the filter"),
+        (json!(["envoy-webhooks-delivery"]), "set by the filter"),
+        (json!(["Authorization"]), "credentials"),
+        (json!(["cookie"]), "credentials"),
+        (json!(["a b"]), "not a valid header name"),
+        (json!(["traceparent", "TRACEPARENT"]), "given twice"),
+        (json!([7]), "a header name (a string)"),
+        (json!("traceparent"), "a list of header names"),
+        (
+            json!((0..17).map(|i| format!("h{i}")).collect::<Vec<_>>()),
+            "at most 16",
+        ),
+    ] {
+        let found = problems(with(names.clone()));
+        assert_eq!(found.len(), 1, "{names}: {found:?}");
+        assert_eq!(found[0].place, "delivery");
+        assert_eq!(found[0].field, "propagate_headers");
+        assert!(
+            found[0].message.contains(teaches),
+            "{names}: {}",
             found[0].message
         );
     }

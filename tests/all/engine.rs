@@ -60,6 +60,7 @@ fn event_for(plugin: &Plugin, ids: &[&str], body: &[u8]) -> QueuedEvent {
     QueuedEvent {
         targets,
         request_id: Some("req-1".to_string()),
+        headers: Vec::new(),
         body: body.to_vec(),
     }
 }
@@ -565,4 +566,65 @@ proptest! {
     fn identities_hold_under_tight_bounds(steps in proptest::collection::vec(step(), 1..80), dead_letter in any::<bool>()) {
         identities_hold(steps, dead_letter, true)?;
     }
+}
+
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[test]
+fn the_platform_requests_trace_headers_go_with_every_attempt_and_its_dead_letter() {
+    let mut config = config(&["a", "b"], json!({"retry_schedule_s": [5]}), true);
+    // A header the operator configured for a webhook keeps its value.
+    config["webhooks"][1]["headers"] = json!({"tracestate": "configured"});
+    let plugin = load(config);
+    let (mut engine, mut host) = started(&plugin);
+    let mut event = event_for(&plugin, &["a", "b"], EVENT);
+    event.headers = vec![
+        ("traceparent".to_string(), TRACEPARENT.to_string()),
+        ("tracestate".to_string(), "congo=t61rcWkgMzE".to_string()),
+    ];
+    engine.accept(&mut host, event);
+    let calls: Vec<MadeCall> = host.calls.clone();
+    assert_eq!(calls.len(), 2);
+    for call in &calls {
+        assert_eq!(header(call, "traceparent"), Some(TRACEPARENT));
+        let tracestate: Vec<&str> = call
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "tracestate")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        let expected = if call.cluster == "b" {
+            "configured"
+        } else {
+            "congo=t61rcWkgMzE"
+        };
+        assert_eq!(tracestate, [expected], "once, {}", call.cluster);
+        host.take(call.token);
+        engine.call_finished(&mut host, call.token, Some(&answer("503")));
+    }
+    // The retries come after the request ended, with the same headers.
+    wait(&mut engine, &mut host, 6_000);
+    let retries: Vec<MadeCall> = host.open.values().cloned().collect();
+    assert_eq!(retries.len(), 2);
+    for call in &retries {
+        assert_eq!(header(call, "traceparent"), Some(TRACEPARENT));
+        host.take(call.token);
+        engine.call_finished(&mut host, call.token, Some(&answer("503")));
+    }
+    let letters: Vec<MadeCall> = host.open.values().cloned().collect();
+    assert_eq!(letters.len(), 2);
+    for letter in &letters {
+        assert_eq!(letter.cluster, "dead");
+        assert_eq!(header(letter, "traceparent"), Some(TRACEPARENT));
+    }
+}
+
+#[test]
+fn a_request_without_trace_headers_sends_none() {
+    let plugin = load(config(&["a"], json!({}), false));
+    let (mut engine, mut host) = started(&plugin);
+    engine.accept(&mut host, event_for(&plugin, &["a"], EVENT));
+    let call = host.calls[0].clone();
+    assert_eq!(header(&call, "traceparent"), None);
+    assert_eq!(header(&call, "tracestate"), None);
 }

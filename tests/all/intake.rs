@@ -248,3 +248,45 @@ fn invalid_and_oversized_events_are_counted_and_nothing_else() {
     assert_eq!(sink.count(IntakeCounter::EventsSeen), 0);
     assert!(sink.queued.is_empty());
 }
+
+#[test]
+fn propagated_headers_are_read_as_configured_and_only_if_they_can_be_sent_as_they_are() {
+    use envoy_webhooks::testing::intake::propagated_headers;
+    use envoy_webhooks::testing::message::MAX_PROPAGATED_BYTES;
+    let load = |delivery: serde_json::Value| {
+        let config = serde_json::json!({"webhooks": [], "delivery": delivery});
+        envoy_webhooks::testing::plugin::Plugin::load(config.to_string().as_bytes(), |_| None)
+            .expect("valid")
+    };
+    let default = load(serde_json::json!({}));
+    let mut asked = Vec::new();
+    let read = |name: &str| -> Option<String> {
+        match name {
+            "traceparent" => Some("00-abc-01".to_string()),
+            _ => None,
+        }
+    };
+    let headers = propagated_headers(&default, |name| {
+        asked.push(name.to_string());
+        read(name)
+    });
+    assert_eq!(asked, ["traceparent", "tracestate"]);
+    assert_eq!(
+        headers,
+        [("traceparent".to_string(), "00-abc-01".to_string())]
+    );
+
+    let none = load(serde_json::json!({"propagate_headers": []}));
+    assert!(propagated_headers(&none, |_| Some("x".to_string())).is_empty());
+
+    let custom = load(serde_json::json!({"propagate_headers": ["X-Trace", "b", "c", "d"]}));
+    let big = "v".repeat(MAX_PROPAGATED_BYTES - 10);
+    let headers = propagated_headers(&custom, |name| match name {
+        "x-trace" => Some("bad\u{1}value".to_string()),
+        "b" => Some(big.clone()),
+        "c" => Some("0123456789a".to_string()),
+        _ => Some(" padded".to_string()),
+    });
+    // A control character, past the byte budget, surrounding whitespace: left out.
+    assert_eq!(headers, [("b".to_string(), big.clone())]);
+}

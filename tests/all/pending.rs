@@ -16,6 +16,7 @@ fn delivery(index: usize, tag: &str, body_len: usize) -> Delivery {
         body: vec![b'x'; body_len].into(),
         message_id: format!("msg_{tag}"),
         request_id: Some(tag.to_string()),
+        headers: Vec::new().into(),
         attempts: 1,
         dispatch_failures: 0,
         first_attempt_at_ms: 0,
