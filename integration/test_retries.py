@@ -730,3 +730,35 @@ def test_dead_letter_destination_down_is_lost_and_logged(start_envoy, hooks):
                       message="a log line with the request_id")[0]
     assert "not delivered" in line, line
     wait_until(lambda: pending_of(envoy, "h")["dead_letters_pending"] == 0, 3, message="nothing pending")
+
+
+# --------------------------------------------------------------------------- trace context
+
+
+def test_the_platform_requests_trace_context_goes_with_every_attempt_and_the_dead_letter(
+        start_envoy, hooks, make_server):
+    """delivery.propagate_headers (default traceparent and tracestate): copied into every
+    attempt, including the retry made after the platform's request ended, and into the dead
+    letter; the platform's credentials never are; a request without them sends none."""
+    dlq = make_server("dead-letters")
+    hooks.set_reply("/hooks/traced", status=503)
+    plugin = plugin_config([webhook("traced")], delivery={"retry_schedule_s": [1]},
+                           dead_letter=_dead_letter())
+    envoy = start_envoy(plugin, clusters={"dlq": dlq.port})
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    response = envoy.post_event(_event(1), headers={
+        "traceparent": traceparent, "tracestate": "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
+        "authorization": "Bearer platform-secret", "cookie": "session=platform"})
+    assert response.status == 200
+    first, retry = hooks.wait_for(2, "/hooks/traced")
+    (letter,) = dlq.wait_for(1)
+    for call in (first, retry, letter):
+        assert call.headers["traceparent"] == traceparent, call.headers
+        assert call.headers["tracestate"] == "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"
+        assert "authorization" not in call.headers and "cookie" not in call.headers
+    assert letter.json()["reason"] == "retries_exhausted"
+
+    hooks.clear()
+    assert envoy.post_event(_event(2)).status == 200
+    untraced = hooks.wait_for(1, "/hooks/traced")[0]
+    assert "traceparent" not in untraced.headers and "tracestate" not in untraced.headers
