@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use super::problems::{kind_of, Fields, Problem};
+use super::SchemeClusters;
 use crate::query::Query;
 use crate::signature::SigningSecret;
 use crate::status::Status;
@@ -63,6 +64,8 @@ pub struct WebhookUrl {
     pub host: String,
     /// Path and query, sent as `:path`.
     pub path: String,
+    /// `https://` (else `http://`): picks the cluster from `delivery.clusters`.
+    pub https: bool,
 }
 
 /// One webhook of the plugin configuration.
@@ -82,6 +85,8 @@ pub struct WebhookDefinition {
     pub url: WebhookUrl,
     /// The Envoy cluster that delivery calls go to.
     pub cluster: String,
+    /// `cluster` was configured (else it comes from `delivery.clusters` or the URL's host).
+    pub cluster_configured: bool,
     /// The status the configuration gives.
     pub status: Status,
     pub query: Query,
@@ -197,7 +202,10 @@ pub(crate) fn parse_definition(
     }
 
     let object_id = fields.string("object_id").map(str::to_string);
-    let (url, cluster) = parse_destination(&mut fields);
+    let (url, configured) = parse_destination(&mut fields);
+    let cluster_configured = configured.is_some();
+    // Resolved with `delivery.clusters` once the whole configuration is read.
+    let cluster = configured.or_else(|| url.as_ref().map(|url| url.host.clone()));
 
     let status = match fields.string("status") {
         None => Some(Status::Enabled),
@@ -264,6 +272,7 @@ pub(crate) fn parse_definition(
         object_id,
         url: url?,
         cluster: cluster?,
+        cluster_configured,
         status: status?,
         query: query?,
         headers: headers.unwrap_or_default(),
@@ -408,7 +417,7 @@ fn describe_char(c: char) -> String {
     }
 }
 
-/// Reads `url` (required) and `cluster` (default: the URL's host).
+/// Reads `url` (required) and `cluster`, if configured (see `default_cluster`).
 pub(crate) fn parse_destination(
     fields: &mut Fields<'_, '_>,
 ) -> (Option<WebhookUrl>, Option<String>) {
@@ -421,28 +430,44 @@ pub(crate) fn parse_destination(
                 None
             }
         });
-    let cluster = match fields.string("cluster") {
-        Some(cluster) => match cluster_refusal(cluster) {
+    let cluster = fields
+        .string("cluster")
+        .and_then(|cluster| match cluster_refusal(cluster) {
             Some(reason) => {
                 fields.problem("cluster", reason);
                 None
             }
             None => Some(cluster.to_string()),
-        },
-        None => url
-            .as_ref()
-            .and_then(|url| match cluster_refusal(&url.host) {
-                Some(reason) => {
-                    fields.problem(
-                        "cluster",
-                        format!("the URL's host cannot name a cluster: {reason}; set cluster"),
-                    );
-                    None
-                }
-                None => Some(url.host.clone()),
-            }),
-    };
+        });
     (url, cluster)
+}
+
+/// The cluster of a destination whose `cluster` is not configured: the one
+/// `delivery.clusters` names for its URL's scheme, or (without
+/// `delivery.clusters`) the URL's host. `Err`: (field, why).
+pub(crate) fn default_cluster(
+    url: &WebhookUrl,
+    clusters: Option<&SchemeClusters>,
+) -> Result<String, (&'static str, String)> {
+    match clusters {
+        Some(clusters) => {
+            let (scheme, cluster) = if url.https {
+                ("https", &clusters.https)
+            } else {
+                ("http", &clusters.http)
+            };
+            cluster.clone().ok_or_else(|| {
+                ("url", format!("is an {scheme}:// URL and delivery.clusters names no \"{scheme}\" cluster: add one, or set cluster"))
+            })
+        }
+        None => match cluster_refusal(&url.host) {
+            Some(reason) => Err((
+                "cluster",
+                format!("the URL's host cannot name a cluster: {reason}; set cluster"),
+            )),
+            None => Ok(url.host.clone()),
+        },
+    }
 }
 
 /// Parses an `http://` or `https://` URL into what a delivery call needs.
@@ -488,6 +513,7 @@ pub fn parse_url(text: &str) -> Result<WebhookUrl, String> {
         } else {
             path
         },
+        https: uri.scheme_str() == Some("https"),
     })
 }
 

@@ -72,6 +72,17 @@ pub struct DeliveryPolicy {
     /// cause (lower case): trace context, so that a webhook call shows up in
     /// the platform's trace.
     pub propagate_headers: Vec<String>,
+    /// The clusters a destination without `cluster` is called through, by
+    /// its URL's scheme (`delivery.clusters`); `None`: its URL's host.
+    pub clusters: Option<SchemeClusters>,
+}
+
+/// `delivery.clusters`: e.g. a dynamic forward proxy cluster for `http://`
+/// and one with TLS for `https://`, so that a definition is just a URL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchemeClusters {
+    pub http: Option<String>,
+    pub https: Option<String>,
 }
 
 /// Default `delivery.propagate_headers`: W3C trace context.
@@ -86,6 +97,8 @@ const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "proxy-authorization", "
 pub struct DeadLetterConfig {
     pub url: WebhookUrl,
     pub cluster: String,
+    /// `cluster` was configured (else it comes from `delivery.clusters` or the URL's host).
+    pub cluster_configured: bool,
     pub headers: Vec<(String, String)>,
 }
 
@@ -154,6 +167,7 @@ impl Default for DeliveryPolicy {
             max_pending_bytes: 64 * MIB,
             max_held_bytes: 256 * MIB,
             propagate_headers: DEFAULT_PROPAGATE_HEADERS.map(String::from).to_vec(),
+            clusters: None,
         }
     }
 }
@@ -252,6 +266,31 @@ fn parse_config(value: &Value, problems: &mut Vec<Problem>) -> Option<PluginConf
     };
     let (events, delivery) = (events?, delivery?);
     check_held_bytes(&events, &delivery, problems);
+    let mut webhooks = webhooks;
+    for webhook in webhooks.iter_mut().filter(|w| !w.cluster_configured) {
+        match definition::default_cluster(&webhook.url, delivery.clusters.as_ref()) {
+            Ok(cluster) => webhook.cluster = cluster,
+            Err((field, message)) => problems.push(Problem {
+                place: format!("webhook \"{}\"", webhook.id),
+                field: field.to_string(),
+                message,
+            }),
+        }
+    }
+    let mut dead_letter = dead_letter;
+    if let Some(Some(destination)) = dead_letter.as_mut() {
+        let resolved = (!destination.cluster_configured)
+            .then(|| definition::default_cluster(&destination.url, delivery.clusters.as_ref()));
+        match resolved {
+            None => {}
+            Some(Ok(cluster)) => destination.cluster = cluster,
+            Some(Err((field, message))) => problems.push(Problem {
+                place: "dead_letter".to_string(),
+                field: field.to_string(),
+                message,
+            }),
+        }
+    }
     Some(PluginConfig {
         webhooks,
         events,
@@ -351,6 +390,7 @@ fn parse_delivery(value: &Value, problems: &mut Vec<Problem>) -> Option<Delivery
             .unwrap_or(defaults.max_held_bytes),
         propagate_headers: parse_propagate_headers(&mut fields)
             .unwrap_or(defaults.propagate_headers),
+        clusters: parse_scheme_clusters(&mut fields),
     };
     let mut policy = policy;
     if fields.get("max_pending_bytes").is_none() {
@@ -359,9 +399,53 @@ fn parse_delivery(value: &Value, problems: &mut Vec<Problem>) -> Option<Delivery
         policy.max_pending_bytes = policy.max_pending_bytes.min(policy.max_held_bytes);
     }
     fields.reject_unknown(
-        "timeout_ms, max_in_flight, failing_window_s, failure_threshold, retry_schedule_s, max_pending, max_pending_bytes, max_held_bytes, propagate_headers",
+        "timeout_ms, max_in_flight, failing_window_s, failure_threshold, retry_schedule_s, max_pending, max_pending_bytes, max_held_bytes, propagate_headers, clusters",
     );
     Some(policy)
+}
+
+/// `delivery.clusters`: `{"http": "<cluster>", "https": "<cluster>"}`, either or both.
+fn parse_scheme_clusters(fields: &mut Fields<'_, '_>) -> Option<SchemeClusters> {
+    let value = fields.get("clusters")?;
+    let Some(object) = value.as_object() else {
+        fields.problem(
+            "clusters",
+            format!(
+                "expected {{\"http\": \"<cluster>\", \"https\": \"<cluster>\"}}, found {}",
+                kind_of(value)
+            ),
+        );
+        return None;
+    };
+    let mut clusters = SchemeClusters::default();
+    for (scheme, cluster) in object {
+        let slot = match scheme.as_str() {
+            "http" => &mut clusters.http,
+            "https" => &mut clusters.https,
+            other => {
+                fields.problem(
+                    "clusters",
+                    format!(
+                        "\"{}\" is not a URL scheme webhooks use: only \"http\" and \"https\"",
+                        other.escape_debug()
+                    ),
+                );
+                continue;
+            }
+        };
+        match cluster
+            .as_str()
+            .map(|name| (name, definition::cluster_refusal(name)))
+        {
+            Some((name, None)) => *slot = Some(name.to_string()),
+            Some((_, Some(reason))) => fields.problem("clusters", format!("{scheme}: {reason}")),
+            None => fields.problem(
+                "clusters",
+                format!("{scheme}: expected a cluster name (a string)"),
+            ),
+        }
+    }
+    Some(clusters)
 }
 
 /// `delivery.propagate_headers`: header names (any case), as configured
@@ -536,15 +620,18 @@ fn parse_schedule(fields: &mut Fields<'_, '_>) -> Option<Vec<u64>> {
 
 fn parse_dead_letter(value: &Value, problems: &mut Vec<Problem>) -> Option<DeadLetterConfig> {
     let mut fields = Fields::of(value, "dead_letter", problems)?;
-    let (url, cluster) = definition::parse_destination(&mut fields);
+    let (url, configured) = definition::parse_destination(&mut fields);
     let headers = fields
         .get("headers")
         .map(|value| definition::parse_headers(value, &mut fields))
         .unwrap_or_default();
     fields.reject_unknown("url, cluster, headers");
+    let url = url?;
     Some(DeadLetterConfig {
-        url: url?,
-        cluster: cluster?,
+        cluster_configured: configured.is_some(),
+        // Resolved with `delivery.clusters` once the whole configuration is read.
+        cluster: configured.unwrap_or_else(|| url.host.clone()),
+        url,
         headers,
     })
 }

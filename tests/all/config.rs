@@ -117,6 +117,7 @@ fn minimal_configuration_gets_every_default() {
             max_pending_bytes: 64 * 1024 * 1024,
             max_held_bytes: 256 * 1024 * 1024,
             propagate_headers: vec!["traceparent".to_string(), "tracestate".to_string()],
+            clusters: None,
         }
     );
     assert_eq!(config.admin, None);
@@ -180,6 +181,7 @@ fn complete_configuration_from_fixture() {
             max_pending_bytes: 1_048_576,
             max_held_bytes: 256 * 1024 * 1024,
             propagate_headers: vec!["traceparent".to_string(), "x-b3-traceid".to_string()],
+            clusters: None,
         }
     );
     assert_eq!(
@@ -1617,6 +1619,79 @@ fn propagate_headers_are_checked_like_configured_headers_and_never_credentials()
         assert!(
             found[0].message.contains(teaches),
             "{names}: {}",
+            found[0].message
+        );
+    }
+}
+
+#[test]
+fn delivery_clusters_pick_the_cluster_of_a_webhook_without_one_by_its_urls_scheme() {
+    let config = valid(json!({
+        "webhooks": [
+            hook("plain", json!({"url": "http://receiver.example:8080/in"})),
+            hook("secure", json!({"url": "https://receiver.example/in"})),
+            hook("named", json!({"url": "https://receiver.example/in", "cluster": "mtls_receiver"})),
+        ],
+        "delivery": {"clusters": {"http": "dfp_http", "https": "dfp_https"}},
+        "dead_letter": {"url": "https://dead-letters.example/in"},
+    }));
+    let clusters: Vec<&str> = config.webhooks.iter().map(|w| w.cluster.as_str()).collect();
+    assert_eq!(clusters, ["dfp_http", "dfp_https", "mtls_receiver"]);
+    assert_eq!(
+        config.dead_letter.map(|d| d.cluster),
+        Some("dfp_https".to_string())
+    );
+    // Without delivery.clusters: the URL's host, as before.
+    let config =
+        valid(json!({"webhooks": [hook("plain", json!({"url": "https://receiver:8443/in"}))]}));
+    assert_eq!(config.webhooks[0].cluster, "receiver");
+}
+
+#[test]
+fn a_scheme_some_webhook_needs_without_a_cluster_is_refused() {
+    let found = problems(json!({
+        "webhooks": [
+            hook("secure", json!({"url": "https://receiver.example/in"})),
+            hook("named", json!({"url": "https://receiver.example/in", "cluster": "mine"})),
+            hook("plain", json!({"url": "http://receiver.example/in"})),
+        ],
+        "delivery": {"clusters": {"http": "dfp_http"}},
+    }));
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].place, "webhook \"secure\"");
+    assert_eq!(found[0].field, "url");
+    assert!(
+        found[0]
+            .message
+            .contains("https:// URL and delivery.clusters names no \"https\" cluster"),
+        "{}",
+        found[0].message
+    );
+    let found = problems(json!({
+        "webhooks": [],
+        "delivery": {"clusters": {"http": "dfp_http"}},
+        "dead_letter": {"url": "https://dead-letters.example/in"},
+    }));
+    assert_eq!(
+        (found[0].place.as_str(), found[0].field.as_str()),
+        ("dead_letter", "url")
+    );
+    for (clusters, teaches) in [
+        (json!({"ftp": "x"}), "only \"http\" and \"https\""),
+        (json!({"https": ""}), "must not be empty"),
+        (json!({"https": "bad name"}), "cluster names are letters"),
+        (json!({"https": 7}), "a cluster name (a string)"),
+        (json!(["dfp"]), "expected {\"http\""),
+    ] {
+        let found = problems(json!({"webhooks": [], "delivery": {"clusters": clusters}}));
+        assert_eq!(found.len(), 1, "{clusters}: {found:?}");
+        assert_eq!(
+            (found[0].place.as_str(), found[0].field.as_str()),
+            ("delivery", "clusters")
+        );
+        assert!(
+            found[0].message.contains(teaches),
+            "{clusters}: {}",
             found[0].message
         );
     }
