@@ -61,6 +61,9 @@ pub enum CallOutcome {
     Timeout { timeout_ms: u64 },
     /// Envoy could not reach the receiver and answered itself (503).
     NotReached(String),
+    /// The same for an `https://` URL: the TLS handshake may have failed
+    /// (Envoy 1.40 no longer says so), and the cluster's stats say why.
+    NotReachedOverTls { reason: String, cluster: String },
     /// No answer: reset, refused, or an answer Envoy would not hand over.
     NoAnswer,
     /// The host refused to start the call (an unknown cluster).
@@ -106,6 +109,17 @@ impl CallOutcome {
         }
     }
 
+    /// The outcome of a call to an `https://` URL through `cluster`.
+    pub fn over_tls(self, cluster: &str) -> CallOutcome {
+        match self {
+            CallOutcome::NotReached(reason) => CallOutcome::NotReachedOverTls {
+                reason,
+                cluster: cluster.to_string(),
+            },
+            other => other,
+        }
+    }
+
     /// What the retry schedule needs to know.
     pub fn attempt(&self) -> AttemptOutcome<'_> {
         match self {
@@ -129,6 +143,10 @@ impl fmt::Display for CallOutcome {
             CallOutcome::NotReached(reason) => write!(
                 f,
                 "HTTP 503 from Envoy, the receiver was not reached: {reason}"
+            ),
+            CallOutcome::NotReachedOverTls { reason, cluster } => write!(
+                f,
+                "HTTP 503 from Envoy, the receiver was not reached over TLS: {reason}; if the TLS handshake failed (a certificate for another host, expired, self-signed or from an unknown CA, or the receiver wants a client certificate), Envoy's stats cluster.{cluster}.ssl.fail_verify_* and .ssl.connection_error say which"
             ),
             CallOutcome::NoAnswer => f.write_str("no response (connection refused or reset)"),
             CallOutcome::CannotCall { cluster } => write!(f, "cannot call cluster '{cluster}'"),

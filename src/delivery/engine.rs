@@ -29,7 +29,7 @@ use super::message::QueuedEvent;
 use super::queue::{Delivery, RetryQueue, Target, WebhookRef};
 use super::retry::{self, RetryDecision};
 use super::signature;
-use crate::config::WebhookDefinition;
+use crate::config::{WebhookDefinition, WebhookUrl};
 use crate::logging::Printable;
 use crate::plugin::Plugin;
 use crate::webhook::delta::Outcome;
@@ -217,8 +217,13 @@ impl Engine {
         };
         self.start_turn();
         let elapsed_ms = host.now_ms().saturating_sub(call.started_ms);
-        let outcome =
+        let mut outcome =
             CallOutcome::from_answer(answer, elapsed_ms, plugin.config.delivery.timeout_ms);
+        if let Some((url, cluster)) = Self::destination(&plugin, &call.delivery) {
+            if url.https {
+                outcome = outcome.over_tls(cluster);
+            }
+        }
         if outcome == CallOutcome::Delivered {
             self.succeeded(host, &plugin, call.delivery, call.clean_version);
         } else {
@@ -381,6 +386,23 @@ impl Engine {
             return;
         }
         self.attempt(host, plugin, delivery);
+    }
+
+    /// Where `delivery` was sent: its URL and cluster.
+    fn destination<'p>(
+        plugin: &'p Plugin,
+        delivery: &Delivery,
+    ) -> Option<(&'p WebhookUrl, &'p str)> {
+        match &delivery.target {
+            Target::Webhook(webhook) => plugin
+                .resolve(webhook)
+                .map(|(_, definition)| (&definition.url, definition.cluster.as_str())),
+            Target::DeadLetter(_) => plugin
+                .config
+                .dead_letter
+                .as_ref()
+                .map(|destination| (&destination.url, destination.cluster.as_str())),
+        }
     }
 
     /// Counts for the webhook `delivery` is for.

@@ -628,3 +628,40 @@ fn a_request_without_trace_headers_sends_none() {
     assert_eq!(header(&call, "traceparent"), None);
     assert_eq!(header(&call, "tracestate"), None);
 }
+
+#[test]
+fn a_receiver_not_reached_over_https_points_at_tls_and_the_clusters_stats() {
+    let mut config = config(&["plain", "secure"], json!({"retry_schedule_s": []}), false);
+    config["webhooks"][1]["url"] = json!("https://receiver.example/in");
+    config["webhooks"][1]["cluster"] = json!("dfp_https");
+    let plugin = load(config);
+    let (mut engine, mut host) = started(&plugin);
+    engine.accept(&mut host, event_for(&plugin, &["plain", "secure"], EVENT));
+    let refused = Answer {
+        status: Some("503".to_string()),
+        retry_after: None,
+        body_start: b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure".to_vec(),
+    };
+    for call in host.calls.clone() {
+        host.take(call.token);
+        engine.call_finished(&mut host, call.token, Some(&refused));
+    }
+    let error_of = |index: usize| {
+        store::load(&host, &plugin.definitions()[index], 0)
+            .last_error
+            .unwrap_or_default()
+    };
+    let plain = error_of(0);
+    assert!(
+        plain.contains("not reached: upstream connect error"),
+        "{plain}"
+    );
+    assert!(!plain.contains("TLS"), "{plain}");
+    let secure = error_of(1);
+    assert!(secure.contains("not reached over TLS"), "{secure}");
+    assert!(
+        secure.contains("cluster.dfp_https.ssl.fail_verify_*"),
+        "{secure}"
+    );
+    assert_eq!(host.count_of("secure", WebhookCounter::Failed), 1);
+}
