@@ -18,6 +18,7 @@ import re
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -202,8 +203,15 @@ class RecordingServer:
     ``set_script(path, [500, 500, 200])`` answers that path's requests in turn, the last
     reply repeating; ``default`` answers the rest."""
 
-    def __init__(self, name: str = "server", port: int | None = None, default: Reply | None = None):
+    def __init__(self, name: str = "server", port: int | None = None, default: Reply | None = None,
+                 tls: ssl.SSLContext | None = None):
         self.name = name
+        # With ``tls``: HTTPS; the SNI of each handshake and each handshake that failed are kept.
+        self.tls = tls
+        self.server_names: list[str | None] = []
+        self.handshake_errors: list[str] = []
+        if tls is not None:
+            tls.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
         self.port = port or free_port()
         self.default = default or Reply()
         self.replies: dict[str, Reply] = {}
@@ -333,6 +341,16 @@ class RecordingServer:
         class Server(http.server.ThreadingHTTPServer):
             daemon_threads = True
             allow_reuse_address = True
+
+            def finish_request(self, request, client_address):  # in the request's thread
+                if owner.tls is not None:
+                    try:
+                        request = owner.tls.wrap_socket(request, server_side=True)
+                    except (ssl.SSLError, OSError) as e:
+                        owner.handshake_errors.append(repr(e))
+                        request.close()
+                        return
+                super().finish_request(request, client_address)
 
         self._server = Server(("127.0.0.1", self.port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True)
