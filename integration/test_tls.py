@@ -14,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import trustme
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from harness import RecordingServer, free_port, load_shipped_config, plugin_of, retarget, wait_until, walk
+from harness import REPO, RecordingServer, free_port, load_shipped_config, plugin_of, retarget, wait_until, walk
 from test_envoy_configs import DEMO_PORTS, TOKEN_ENV
 
 HTTPS = "dynamic_forward_proxy_cluster_https"
@@ -87,24 +88,22 @@ def receivers(tmp_path):
 
 
 def mtls_cluster(port: int, ca_file: Path, client_dir: Path) -> dict:
-    """A named cluster for one receiver that wants a client certificate (README: HTTPS)."""
-    return {
-        "name": "mtls_receiver",
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "load_assignment": {"cluster_name": "mtls_receiver", "endpoints": [{"lb_endpoints": [
-            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
-        "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": "localhost",
-            "common_tls_context": {
-                "tls_certificates": [{"certificate_chain": {"filename": str(client_dir / "cert.pem")},
-                                      "private_key": {"filename": str(client_dir / "key.pem")}}],
-                "validation_context": {"trusted_ca": {"filename": str(ca_file)},
-                                       "match_typed_subject_alt_names": [
-                                           {"san_type": "DNS", "matcher": {"exact": "localhost"}}]},
-            }}},
-    }
+    """The README's cluster for a receiver that wants a client certificate, pointed at the
+    test's receiver, client certificate and CA."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("```yaml\n# mtls-receiver-cluster\n", 1)[1].split("```", 1)[0]
+    (cluster,) = yaml.safe_load(block)
+    replace = {"receiver.example.com": "localhost", "/etc/envoy/receiver-client/cert.pem": str(client_dir / "cert.pem"),
+               "/etc/envoy/receiver-client/key.pem": str(client_dir / "key.pem"),
+               "/etc/ssl/certs/ca-certificates.crt": str(ca_file)}
+    text = json.dumps(cluster)
+    for old, new in replace.items():
+        text = text.replace(json.dumps(old), json.dumps(new))
+    cluster = json.loads(text)
+    cluster["type"] = "STATIC"
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+    address["socket_address"] = {"address": "127.0.0.1", "port_value": port}
+    return cluster
 
 
 def test_https_receivers_are_checked_like_a_browser_would(launch_envoy, upstream, hooks, receivers):
