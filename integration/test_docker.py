@@ -42,6 +42,7 @@ from harness import (
 
 VERSION = re.search(r'^version = "(.+)"$', (REPO / "Cargo.toml").read_text(), re.M).group(1)
 CLI_IMAGE = f"envoy-webhooks/cli:{VERSION}"
+ETCD_IMAGE = "envoy-webhooks/etcd:local"
 WASM_IMAGE = f"envoy-webhooks:{VERSION}"
 QUICKSTART = REPO / "envoy" / "quickstart"
 SECRET_ENV = "QUICKSTART_WEBHOOK_SECRET"
@@ -80,23 +81,27 @@ class Quickstart:
         self.compose = need_command("docker-compose", "the quickstart runs with docker-compose")
         self.project = f"ewtest-{RUN_ID}-{secrets.token_hex(2)}"
         self.ports = {"LISTENER_PORT": free_port(), "PLATFORM_PORT": free_port(),
-                      "RECEIVER_PORT": free_port(), "ENVOY_ADMIN_PORT": free_port()}
+                      "RECEIVER_PORT": free_port(), "ENVOY_ADMIN_PORT": free_port(),
+                      "ETCD_PORT": free_port(), "ETCD_PEER_PORT": free_port(),
+                      "LISTENER_2_PORT": free_port(), "ENVOY_2_ADMIN_PORT": free_port()}
         p = self.ports
         moves = {18080: p["LISTENER_PORT"], 18081: p["PLATFORM_PORT"], 18082: p["RECEIVER_PORT"],
-                 18901: p["ENVOY_ADMIN_PORT"]}
+                 18901: p["ENVOY_ADMIN_PORT"], 18379: p["ETCD_PORT"],
+                 18090: p["LISTENER_2_PORT"], 18902: p["ENVOY_2_ADMIN_PORT"]}
         self.dir = workdir / "quickstart"
         self.dir.mkdir()
-        envoy = retarget(load_shipped_config("quickstart/envoy.yaml"), moves, wasm="/etc/envoy/envoy_webhooks.wasm")
-        if edit_plugin is not None:
-            plugin = plugin_of(envoy)
-            edit_plugin(plugin)
+        for name in ("envoy.yaml", "envoy-2.yaml"):
+            envoy = retarget(load_shipped_config(f"quickstart/{name}"), moves, wasm="/etc/envoy/envoy_webhooks.wasm")
+            if edit_plugin is not None:
+                plugin = plugin_of(envoy)
+                edit_plugin(plugin)
 
-            def put(d: dict) -> None:
-                if d.get("@type") == "type.googleapis.com/google.protobuf.StringValue":
-                    d["value"] = json.dumps(plugin)
+                def put(d: dict) -> None:
+                    if d.get("@type") == "type.googleapis.com/google.protobuf.StringValue":
+                        d["value"] = json.dumps(plugin)
 
-            walk(envoy, put)
-        (self.dir / "envoy.yaml").write_text(yaml.safe_dump(envoy, sort_keys=False))
+                walk(envoy, put)
+            (self.dir / name).write_text(yaml.safe_dump(envoy, sort_keys=False))
         platform = retarget(load_shipped_config("quickstart/platform.yaml"), moves)
         (self.dir / "platform.yaml").write_text(yaml.safe_dump(platform, sort_keys=False))
         self.env = dict(os.environ, QUICKSTART_DIR=str(self.dir), ENVOY_IMAGE=ENVOY_IMAGE,
@@ -136,7 +141,7 @@ class Quickstart:
 
 @pytest.fixture
 def quickstart(tmp_path: Path, request: pytest.FixtureRequest):
-    need_docker(ENVOY_IMAGE, CLI_IMAGE)
+    need_docker(ENVOY_IMAGE, CLI_IMAGE, ETCD_IMAGE)
     made: list[Quickstart] = []
 
     def make(**kw) -> Quickstart:
@@ -147,7 +152,7 @@ def quickstart(tmp_path: Path, request: pytest.FixtureRequest):
     yield make
     for q in made:
         if getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed:
-            for service in ("envoy", "receiver", "sender", "platform"):
+            for service in ("envoy", "envoy-2", "etcd", "receiver", "sender", "platform"):
                 print(f"\n===== compose {service} =====\n{q.logs(service)[-6000:]}")
         q.down()
         assert q.leftovers() == {"containers": [], "networks": [], "volumes": []}
@@ -187,6 +192,44 @@ def test_quickstart_delivers_the_seed_events_with_verified_signatures(quickstart
     delivered = {w["id"]: w["delivered"] for w in status.json()["webhooks"]}
     assert delivered == {"formats-to-transcoder": 1, "shared-metadata": 1, "collection-deletes": 0}
 
+    q.down()
+    assert q.leftovers() == {"containers": [], "networks": [], "volumes": []}
+
+
+def test_the_second_envoy_of_the_cluster_profile_is_the_first_on_other_ports():
+    first = retarget(load_shipped_config("quickstart/envoy.yaml"), {})
+    second = retarget(load_shipped_config("quickstart/envoy-2.yaml"), {18090: 18080, 18902: 18901})
+    assert second == first, "envoy-2.yaml must be envoy.yaml with the ports 18090 and 18902"
+
+
+def test_with_the_cluster_profile_a_webhook_failed_through_one_envoy_is_failed_on_the_other(quickstart):
+    """docker-compose --profile cluster up: etcd and a second Envoy; the sender's events go
+    to the first Envoy, whose calls to one webhook fail (an unknown cluster), and the second
+    Envoy, which saw none of them, says FAILED too."""
+    def fail_formats(plugin: dict) -> None:
+        plugin["webhooks"][0]["cluster"] = "no-such-cluster"
+        plugin["delivery"].update(failure_threshold=1, retry_schedule_s=[])
+
+    q = quickstart(edit_plugin=fail_formats)
+    q.run("--profile", "cluster", "up", "-d")
+    assert q.exit_code("sender") == 0, q.logs("sender")
+
+    def status(port_name: str) -> dict:
+        r = http_request(q.ports[port_name], "GET", "/webhooks-admin/status",
+                         headers={"authorization": "Bearer quickstart-admin-token"})
+        assert r.status == 200, r
+        return r.json()
+
+    def webhook(port_name: str, id: str) -> dict:
+        return {w["id"]: w for w in status(port_name)["webhooks"]}[id]
+
+    wait_until(lambda: webhook("LISTENER_PORT", "formats-to-transcoder")["status"] == "FAILED", 30, 0.5,
+               message="FAILED through the first Envoy")
+    second = wait_until(lambda: (w := webhook("LISTENER_2_PORT", "formats-to-transcoder"))["status"] == "FAILED"
+                        and w, 10, 0.2, message="FAILED on the second Envoy")
+    assert second["failed"] == 0, "the second Envoy made no call itself"
+    assert webhook("LISTENER_2_PORT", "shared-metadata")["status"] == "ENABLED"
+    assert status("LISTENER_2_PORT")["cluster_state"]["stale"] is False
     q.down()
     assert q.leftovers() == {"containers": [], "networks": [], "volumes": []}
 

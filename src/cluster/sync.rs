@@ -620,6 +620,9 @@ impl ClusterSync {
         }
         self.state.failing_since_ms = None;
         self.state.synced_at_ms = Some(now);
+        // Now, not when the round's last call ends: the journal's and the
+        // member entry's calls may keep one in flight for a while.
+        store::publish_sync(host, &self.state);
         by_key.into_values().collect()
     }
 

@@ -1325,3 +1325,37 @@ fn an_adopted_delivery_keeps_the_platform_requests_trace_headers() {
         .headers
         .contains(&("traceparent".to_string(), "00-abc-def-01".to_string())));
 }
+
+#[test]
+fn status_is_fresh_again_after_an_outage_while_a_member_entry_call_is_in_flight() {
+    let config = config(3);
+    let mut etcd = FakeEtcd::default();
+    let mut envoy = replica(&config);
+    envoy.run(&mut etcd, 1_000);
+    etcd.down = true;
+    envoy.run(&mut etcd, 3_000);
+    assert_eq!(envoy.status_body()["cluster_state"]["stale"], true);
+    etcd.down = false;
+    // From here the member entry's calls get no answer; every other call does.
+    for _ in 0..30 {
+        envoy.host.now_ms += 100;
+        envoy.engine.tick(&mut envoy.host);
+        envoy.sync.tick(&mut envoy.host, &mut envoy.engine);
+        let not_a_lease_call = |c: &&envoy_webhooks::testing::MadeCall| {
+            c.cluster == "etcd"
+                && !c
+                    .headers
+                    .iter()
+                    .any(|(n, v)| n == ":path" && v.starts_with("/v3/lease"))
+        };
+        while let Some(call) = envoy.host.open.values().find(not_a_lease_call).cloned() {
+            envoy.host.take(call.token);
+            let answer = etcd.answer_call(&call);
+            envoy
+                .sync
+                .call_finished(&mut envoy.host, call.token, &answer, &mut envoy.engine);
+        }
+    }
+    let state = &envoy.status_body()["cluster_state"];
+    assert_eq!(state["stale"], false, "{state}");
+}
