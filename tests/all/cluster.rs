@@ -1078,6 +1078,32 @@ fn without_retries(config: &Value) -> Value {
     config
 }
 
+/// Two Envoys with the `old` definition, one leaving 2 deliveries waiting and
+/// one failing a delivery (a status record), with Envoys of `others`; then
+/// the two are killed. The Envoys left, and the old definition's record key.
+fn old_definition_left_behind(
+    etcd: &mut FakeEtcd,
+    old: &Value,
+    others: &[&Value],
+) -> (Vec<Replica>, String) {
+    let mut envoys = vec![replica(old), replica(&without_retries(old))];
+    envoys.extend(others.iter().map(|config| replica(config)));
+    run_all(&mut envoys, etcd, 1_000);
+    envoys[0].leave_waiting(2);
+    envoys[1].deliver("500");
+    run_all(&mut envoys, etcd, 2_000);
+    let old_record = envoys[0].record_key();
+    assert!(
+        etcd.kv.contains_key(old_record.as_bytes()),
+        "the old definition's record"
+    );
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2);
+    assert_eq!(etcd.keys_under("/test/members/").len(), envoys.len());
+    drop(envoys.drain(..2));
+    kill_all_leases(etcd);
+    (envoys, old_record)
+}
+
 /// Every lease lapses (the Envoys holding them were killed).
 fn kill_all_leases(etcd: &mut FakeEtcd) {
     let leases: Vec<i64> = etcd.leases.keys().copied().collect();
@@ -1091,28 +1117,8 @@ fn records_of_a_webhook_no_envoy_has_go_after_the_retention() {
     use envoy_webhooks::testing::host::WebhookCounter;
     let (old, new) = sweep_configs(10);
     let mut etcd = FakeEtcd::default();
-    // Two Envoys with the old definition: one leaves deliveries waiting,
-    // the other fails one (a status record).
-    let mut envoys = vec![
-        replica(&old),
-        replica(&without_retries(&old)),
-        replica(&new),
-    ];
-    run_all(&mut envoys, &mut etcd, 1_000);
-    envoys[0].leave_waiting(2);
-    envoys[1].deliver("500");
-    run_all(&mut envoys, &mut etcd, 2_000);
-    let old_record = envoys[0].record_key();
-    assert!(
-        etcd.kv.contains_key(old_record.as_bytes()),
-        "the old definition's record"
-    );
-    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2);
-    assert_eq!(etcd.keys_under("/test/members/").len(), 3);
-
-    // The Envoys with the old definition are killed; the other one never had it.
-    drop(envoys.drain(..2));
-    kill_all_leases(&mut etcd);
+    // The other Envoy never had the old definition.
+    let (mut envoys, old_record) = old_definition_left_behind(&mut etcd, &old, &[&new]);
     run_all(&mut envoys, &mut etcd, 9_500);
     assert!(
         etcd.kv.contains_key(old_record.as_bytes()),
@@ -1185,21 +1191,8 @@ fn a_webhook_a_live_envoy_has_keeps_its_records_and_its_deliveries_are_adopted()
     use envoy_webhooks::testing::host::WebhookCounter;
     let (old, new) = sweep_configs(2);
     let mut etcd = FakeEtcd::default();
-    // Three Envoys with the old definition (two are killed), one with the new.
-    let mut envoys = vec![
-        replica(&old),
-        replica(&without_retries(&old)),
-        replica(&old),
-        replica(&new),
-    ];
-    run_all(&mut envoys, &mut etcd, 1_000);
-    envoys[0].leave_waiting(2);
-    envoys[1].deliver("500");
-    run_all(&mut envoys, &mut etcd, 2_000);
-    let old_record = envoys[0].record_key();
-    assert!(etcd.kv.contains_key(old_record.as_bytes()));
-    drop(envoys.drain(..2));
-    kill_all_leases(&mut etcd);
+    // One Envoy with the old definition lives on, one has the new.
+    let (mut envoys, old_record) = old_definition_left_behind(&mut etcd, &old, &[&old, &new]);
     run_all(&mut envoys, &mut etcd, 20_000);
     assert_eq!(envoys[0].count(WebhookCounter::Adopted), 2);
     assert!(envoys[1].dead_letters().is_empty());
