@@ -413,16 +413,20 @@ impl Replica {
         }
     }
 
-    /// etcd answers every call in flight now; the answers reach the filter
-    /// later (`receive`), as over a slow link.
-    fn answers_now(&mut self, etcd: &mut FakeEtcd) -> Vec<(u32, EtcdAnswer)> {
-        let calls: Vec<_> = self
-            .host
+    /// The calls to etcd in flight.
+    fn open_etcd_calls(&self) -> Vec<envoy_webhooks::testing::MadeCall> {
+        self.host
             .open
             .values()
             .filter(|c| c.cluster == "etcd")
             .cloned()
-            .collect();
+            .collect()
+    }
+
+    /// etcd answers every call in flight now; the answers reach the filter
+    /// later (`receive`), as over a slow link.
+    fn answers_now(&mut self, etcd: &mut FakeEtcd) -> Vec<(u32, EtcdAnswer)> {
+        let calls = self.open_etcd_calls();
         calls
             .into_iter()
             .map(|call| {
@@ -1252,13 +1256,7 @@ impl Replica {
         newcomer: &mut Option<Replica>,
         config: &Value,
     ) -> Vec<(u32, EtcdAnswer)> {
-        let calls: Vec<_> = self
-            .host
-            .open
-            .values()
-            .filter(|c| c.cluster == "etcd")
-            .cloned()
-            .collect();
+        let calls = self.open_etcd_calls();
         let mut answers = Vec::new();
         for call in calls {
             self.host.take(call.token);
