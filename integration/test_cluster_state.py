@@ -306,7 +306,7 @@ def test_with_authentication_the_token_is_used_and_renewed(launch_envoy, upstrea
 
 
 def test_what_an_envoy_asks_of_etcd(launch_envoy, upstream, hooks, etcd_cluster):
-    """The README's costs, measured from Envoy's own count of requests to the etcd cluster
+    """docs/cluster-state.md's costs, measured from Envoy's own count of requests to the etcd cluster
     (health checks not included): idle, then a failing receiver with deliveries waiting."""
     hooks.set_reply("/hooks/shared", status=503)
     plugin = cluster_plugin(threshold=100_000, retry_schedule_s=[600], sync_interval_ms=1000)

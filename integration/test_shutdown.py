@@ -5,7 +5,7 @@
   delivery goes to the dead-letter destination with reason ``shutdown``; the old root
   context ends (done()) when its last call answered.
 - Envoy stopping (SIGTERM): on_done comes too, but Envoy destroys the VM about a
-  millisecond later; calls made then reach nobody (measured here: see the README).
+  millisecond later; calls made then reach nobody (measured here: see docs/delivery.md).
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _pending(env) -> list[dict]:
 
 def test_sigterm_loses_waiting_retries_and_says_so(tmp_path, envoy_bin, wasm, upstream, hooks):
     """Envoy stopping: on_done tries the dead letters, but the VM is gone before they can
-    be answered. This pins that limit (the README says what is lost on a hard stop)."""
+    be answered. This pins that limit (docs/delivery.md says what is lost on a hard stop)."""
     hooks.set_reply("/hooks/slow", status=503)
     env = ReloadableEnvoy(tmp_path, envoy_bin, wasm, upstream.port, hooks.port)
     env.envoy.start()

@@ -88,10 +88,10 @@ def receivers(tmp_path):
 
 
 def mtls_cluster(port: int, ca_file: Path, client_dir: Path) -> dict:
-    """The README's cluster for a receiver that wants a client certificate, pointed at the
-    test's receiver, client certificate and CA."""
-    readme = (REPO / "README.md").read_text()
-    block = readme.split("```yaml\n# mtls-receiver-cluster\n", 1)[1].split("```", 1)[0]
+    """docs/delivery.md's cluster for a receiver that wants a client certificate, pointed at
+    the test's receiver, client certificate and CA."""
+    doc = (REPO / "docs" / "delivery.md").read_text()
+    block = doc.split("```yaml\n# mtls-receiver-cluster\n", 1)[1].split("```", 1)[0]
     (cluster,) = yaml.safe_load(block)
     replace = {"receiver.example.com": "localhost", "/etc/envoy/receiver-client/cert.pem": str(client_dir / "cert.pem"),
                "/etc/envoy/receiver-client/key.pem": str(client_dir / "key.pem"),

@@ -15,7 +15,7 @@ use crate::event::{BodyCollector, BodyFormat, Event, NotAnEvent};
 use crate::logging::Printable;
 use crate::plugin::Plugin;
 
-/// What a request's intake counts (the README's metrics).
+/// What a request's intake counts (docs/operations.md's metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IntakeCounter {
     EventsSeen,

@@ -1,5 +1,5 @@
 //! Any sequence of host events for the delivery engine: it never panics,
-//! keeps within its memory budget, and once settled the README's accounting
+//! keeps within its memory budget, and once settled docs/operations.md's accounting
 //! identities hold.
 #![no_main]
 

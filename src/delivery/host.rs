@@ -41,7 +41,7 @@ pub enum DispatchError {
     Refused(String),
 }
 
-/// Per-webhook counters (the README's metrics).
+/// Per-webhook counters (docs/operations.md's metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum WebhookCounter {
     Delivered,

@@ -1,7 +1,7 @@
 //! The cluster state, natively: three replicas (each an engine, a sync and
 //! its own shared data on a fake host) and one in-memory etcd that
 //! interprets the JSON gateway's range and txn requests as etcd does
-//! (compare on mod_revision). What the README promises: failures add up
+//! (compare on mod_revision). What docs/cluster-state.md promises: failures add up
 //! across replicas, FAILED is written once, an enable anywhere enables
 //! everywhere, and etcd failing costs nothing but staleness.
 

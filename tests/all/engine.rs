@@ -1,5 +1,5 @@
 //! The delivery engine, natively, against a fake host: attempts, retries,
-//! dead letters, bounds, epochs, reloads, and the README's accounting
+//! dead letters, bounds, epochs, reloads, and docs/operations.md's accounting
 //! identities under long random sequences of host events.
 
 use std::collections::BTreeMap;
