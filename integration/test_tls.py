@@ -157,7 +157,8 @@ def test_https_receivers_are_checked_like_a_browser_would(launch_envoy, upstream
         assert servers[name].requests(f"/hooks/{name}") == [], f"{name}: nothing reached the receiver"
         # The receiver's side of each refused handshake (it may end just after Envoy's).
         wait_until(lambda: len(servers[name].handshake_errors) >= 2, message=f"{name}: 2 handshakes refused")
-        print(f"{name}: {entry['last_error'][:140]}...")
+        print(f"{name}: the receiver saw {servers[name].handshake_errors[0][:120]}; /status: {entry['status']}, "
+              f"failed {entry['failed']}, last_error: {entry['last_error']}")
     stats = envoy.stats()
     ssl_stats = {k.rsplit(".", 1)[1]: v for k, v in stats.items() if k.startswith(f"cluster.{HTTPS}.ssl.")}
     print("ssl stats of the https cluster:", {k: v for k, v in ssl_stats.items() if v})

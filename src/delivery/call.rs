@@ -34,6 +34,10 @@ pub fn destination_headers<'a>(
     headers
 }
 
+/// Enough of an answer's body to recognise Envoy's own answers, and to keep
+/// the reason Envoy gives when it could not reach the receiver.
+pub const ANSWER_BODY_BYTES: usize = 256;
+
 /// What the host reports of a finished call that got an answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Answer {
@@ -99,7 +103,10 @@ impl CallOutcome {
             503 if body.starts_with(b"upstream connect error")
                 || body == b"no healthy upstream" =>
             {
-                let reason = body.get(..body.len().min(200)).unwrap_or_default();
+                // Whole, as far as it is read (Envoy before 1.40 names a refused TLS handshake here).
+                let reason = body
+                    .get(..body.len().min(ANSWER_BODY_BYTES))
+                    .unwrap_or_default();
                 CallOutcome::NotReached(String::from_utf8_lossy(reason).into_owned())
             }
             _ => CallOutcome::Status {

@@ -11,7 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
 use crate::cluster::{ClusterSync, EtcdAnswer, CHECK_INTERVAL_MS};
-use crate::delivery::call::Answer;
+use crate::delivery::call::{Answer, ANSWER_BODY_BYTES};
 use crate::delivery::engine::Engine;
 use crate::delivery::host::Host;
 use crate::delivery::message::QueuedEvent;
@@ -23,8 +23,6 @@ use super::metrics::Metrics;
 use super::stream::EventStream;
 use super::worker::Worker;
 
-/// Enough of an answer's body to recognise Envoy's own answers.
-const ANSWER_BODY_BYTES: usize = 256;
 /// etcd's answers are read whole, up to this (a larger one fails to decode).
 const ETCD_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
