@@ -86,6 +86,16 @@ fn written_by(kv: Option<&KeyValue>, write_id: &str) -> bool {
         })
 }
 
+/// Why a call of the journal or the member entry failed: etcd's error, or
+/// what was wrong with an answer that came back 200.
+fn failure_of(answer: &EtcdAnswer, error: &EtcdError) -> String {
+    match answer.status {
+        Some(200) => error.to_string(),
+        Some(status) => etcd::parse_error(status, &answer.body).to_string(),
+        None => "no answer (etcd down, a timeout or a reset)".to_string(),
+    }
+}
+
 /// A call to etcd waiting for its answer, kept whole to be sent again once.
 #[derive(Debug)]
 struct InFlight {
@@ -438,11 +448,7 @@ impl ClusterSync {
             let body = (answer.status == Some(200)).then_some(answer.body.as_slice());
             if let Err(error) = self.journal.finished_call(call, body) {
                 self.journal.back_off(host.now_ms());
-                let why = match answer.status {
-                    Some(200) => error.to_string(),
-                    Some(status) => etcd::parse_error(status, &answer.body).to_string(),
-                    None => "no answer (etcd down, a timeout or a reset)".to_string(),
-                };
+                let why = failure_of(answer, &error);
                 self.count_error(host, &format!("journal: {why}"));
             }
             self.pump_journal(host, engine);
@@ -451,11 +457,7 @@ impl ClusterSync {
         if let Pending::Member(call) = pending {
             let body = (answer.status == Some(200)).then_some(answer.body.as_slice());
             if let Err(error) = self.membership.finished_call(call, body, host.now_ms()) {
-                let why = match answer.status {
-                    Some(200) => error.to_string(),
-                    Some(status) => etcd::parse_error(status, &answer.body).to_string(),
-                    None => "no answer (etcd down, a timeout or a reset)".to_string(),
-                };
+                let why = failure_of(answer, &error);
                 self.count_error(host, &format!("member entry: {why}"));
             }
             self.pump_membership(host);

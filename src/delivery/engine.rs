@@ -219,9 +219,12 @@ impl Engine {
         let elapsed_ms = host.now_ms().saturating_sub(call.started_ms);
         let mut outcome =
             CallOutcome::from_answer(answer, elapsed_ms, plugin.config.delivery.timeout_ms);
-        if let Some((url, cluster)) = Self::destination(&plugin, &call.delivery) {
-            if url.https {
-                outcome = outcome.over_tls(cluster);
+        // Only a receiver Envoy could not reach needs its destination looked up.
+        if matches!(outcome, CallOutcome::NotReached(_)) {
+            if let Some((url, cluster)) = Self::destination(&plugin, &call.delivery) {
+                if url.https {
+                    outcome = outcome.over_tls(cluster);
+                }
             }
         }
         if outcome == CallOutcome::Delivered {
