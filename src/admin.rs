@@ -1,9 +1,13 @@
 //! The filter's admin API: routing, authorisation and response bodies.
 
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::config::{EtcdConfig, WebhookDefinition};
+use crate::config::{header_value_refusal, EtcdConfig, WebhookDefinition};
+use crate::delivery::attempts;
 use crate::delivery::host::SharedData;
+use crate::delivery::message::{QueuedEvent, QueuedTarget};
+use crate::delivery::signature;
 use crate::plugin::Plugin;
 use crate::webhook::delta::Outcome;
 use crate::webhook::health::{Transition, WebhookHealth};
@@ -21,6 +25,12 @@ pub enum AdminRoute {
     /// Deliveries waiting for a retry, per webhook, across all workers.
     Pending,
     Enable(String),
+    /// Pause the webhook until `Enable`.
+    Disable(String),
+    /// The webhook's latest attempts.
+    Attempts(String),
+    /// Deliver the request's body (an event, or a dead-letter record) to the webhook.
+    Deliver(String),
     NotFound,
     MethodNotAllowed {
         allow: &'static str,
@@ -70,7 +80,20 @@ pub fn route(
         ["pending"] => AdminRoute::MethodNotAllowed { allow: "GET" },
         ["webhooks", id, "enable"] if method == "POST" => AdminRoute::Enable(id.to_string()),
         ["webhooks", _, "enable"] => AdminRoute::MethodNotAllowed { allow: "POST" },
+        ["webhooks", id, "disable"] if method == "POST" => AdminRoute::Disable(id.to_string()),
+        ["webhooks", _, "disable"] => AdminRoute::MethodNotAllowed { allow: "POST" },
+        ["webhooks", id, "attempts"] if method == "GET" => AdminRoute::Attempts(id.to_string()),
+        ["webhooks", _, "attempts"] => AdminRoute::MethodNotAllowed { allow: "GET" },
+        ["webhooks", id, "deliver"] if method == "POST" => AdminRoute::Deliver(id.to_string()),
+        ["webhooks", _, "deliver"] => AdminRoute::MethodNotAllowed { allow: "POST" },
         _ => AdminRoute::NotFound,
+    }
+}
+
+impl AdminRoute {
+    /// The answer needs the request's body (read whole first).
+    pub fn needs_body(&self) -> bool {
+        matches!(self, AdminRoute::Deliver(_))
     }
 }
 
@@ -146,6 +169,7 @@ pub fn status_entry(definition: &WebhookDefinition, health: &WebhookHealth) -> V
         "last_error": health.last_error,
         "delivered": health.delivered,
         "failed": health.failed,
+        "paused_at_ms": health.paused_at_ms,
     })
 }
 
@@ -223,6 +247,9 @@ pub struct AdminAnswer {
     /// A status change the request made: (webhook index, transition), to be
     /// logged and shown in the gauge.
     pub transition: Option<(usize, Transition)>,
+    /// An event to hand to the worker's delivery engine (`deliver`); if that
+    /// fails, the answer is to be a 503 instead.
+    pub deliver: Option<QueuedEvent>,
 }
 
 impl AdminAnswer {
@@ -231,8 +258,18 @@ impl AdminAnswer {
             status,
             body,
             transition: None,
+            deliver: None,
         }
     }
+}
+
+/// What `answer` needs of the request beyond its route.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdminRequest<'a> {
+    /// The whole body (routes that `need_body`), else empty.
+    pub body: &'a [u8],
+    /// Random: makes each test event's `message_id` new.
+    pub nonce: u64,
 }
 
 /// Answers an admin request routed to `route` (`None` for ordinary traffic),
@@ -241,6 +278,7 @@ pub fn answer<S: SharedData + ?Sized>(
     plugin: &Plugin,
     store: &mut S,
     route: &AdminRoute,
+    request: AdminRequest<'_>,
     now_ms: u64,
 ) -> Option<AdminAnswer> {
     let now_s = now_ms / 1000;
@@ -273,7 +311,249 @@ pub fn answer<S: SharedData + ?Sized>(
             ),
         ),
         AdminRoute::Enable(id) => enable(plugin, store, id, now_s),
+        AdminRoute::Disable(id) => disable(plugin, store, id, now_ms),
+        AdminRoute::Attempts(id) => match find(plugin, id) {
+            Some(_) => AdminAnswer::plain(
+                200,
+                attempts::merged_body(&webhook_store::read_attempts(store, id)),
+            ),
+            None => no_such_webhook(id),
+        },
+        AdminRoute::Deliver(id) => deliver(plugin, store, id, request, now_ms),
     })
+}
+
+/// The webhook `id` and its index.
+fn find<'p>(plugin: &'p Plugin, id: &str) -> Option<(usize, &'p WebhookDefinition)> {
+    plugin
+        .definitions()
+        .iter()
+        .enumerate()
+        .find(|(_, d)| d.id == id)
+}
+
+fn no_such_webhook(id: &str) -> AdminAnswer {
+    AdminAnswer::plain(404, error_body(&format!("no webhook with id {id}")))
+}
+
+/// Longest `message_id` taken from a dead-letter record (ours are 36 bytes).
+const MAX_MESSAGE_ID_BYTES: usize = 256;
+
+/// What a `deliver` body hands in: the event, its request_id, its `webhook-id`.
+struct Injected {
+    event: Vec<u8>,
+    request_id: Option<String>,
+    message_id: String,
+}
+
+/// Reads a `deliver` body: a dead-letter record as the filter sends them
+/// (its `event` is delivered again with its `message_id`), or an event.
+fn injected(
+    plugin: &Plugin,
+    id: &str,
+    request: AdminRequest<'_>,
+    now_ms: u64,
+) -> Result<Injected, (u32, String)> {
+    let bad = |why: String| (400, why);
+    let max = plugin.config.events.max_event_bytes;
+    let fields: serde_json::Map<String, Value> = match serde_json::from_slice::<Value>(request.body)
+    {
+        Ok(Value::Object(fields)) => fields,
+        Ok(other) => {
+            return Err(bad(format!(
+                "the body is JSON {}, not an event (an object) or a dead-letter record",
+                json_kind(&other)
+            )))
+        }
+        Err(e) => {
+            return Err(bad(format!(
+                "the body is not JSON ({e}): send one event, or one dead-letter record"
+            )))
+        }
+    };
+    if !(fields.contains_key("webhook_id") && fields.contains_key("event")) {
+        // An event, delivered as a test: a new message_id each time.
+        if request.body.len() > max {
+            return Err((
+                413,
+                format!("the event is larger than events.max_event_bytes ({max} bytes)"),
+            ));
+        }
+        let request_id = fields
+            .get("request_id")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let nonce = format!("admin-deliver/{now_ms}/{:016x}", request.nonce);
+        return Ok(Injected {
+            message_id: signature::message_id(id, Some(&nonce), request.body),
+            event: request.body.trim_ascii().to_vec(),
+            request_id,
+        });
+    }
+    // A dead-letter record: its event is taken byte for byte.
+    #[derive(serde::Deserialize)]
+    struct Record<'a> {
+        webhook_id: Value,
+        #[serde(borrow)]
+        event: &'a RawValue,
+        message_id: Option<Value>,
+        request_id: Option<Value>,
+    }
+    let record: Record<'_> = serde_json::from_slice(request.body)
+        .map_err(|e| bad(format!("the dead-letter record does not read: {e}")))?;
+    match record.webhook_id.as_str() {
+        Some(for_id) if for_id == id => {}
+        Some(for_id) => {
+            return Err(bad(format!(
+                "the dead-letter record is for webhook {:?}, not {id}: post it to that webhook's deliver",
+                for_id
+            )))
+        }
+        None => return Err(bad("the record's webhook_id is not a string".to_string())),
+    }
+    let event = record.event.get().as_bytes();
+    if !event.trim_ascii_start().starts_with(b"{") {
+        return Err(bad(
+            "the record's event is not a JSON object: it was not an event (nothing to deliver)"
+                .to_string(),
+        ));
+    }
+    if event.len() > max {
+        return Err((
+            413,
+            format!("the record's event is larger than events.max_event_bytes ({max} bytes)"),
+        ));
+    }
+    let message_id = match record.message_id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(text),
+        Some(_) => return Err(bad("the record's message_id is not a string".to_string())),
+    };
+    if let Some(text) = &message_id {
+        if text.is_empty()
+            || text.len() > MAX_MESSAGE_ID_BYTES
+            || header_value_refusal(text).is_some()
+        {
+            return Err(bad(format!(
+                "the record's message_id must be 1 to {MAX_MESSAGE_ID_BYTES} bytes with no control characters or surrounding whitespace (it is sent as webhook-id)"
+            )));
+        }
+    }
+    let request_id = match record.request_id {
+        Some(Value::String(text)) => Some(text),
+        _ => None,
+    };
+    Ok(Injected {
+        message_id: message_id
+            .unwrap_or_else(|| signature::message_id(id, request_id.as_deref(), event)),
+        event: event.to_vec(),
+        request_id,
+    })
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `POST .../deliver`: the body's event goes to the webhook as if it had
+/// matched, unless the webhook is not called now (409).
+fn deliver<S: SharedData + ?Sized>(
+    plugin: &Plugin,
+    store: &mut S,
+    id: &str,
+    request: AdminRequest<'_>,
+    now_ms: u64,
+) -> AdminAnswer {
+    let Some((index, definition)) = find(plugin, id) else {
+        return no_such_webhook(id);
+    };
+    let health = webhook_store::load(store, definition, now_ms / 1000);
+    let refusal = match health.status {
+        Status::Failed => Some(format!(
+            "webhook {id} is FAILED (last error: {}); enable it first: POST .../webhooks/{id}/enable",
+            health.last_error.as_deref().unwrap_or("-")
+        )),
+        Status::Disabled if health.is_paused() => Some(format!(
+            "webhook {id} is DISABLED: paused through the admin API at {} ms; enable it first: POST .../webhooks/{id}/enable",
+            health.paused_at_ms.unwrap_or_default()
+        )),
+        Status::Disabled => Some(format!(
+            "webhook {id} is DISABLED in the configuration; change its status there"
+        )),
+        Status::Enabled | Status::Failing => None,
+    };
+    if let Some(why) = refusal {
+        return AdminAnswer::plain(409, error_body(&why));
+    }
+    let injected = match injected(plugin, id, request, now_ms) {
+        Ok(injected) => injected,
+        Err((status, why)) => return AdminAnswer::plain(status, error_body(&why)),
+    };
+    let Ok(webhook) = u32::try_from(index) else {
+        return AdminAnswer::plain(500, error_body("too many webhooks"));
+    };
+    AdminAnswer {
+        status: 202,
+        body: json!({ "message_id": injected.message_id }).to_string(),
+        transition: None,
+        deliver: Some(QueuedEvent {
+            targets: vec![QueuedTarget {
+                webhook,
+                fingerprint: definition.fingerprint,
+            }],
+            request_id: injected.request_id,
+            headers: Vec::new(),
+            message_id: Some(injected.message_id),
+            body: injected.event,
+        }),
+    }
+}
+
+/// `POST .../disable`: the webhook is paused (`DISABLED`) on every worker,
+/// and with `cluster_state` on every Envoy, until `enable`.
+fn disable<S: SharedData + ?Sized>(
+    plugin: &Plugin,
+    store: &mut S,
+    id: &str,
+    now_ms: u64,
+) -> AdminAnswer {
+    let Some((index, definition)) = find(plugin, id) else {
+        return no_such_webhook(id);
+    };
+    let updated = webhook_store::update(store, definition, now_ms / 1000, |health| {
+        health.pause(now_ms)
+    });
+    match updated {
+        Some((health, transition)) => {
+            if transition.is_some() && plugin.config.cluster_state.is_some() {
+                let policy = &plugin.config.delivery;
+                webhook_store::record_outcome(
+                    store,
+                    definition,
+                    &Outcome::Pause { at_ms: now_ms },
+                    policy,
+                    now_ms,
+                );
+            }
+            AdminAnswer {
+                status: 200,
+                body: status_entry(definition, &health).to_string(),
+                transition: transition.map(|t| (index, t)),
+                deliver: None,
+            }
+        }
+        None => AdminAnswer::plain(
+            503,
+            error_body("could not update the webhook's status; try again"),
+        ),
+    }
 }
 
 /// How current the cluster-wide status shown is: `stale` when etcd has not
@@ -299,13 +579,8 @@ fn enable<S: SharedData + ?Sized>(
     id: &str,
     now_s: u64,
 ) -> AdminAnswer {
-    let Some((index, definition)) = plugin
-        .definitions()
-        .iter()
-        .enumerate()
-        .find(|(_, d)| d.id == id)
-    else {
-        return AdminAnswer::plain(404, error_body(&format!("no webhook with id {id}")));
+    let Some((index, definition)) = find(plugin, id) else {
+        return no_such_webhook(id);
     };
     let updated = webhook_store::update(store, definition, now_s, |health| health.enable());
     if updated.is_some() && plugin.config.cluster_state.is_some() {
@@ -325,12 +600,14 @@ fn enable<S: SharedData + ?Sized>(
                         "webhook {id} is DISABLED in the configuration; change its status there"
                     )),
                     transition,
+                    deliver: None,
                 };
             }
             AdminAnswer {
                 status: 200,
                 body: status_entry(definition, &health).to_string(),
                 transition,
+                deliver: None,
             }
         }
         None => AdminAnswer::plain(

@@ -302,6 +302,7 @@ impl Intake {
             targets,
             request_id,
             headers: self.propagated.clone(),
+            message_id: None,
             body,
         });
     }

@@ -8,7 +8,9 @@
 //! as `testing::engine::Engine`.
 
 pub mod admin {
-    pub use crate::admin::{answer, error_body, pending_body, route, status_entry, AdminRoute};
+    pub use crate::admin::{
+        answer, error_body, pending_body, route, status_entry, AdminRequest, AdminRoute,
+    };
 }
 
 pub mod cluster {

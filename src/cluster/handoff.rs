@@ -89,5 +89,6 @@ fn delivery(record: HandoffRecord, webhook: WebhookRef) -> Delivery {
         last_error: record.last_error,
         epoch: 0,
         journal: None,
+        throttled: false,
     }
 }

@@ -95,11 +95,24 @@ pub struct WebhookDefinition {
     pub headers: Vec<(String, String)>,
     /// Standard Webhooks signing secrets; `None`: requests are not signed.
     pub signing: Option<SecretSource>,
+    /// At most this many call attempts a second from this Envoy (`rate_limit_per_s`).
+    pub rate_limit: Option<RateLimit>,
     /// Identifies this exact definition: when it changes, its status starts afresh.
     pub fingerprint: u64,
 }
 
-const KNOWN_FIELDS: &str = "id, name, description, event_type, realm, operation, object_id, url, cluster, status, query, headers, secret, secret_env";
+/// A token bucket: `per_s` tokens a second, holding at most `burst`; each
+/// call attempt takes one. Per Envoy (all its workers share the bucket).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub per_s: u64,
+    pub burst: u64,
+}
+
+/// The highest `rate_limit_per_s` and `rate_limit_burst` accepted.
+pub const MAX_RATE_PER_S: u64 = 100_000;
+
+const KNOWN_FIELDS: &str = "id, name, description, event_type, realm, operation, object_id, url, cluster, status, query, headers, secret, secret_env, rate_limit_per_s, rate_limit_burst";
 
 /// Sent on every call the filter makes (deliveries and dead letters). A
 /// request carrying it is never read as an event: a webhook whose cluster
@@ -256,6 +269,7 @@ pub(crate) fn parse_definition(
         (None, Some(name)) => Some(SecretSource::Env(name.to_string())),
         (None, None) => None,
     };
+    let rate_limit = parse_rate_limit(&mut fields);
     fields.reject_unknown(KNOWN_FIELDS);
 
     if problems.len() > before {
@@ -277,8 +291,29 @@ pub(crate) fn parse_definition(
         query: query?,
         headers: headers.unwrap_or_default(),
         signing,
+        rate_limit,
         fingerprint,
     })
+}
+
+/// `rate_limit_per_s` and `rate_limit_burst` (default: the rate).
+fn parse_rate_limit(fields: &mut Fields<'_, '_>) -> Option<RateLimit> {
+    let per_s = fields.integer("rate_limit_per_s", 1, MAX_RATE_PER_S);
+    let burst = fields.integer("rate_limit_burst", 1, MAX_RATE_PER_S);
+    match (per_s, burst) {
+        (Some(per_s), burst) => Some(RateLimit {
+            per_s,
+            burst: burst.unwrap_or(per_s),
+        }),
+        (None, Some(_)) if fields.get("rate_limit_per_s").is_none() => {
+            fields.problem(
+                "rate_limit_burst",
+                "needs rate_limit_per_s: the burst is how many calls may go at once on top of the rate",
+            );
+            None
+        }
+        _ => None,
+    }
 }
 
 /// A definition's fingerprint: the first 8 bytes of the SHA-256 of its

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 pub use cluster_state::EtcdConfig;
 pub use definition::{
-    fingerprint_of, parse_url, Operation, SecretSource, WebhookDefinition, WebhookUrl,
+    fingerprint_of, parse_url, Operation, RateLimit, SecretSource, WebhookDefinition, WebhookUrl,
     DELIVERY_MARKER, MAX_CLUSTER_LEN, MAX_ID_LEN,
 };
 pub use problems::{ConfigError, Problem};

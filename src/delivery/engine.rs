@@ -21,12 +21,14 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
+use super::attempts::{self, Attempt, AttemptLog};
 use super::budget::{self, HeldBytes};
 use super::call::{self, Answer, CallOutcome};
 use super::dead_letter::{self, FailedDelivery, Reason};
 use super::host::{Call, Counter, DispatchError, Host, WebhookCounter};
 use super::message::QueuedEvent;
 use super::queue::{Delivery, RetryQueue, Target, WebhookRef};
+use super::rate_limit;
 use super::retry::{self, RetryDecision};
 use super::signature;
 use crate::config::{WebhookDefinition, WebhookUrl};
@@ -47,6 +49,8 @@ const FLUSH_TICK_MS: u64 = 200;
 const PUBLISH_INTERVAL_MS: u64 = 250;
 /// How soon a delivery that found every call slot taken tries again.
 const SLOT_WAIT_MS: u64 = 50;
+/// How often a retry that came due while its webhook is paused looks again.
+const PAUSED_WAIT_MS: u64 = 1_000;
 /// A call the host could not start for now (not an unknown cluster) is
 /// started again this often, this many times, before it counts as a failed
 /// attempt.
@@ -79,6 +83,8 @@ struct SharedEvent {
     body: Rc<[u8]>,
     headers: Rc<[(String, String)]>,
     request_id: Option<String>,
+    /// Handed in by an operator, with this `webhook-id`.
+    injected: Option<String>,
 }
 
 /// One worker's deliveries.
@@ -111,6 +117,11 @@ pub struct Engine {
     handed_off: Vec<u64>,
     /// Each webhook's health as last decoded, with its CAS value, by fingerprint.
     health_cache: HashMap<u64, Option<(u32, crate::webhook::health::WebhookHealth)>>,
+    attempt_log: AttemptLog,
+    /// Per rate-limited webhook (by fingerprint): the next free slot, Unix ms,
+    /// so that throttled deliveries wait in line, one interval apart, instead
+    /// of all waking at once.
+    throttle_next_ms: HashMap<u64, u64>,
 }
 
 impl Default for Engine {
@@ -140,6 +151,8 @@ impl Engine {
             handed_off: Vec::new(),
             health_cache: HashMap::new(),
             held_reported: 0,
+            attempt_log: AttemptLog::default(),
+            throttle_next_ms: HashMap::new(),
         }
     }
 
@@ -198,6 +211,7 @@ impl Engine {
             body: event.body.into(),
             headers: event.headers.into(),
             request_id: event.request_id,
+            injected: event.message_id,
         };
         for target in event.targets {
             self.accept_one(host, &plugin, target.fingerprint, &shared);
@@ -226,6 +240,21 @@ impl Engine {
                     outcome = outcome.over_tls(cluster);
                 }
             }
+        }
+        if !call.delivery.target.is_dead_letter() {
+            let status = match outcome {
+                CallOutcome::Delivered | CallOutcome::Status { .. } => answer
+                    .and_then(|a| a.status.as_deref())
+                    .and_then(|s| s.parse().ok()),
+                _ => None,
+            };
+            self.record_attempt(
+                &call.delivery,
+                call.started_ms,
+                status,
+                elapsed_ms,
+                &outcome,
+            );
         }
         if outcome == CallOutcome::Delivered {
             self.succeeded(host, &plugin, call.delivery, call.clean_version);
@@ -261,6 +290,8 @@ impl Engine {
                 self.dead_letter(host, &plugin, &delivery, Reason::Shutdown);
             }
         }
+        let now_ms = host.now_ms();
+        self.publish_attempts(host, now_ms, true);
         self.end_turn(host);
     }
 
@@ -372,7 +403,7 @@ impl Engine {
         let delivery = Delivery {
             target: Target::Webhook(webhook),
             // Computed when first needed (signing, dead letters): hashing every body costs.
-            message_id: String::new(),
+            message_id: event.injected.clone().unwrap_or_default(),
             body: event.body.clone(),
             request_id: event.request_id.clone(),
             headers: event.headers.clone(),
@@ -382,7 +413,11 @@ impl Engine {
             last_error: None,
             epoch: 0,
             journal: None,
+            throttled: false,
         };
+        if event.injected.is_some() {
+            Self::count_for(host, &delivery, WebhookCounter::Injected);
+        }
         if !self.fits(&plugin.held, delivery.cost_bytes()) {
             Self::count_for(host, &delivery, WebhookCounter::Dropped);
             self.dead_letter(host, plugin, &delivery, Reason::MemoryLimit);
@@ -451,6 +486,21 @@ impl Engine {
             if health.status == Status::Enabled && health.consecutive_failures == 0 {
                 clean_version = version;
             }
+            if health.is_paused() {
+                if delivery.attempts == 0 {
+                    // A paused receiver is not called, and must not flood the dead letters.
+                    Self::count_for(host, &delivery, WebhookCounter::Paused);
+                } else {
+                    // Its retry waits for the end of the pause.
+                    self.park(
+                        host,
+                        plugin,
+                        delivery,
+                        now_ms.saturating_add(PAUSED_WAIT_MS),
+                    );
+                }
+                return;
+            }
             if !health.status.delivers() {
                 Self::count_for(host, &delivery, WebhookCounter::Dropped);
                 self.dead_letter(host, plugin, &delivery, Reason::WebhookFailed);
@@ -461,6 +511,25 @@ impl Engine {
         if self.in_flight.len() >= policy.max_in_flight && !self.stopping {
             self.park(host, plugin, delivery, now_ms.saturating_add(SLOT_WAIT_MS));
             return;
+        }
+        if let Some((_, definition)) = webhook.filter(|_| !self.stopping) {
+            if let Some(limit) = definition.rate_limit {
+                if let Err(wait_ms) = rate_limit::take(host, &definition.id, limit, now_ms) {
+                    if !delivery.throttled {
+                        delivery.throttled = true;
+                        Self::count_for(host, &delivery, WebhookCounter::Throttled);
+                    }
+                    // In line behind this worker's other throttled deliveries.
+                    let next = self
+                        .throttle_next_ms
+                        .entry(definition.fingerprint)
+                        .or_default();
+                    let due = now_ms.saturating_add(wait_ms).max(*next);
+                    *next = due.saturating_add(rate_limit::interval_ms(limit));
+                    self.park(host, plugin, delivery, due);
+                    return;
+                }
+            }
         }
         let propagated = delivery.headers.clone();
         let (cluster, mut headers) = match webhook {
@@ -574,8 +643,43 @@ impl Engine {
                         Printable(&why)
                     )
                 });
-                self.failed(host, plugin, delivery, CallOutcome::CannotCall { cluster });
+                let outcome = CallOutcome::CannotCall { cluster };
+                if !delivery.target.is_dead_letter() {
+                    self.record_attempt(&delivery, now_ms, None, 0, &outcome);
+                }
+                self.failed(host, plugin, delivery, outcome);
             }
+        }
+    }
+
+    /// Adds an attempt of `delivery` (to its webhook) to the attempt log.
+    fn record_attempt(
+        &mut self,
+        delivery: &Delivery,
+        started_ms: u64,
+        status: Option<u16>,
+        latency_ms: u64,
+        outcome: &CallOutcome,
+    ) {
+        let error = (*outcome != CallOutcome::Delivered).then(|| outcome.to_string());
+        self.attempt_log.record(
+            &delivery.target.webhook().id,
+            &Attempt {
+                at_ms: started_ms,
+                attempt: delivery.attempts,
+                status,
+                latency_ms,
+                error: error.as_deref(),
+                message_id: Some(delivery.message_id.as_str()).filter(|id| !id.is_empty()),
+                request_id: delivery.request_id.as_deref(),
+            },
+        );
+    }
+
+    /// Publishes the attempt logs that changed (at most every 250 ms unless `force`).
+    fn publish_attempts<H: Host>(&mut self, host: &mut H, now_ms: u64, force: bool) {
+        for (id, log) in self.attempt_log.take_changes(now_ms, force) {
+            store::publish_attempts(host, self.vm_number, &id, &log);
         }
     }
 
@@ -838,6 +942,7 @@ impl Engine {
             last_error: None,
             epoch: 0,
             journal: None,
+            throttled: false,
         };
         self.attempt(host, plugin, letter);
     }
@@ -895,6 +1000,10 @@ impl Engine {
         if let Some(plugin) = &self.plugin {
             plugin.flush_warnings(host.now_ms());
         }
+        if self.attempt_log.has_changes() {
+            let now_ms = host.now_ms();
+            self.publish_attempts(host, now_ms, false);
+        }
         if let Some(plugin) = self.plugin.clone() {
             let now_ms = host.now_ms();
             while self.in_flight.len() < plugin.config.delivery.max_in_flight
@@ -930,6 +1039,10 @@ impl Engine {
         for (needed, soon) in [
             (!self.unflushed_delivered.is_empty(), FLUSH_TICK_MS),
             (self.summary_stale, PUBLISH_INTERVAL_MS),
+            (
+                self.attempt_log.has_changes(),
+                attempts::PUBLISH_INTERVAL_MS,
+            ),
             (warnings_held, MAX_TICK_MS),
         ] {
             if needed {

@@ -57,6 +57,12 @@ pub enum WebhookCounter {
     /// Journaled by an Envoy that went away, for a webhook no Envoy has any
     /// more: taken from etcd after `orphan_retention_s`, to the dead letters.
     Orphaned,
+    /// Handed in by an operator (`POST .../deliver`): a test event or a redriven dead letter.
+    Injected,
+    /// Matched while an operator paused the webhook: not made, not dead-lettered.
+    Paused,
+    /// Deliveries that waited for the webhook's `rate_limit_per_s` (each counted once).
+    Throttled,
 }
 
 /// Counters of the whole filter.

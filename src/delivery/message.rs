@@ -22,6 +22,10 @@ pub struct QueuedEvent {
     /// Headers of the platform's request to copy into the calls
     /// (`delivery.propagate_headers`): (lower-case name, value).
     pub headers: Vec<(String, String)>,
+    /// Set for an event an operator handed in (`POST .../deliver`): the
+    /// `webhook-id` its deliveries carry (a redriven dead letter keeps its
+    /// own). `None` for a matched event (computed when needed).
+    pub message_id: Option<String>,
     pub body: Vec<u8>,
 }
 
@@ -35,7 +39,8 @@ const TARGET_BYTES: usize = 12;
 impl QueuedEvent {
     /// `target count (u32 LE) | (webhook u32 LE, fingerprint u64 LE)* |
     /// request_id length (u16 LE, 0xFFFF for none) | request_id |
-    /// header count (u8) | (name length u16 LE, name, value length u16 LE, value)* | body`.
+    /// header count (u8) | (name length u16 LE, name, value length u16 LE, value)* |
+    /// message_id length (u16 LE, 0xFFFF for none) | message_id | body`.
     /// A request_id of 64 KiB or more is left out (it only labels logs), and
     /// so are headers past 255 or longer than 64 KiB (the configuration and
     /// the capture bound both far lower).
@@ -87,6 +92,19 @@ impl QueuedEvent {
             bytes.extend_from_slice(&value_len.to_le_bytes());
             bytes.extend_from_slice(value);
         }
+        // Message ids are ours (`msg_` and 32 hex digits) or a dead-letter
+        // record's, checked by the admin API to be short.
+        match self
+            .message_id
+            .as_deref()
+            .and_then(|id| Some((id, u16::try_from(id.len()).ok().filter(|l| *l < u16::MAX)?)))
+        {
+            Some((id, len)) => {
+                bytes.extend_from_slice(&len.to_le_bytes());
+                bytes.extend_from_slice(id.as_bytes());
+            }
+            None => bytes.extend_from_slice(&u16::MAX.to_le_bytes()),
+        }
         bytes.extend_from_slice(&self.body);
         bytes
     }
@@ -123,10 +141,17 @@ impl QueuedEvent {
             let value = length_prefixed(bytes, &mut at)?;
             headers.push((name, value));
         }
+        let message_id = if bytes.get(at..at.checked_add(2)?)? == u16::MAX.to_le_bytes() {
+            at = at.checked_add(2)?;
+            None
+        } else {
+            Some(length_prefixed(bytes, &mut at)?)
+        };
         Some(QueuedEvent {
             targets,
             request_id,
             headers,
+            message_id,
             body: bytes.get(at..)?.to_vec(),
         })
     }

@@ -8,7 +8,10 @@
 //! - `budget`: the per-worker budget for held bytes.
 //! - `signature`: Standard Webhooks signing.
 //! - `dead_letter`: the record sent for a delivery that could not be made.
+//! - `rate_limit`: a webhook's token bucket (`rate_limit_per_s`), shared by the workers.
+//! - `attempts`: the attempt log the admin API shows.
 
+pub mod attempts;
 pub mod budget;
 pub mod call;
 pub mod dead_letter;
@@ -16,5 +19,6 @@ pub mod engine;
 pub mod host;
 pub mod message;
 pub mod queue;
+pub mod rate_limit;
 pub mod retry;
 pub mod signature;

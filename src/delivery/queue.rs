@@ -64,6 +64,8 @@ pub struct Delivery {
     /// With `cluster_state`: its number in this worker's hand-off journal
     /// (kept in etcd while it waits, for another Envoy to adopt).
     pub journal: Option<u64>,
+    /// It has waited for its webhook's rate limit (counted once).
+    pub throttled: bool,
 }
 
 impl Delivery {

@@ -189,6 +189,9 @@ impl Host for ProxyHost<'_> {
                     WebhookCounter::Adopted => metrics.adopted,
                     WebhookCounter::HandedOff => metrics.handed_off,
                     WebhookCounter::Orphaned => metrics.orphaned,
+                    WebhookCounter::Injected => metrics.injected,
+                    WebhookCounter::Paused => metrics.paused,
+                    WebhookCounter::Throttled => metrics.throttled,
                 };
                 self.metrics.add(metric, n);
             }

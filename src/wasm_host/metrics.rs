@@ -61,6 +61,12 @@ pub struct WebhookMetrics {
     /// Left in etcd for another Envoy when this filter stopped (cluster state).
     pub handed_off: Metric,
     pub orphaned: Metric,
+    /// Handed in through the admin API (`deliver`).
+    pub injected: Metric,
+    /// Matched while paused by the admin API (`disable`): not made.
+    pub paused: Metric,
+    /// Deliveries that waited for the webhook's rate limit.
+    pub throttled: Metric,
     /// 0 ENABLED, 1 FAILING, 2 FAILED, 3 DISABLED.
     pub status: Metric,
 }
@@ -80,6 +86,9 @@ impl WebhookMetrics {
             adopted: Metric::define(MetricType::Counter, &name("adopted")),
             handed_off: Metric::define(MetricType::Counter, &name("handed_off")),
             orphaned: Metric::define(MetricType::Counter, &name("orphaned")),
+            injected: Metric::define(MetricType::Counter, &name("injected")),
+            paused: Metric::define(MetricType::Counter, &name("paused")),
+            throttled: Metric::define(MetricType::Counter, &name("throttled")),
             status: Metric::define(MetricType::Gauge, &name("status")),
         }
     }

@@ -8,7 +8,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
-use crate::admin::{self, AdminRoute};
+use crate::admin::{self, AdminRequest, AdminRoute};
 use crate::config::DELIVERY_MARKER;
 use crate::delivery::message::QueuedEvent;
 use crate::intake::{self, Intake, IntakeCounter, IntakeHost};
@@ -20,6 +20,20 @@ pub struct EventStream {
     worker: Option<Rc<Worker>>,
     /// Present for a request that carries events.
     intake: Option<Intake>,
+    /// An admin request answered once its whole body is here (`deliver`),
+    /// with the body's size so far.
+    admin_waiting: Option<(AdminRoute, usize)>,
+}
+
+/// An admin body larger than this is refused at once (413): a body holds one
+/// event, or one dead-letter record of one.
+fn max_admin_body(worker: &Worker) -> usize {
+    worker
+        .plugin
+        .config
+        .events
+        .max_event_bytes
+        .saturating_add(64 * 1024)
 }
 
 /// The intake's host: the worker's stats and delivery queue. Made for one
@@ -68,42 +82,98 @@ impl EventStream {
         EventStream {
             worker,
             intake: None,
+            admin_waiting: None,
         }
     }
 
-    /// Answers the request if it is for the admin API; `true` if it was.
-    fn answer_admin(worker: &Worker, method: &str, path: &str) -> bool {
+    /// The admin route of the request, if it is for the admin API.
+    fn admin_route(worker: &Worker, method: &str, path: &str) -> Option<AdminRoute> {
         let plugin = &worker.plugin;
         let (Some(admin_config), Some(token)) = (&plugin.config.admin, &plugin.admin_token) else {
-            return false;
+            return None;
         };
         let prefix = admin_config.path_prefix.as_str();
         // Authorization is read only for admin paths: it costs a host call.
         if admin::route(prefix, token, method, path, None) == AdminRoute::NotAdmin {
-            return false;
+            return None;
         }
         let authorization = host::request_header("authorization");
-        let route = admin::route(prefix, token, method, path, authorization.as_deref());
-        let Some(answer) = admin::answer(plugin, &mut ProxySharedData, &route, host::now_ms())
+        Some(admin::route(
+            prefix,
+            token,
+            method,
+            path,
+            authorization.as_deref(),
+        ))
+    }
+
+    /// Answers an admin request routed to `route`, with its whole `body`.
+    fn answer_admin(worker: &Worker, route: &AdminRoute, body: &[u8]) {
+        let plugin = &worker.plugin;
+        let request = AdminRequest {
+            body,
+            nonce: fastrand::u64(..),
+        };
+        let Some(mut answer) =
+            admin::answer(plugin, &mut ProxySharedData, route, request, host::now_ms())
         else {
-            return false;
+            return;
         };
         if let Some((index, transition)) = &answer.transition {
             worker.report(*index, Some(transition));
         }
+        if let Some(event) = answer.deliver.take() {
+            let queued = hostcalls::enqueue_shared_queue(worker.queue_id, Some(&event.encode()));
+            if let Err(status) = queued {
+                answer.status = 503;
+                answer.body = admin::error_body(&format!(
+                    "cannot hand the event to the worker's delivery queue ({status:?}); try again"
+                ));
+            }
+        }
+        Self::send_admin(answer.status, &answer.body);
+    }
+
+    fn send_admin(status: u32, body: &str) {
         let mut headers = vec![
             ("content-type", "application/json"),
             ("cache-control", "no-store"),
         ];
-        if answer.status == 401 {
+        if status == 401 {
             headers.push(("www-authenticate", "Bearer"));
         }
-        if let Err(e) =
-            hostcalls::send_http_response(answer.status, headers, Some(answer.body.as_bytes()))
-        {
+        if let Err(e) = hostcalls::send_http_response(status, headers, Some(body.as_bytes())) {
             log::warn!("envoy-webhooks: cannot answer an admin request: {e:?}");
         }
-        true
+    }
+
+    /// A chunk of an admin request that waits for its body; answers at its end.
+    fn admin_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let (Some(worker), Some((route, seen))) =
+            (self.worker.clone(), self.admin_waiting.as_mut())
+        else {
+            return Action::Continue;
+        };
+        *seen = body_size;
+        if body_size > max_admin_body(&worker) {
+            self.admin_waiting = None;
+            Self::send_admin(
+                413,
+                &admin::error_body(&format!(
+                    "the body is larger than {} bytes: send one event, or one dead-letter record",
+                    max_admin_body(&worker)
+                )),
+            );
+            return Action::Pause;
+        }
+        if end_of_stream {
+            let route = route.clone();
+            self.admin_waiting = None;
+            let body = host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
+            Self::answer_admin(&worker, &route, &body);
+        }
+        // The admin API's own request, never the platform's: it is held until answered.
+        Action::Pause
     }
 
     /// Runs `step` on the intake, if this request carries events.
@@ -132,7 +202,12 @@ impl HttpContext for EventStream {
         }
         let method = host::request_header(":method").unwrap_or_default();
         let path = host::request_header(":path").unwrap_or_default();
-        if Self::answer_admin(&worker, &method, &path) {
+        if let Some(route) = Self::admin_route(&worker, &method, &path) {
+            if route.needs_body() && !end_of_stream {
+                self.admin_waiting = Some((route, 0));
+            } else {
+                Self::answer_admin(&worker, &route, &[]);
+            }
             return Action::Pause;
         }
         if !intake::carries_events(&worker.plugin, &method, &path) {
@@ -154,6 +229,9 @@ impl HttpContext for EventStream {
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.admin_waiting.is_some() {
+            return self.admin_body(body_size, end_of_stream);
+        }
         self.with_intake(|intake, worker, sink| {
             let chunk = host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
             intake.body(&worker.plugin, sink, &chunk, end_of_stream);
@@ -162,6 +240,9 @@ impl HttpContext for EventStream {
     }
 
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if let Some((_, seen)) = self.admin_waiting {
+            return self.admin_body(seen, true);
+        }
         self.with_intake(|intake, worker, sink| intake.end_of_body(&worker.plugin, sink));
         Action::Continue
     }

@@ -81,9 +81,18 @@ fn joined(first: Option<Run>, later: Option<Run>) -> Option<Run> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome<'a> {
     Success,
-    Failure { error: &'a str, at: u64 },
-    Gone { at: u64 },
+    Failure {
+        error: &'a str,
+        at: u64,
+    },
+    Gone {
+        at: u64,
+    },
     Enable,
+    /// An operator paused the webhook (`disable`) at this Unix ms.
+    Pause {
+        at_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +101,10 @@ pub struct Delta {
     pub fingerprint: u64,
     /// An operator enabled the webhook before everything below.
     pub enabled: bool,
+    /// An operator paused the webhook (Unix ms) after the enable, if any:
+    /// what follows a pause cannot change the status, so nothing does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at_ms: Option<u64>,
     pub lead: Option<Run>,
     pub reset: bool,
     pub failed_within: Option<Run>,
@@ -109,7 +122,11 @@ impl Delta {
 
     /// Nothing to write.
     pub fn is_empty(&self) -> bool {
-        !self.enabled && self.lead.is_none() && !self.reset && self.last_error.is_none()
+        !self.enabled
+            && self.paused_at_ms.is_none()
+            && self.lead.is_none()
+            && !self.reset
+            && self.last_error.is_none()
     }
 
     pub fn of(fingerprint: u64, outcome: &Outcome<'_>) -> Delta {
@@ -117,6 +134,7 @@ impl Delta {
         match outcome {
             Outcome::Success => delta.reset = true,
             Outcome::Enable => delta.enabled = true,
+            Outcome::Pause { at_ms } => delta.paused_at_ms = Some(*at_ms),
             Outcome::Failure { error, at } => {
                 delta.lead = Some(Run {
                     count: 1,
@@ -150,10 +168,22 @@ impl Delta {
             };
         }
         let fingerprint = later.fingerprint;
+        if self.paused_at_ms.is_some() || later.paused_at_ms.is_some() {
+            // Paused: outcomes no longer change the status, and the first
+            // pause's time stands (a second pause changes nothing).
+            return Delta {
+                fingerprint,
+                enabled: self.enabled,
+                paused_at_ms: self.paused_at_ms.or(later.paused_at_ms),
+                last_error,
+                ..Delta::new(fingerprint)
+            };
+        }
         if !self.reset {
             return Delta {
                 fingerprint,
                 enabled: self.enabled,
+                paused_at_ms: None,
                 lead: joined(self.lead, later.lead),
                 reset: later.reset,
                 failed_within: later.failed_within,
@@ -185,6 +215,7 @@ impl Delta {
         Delta {
             fingerprint,
             enabled: self.enabled,
+            paused_at_ms: None,
             lead: self.lead,
             reset: true,
             failed_within,
@@ -205,6 +236,11 @@ impl Delta {
         let mut reason = String::new();
         if self.enabled && health.enable().is_some() {
             reason = "enabled through the admin API".to_string();
+        }
+        if let Some(at_ms) = self.paused_at_ms {
+            if let Some(paused) = health.pause(at_ms) {
+                reason = paused.reason;
+            }
         }
         if let Some(error) = &self.last_error {
             health.last_error = Some(error.clone());
@@ -313,6 +349,7 @@ mod tests {
             delivered: 0,
             failed: 0,
             epoch: 0,
+            paused_at_ms: None,
         }
     }
 
@@ -322,6 +359,7 @@ mod tests {
         Failure(u64),
         Gone(u64),
         Enable,
+        Pause(u64),
     }
 
     fn outcome(op: &Op) -> Outcome<'static> {
@@ -333,6 +371,7 @@ mod tests {
             },
             Op::Gone(at) => Outcome::Gone { at: *at },
             Op::Enable => Outcome::Enable,
+            Op::Pause(at) => Outcome::Pause { at_ms: *at * 1000 },
         }
     }
 
@@ -354,6 +393,9 @@ mod tests {
                 Op::Enable => {
                     health.enable();
                 }
+                Op::Pause(at) => {
+                    health.pause(*at * 1000);
+                }
             }
         }
         health
@@ -367,17 +409,20 @@ mod tests {
 
     /// What the cluster record keeps: the status and, while still delivering,
     /// the current run of failures.
-    fn standing(health: &WebhookHealth) -> (Status, Option<(u64, Option<u64>)>) {
+    /// Status, the current run of failures, and when it was paused.
+    type Standing = (Status, Option<(u64, Option<u64>)>, Option<u64>);
+
+    fn standing(health: &WebhookHealth) -> Standing {
         let run = health
             .status
             .delivers()
             .then_some((health.consecutive_failures, health.first_failed_at));
-        (health.status, run)
+        (health.status, run, health.paused_at_ms)
     }
 
     fn ops() -> impl Strategy<Value = Vec<Op>> {
         // Times only go forward, as a clock does.
-        prop::collection::vec((0..10u8, 0..30u64), 0..24).prop_map(|raw| {
+        prop::collection::vec((0..11u8, 0..30u64), 0..24).prop_map(|raw| {
             let mut now = 1_000;
             raw.into_iter()
                 .map(|(kind, step)| {
@@ -386,6 +431,7 @@ mod tests {
                         0..=3 => Op::Success,
                         4..=7 => Op::Failure(now),
                         8 => Op::Gone(now),
+                        9 => Op::Pause(now),
                         _ => Op::Enable,
                     }
                 })
@@ -399,6 +445,10 @@ mod tests {
             (1..4u64, 960..1_000u64).prop_map(|(n, t)| base(Status::Failing, n, Some(t))),
             Just(base(Status::Failed, 4, Some(990))),
             Just(base(Status::Disabled, 0, None)),
+            Just(WebhookHealth {
+                paused_at_ms: Some(900_000),
+                ..base(Status::Disabled, 0, None)
+            }),
         ]
     }
 

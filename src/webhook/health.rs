@@ -32,6 +32,10 @@ pub struct WebhookHealth {
     /// so calls made before an `enable` cannot fail the webhook again.
     #[serde(default)]
     pub epoch: u64,
+    /// Unix ms at which an operator paused the webhook (`disable`): it is
+    /// `DISABLED` until enabled again. `None` for a configured `DISABLED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at_ms: Option<u64>,
 }
 
 /// A change of status, with its reason, for the log.
@@ -66,7 +70,13 @@ impl WebhookHealth {
             delivered: 0,
             failed: 0,
             epoch: 0,
+            paused_at_ms: None,
         }
+    }
+
+    /// An operator paused it (`DISABLED` by the admin API, not the configuration).
+    pub fn is_paused(&self) -> bool {
+        self.status == Status::Disabled && self.paused_at_ms.is_some()
     }
 
     /// A delivery got a 2xx answer.
@@ -145,20 +155,39 @@ impl WebhookHealth {
         })
     }
 
-    /// An operator says the receiver is fixed: back to `ENABLED`.
+    /// An operator says the receiver is fixed, or ends a pause: back to
+    /// `ENABLED`. A configured `DISABLED` stays.
     pub fn enable(&mut self) -> Option<Transition> {
         let from = self.status;
-        if !matches!(from, Status::Failing | Status::Failed) {
+        if !(matches!(from, Status::Failing | Status::Failed) || self.is_paused()) {
             return None;
         }
         self.status = Status::Enabled;
         self.consecutive_failures = 0;
         self.first_failed_at = None;
+        self.paused_at_ms = None;
         self.epoch = self.epoch.wrapping_add(1);
         Some(Transition {
             from,
             to: Status::Enabled,
             reason: "enabled through the admin API".to_string(),
+        })
+    }
+
+    /// An operator pauses the webhook at `now_ms`: `DISABLED`, not called,
+    /// until `enable`. Already paused, or `DISABLED` by the configuration:
+    /// unchanged.
+    pub fn pause(&mut self, now_ms: u64) -> Option<Transition> {
+        let from = self.status;
+        if from == Status::Disabled {
+            return None;
+        }
+        self.status = Status::Disabled;
+        self.paused_at_ms = Some(now_ms);
+        Some(Transition {
+            from,
+            to: Status::Disabled,
+            reason: "paused through the admin API (disable)".to_string(),
         })
     }
 

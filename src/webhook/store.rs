@@ -8,6 +8,10 @@
 //!   queue, decimal text; gives each VM a unique number.
 //! - `envoy_webhooks/pending/<n>`: VM `n`'s retry-queue summary for the admin
 //!   API (see `pending_record`), JSON.
+//! - `envoy_webhooks/rate/<id>`: the webhook's rate-limit bucket (see
+//!   `delivery::rate_limit`), 16 bytes.
+//! - `envoy_webhooks/attempts/<n>/<id>`: VM `n`'s latest attempts of the
+//!   webhook, newest first (see `delivery::attempts`), a JSON array.
 //! - With `cluster_state` (see `cluster`): `envoy_webhooks/delta/<id>`, the
 //!   webhook's [`Delta`] not yet written to etcd; `envoy_webhooks/cluster/dirty`,
 //!   changed whenever a delta is (the poller writes soon); `.../cluster/poller`,
@@ -202,6 +206,34 @@ pub fn read_pending<S: SharedData + ?Sized>(store: &S) -> Vec<Vec<u8>> {
         .collect()
 }
 
+pub fn rate_limit_key(id: &str) -> String {
+    format!("{KEY_PREFIX}rate/{id}")
+}
+
+fn attempts_key(vm_number: u64, id: &str) -> String {
+    format!("{KEY_PREFIX}attempts/{vm_number}/{id}")
+}
+
+/// Publishes VM `vm_number`'s attempt log of webhook `id` (a JSON array).
+pub fn publish_attempts<S: SharedData + ?Sized>(
+    store: &mut S,
+    vm_number: u64,
+    id: &str,
+    log: &[u8],
+) {
+    if let Err(problem) = store.set(&attempts_key(vm_number, id), log, None) {
+        log::debug!("envoy-webhooks: cannot publish the attempt log of {id}: {problem:?}");
+    }
+}
+
+/// Every VM's published attempt log of webhook `id`.
+pub fn read_attempts<S: SharedData + ?Sized>(store: &S, id: &str) -> Vec<Vec<u8>> {
+    let (count, _) = read_counter(store);
+    (1..=count)
+        .filter_map(|n| store.get(&attempts_key(n, id)).0)
+        .collect()
+}
+
 /// The name of VM `number`'s delivery queue (a proxy-wasm shared queue:
 /// only the Wasm build has one).
 #[cfg(target_arch = "wasm32")]
@@ -322,6 +354,7 @@ pub fn adopt<S: SharedData + ?Sized>(
         health.first_failed_at = target.first_failed_at;
         health.last_error.clone_from(&target.last_error);
         health.epoch = target.epoch;
+        health.paused_at_ms = target.paused_at_ms;
         (from != target.status).then(|| Transition {
             from,
             to: target.status,

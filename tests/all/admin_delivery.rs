@@ -160,8 +160,9 @@ fn unknown_admin_paths_are_not_found() {
         "/webhooks-admin/status/extra",
         "/webhooks-admin/webhooks",
         "/webhooks-admin/webhooks/a",
-        "/webhooks-admin/webhooks/a/disable",
+        "/webhooks-admin/webhooks/a/pause",
         "/webhooks-admin/webhooks/a/enable/now",
+        "/webhooks-admin/webhooks/a/attempts/1",
         "/webhooks-admin/webhooks//enable",
         "/webhooks-admin/enable",
     ] {
@@ -279,6 +280,7 @@ fn status_entry_has_exactly_the_documented_fields() {
             "last_error": "HTTP 502",
             "delivered": 1,
             "failed": 2,
+            "paused_at_ms": null,
         })
     );
     assert!(
@@ -305,6 +307,7 @@ fn status_entry_of_a_fresh_webhook_has_nulls() {
             "last_error": null,
             "delivered": 0,
             "failed": 0,
+            "paused_at_ms": null,
         })
     );
 }
@@ -533,25 +536,43 @@ fn queued_event_round_trips() {
             targets: vec![target(0, 0)],
             request_id: None,
             headers: Vec::new(),
+            message_id: None,
             body: Vec::new(),
         },
         QueuedEvent {
             targets: (0..1000).map(|i| target(i, u64::from(i) << 32)).collect(),
             request_id: Some("476117422b18ed2f915fe9887b77b702".to_string()),
             headers: Vec::new(),
+            message_id: None,
             body: formats.to_vec(),
         },
         QueuedEvent {
             targets: vec![target(u32::MAX, u64::MAX), target(7, 0x0123_4567_89ab_cdef)],
             request_id: Some(String::new()),
             headers: Vec::new(),
+            message_id: None,
             body: vec![0, 0xff, b'\n', 0],
         },
         QueuedEvent {
             targets: Vec::new(),
             request_id: Some("r".to_string()),
             headers: Vec::new(),
+            message_id: None,
             body: b"{}".to_vec(),
+        },
+        QueuedEvent {
+            targets: vec![target(2, 3)],
+            request_id: None,
+            headers: vec![("a".to_string(), "b".to_string())],
+            message_id: Some("msg_0123456789abcdef0123456789abcdef".to_string()),
+            body: b"{\"x\":1}".to_vec(),
+        },
+        QueuedEvent {
+            targets: vec![target(2, 3)],
+            request_id: None,
+            headers: Vec::new(),
+            message_id: Some(String::new()),
+            body: vec![0xff, 0xff],
         },
         QueuedEvent {
             targets: vec![target(1, 2)],
@@ -567,6 +588,7 @@ fn queued_event_round_trips() {
                 ),
                 ("x-empty".to_string(), String::new()),
             ],
+            message_id: None,
             body: b"{}".to_vec(),
         },
     ];
@@ -579,9 +601,14 @@ fn queued_event_round_trips() {
             .iter()
             .map(|(name, value)| 4 + name.len() + value.len())
             .sum();
+        let message_id_len = event.message_id.as_ref().map_or(0, String::len);
         assert_eq!(
             bytes.len(),
-            7 + 12 * event.targets.len() + id_len + header_bytes + event.body.len()
+            9 + 12 * event.targets.len()
+                + id_len
+                + header_bytes
+                + message_id_len
+                + event.body.len()
         );
         assert_eq!(QueuedEvent::decode(&bytes), Some(event));
     }
@@ -593,11 +620,13 @@ fn short_or_lying_queue_messages_decode_to_none() {
         targets: vec![target(3, 4)],
         request_id: Some("req".to_string()),
         headers: Vec::new(),
+        message_id: None,
         body: Vec::new(),
     }
     .encode();
-    // 4 + 12 bytes of targets, 2 of id length, 3 of request_id, 1 of header count.
-    for length in 0..22 {
+    // 4 + 12 bytes of targets, 2 of id length, 3 of request_id, 1 of header
+    // count, 2 of message_id length.
+    for length in 0..24 {
         assert_eq!(
             QueuedEvent::decode(&bytes[..length]),
             None,
@@ -614,10 +643,11 @@ fn short_or_lying_queue_messages_decode_to_none() {
         targets: Vec::new(),
         request_id: None,
         headers: vec![("a".to_string(), "b".to_string())],
+        message_id: None,
         body: Vec::new(),
     }
     .encode();
-    assert_eq!(with_header.len(), 13);
+    assert_eq!(with_header.len(), 15);
     for length in 0..with_header.len() {
         assert_eq!(QueuedEvent::decode(&with_header[..length]), None);
     }

@@ -11,7 +11,7 @@ use std::rc::Rc;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use envoy_webhooks::status::Status;
-use envoy_webhooks::testing::admin::{self, AdminRoute};
+use envoy_webhooks::testing::admin::{self, AdminRequest, AdminRoute};
 use envoy_webhooks::testing::call::Answer;
 use envoy_webhooks::testing::cluster::{ClusterSync, EtcdAnswer};
 use envoy_webhooks::testing::engine::Engine;
@@ -454,6 +454,7 @@ impl Replica {
                 }],
                 request_id: Some("r".to_string()),
                 headers: Vec::new(),
+                message_id: None,
                 body: br#"{"event_type":"assets"}"#.to_vec(),
             },
         );
@@ -489,8 +490,14 @@ impl Replica {
 
     fn status_body(&mut self) -> Value {
         let now = self.host.now_ms;
-        let answer = admin::answer(&self.plugin, &mut self.host, &AdminRoute::Status, now)
-            .expect("an admin answer");
+        let answer = admin::answer(
+            &self.plugin,
+            &mut self.host,
+            &AdminRoute::Status,
+            AdminRequest::default(),
+            now,
+        )
+        .expect("an admin answer");
         serde_json::from_str(&answer.body).expect("JSON")
     }
 
@@ -553,6 +560,7 @@ fn failures_through_different_envoys_add_up_and_fail_the_webhook_once() {
                 }],
                 request_id: None,
                 headers: Vec::new(),
+                message_id: None,
                 body: b"{}".to_vec(),
             },
         );
@@ -571,7 +579,14 @@ fn an_enable_through_one_envoy_enables_every_envoy() {
     let route = AdminRoute::Enable("hook".to_string());
     let now = envoys[2].host.now_ms;
     let plugin = envoys[2].plugin.clone();
-    let answer = admin::answer(&plugin, &mut envoys[2].host, &route, now).expect("an answer");
+    let answer = admin::answer(
+        &plugin,
+        &mut envoys[2].host,
+        &route,
+        AdminRequest::default(),
+        now,
+    )
+    .expect("an answer");
     assert_eq!(answer.status, 200);
     run_all(&mut envoys, &mut etcd, 2_000);
     for envoy in envoys.iter_mut() {
@@ -1295,6 +1310,7 @@ fn an_adopted_delivery_keeps_the_platform_requests_trace_headers() {
             }],
             request_id: Some("r".to_string()),
             headers: vec![("traceparent".to_string(), "00-abc-def-01".to_string())],
+            message_id: None,
             body: br#"{"event_type":"assets"}"#.to_vec(),
         },
     );

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use envoy_webhooks::status::Status;
-use envoy_webhooks::testing::admin::{self, AdminRoute};
+use envoy_webhooks::testing::admin::{self, AdminRequest, AdminRoute};
 use envoy_webhooks::testing::call::Answer;
 use envoy_webhooks::testing::engine::{Engine, MAX_TURN_BYTES};
 use envoy_webhooks::testing::host::WebhookCounter;
@@ -61,6 +61,7 @@ fn event_for(plugin: &Plugin, ids: &[&str], body: &[u8]) -> QueuedEvent {
         targets,
         request_id: Some("req-1".to_string()),
         headers: Vec::new(),
+        message_id: None,
         body: body.to_vec(),
     }
 }
@@ -170,7 +171,14 @@ fn a_waiting_retry_is_published_and_shown_by_the_pending_view() {
         record,
         Some(format!(r#"{{"updated_at_ms":{now},"webhooks":{{{a}}}}}"#))
     );
-    let view = admin::answer(&plugin, &mut host, &AdminRoute::Pending, now).expect("an answer");
+    let view = admin::answer(
+        &plugin,
+        &mut host,
+        &AdminRoute::Pending,
+        AdminRequest::default(),
+        now,
+    )
+    .expect("an answer");
     assert_eq!(view.status, 200);
     let a = format!(
         r#"{{"dead_letters_pending":0,"id":"a","next_due_at":{},"pending":1}}"#,

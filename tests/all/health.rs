@@ -47,6 +47,7 @@ fn initial_state_is_the_configured_status() {
             delivered: 0,
             failed: 0,
             epoch: 0,
+            paused_at_ms: None,
         }
     );
     for (text, status) in [("DISABLED", Status::Disabled), ("FAILED", Status::Failed)] {
@@ -366,6 +367,7 @@ fn encode_decode_round_trip() {
             delivered: u64::MAX,
             failed: 1,
             epoch: u64::MAX,
+            paused_at_ms: Some(u64::MAX),
         },
         WebhookHealth {
             fingerprint: 0,
@@ -376,6 +378,7 @@ fn encode_decode_round_trip() {
             delivered: 0,
             failed: 0,
             epoch: 3,
+            paused_at_ms: None,
         },
     ];
     let mut failing = enabled();

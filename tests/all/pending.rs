@@ -12,6 +12,7 @@ fn webhook(index: usize) -> WebhookRef {
 fn delivery(index: usize, tag: &str, body_len: usize) -> Delivery {
     Delivery {
         journal: None,
+        throttled: false,
         target: Target::Webhook(webhook(index)),
         body: vec![b'x'; body_len].into(),
         message_id: format!("msg_{tag}"),
