@@ -1,5 +1,6 @@
 //! The command line: every command's arguments (clap) and the commands themselves.
 
+pub mod http;
 pub mod pretty;
 pub mod query;
 pub mod receive;
