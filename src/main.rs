@@ -1,5 +1,5 @@
 //! `envoy-webhooks`: try queries and configurations without Envoy, receive
-//! webhooks, and send sample events.
+//! webhooks, send sample events, and redrive dead letters.
 
 mod cli;
 
@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Match { config, event } => cli::query::match_event(&config, &event),
         Command::Receive(args) => cli::receive::run(&args),
         Command::Send(args) => cli::send::run(&args),
+        Command::Redrive(args) => cli::redrive::run(&args),
         Command::Completions { shell } => {
             let mut command = Cli::command();
             clap_complete::generate(

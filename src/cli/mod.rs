@@ -1,8 +1,10 @@
 //! The command line: every command's arguments (clap) and the commands themselves.
 
+pub mod http;
 pub mod pretty;
 pub mod query;
 pub mod receive;
+pub mod redrive;
 pub mod send;
 
 use std::process::ExitCode;
@@ -81,6 +83,8 @@ pub enum Command {
     Receive(ReceiveArgs),
     /// POST event files to a URL (the platform's event traffic), one request a file.
     Send(SendArgs),
+    /// Send dead-letter records again through the filter's admin API, one request a record.
+    Redrive(RedriveArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell.
@@ -128,6 +132,36 @@ pub struct SendArgs {
     /// How long to wait for each --wait, in seconds.
     #[arg(long, default_value_t = 60)]
     pub wait_timeout_s: u64,
+}
+
+#[derive(Args)]
+#[command(after_help = "\
+FILE holds dead-letter records as the filter POSTs them to a dead-letter
+destination ({\"webhook_id\", \"event\", \"attempts\", ..., \"message_id\"}): either
+one record a line (JSON Lines; blank lines are skipped) or one JSON array of
+records (the first non-blank character is '['). Each record is POSTed as it
+is written to ADMIN/webhooks/WEBHOOK_ID/deliver with the admin token, so the
+filter delivers it again under the same message_id; one line is printed per
+record, then a summary. A record that is not an object with a string
+\"webhook_id\" and an \"event\" is reported (with its line or index) and the
+others still go.
+
+Exit status: 0 if every record was accepted (202), 1 if any was not (an
+invalid record, another answer, no connection), 2 for a usage error (the
+--admin URL, an unreadable FILE, the token variable unset or empty).")]
+pub struct RedriveArgs {
+    /// The filter's admin API, http://HOST:PORT/PREFIX (e.g. http://127.0.0.1:18080/webhooks-admin).
+    #[arg(long, value_name = "URL")]
+    pub admin: String,
+    /// The environment variable holding the admin token (required unless --dry-run).
+    #[arg(long, value_name = "VAR", required_unless_present = "dry_run")]
+    pub token_env: Option<String>,
+    /// List each request it would make, and make none.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The dead-letter records, JSON Lines or one JSON array ('-' for standard input).
+    #[arg(value_name = "FILE")]
+    pub file: String,
 }
 
 /// Why a command could not run; printed on stderr, exit status 2.

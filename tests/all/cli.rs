@@ -350,6 +350,7 @@ fn every_command_has_help_and_the_tool_a_version_and_completions() {
         "match",
         "receive",
         "send",
+        "redrive",
         "completions",
     ] {
         let output = run(&[command, "--help"]);
@@ -370,4 +371,418 @@ fn every_command_has_help_and_the_tool_a_version_and_completions() {
     let output = run(&["receive", "--port", "1", "--secret", "nope"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(stderr(&output).contains("--secret: a secret must look like whsec_"));
+}
+
+/// A request the fake admin API saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    authorization: Option<String>,
+    body: String,
+}
+
+/// A stand-in for the filter's admin API (`POST {prefix}/webhooks/{id}/deliver`):
+/// 202 echoing the record's message_id for `ok-hook` and `a%20b%2Fc`, 409 for
+/// `stuck`, 404 for any other id, 401 without the token.
+struct FakeAdmin {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const ADMIN_TOKEN: &str = "redrive-s3cret-token";
+
+impl FakeAdmin {
+    fn start() -> FakeAdmin {
+        use std::sync::atomic::Ordering;
+        let server = tiny_http::Server::http("127.0.0.1:0").expect("the fake admin listens");
+        let port = server.server_addr().to_ip().expect("an IP address").port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok(Some(mut request)) =
+                        server.recv_timeout(std::time::Duration::from_millis(50))
+                    else {
+                        continue;
+                    };
+                    let mut body = String::new();
+                    std::io::Read::read_to_string(request.as_reader(), &mut body)
+                        .expect("a UTF-8 body");
+                    let authorization = request
+                        .headers()
+                        .iter()
+                        .find(|h| h.field.equiv("authorization"))
+                        .map(|h| h.value.to_string());
+                    let path = request.url().to_string();
+                    seen.lock().unwrap().push(Seen {
+                        method: request.method().to_string(),
+                        path: path.clone(),
+                        authorization: authorization.clone(),
+                        body: body.clone(),
+                    });
+                    let message_id = serde_json::from_str::<serde_json::Value>(&body)
+                        .ok()
+                        .and_then(|v| v.get("message_id").cloned())
+                        .unwrap_or(serde_json::Value::Null);
+                    let (status, answer) =
+                        if authorization.as_deref() != Some(&format!("Bearer {ADMIN_TOKEN}")) {
+                            (
+                                401,
+                                r#"{"error":"a valid admin token is required"}"#.to_string(),
+                            )
+                        } else {
+                            match path.as_str() {
+                                "/webhooks-admin/webhooks/ok-hook/deliver"
+                                | "/webhooks-admin/webhooks/a%20b%2Fc/deliver" => (
+                                    202,
+                                    serde_json::json!({ "message_id": message_id }).to_string(),
+                                ),
+                                "/webhooks-admin/webhooks/stuck/deliver" => (
+                                    409,
+                                    r#"{"error":"webhook stuck is FAILED; enable it first"}"#
+                                        .to_string(),
+                                ),
+                                _ => (404, r#"{"error":"no such webhook"}"#.to_string()),
+                            }
+                        };
+                    let response = tiny_http::Response::from_string(answer)
+                        .with_status_code(status)
+                        .with_header(
+                            tiny_http::Header::from_bytes("content-type", "application/json")
+                                .expect("a header"),
+                        );
+                    let _ = request.respond(response);
+                }
+            })
+        };
+        FakeAdmin {
+            url: format!("http://127.0.0.1:{port}/webhooks-admin"),
+            seen,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakeAdmin {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A dead-letter record as the filter writes it.
+fn dead_letter(webhook_id: &str, message_id: &str) -> String {
+    format!(
+        r#"{{"webhook_id":{},"event":{{"event_type":"assets","object_id":"{message_id}-object","data":{{"n":12345678901234567890}}}},"attempts":8,"last_error":"503","first_attempt_at":1700000000,"reason":"retries_exhausted","message_id":"{message_id}","request_id":null}}"#,
+        serde_json::to_string(webhook_id).unwrap()
+    )
+}
+
+/// A file of the test's own, in a directory of this run's.
+fn write_temp(name: &str, contents: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("envoy-webhooks-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(name);
+    std::fs::write(&path, contents).expect("write the records");
+    path.to_str().expect("utf-8 path").to_string()
+}
+
+/// `envoy-webhooks redrive ARGS` with the token in `REDRIVE_TOKEN`, and
+/// `stdin` on standard input.
+fn redrive(args: &[&str], token: Option<&str>, stdin: &[u8]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_envoy-webhooks"));
+    command
+        .arg("redrive")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    match token {
+        Some(token) => command.env("REDRIVE_TOKEN", token),
+        None => command.env_remove("REDRIVE_TOKEN"),
+    };
+    let mut child = command.spawn().expect("the binary starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(stdin)
+        .expect("stdin takes the records");
+    child.wait_with_output().expect("the binary finishes")
+}
+
+#[test]
+fn redrive_posts_each_json_line_with_the_token_and_exits_1_on_a_409() {
+    let admin = FakeAdmin::start();
+    let records = [
+        dead_letter("ok-hook", "msg_1"),
+        dead_letter("stuck", "msg_2"),
+        dead_letter("ok-hook", "msg_3"),
+    ];
+    let file = write_temp(
+        "redrive-lines.jsonl",
+        &format!("{}\n\n{}\r\n{}\n", records[0], records[1], records[2]),
+    );
+    let output = redrive(
+        &["--admin", &admin.url, "--token-env", "REDRIVE_TOKEN", &file],
+        Some(ADMIN_TOKEN),
+        b"",
+    );
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}{}", stderr(&output));
+    assert_eq!(
+        out,
+        "redrive: line 1 webhook ok-hook message_id msg_1 -> 202 delivered again as msg_1\n\
+         redrive: line 3 webhook stuck message_id msg_2 -> 409 webhook stuck is FAILED; enable it first\n\
+         redrive: line 4 webhook ok-hook message_id msg_3 -> 202 delivered again as msg_3\n\
+         redrive: 3 record(s): 2 sent, 1 failed\n"
+    );
+    let seen = admin.seen();
+    let paths: Vec<&str> = seen.iter().map(|s| s.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/webhooks-admin/webhooks/ok-hook/deliver",
+            "/webhooks-admin/webhooks/stuck/deliver",
+            "/webhooks-admin/webhooks/ok-hook/deliver",
+        ]
+    );
+    for (request, record) in seen.iter().zip(&records) {
+        assert_eq!(request.method, "POST");
+        assert_eq!(
+            request.authorization.as_deref(),
+            Some(format!("Bearer {ADMIN_TOKEN}").as_str())
+        );
+        // the record as written, byte for byte (the big integer too)
+        assert_eq!(&request.body, record);
+    }
+    assert!(!out.contains(ADMIN_TOKEN) && !stderr(&output).contains(ADMIN_TOKEN));
+}
+
+#[test]
+fn redrive_reads_a_json_array_and_exits_0_when_all_are_accepted() {
+    let admin = FakeAdmin::start();
+    let first = dead_letter("ok-hook", "msg_a");
+    let second = dead_letter("ok-hook", "msg_b");
+    let file = write_temp(
+        "redrive-array.json",
+        &format!("  \n[\n  {first},\n  {second}\n]\n"),
+    );
+    let output = redrive(
+        &["--admin", &admin.url, "--token-env", "REDRIVE_TOKEN", &file],
+        Some(ADMIN_TOKEN),
+        b"",
+    );
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}{}", stderr(&output));
+    assert_eq!(
+        out,
+        "redrive: index 0 webhook ok-hook message_id msg_a -> 202 delivered again as msg_a\n\
+         redrive: index 1 webhook ok-hook message_id msg_b -> 202 delivered again as msg_b\n\
+         redrive: 2 record(s): 2 sent, 0 failed\n"
+    );
+    let bodies: Vec<String> = admin.seen().into_iter().map(|s| s.body).collect();
+    assert_eq!(bodies, [first, second]);
+}
+
+#[test]
+fn redrive_dry_run_lists_the_requests_and_makes_none() {
+    let admin = FakeAdmin::start();
+    let file = write_temp(
+        "redrive-dry.jsonl",
+        &format!(
+            "{}\n{}\n",
+            dead_letter("ok-hook", "msg_1"),
+            dead_letter("stuck", "msg_2")
+        ),
+    );
+    // no --token-env: a dry run needs none
+    let output = redrive(&["--admin", &admin.url, "--dry-run", &file], None, b"");
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{out}{}", stderr(&output));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "redrive: line 1 webhook ok-hook message_id msg_1 -> would POST {}/webhooks/ok-hook/deliver (",
+            admin.url
+        )),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "redrive: line 2 webhook stuck message_id msg_2 -> would POST {}/webhooks/stuck/deliver (",
+            admin.url
+        )),
+        "{out}"
+    );
+    assert_eq!(lines[2], "redrive: 2 record(s): would send 2");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(admin.seen().is_empty(), "{:?}", admin.seen());
+}
+
+#[test]
+fn redrive_reports_invalid_lines_by_number_and_sends_the_others() {
+    let admin = FakeAdmin::start();
+    let file = write_temp(
+        "redrive-invalid.jsonl",
+        &format!(
+            "{}\nnot json\n{{\"event\":{{}},\"message_id\":\"msg_x\"}}\n{{\"webhook_id\":\"ok-hook\"}}\n[1]\n{}\n",
+            dead_letter("ok-hook", "msg_1"),
+            dead_letter("ok-hook", "msg_6"),
+        ),
+    );
+    let output = redrive(
+        &["--admin", &admin.url, "--token-env", "REDRIVE_TOKEN", &file],
+        Some(ADMIN_TOKEN),
+        b"",
+    );
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}{}", stderr(&output));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 7, "{out}");
+    assert!(
+        lines[0].ends_with("-> 202 delivered again as msg_1"),
+        "{out}"
+    );
+    assert!(
+        lines[1].starts_with("redrive: line 2: invalid record: not JSON"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[2],
+        "redrive: line 3: invalid record: no \"webhook_id\""
+    );
+    assert_eq!(lines[3], "redrive: line 4: invalid record: no \"event\"");
+    assert_eq!(
+        lines[4],
+        "redrive: line 5: invalid record: not a JSON object"
+    );
+    assert!(
+        lines[5].starts_with("redrive: line 6 webhook ok-hook message_id msg_6 -> 202"),
+        "{out}"
+    );
+    assert_eq!(lines[6], "redrive: 6 record(s): 2 sent, 4 failed");
+    assert_eq!(admin.seen().len(), 2);
+}
+
+#[test]
+fn redrive_without_its_token_variable_is_a_usage_error() {
+    let admin = FakeAdmin::start();
+    let file = write_temp(
+        "redrive-token.jsonl",
+        &format!("{}\n", dead_letter("ok-hook", "msg_1")),
+    );
+    let args = [
+        "--admin",
+        admin.url.as_str(),
+        "--token-env",
+        "REDRIVE_TOKEN",
+        &file,
+    ];
+    let output = redrive(&args, None, b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stdout(&output).is_empty());
+    assert!(
+        stderr(&output).contains("the environment variable REDRIVE_TOKEN is not set"),
+        "{}",
+        stderr(&output)
+    );
+    let output = redrive(&args, Some(""), b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("the environment variable REDRIVE_TOKEN is empty"),
+        "{}",
+        stderr(&output)
+    );
+    // without --token-env at all, clap says it is required
+    let output = redrive(&["--admin", &admin.url, &file], Some(ADMIN_TOKEN), b"");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("--token-env <VAR>"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!stderr(&output).contains(ADMIN_TOKEN));
+    // other usage errors: an https:// admin, an unreadable file
+    let output = redrive(
+        &[
+            "--admin",
+            "https://127.0.0.1/webhooks-admin",
+            "--token-env",
+            "REDRIVE_TOKEN",
+            &file,
+        ],
+        Some(ADMIN_TOKEN),
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("only http:// URLs"),
+        "{}",
+        stderr(&output)
+    );
+    let output = redrive(
+        &[
+            "--admin",
+            &admin.url,
+            "--token-env",
+            "REDRIVE_TOKEN",
+            "tests/fixtures/no-such-file.jsonl",
+        ],
+        Some(ADMIN_TOKEN),
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("cannot read tests/fixtures/no-such-file.jsonl"));
+    assert!(admin.seen().is_empty());
+}
+
+#[test]
+fn redrive_reads_standard_input_and_percent_encodes_the_id() {
+    let admin = FakeAdmin::start();
+    let records = format!(
+        "{}\n{}\n",
+        dead_letter("a b/c", "msg_1"),
+        dead_letter("nobody", "msg_2")
+    );
+    let output = redrive(
+        &[
+            "--admin",
+            &format!("{}/", admin.url),
+            "--token-env",
+            "REDRIVE_TOKEN",
+            "-",
+        ],
+        Some(ADMIN_TOKEN),
+        records.as_bytes(),
+    );
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}{}", stderr(&output));
+    assert_eq!(
+        out,
+        "redrive: line 1 webhook \"a b/c\" message_id msg_1 -> 202 delivered again as msg_1\n\
+         redrive: line 2 webhook nobody message_id msg_2 -> 404 no such webhook\n\
+         redrive: 2 record(s): 1 sent, 1 failed\n"
+    );
+    let paths: Vec<String> = admin.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(
+        paths,
+        [
+            "/webhooks-admin/webhooks/a%20b%2Fc/deliver",
+            "/webhooks-admin/webhooks/nobody/deliver",
+        ]
+    );
 }
