@@ -409,6 +409,10 @@ enum Step {
     Reload(usize, bool),
     /// An operator enables webhook `i`.
     Enable(usize),
+    /// An operator pauses webhook `i` (`disable`).
+    Pause(usize),
+    /// An operator hands an event to webhook `i` (`deliver`).
+    Inject(usize),
     /// Envoy stops the filter (`on_done`).
     Stop,
 }
@@ -422,6 +426,8 @@ fn step() -> impl Strategy<Value = Step> {
         3 => prop_oneof![Just(10u64), Just(200), Just(5_000), Just(40_000)].prop_map(Step::Wait),
         1 => (0usize..6, any::<bool>()).prop_map(|(i, add)| Step::Reload(i, add)),
         1 => (0usize..6).prop_map(Step::Enable),
+        1 => (0usize..6).prop_map(Step::Pause),
+        1 => (0usize..6).prop_map(Step::Inject),
         1 => Just(Step::Stop),
     ]
 }
@@ -452,6 +458,9 @@ fn identities_hold_journaling(
                 config["webhooks"][i]["url"] = json!(format!("http://{id}:8080/v{version}"));
             }
         }
+        // h1 is rate-limited: its deliveries wait in line, never fail for it.
+        config["webhooks"][1]["rate_limit_per_s"] = json!(2);
+        config["webhooks"][1]["rate_limit_burst"] = json!(1);
         load(config)
     };
     let mut plugin = make(&ids, &urls);
@@ -502,6 +511,21 @@ fn identities_hold_journaling(
                     store::update(&mut host, definition, 0, |health| health.enable());
                 }
             }
+            Step::Pause(i) => {
+                if let Some(definition) = plugin.definitions().get(i) {
+                    let now_ms = host.now_ms;
+                    store::update(&mut host, definition, 0, |health| health.pause(now_ms));
+                }
+            }
+            Step::Inject(i) => {
+                if let Some(id) = ids.get(i) {
+                    *matched.entry(id.to_string()).or_default() += 1;
+                    accepted += 1;
+                    let mut event = event_for(&plugin, &[id.as_str()], EVENT);
+                    event.message_id = Some(format!("msg_injected_{accepted}"));
+                    engine.accept(&mut host, event);
+                }
+            }
             Step::Stop => {
                 engine.stop(&mut host);
                 prop_assert_eq!(engine.pending(), 0, "nothing waits once stopped");
@@ -509,7 +533,17 @@ fn identities_hold_journaling(
         }
         prop_assert!(engine.held_bytes() <= plugin.config.delivery.max_held_bytes);
     }
-    // Settle: every call answered 200 or left unanswered, time runs out the schedule.
+    // Settle: paused webhooks enabled again (their retries waited), every
+    // call answered 200 or left unanswered, time runs out the schedule.
+    for definition in plugin.definitions() {
+        store::update(&mut host, definition, 0, |health| {
+            if health.is_paused() {
+                health.enable()
+            } else {
+                None
+            }
+        });
+    }
     for round in 0..200 {
         while let Some(call) = host.oldest_open() {
             host.take(call.token);
@@ -532,7 +566,8 @@ fn identities_hold_journaling(
     for (id, matched) in &matched {
         let count = |c| host.count_of(id, c);
         use WebhookCounter::*;
-        settled += count(Delivered) + count(Failed) + count(Dropped) + count(HandedOff);
+        settled +=
+            count(Delivered) + count(Failed) + count(Dropped) + count(HandedOff) + count(Paused);
         if !journaling {
             prop_assert_eq!(count(HandedOff), 0);
         }
@@ -547,7 +582,7 @@ fn identities_hold_journaling(
     prop_assert_eq!(
         accepted,
         settled + host.discarded(),
-        "matched = delivered + failed + dropped + handed_off (+ discarded by reloads)"
+        "matched + injected = delivered + failed + dropped + handed_off + paused (+ discarded by reloads)"
     );
     Ok(())
 }

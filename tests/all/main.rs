@@ -25,6 +25,7 @@ mod health;
 mod intake;
 mod matcher;
 mod module_imports;
+mod operate;
 mod pending;
 mod query_budget;
 mod query_properties;
