@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import (  # noqa: E402
     ENVOY_BIN,
+    REPO,
     ENVOY_IMAGE,
     ENVOY_RUNNER,
     WASM,
@@ -25,6 +26,21 @@ from harness import (  # noqa: E402
     free_port,
 )
 from etcd_cluster import EtcdCluster, etcd_problem  # noqa: E402
+
+
+# The command-line tool: `cargo build --release`, or the static one of scripts/images.
+CLIS = [REPO / "target" / "release" / "envoy-webhooks",
+        REPO / "target" / "x86_64-unknown-linux-musl" / "release" / "envoy-webhooks"]
+
+
+@pytest.fixture(scope="session")
+def cli() -> Path:
+    """The newest build of the command-line tool."""
+    built = [p for p in CLIS if p.exists()]
+    if not built:
+        pytest.fail(f"the command-line tool is not built: none of {', '.join(map(str, CLIS))} "
+                    "(cargo build --release; scripts/images builds the static one)", pytrace=False)
+    return max(built, key=lambda p: p.stat().st_mtime)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

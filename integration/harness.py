@@ -443,6 +443,8 @@ def wasm_filter(plugin: dict | str, wasm: Path | str, host_env_keys: list[str] |
             "config": {
                 "name": "envoy_webhooks",
                 "root_id": "envoy_webhooks",
+                # Lets the admin API's deliver read its body (Pause stays StopIteration).
+                "allow_on_headers_stop_iteration": True,
                 "vm_config": vm_config,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",

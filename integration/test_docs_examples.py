@@ -38,9 +38,6 @@ from test_envoy_configs import TOKEN_ENV
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 NOT_CHECKED = {"sh", "bash", "text"}
-# The command-line tool: `cargo build --release`, or the static one of scripts/images.
-CLIS = [REPO / "target" / "release" / "envoy-webhooks",
-        REPO / "target" / "x86_64-unknown-linux-musl" / "release" / "envoy-webhooks"]
 # JSON the filter writes, by the key that names it and the fields it has.
 JSON_WRITTEN = {
     "a dead-letter record": ("webhook_id", {"webhook_id", "event", "attempts", "last_error", "first_attempt_at",
@@ -84,15 +81,6 @@ def blocks_of(path: Path) -> list[Block]:
 
 BLOCKS = [b for path in DOCS for b in blocks_of(path)]
 CHECKED = [b for b in BLOCKS if b.lang not in NOT_CHECKED]
-
-
-@pytest.fixture(scope="session")
-def cli() -> Path:
-    built = [p for p in CLIS if p.exists()]
-    if not built:
-        pytest.fail(f"the command-line tool is not built: none of {', '.join(map(str, CLIS))} "
-                    "(cargo build --release; scripts/images builds the static one)", pytrace=False)
-    return max(built, key=lambda p: p.stat().st_mtime)
 
 
 def validate_plugin(cli: Path, plugin: str, tmp_path: Path, where: str) -> None:

@@ -366,8 +366,9 @@ impl Engine {
             plugin.held.set_in_root(held);
             warnings_held = plugin.holds_back_warnings();
         }
-        if warnings_held && self.tick_ms == 0 {
-            // The held-back warnings are summed up by a later tick.
+        if (warnings_held || self.attempt_log.has_changes()) && self.tick_ms == 0 {
+            // The held-back warnings are summed up, and the attempt log
+            // published, by a later tick.
             self.schedule_tick(host);
         }
         let held = i64::try_from(held).unwrap_or(i64::MAX);

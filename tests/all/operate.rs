@@ -411,6 +411,11 @@ fn the_attempt_log_shows_each_attempt_newest_first() {
     host.take(retry.token);
     host.now_ms += 30;
     engine.call_finished(&mut host, retry.token, Some(&answer("201")));
+    assert!(
+        (1..=250).contains(&host.tick_ms),
+        "a tick publishes the log soon: {} ms",
+        host.tick_ms
+    );
     host.now_ms += 1_000;
     engine.tick(&mut host);
 
