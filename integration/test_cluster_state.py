@@ -411,3 +411,34 @@ def test_records_of_a_webhook_removed_from_every_envoy_leave_etcd(launch_envoy, 
     assert all(k.startswith(PREFIX + "webhooks/shared/") for k in keys if k not in members), keys
     listed = json.loads(etcd_cluster.get(members[0])[0])["webhooks"]
     assert len(listed) == 1 and listed[0].startswith("shared/"), listed
+
+
+def test_a_pause_through_one_envoy_pauses_every_envoy_until_enabled(launch_envoy, upstream, hooks, etcd_cluster):
+    envoys = start_envoys(launch_envoy, upstream, hooks, etcd_cluster.client_ports, cluster_plugin(), n=2)
+    r = envoys[0].webhooks_admin("POST", "/webhooks/shared/disable")
+    assert r.status == 200, r.body
+    paused_at = r.json()["paused_at_ms"]
+    wait_until(lambda: (rec := record(etcd_cluster)) and rec[0]["status"] == "DISABLED", timeout=10,
+               message="DISABLED in etcd")
+    assert record(etcd_cluster)[0]["paused_at_ms"] == paused_at
+    for envoy in envoys:
+        wait_until(lambda: status_of(envoy)["webhooks"][0]["status"] == "DISABLED", timeout=10,
+                   message="DISABLED on every Envoy")
+        assert status_of(envoy)["webhooks"][0]["paused_at_ms"] == paused_at
+    for i, envoy in enumerate(envoys):
+        assert envoy.post_event(_event(i)).status == 200
+    for envoy in envoys:
+        wait_until(lambda: envoy.hook_stat("shared", "paused") == 1, message="the match counted as paused")
+    time.sleep(1)
+    assert hooks.count("/hooks/shared") == 0, "no Envoy calls a paused webhook"
+
+    assert envoys[1].webhooks_admin("POST", "/webhooks/shared/enable").status == 200
+    for envoy in envoys:
+        wait_until(lambda: status_of(envoy)["webhooks"][0]["status"] == "ENABLED", timeout=10,
+                   message="ENABLED on every Envoy")
+        assert status_of(envoy)["webhooks"][0]["paused_at_ms"] is None
+    for i, envoy in enumerate(envoys):
+        assert envoy.post_event(_event(10 + i)).status == 200
+    wait_until(lambda: {json.loads(r.body)["object_id"] for r in hooks.requests("/hooks/shared")}
+               == {"obj-10", "obj-11"}, message="each Envoy delivers again")
+    assert "paused_at_ms" not in record(etcd_cluster)[0]

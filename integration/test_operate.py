@@ -10,7 +10,7 @@ import os
 import subprocess
 import time
 
-from harness import ADMIN_TOKEN, closed_port, plugin_config, wait_until, webhook
+from harness import ADMIN_TOKEN, closed_port, envoy_config, free_port, plugin_config, wait_until, walk, webhook
 
 SECRET = "whsec_" + base64.b64encode(b"operate-test-secret-0123").decode()
 DLQ_PATH = "/dead"
@@ -241,3 +241,32 @@ def test_a_rate_limit_spreads_a_burst_and_loses_nothing(start_envoy, hooks):
     assert envoy.hook_stat("fast", "throttled") == 0
     assert envoy.hook_stat("slow", "failed") == envoy.hook_stat("slow", "dropped") == 0
     assert envoy.hook_status("slow")["status"] == "ENABLED", "waiting is not failing"
+
+
+def test_without_allow_on_headers_stop_iteration_deliver_says_why_and_nothing_hangs(
+        launch_envoy, upstream, hooks):
+    plugin = plugin_config([webhook("hook")])
+    config = envoy_config(listener_port=free_port(), admin_port=free_port(), upstream_port=upstream.port,
+                          plugin=plugin, clusters={"hooks": hooks.port})
+
+    def knob_off(d: dict) -> None:
+        if "allow_on_headers_stop_iteration" in d:
+            d["allow_on_headers_stop_iteration"] = False
+
+    walk(config, knob_off)
+    envoy = launch_envoy(plugin, upstream=upstream, config=config)
+    started = time.monotonic()
+    r = envoy.webhooks_admin("POST", "/webhooks/hook/deliver", body=_event(1))
+    waited = time.monotonic() - started
+    print(f"answered {r.status} after {waited:.2f} s: {r.body!r}")
+    assert r.status == 501, (r.status, r.body)
+    assert "allow_on_headers_stop_iteration: true" in r.json()["error"]
+    assert waited < 6
+    # The rest of the admin API and the platform's traffic are as ever.
+    assert envoy.webhooks_admin("GET", "/status").status == 200
+    assert envoy.post_event(_event(2)).status == 200
+    got, = hooks.wait_for(1, "/hooks/hook")
+    assert json.loads(got.body)["object_id"] == "obj-2"
+    time.sleep(0.5)
+    assert hooks.count("/hooks/hook") == 1, "the stalled request delivered nothing"
+    assert upstream.count() == 1, "nor reached the platform"

@@ -165,6 +165,11 @@ impl Engine {
         self.plugin.as_ref()
     }
 
+    /// The tick period was set by someone else: the next `schedule_tick` sets it again.
+    pub fn forget_tick(&mut self) {
+        self.tick_ms = u64::MAX;
+    }
+
     /// Deliveries waiting for a retry.
     pub fn pending(&self) -> usize {
         self.retries.len()

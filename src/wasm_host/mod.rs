@@ -23,7 +23,7 @@ use proxy_wasm::types::LogLevel;
 proxy_wasm::main! {{
     host::install_panic_hook();
     proxy_wasm::set_log_level(LogLevel::Trace);
-    proxy_wasm::set_root_context(|_context_id| -> Box<dyn RootContext> {
-        Box::new(root::WebhooksRoot::default())
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(root::WebhooksRoot::new(context_id))
     });
 }}

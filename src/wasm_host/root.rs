@@ -20,14 +20,16 @@ use crate::webhook::store;
 
 use super::host::{self, ProxyHost, ProxySharedData};
 use super::metrics::Metrics;
-use super::stream::EventStream;
+use super::stream::{EventStream, STALLED_ADMIN_ANSWER, STALLED_ADMIN_CHECK_MS};
 use super::worker::Worker;
 
 /// etcd's answers are read whole, up to this (a larger one fails to decode).
 const ETCD_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
-#[derive(Default)]
 pub struct WebhooksRoot {
+    /// This root context's id (the effective context again after answering
+    /// a stalled admin request through its own).
+    context_id: u32,
     worker: Option<Rc<Worker>>,
     engine: Engine,
     /// This VM's delivery queue, once registered: (VM number, queue id).
@@ -41,6 +43,60 @@ pub struct WebhooksRoot {
 }
 
 impl WebhooksRoot {
+    pub fn new(context_id: u32) -> WebhooksRoot {
+        WebhooksRoot {
+            context_id,
+            worker: None,
+            engine: Engine::default(),
+            queue: None,
+            sync: None,
+            stopping: false,
+            held_limit_reported: 0,
+        }
+    }
+
+    /// Answers the admin requests that waited too long for their body (an
+    /// Envoy without `allow_on_headers_stop_iteration` never hands it over).
+    fn answer_stalled_admin(&mut self, worker: &Worker) {
+        if worker.tick_overridden.replace(false) {
+            // The engine sets its own tick period again.
+            self.engine.forget_tick();
+        }
+        if worker.admin_waiting.borrow().is_empty() {
+            return;
+        }
+        let now = host::now_ms();
+        let stalled: Vec<u32> = worker
+            .admin_waiting
+            .borrow()
+            .iter()
+            .filter(|(_, deadline)| *deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        worker
+            .admin_waiting
+            .borrow_mut()
+            .retain(|(_, deadline)| *deadline > now);
+        for id in stalled {
+            if hostcalls::set_effective_context(id).is_ok() {
+                let body = crate::admin::error_body(STALLED_ADMIN_ANSWER);
+                let headers = vec![
+                    ("content-type", "application/json"),
+                    ("cache-control", "no-store"),
+                ];
+                if let Err(e) = hostcalls::send_http_response(501, headers, Some(body.as_bytes())) {
+                    log::warn!("envoy-webhooks: cannot answer an admin request: {e:?}");
+                }
+                log::warn!(
+                    "envoy-webhooks: an admin deliver request got no body: {STALLED_ADMIN_ANSWER}"
+                );
+            }
+        }
+        // What follows in this callback is the root context's own.
+        let _ = hostcalls::set_effective_context(self.context_id);
+        self.engine.forget_tick();
+    }
+
     /// No call in flight, nothing waiting, the journal flushed.
     fn is_finished(&self) -> bool {
         self.engine.is_idle() && self.sync.as_ref().is_none_or(ClusterSync::is_finished)
@@ -70,12 +126,21 @@ impl WebhooksRoot {
     }
 
     fn host<'a>(&self, worker: &'a Worker) -> ProxyHost<'a> {
+        let admin_floor = if worker.admin_waiting.borrow().is_empty() {
+            0
+        } else {
+            STALLED_ADMIN_CHECK_MS
+        };
+        let sync_floor = if self.sync.is_some() {
+            CHECK_INTERVAL_MS
+        } else {
+            0
+        };
         ProxyHost {
             metrics: &worker.metrics,
-            tick_floor_ms: if self.sync.is_some() {
-                CHECK_INTERVAL_MS
-            } else {
-                0
+            tick_floor_ms: match (sync_floor, admin_floor) {
+                (0, floor) | (floor, 0) => floor,
+                (a, b) => a.min(b),
             },
             clock: std::cell::Cell::new(None),
         }
@@ -109,6 +174,8 @@ impl WebhooksRoot {
             plugin: plugin.clone(),
             metrics,
             queue_id,
+            admin_waiting: std::cell::RefCell::new(Vec::new()),
+            tick_overridden: std::cell::Cell::new(false),
         });
         {
             let limit = i64::try_from(plugin.config.delivery.max_held_bytes).unwrap_or(i64::MAX);
@@ -254,6 +321,7 @@ impl RootContext for WebhooksRoot {
 
     fn on_tick(&mut self) {
         if let Some(worker) = self.worker.clone() {
+            self.answer_stalled_admin(&worker);
             let mut host = self.host(&worker);
             self.engine.tick(&mut host);
             if let Some(sync) = self.sync.as_mut() {
@@ -263,8 +331,8 @@ impl RootContext for WebhooksRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(EventStream::new(self.worker.clone())))
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(EventStream::new(self.worker.clone(), context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -18,12 +18,22 @@ use super::worker::Worker;
 
 pub struct EventStream {
     worker: Option<Rc<Worker>>,
+    /// This request's context id (the root context answers a stalled admin request by it).
+    context_id: u32,
     /// Present for a request that carries events.
     intake: Option<Intake>,
     /// An admin request answered once its whole body is here (`deliver`),
     /// with the body's size so far.
     admin_waiting: Option<(AdminRoute, usize)>,
 }
+
+/// How long an admin request may wait for the first piece of its body.
+pub const STALLED_ADMIN_MS: u64 = 3_000;
+/// How often the root context looks at waiting admin requests meanwhile.
+pub const STALLED_ADMIN_CHECK_MS: u64 = 500;
+
+/// The answer to an admin request whose body Envoy does not hand over.
+pub const STALLED_ADMIN_ANSWER: &str = "this Envoy does not hand the filter a request body before the request goes on: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy 1.35 or later; see docs/operations.md)";
 
 /// An admin body larger than this is refused at once (413): a body holds one
 /// event, or one dead-letter record of one.
@@ -78,9 +88,10 @@ impl IntakeHost for StreamHost<'_> {
 }
 
 impl EventStream {
-    pub fn new(worker: Option<Rc<Worker>>) -> EventStream {
+    pub fn new(worker: Option<Rc<Worker>>, context_id: u32) -> EventStream {
         EventStream {
             worker,
+            context_id,
             intake: None,
             admin_waiting: None,
         }
@@ -147,11 +158,37 @@ impl EventStream {
         }
     }
 
+    /// Waits for the body of admin request `route`; the root context
+    /// answers it if Envoy never hands the body over.
+    fn wait_for_admin_body(&mut self, worker: &Worker, route: AdminRoute) {
+        self.admin_waiting = Some((route, 0));
+        let deadline = host::now_ms().saturating_add(STALLED_ADMIN_MS);
+        worker
+            .admin_waiting
+            .borrow_mut()
+            .push((self.context_id, deadline));
+        // The root context's tick (proxy-wasm sets the root's period from any context).
+        let _ =
+            hostcalls::set_tick_period(std::time::Duration::from_millis(STALLED_ADMIN_CHECK_MS));
+        worker.tick_overridden.set(true);
+    }
+
+    /// This request no longer waits for an admin body.
+    fn stop_waiting(&self, worker: &Worker) {
+        worker
+            .admin_waiting
+            .borrow_mut()
+            .retain(|(id, _)| *id != self.context_id);
+    }
+
     /// A chunk of an admin request that waits for its body; answers at its end.
     fn admin_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let (Some(worker), Some((route, seen))) =
-            (self.worker.clone(), self.admin_waiting.as_mut())
-        else {
+        let Some(worker) = self.worker.clone() else {
+            return Action::Continue;
+        };
+        // The body comes: the filter reads it, nothing stalls.
+        self.stop_waiting(&worker);
+        let Some((route, seen)) = self.admin_waiting.as_mut() else {
             return Action::Continue;
         };
         *seen = body_size;
@@ -186,6 +223,9 @@ impl EventStream {
 
 impl Context for EventStream {
     fn on_done(&mut self) -> bool {
+        if let (Some(worker), Some(_)) = (self.worker.clone(), self.admin_waiting.take()) {
+            self.stop_waiting(&worker);
+        }
         self.with_intake(|intake, worker, sink| intake.done(&worker.plugin, sink));
         true
     }
@@ -204,7 +244,7 @@ impl HttpContext for EventStream {
         let path = host::request_header(":path").unwrap_or_default();
         if let Some(route) = Self::admin_route(&worker, &method, &path) {
             if route.needs_body() && !end_of_stream {
-                self.admin_waiting = Some((route, 0));
+                self.wait_for_admin_body(&worker, route);
             } else {
                 Self::answer_admin(&worker, &route, &[]);
             }

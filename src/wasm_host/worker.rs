@@ -1,6 +1,7 @@
 //! What a worker's root context shares with its request contexts: the loaded
 //! plugin, the stats defined for it, and the worker's delivery queue.
 
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use crate::plugin::Plugin;
@@ -13,6 +14,14 @@ pub struct Worker {
     pub metrics: Metrics,
     /// This worker's delivery queue.
     pub queue_id: u32,
+    /// Admin requests waiting for their body (`deliver`): (context id, Unix ms
+    /// by which a body callback must have come). Envoy hands a paused
+    /// request's body to the filter only with `allow_on_headers_stop_iteration`;
+    /// without it the root context answers them, so that none hangs.
+    pub admin_waiting: RefCell<Vec<(u32, u64)>>,
+    /// A request context set the root's tick period (for `admin_waiting`):
+    /// the engine's idea of it is to be set again.
+    pub tick_overridden: Cell<bool>,
 }
 
 impl Worker {
