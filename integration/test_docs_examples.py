@@ -45,7 +45,7 @@ JSON_WRITTEN = {
     "an admin API /pending answer": ("workers_with_backlog", {"webhooks", "workers_with_backlog"}),
 }
 STATUS_ANSWER_FIELDS = {"id", "name", "status", "configured_status", "consecutive_failures", "first_failed_at",
-                        "last_error", "delivered", "failed"}
+                        "last_error", "delivered", "failed", "paused_at_ms"}
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[^`\s]*)")
 
 
