@@ -37,6 +37,10 @@ pub mod engine {
     pub use crate::delivery::engine::{Engine, MAX_TURN_BYTES};
 }
 
+pub mod attempts {
+    pub use crate::delivery::attempts::{Attempt, AttemptLog};
+}
+
 pub mod host {
     pub use crate::delivery::host::{Counter, WebhookCounter};
 }
