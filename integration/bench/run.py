@@ -179,10 +179,13 @@ def setup(args) -> dict:
                     env={**env, "CARGO_TARGET_DIR": str(NOOP_TARGET)})
         run_checked(["cargo", "build", "--release", "--target", "wasm32-wasip1", "--example", "bare_dispatch"],
                     cwd=NOOP, env={**env, "CARGO_TARGET_DIR": str(NOOP_TARGET)})
+        run_checked(["cargo", "build", "--release", "--target", "wasm32-wasip1", "--example", "host_calls"],
+                    cwd=NOOP, env={**env, "CARGO_TARGET_DIR": str(NOOP_TARGET)})
     paths = {
         "filter": main_target / "wasm32-wasip1" / "release" / "envoy_webhooks.wasm",
         "noop": NOOP_TARGET / "wasm32-wasip1" / "release" / "noop_filter.wasm",
         "bare_dispatch": NOOP_TARGET / "wasm32-wasip1" / "release" / "examples" / "bare_dispatch.wasm",
+        "host_calls": NOOP_TARGET / "wasm32-wasip1" / "release" / "examples" / "host_calls.wasm",
         "guest": TOOLS_TARGET / "wasm32-wasip1" / "release" / "wasm_bench_guest.wasm",
         "native": TOOLS_TARGET / "release" / "wasm-bench-native",
         "openloop": TOOLS_TARGET / "release" / "openloop",
@@ -581,6 +584,10 @@ def case_filter(case: dict, paths: dict) -> dict | None:
     """The HTTP filter of a case: none, the no-op filter, or ours with its plugin configuration."""
     if case.get("noop"):
         return wasm_filter("noop", paths["noop"], None)
+    if case.get("probe"):
+        # K host calls of one kind per request, nothing else (tools/noop-filter's
+        # examples/host_calls.rs).
+        return wasm_filter("host_calls", paths["host_calls"], case["probe"])
     if case.get("bare_dispatch"):
         # One call per request to the webhook receiver, and nothing else (tools/noop-filter's
         # examples/bare_dispatch.rs): Envoy's own cost of a dispatched call.
@@ -1159,6 +1166,81 @@ def notes(cases: list[dict], wasm_json: dict, a: dict) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- host calls
+
+# (kind, calls per request, bytes): tools/noop-filter/examples/host_calls.rs. One call kind a
+# case; its Envoy CPU per request above the no-op filter's, divided by the calls, is one call.
+PROBES = [
+    ("header", 100, 0), ("body", 20, 0), ("shared_get", 100, 64), ("shared_get", 20, 4096),
+    ("shared_cas", 50, 64), ("queue", 20, 64), ("queue", 20, 4096), ("metric", 100, 0),
+    ("dispatch", 1, 2048), ("dispatch", 4, 2048), ("tick", 100, 0), ("log", 100, 0),
+]
+
+
+def run_probe(case: dict, args, paths: dict, ports: dict, backend: Envoy) -> dict:
+    """Envoy CPU per request at saturation of one probe case (or the no-op filter): the
+    median of ``args.repeats`` wrk runs, nothing else measured."""
+    log(f"== {case['label']}")
+    config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
+    if args.wait_quiet:
+        waited = wait_quiet([backend.pid], args.wait_quiet)
+        if waited > 1.5:
+            log(f"  waited {waited:.0f} s for the machine to be quiet")
+    envoy = Envoy(f"envoy-{case['tag']}", config, CPU_UNDER_TEST).start()
+    try:
+        wrk(ports["listener"], case["events"], args.warmup, args.connections, f"{case['tag']}-warmup")
+        runs = [measured(lambda: wrk(ports["listener"], case["events"], args.duration, args.connections,
+                                     f"{case['tag']}-{i}"), envoy, backend, args, f"run {i + 1}")
+                for i in range(args.repeats)]
+        check_connections(case["label"], upstream_connections(envoy))
+    finally:
+        envoy.stop()
+    per_request = sorted(r["cpu_meter"]["envoy"] * 1e6 / r["rps"] for r in runs)
+    us = per_request[len(per_request) // 2]
+    log(f"  {us:.1f} us Envoy CPU per request (runs {', '.join(f'{x:.1f}' for x in per_request)})")
+    return {**case, "events": str(case["events"]), "us": us, "runs_us": per_request}
+
+
+def host_call_table(noop: dict, probes: list[dict], body_kb: float) -> str:
+    """The markdown table of what one host call costs, against the no-op filter's floor."""
+    lines = ["| host call | calls per request | bytes | Envoy CPU per request | per call | per KB |",
+             "|---|---:|---:|---:|---:|---:|",
+             f"| (none: the no-op filter) | 0 | | {noop['us']:.1f} µs | | |"]
+    for p in probes:
+        kind, calls, size = p["kind"], p["calls"], p["bytes"]
+        per_call = (p["us"] - noop["us"]) / calls
+        kb = body_kb if kind == "body" else size / 1024 if kind in ("shared_get", "shared_cas", "queue") else 0
+        per_kb = f"{per_call / kb:.2f} µs" if kb >= 1 else ""
+        lines.append(f"| {kind} | {calls} | {size or (f'{body_kb:.1f} KB body' if kind == 'body' else '')} | "
+                     f"{p['us']:.1f} µs | {per_call:.2f} µs | {per_kb} |")
+    return "\n".join(lines)
+
+
+def host_calls_main(args, paths: dict, events_file: Path, body_kb: float, output: Path) -> None:
+    ports = {k: free_port() for k in ("admin", "listener", "backend_admin", "platform", "hooks")}
+    backend = Envoy("backend", backend_config(ports["backend_admin"], ports["platform"], ports["hooks"]), CPU_OTHERS).start()
+    noop = run_probe({"label": "no-op Wasm filter", "tag": "noop", "definitions": None, "noop": True,
+                      "events": events_file}, args, paths, ports, backend)
+    probes = []
+    for kind, calls, size in PROBES:
+        case = {"label": f"host call: {kind} x{calls}" + (f", {size} bytes" if size else ""),
+                "tag": f"probe-{kind}-{calls}-{size}", "definitions": None, "events": events_file,
+                "probe": {"probe": kind, "calls": calls, "bytes": size, "cluster": "webhooks"}}
+        probes.append({**run_probe(case, args, paths, ports, backend), "kind": kind, "calls": calls, "bytes": size})
+    backend.stop()
+    table = host_call_table(noop, probes, body_kb)
+    text = ("# Host-call costs in Envoy\n\n"
+            f"`bash scripts/bench --host-calls` at {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, "
+            f"{', '.join(f'{k} {v}' for k, v in machine().items())}; Envoy {re.sub(r'.*version: ', '', tool_version([str(ENVOY), '--version']))}. One Envoy worker "
+            "pinned to its own core; each case is tools/noop-filter's examples/host_calls.rs making K calls of one "
+            "kind per request (~2 KB events, keep-alive), measured as the median of "
+            f"{args.repeats} wrk runs of {args.duration:g} s; per call = (case − no-op) ÷ K.\n\n" + table + "\n")
+    output.write_text(text)
+    (WORK / "host-calls.json").write_text(json.dumps({"noop": noop, "probes": probes}, indent=1, default=str))
+    log(text)
+    log(f"wrote {output}")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -1177,6 +1259,9 @@ def main() -> int:
                     help="run only these cases, by tag, comma-separated (nofilter always runs: the others are "
                          "measured against it), e.g. noop,bare-dispatch,n100,n100-ordinary; with --output, for "
                          "a look at a few cases without the full run")
+    ap.add_argument("--host-calls", action="store_true",
+                    help="only the host-call cost table (tools/noop-filter's host_calls probe against the no-op "
+                         "filter); writes target/bench-run/HOST-CALLS.md")
     args = ap.parse_args()
     if args.quick:
         (args.duration, args.repeats, args.warmup, args.fixed_duration, args.light_duration,
@@ -1209,6 +1294,10 @@ def main() -> int:
         ordinary_file = WORK / "events-ordinary.ndjson"
         ordinary_file.write_text("\n".join(workload.ordinary_events()) + "\n")
         sizes = sorted(len(e) for e in events)
+        if args.host_calls:
+            args.duration, args.repeats = 5.0, 3
+            host_calls_main(args, paths, events_file, sizes[len(sizes) // 2] / 1024, WORK / "HOST-CALLS.md")
+            return 0
         workload_info = {"events": len(events), "min_bytes": sizes[0], "max_bytes": sizes[-1],
                          "median_bytes": sizes[len(sizes) // 2]}
         cases = [{"label": "Envoy alone", "tag": "nofilter", "definitions": None, "events": events_file},
