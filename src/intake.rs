@@ -36,6 +36,9 @@ pub trait IntakeHost {
     fn count(&mut self, counter: IntakeCounter, n: u64);
     /// Hands a matched event to the worker's delivery engine.
     fn enqueue(&mut self, event: &QueuedEvent) -> Result<(), String>;
+    /// A header of the platform's request (each read is a host call: the
+    /// intake reads `delivery.propagate_headers` only once an event matched).
+    fn request_header(&mut self, name: &str) -> Option<String>;
 }
 
 /// Whether a request carries events: its method and path are configured,
@@ -91,8 +94,9 @@ pub struct Intake {
     matches: Vec<usize>,
     /// Definitions whose query ran out of regex budget on the current event.
     over_budget: Vec<usize>,
-    /// The request's headers to copy into every call its events cause.
-    propagated: Vec<(String, String)>,
+    /// The request's headers to copy into every call its events cause; read
+    /// at the first match.
+    propagated: Option<Vec<(String, String)>>,
 }
 
 impl Intake {
@@ -114,14 +118,8 @@ impl Intake {
             deliveries: 0,
             matches: Vec::new(),
             over_budget: Vec::new(),
-            propagated: Vec::new(),
+            propagated: None,
         }
-    }
-
-    /// The request's `delivery.propagate_headers`, as (name, value).
-    pub fn propagating(mut self, headers: Vec<(String, String)>) -> Intake {
-        self.propagated = headers;
-        self
     }
 
     /// A chunk of the body (`end`: the last one).
@@ -298,10 +296,14 @@ impl Intake {
             .get("request_id")
             .and_then(|id| id.as_str())
             .map(str::to_string);
+        let headers = self
+            .propagated
+            .get_or_insert_with(|| propagated_headers(plugin, |name| host.request_header(name)))
+            .clone();
         self.held.push(QueuedEvent {
             targets,
             request_id,
-            headers: self.propagated.clone(),
+            headers,
             message_id: None,
             body,
         });

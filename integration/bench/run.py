@@ -1244,6 +1244,129 @@ def host_calls_main(args, paths: dict, events_file: Path, body_kb: float, output
 # --------------------------------------------------------------------------- main
 
 
+# One call of the event's size per request, straight from the request's context, reading
+# nothing of the answer (tools/noop-filter's host_calls probe): what any delivery costs Envoy.
+FLOOR = {"probe": {"probe": "dispatch", "calls": 1, "bytes": 2048, "cluster": "webhooks"}}
+
+
+def single_match_events(paths: dict, count: int = 1000) -> Path:
+    """The file of events that each match exactly one of 100 definitions."""
+    candidates = WORK / "events-single-candidates.ndjson"
+    candidates.write_text("\n".join(workload.candidate_single_events(2 * count)) + "\n")
+    cfg = WORK / "plugin-single.json"
+    cfg.write_text(json.dumps(workload.plugin_config(100)))
+    r = subprocess.run([str(paths["native"]), "counts", str(cfg), str(candidates)], capture_output=True, text=True,
+                       check=True)
+    counts = [int(c) for c in r.stdout.split()]
+    lines = [l for l in candidates.read_text().splitlines() if l.strip()]
+    single = [l for l, c in zip(lines, counts) if c == 1][:count]
+    if len(single) < count // 2:
+        raise SystemExit(f"only {len(single)} of {len(lines)} events match exactly one webhook")
+    out = WORK / "events-single.ndjson"
+    out.write_text("\n".join(single) + "\n")
+    return out
+
+
+# --------------------------------------------------------------------------- profile
+
+# Where Envoy's CPU goes, by what the sampled instruction belongs to (`perf report --sort dso`).
+# Envoy is stripped and V8 writes no perf map (Envoy passes no V8 flags), so samples are told
+# apart by mapping only: V8's generated code (the Wasm module compiled by TurboFan, and V8's
+# wasm-to-host wrappers) lives in anonymous executable memory; the envoy binary holds Envoy, the
+# proxy-wasm host calls and V8's runtime and builtins.
+PROFILE_CASES = ["noop", "n0", "n100-ordinary", "n100", "n100-one", "floor"]
+
+
+def dso_category(dso: str) -> str:
+    if dso.startswith("[kernel") or dso == "[vdso]":
+        return "kernel"
+    if dso in ("envoy",) or dso.endswith("/envoy"):
+        return "envoy"
+    if dso.startswith(("[JIT]", "//anon", "[anon", "[unknown]")) or "memfd" in dso:
+        return "jit"
+    return "libs"
+
+
+PROFILE_LABELS = {"jit": "V8-generated code (the Wasm module, V8 wrappers)",
+                  "envoy": "the envoy binary (Envoy, host calls, V8 runtime)",
+                  "kernel": "kernel (sockets, scheduling, memory)", "libs": "shared libraries (libc, libm)"}
+
+
+def perf_split(data: Path) -> dict[str, float]:
+    """Shares of the samples in ``data`` by category."""
+    r = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--sort", "dso", "-q", "--percent-limit", "0"],
+                       capture_output=True, text=True, check=True)
+    split = {k: 0.0 for k in PROFILE_LABELS}
+    for line in r.stdout.splitlines():
+        m = re.match(r"\s*([0-9.]+)%\s+(.+?)\s*$", line)
+        if m:
+            split[dso_category(m.group(2))] += float(m.group(1)) / 100
+    return split
+
+
+def profile_case(case: dict, args, paths: dict, ports: dict, backend: Envoy) -> dict:
+    """Envoy CPU per request at saturation of one case, split by ``perf record`` (cpu-clock
+    samples of the Envoy under test, taken during the wrk run)."""
+    log(f"== profile: {case['label']}")
+    config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
+    if args.wait_quiet:
+        wait_quiet([backend.pid], args.wait_quiet)
+    envoy = Envoy(f"envoy-{case['tag']}", config, CPU_UNDER_TEST).start()
+    data = WORK / f"perf-{case['tag']}.data"
+    try:
+        wrk(ports["listener"], case["events"], args.warmup, args.connections, f"{case['tag']}-warmup")
+        perf = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-p", str(envoy.pid),
+                                 "-o", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        run = measured(lambda: wrk(ports["listener"], case["events"], args.duration, args.connections,
+                                   f"{case['tag']}-profile"), envoy, backend, args, "profiled run")
+        perf.send_signal(signal.SIGINT)
+        perf.wait(timeout=60)
+    finally:
+        envoy.stop()
+    us = run["cpu_meter"]["envoy"] * 1e6 / run["rps"]
+    split = perf_split(data)
+    log(f"  {us:.1f} us Envoy CPU per request: " + ", ".join(f"{k} {v * us:.1f} us" for k, v in split.items()))
+    return {**case, "events": str(case["events"]), "us": us, "split": split, "rps": run["rps"],
+            "delivered_per_s": run["totals"]["delivered"] / run["seconds"]}
+
+
+def profile_table(rows: list[dict]) -> str:
+    """µs of Envoy CPU per request by category, each case against the no-op filter."""
+    base = next((r for r in rows if r["tag"] == "noop"), None)
+    cats = list(PROFILE_LABELS)
+    lines = ["| case | Envoy CPU per request | " + " | ".join(PROFILE_LABELS[c] for c in cats) + " |",
+             "|---|---:|" + "---:|" * len(cats)]
+    for r in rows:
+        cells = []
+        for c in cats:
+            v = r["split"][c] * r["us"]
+            d = "" if base is None or r is base else f" ({v - base['split'][c] * base['us']:+.1f})"
+            cells.append(f"{v:.1f} µs{d}")
+        total = "" if base is None or r is base else f" ({r['us'] - base['us']:+.1f})"
+        lines.append(f"| {r['label']} | {r['us']:.1f} µs{total} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def profile_main(args, paths: dict, cases: list[dict], output: Path) -> None:
+    if not shutil.which("perf"):
+        raise SystemExit("perf (Debian's linux-perf) is needed for --profile")
+    ports = {k: free_port() for k in ("admin", "listener", "backend_admin", "platform", "hooks")}
+    backend = Envoy("backend", backend_config(ports["backend_admin"], ports["platform"], ports["hooks"]), CPU_OTHERS).start()
+    try:
+        rows = [profile_case(c, args, paths, ports, backend) for c in cases]
+    finally:
+        backend.stop()
+    text = ("# Where Envoy's CPU goes\n\n"
+            f"`bash scripts/bench --profile` at {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}: "
+            "`perf record -e cpu-clock` on the Envoy under test during one wrk run of "
+            f"{args.duration:g} s per case; Envoy CPU per request split by where the samples fell "
+            "(in brackets: against the no-op filter).\n\n" + profile_table(rows) + "\n")
+    output.write_text(text)
+    (WORK / "profile.json").write_text(json.dumps(rows, indent=1, default=str))
+    log(text)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (about 2.5 minutes); writes target/bench-run/BENCHMARKS-quick.md")
@@ -1262,6 +1385,9 @@ def main() -> int:
     ap.add_argument("--host-calls", action="store_true",
                     help="only the host-call cost table (tools/noop-filter's host_calls probe against the no-op "
                          "filter); writes target/bench-run/HOST-CALLS.md")
+    ap.add_argument("--profile", action="store_true",
+                    help="only the profile of a few cases (perf record on the Envoy under test, by where the "
+                         "samples fall); writes target/bench-run/PROFILE.md")
     args = ap.parse_args()
     if args.quick:
         (args.duration, args.repeats, args.warmup, args.fixed_duration, args.light_duration,
@@ -1293,6 +1419,7 @@ def main() -> int:
         events_file.write_text("\n".join(events) + "\n")
         ordinary_file = WORK / "events-ordinary.ndjson"
         ordinary_file.write_text("\n".join(workload.ordinary_events()) + "\n")
+        single_file = single_match_events(paths)
         sizes = sorted(len(e) for e in events)
         if args.host_calls:
             args.duration, args.repeats = 5.0, 3
@@ -1304,7 +1431,9 @@ def main() -> int:
                  {"label": "no-op Wasm filter", "tag": "noop", "definitions": None, "noop": True,
                   "events": events_file},
                  {"label": "a bare dispatched call per request", "tag": "bare-dispatch", "definitions": None,
-                  "bare_dispatch": True, "events": events_file}]
+                  "bare_dispatch": True, "events": events_file},
+                 {"label": "the delivery floor: one call per request from the request's context", "tag": "floor",
+                  "definitions": None, "events": single_file, **FLOOR}]
         if 0 in counts:
             # The filter in the chain, but POST bodies are not events to it: what the proxy-wasm
             # callbacks alone cost, without copying and parsing bodies.
@@ -1317,6 +1446,14 @@ def main() -> int:
                 # what the deliveries cost.
                 cases.append({"label": f"{n:,} definitions, no event matches", "tag": f"n{n}-ordinary",
                               "definitions": n, "events": ordinary_file})
+            if n == 100:
+                # Every event makes exactly one delivery: the cost of one, measured directly
+                # against the floor.
+                cases.append({"label": f"{n:,} definitions, every event matching one webhook",
+                              "tag": f"n{n}-one", "definitions": n, "events": single_file})
+        if args.profile:
+            profile_main(args, paths, [c for c in cases if c["tag"] in PROFILE_CASES], WORK / "PROFILE.md")
+            return 0
         if args.only:
             wanted = {t.strip() for t in args.only.split(",")} | {"nofilter"}
             unknown = wanted - {c["tag"] for c in cases}

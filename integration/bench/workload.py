@@ -285,6 +285,12 @@ def ordinary_events(count: int = 1000) -> list[str]:
     return [text for text, matching in event_set(count) if not matching]
 
 
+def candidate_single_events(count: int = 2000) -> list[str]:
+    """Events each made to match one of the first ten definitions; the bench keeps those that
+    match exactly one webhook of its definitions (``wasm-bench-native counts``)."""
+    return [text for text, _ in event_set(count, matching_share=1.0)]
+
+
 if __name__ == "__main__":  # a quick look: python3 integration/bench/workload.py
     evs = events()
     sizes = sorted(len(e) for e in evs)

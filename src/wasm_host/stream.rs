@@ -85,6 +85,10 @@ impl IntakeHost for StreamHost<'_> {
         hostcalls::enqueue_shared_queue(self.worker.queue_id, Some(&event.encode()))
             .map_err(|status| format!("{status:?}"))
     }
+
+    fn request_header(&mut self, name: &str) -> Option<String> {
+        host::request_header_exact(name)
+    }
 }
 
 impl EventStream {
@@ -258,9 +262,7 @@ impl HttpContext for EventStream {
             return Action::Continue;
         }
         let content_type = host::request_header("content-type");
-        let propagated = intake::propagated_headers(&worker.plugin, host::request_header_exact);
-        self.intake =
-            Some(Intake::start(&worker.plugin, content_type.as_deref()).propagating(propagated));
+        self.intake = Some(Intake::start(&worker.plugin, content_type.as_deref()));
         if end_of_stream {
             // No body at all.
             self.with_intake(|intake, worker, sink| intake.end_of_body(&worker.plugin, sink));

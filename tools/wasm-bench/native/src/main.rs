@@ -3,6 +3,7 @@
 //! ```text
 //! wasm-bench-native bench [--counts 10,100,1000] [--samples 7] [--sample-ms 200]
 //! wasm-bench-native classify CONFIG.json EVENTS.ndjson
+//! wasm-bench-native counts CONFIG.json EVENTS.ndjson
 //! ```
 //!
 //! `bench` runs the guest crate's workload (the very code the wasm guest runs)
@@ -12,6 +13,7 @@
 //! `classify` matches every line of EVENTS against CONFIG with the filter's
 //! own matcher and prints `{"events":..,"matching_events":..,"deliveries":..}`:
 //! how many events match at least one webhook, and how many calls they make.
+//! `counts` prints instead how many webhooks each event matches, a line each.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -25,8 +27,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("bench") => bench(&args[1..]),
-        Some("classify") if args.len() == 3 => classify(&args[1], &args[2]),
-        _ => Err("usage: wasm-bench-native bench [--counts 10,100,1000] [--samples N] [--sample-ms MS]\n       wasm-bench-native classify CONFIG.json EVENTS.ndjson".to_string()),
+        Some("classify") if args.len() == 3 => classify(&args[1], &args[2], false),
+        Some("counts") if args.len() == 3 => classify(&args[1], &args[2], true),
+        _ => Err("usage: wasm-bench-native bench [--counts 10,100,1000] [--samples N] [--sample-ms MS]\n       wasm-bench-native classify CONFIG.json EVENTS.ndjson\n       wasm-bench-native counts CONFIG.json EVENTS.ndjson".to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -100,7 +103,8 @@ fn bench(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
-fn classify(config_path: &str, events_path: &str) -> Result<(), String> {
+/// `counts`: prints, instead of the totals, how many webhooks each event matches (a line each).
+fn classify(config_path: &str, events_path: &str, per_event: bool) -> Result<(), String> {
     let config_bytes = std::fs::read(config_path).map_err(|e| format!("{config_path}: {e}"))?;
     let config =
         PluginConfig::from_json(&config_bytes).map_err(|e| format!("{config_path}: {e}"))?;
@@ -117,10 +121,16 @@ fn classify(config_path: &str, events_path: &str) -> Result<(), String> {
         total += 1;
         out.clear();
         matcher.matching(&event.value, &mut out);
+        if per_event {
+            println!("{}", out.len());
+        }
         if !out.is_empty() {
             matching += 1;
             deliveries += out.len() as u64;
         }
+    }
+    if per_event {
+        return Ok(());
     }
     println!("{{\"events\":{total},\"matching_events\":{matching},\"deliveries\":{deliveries}}}");
     Ok(())
