@@ -171,4 +171,11 @@ def test_request_is_not_delayed_by_slow_webhook(start_envoy, upstream, hooks):
     elapsed = time.monotonic() - started
     assert r.status == 200
     assert elapsed < 1.5, f"the platform's request took {elapsed:.2f}s"
+    # The request is over (Envoy counts it complete) long before the receiver answers ...
+    assert envoy.stat("http.ingress.downstream_rq_completed") == 1
+    assert envoy.hook_stat("sluggish", "delivered") == 0
     hooks.wait_for(1)
+    # ... and the answer still reaches the engine: delivered, not failed, nothing left in flight.
+    envoy.wait_wasm_stat("envoy_webhooks.webhook_id.sluggish.delivered", 1, timeout=10)
+    assert envoy.hook_stat("sluggish", "failed") == 0
+    assert envoy.hook_stat("sluggish", "retried") == 0

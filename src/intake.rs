@@ -34,11 +34,9 @@ pub enum IntakeCounter {
 pub trait IntakeHost {
     fn now_ms(&self) -> u64;
     fn count(&mut self, counter: IntakeCounter, n: u64);
-    /// Hands a matched event to the worker's delivery engine.
-    fn enqueue(&mut self, event: &QueuedEvent) -> Result<(), String>;
-    /// A header of the platform's request (each read is a host call: the
-    /// intake reads `delivery.propagate_headers` only once an event matched).
-    fn request_header(&mut self, name: &str) -> Option<String>;
+    /// Hands a matched event to the worker's delivery engine; gives it back,
+    /// with why, if it cannot.
+    fn enqueue(&mut self, event: QueuedEvent) -> Result<(), (QueuedEvent, String)>;
 }
 
 /// Whether a request carries events: its method and path are configured,
@@ -94,9 +92,8 @@ pub struct Intake {
     matches: Vec<usize>,
     /// Definitions whose query ran out of regex budget on the current event.
     over_budget: Vec<usize>,
-    /// The request's headers to copy into every call its events cause; read
-    /// at the first match.
-    propagated: Option<Vec<(String, String)>>,
+    /// The request's headers to copy into every call its events cause.
+    propagated: Vec<(String, String)>,
 }
 
 impl Intake {
@@ -118,8 +115,15 @@ impl Intake {
             deliveries: 0,
             matches: Vec::new(),
             over_budget: Vec::new(),
-            propagated: None,
+            propagated: Vec::new(),
         }
+    }
+
+    /// The request's `delivery.propagate_headers`, as (name, value). Read
+    /// with the request's headers: Envoy lets a filter read them only then.
+    pub fn propagating(mut self, headers: Vec<(String, String)>) -> Intake {
+        self.propagated = headers;
+        self
     }
 
     /// A chunk of the body (`end`: the last one).
@@ -296,14 +300,10 @@ impl Intake {
             .get("request_id")
             .and_then(|id| id.as_str())
             .map(str::to_string);
-        let headers = self
-            .propagated
-            .get_or_insert_with(|| propagated_headers(plugin, |name| host.request_header(name)))
-            .clone();
         self.held.push(QueuedEvent {
             targets,
             request_id,
-            headers,
+            headers: self.propagated.clone(),
             message_id: None,
             body,
         });
@@ -332,7 +332,7 @@ impl Intake {
             .held
             .release_in_request(std::mem::take(&mut self.held_bytes));
         for event in std::mem::take(&mut self.held) {
-            if let Err(problem) = host.enqueue(&event) {
+            if let Err((event, problem)) = host.enqueue(event) {
                 for target in &event.targets {
                     if let Ok(index) = usize::try_from(target.webhook) {
                         host.count(IntakeCounter::Dropped(index), 1);

@@ -14,7 +14,6 @@ use crate::cluster::{ClusterSync, EtcdAnswer, CHECK_INTERVAL_MS};
 use crate::delivery::call::{Answer, ANSWER_BODY_BYTES};
 use crate::delivery::engine::Engine;
 use crate::delivery::host::Host;
-use crate::delivery::message::QueuedEvent;
 use crate::plugin::Plugin;
 use crate::webhook::store;
 
@@ -98,6 +97,18 @@ impl WebhooksRoot {
     }
 
     /// No call in flight, nothing waiting, the journal flushed.
+    /// Gives the engine the events requests handed over.
+    fn take_handed_over(&mut self, worker: &Worker) {
+        let events = worker.take_handed_over();
+        if events.is_empty() {
+            return;
+        }
+        let mut host = self.host(worker);
+        for event in events {
+            self.engine.accept(&mut host, event);
+        }
+    }
+
     fn is_finished(&self) -> bool {
         self.engine.is_idle() && self.sync.as_ref().is_none_or(ClusterSync::is_finished)
     }
@@ -170,13 +181,7 @@ impl WebhooksRoot {
         let owner = format!("{vm_number}-{:x}", fastrand::u64(..));
         self.sync = ClusterSync::new(plugin.clone(), vm_number, owner);
         self.engine.set_journaling(self.sync.is_some());
-        let worker = Rc::new(Worker {
-            plugin: plugin.clone(),
-            metrics,
-            queue_id,
-            admin_waiting: std::cell::RefCell::new(Vec::new()),
-            tick_overridden: std::cell::Cell::new(false),
-        });
+        let worker = Rc::new(Worker::new(plugin.clone(), metrics, queue_id));
         {
             let limit = i64::try_from(plugin.config.delivery.max_held_bytes).unwrap_or(i64::MAX);
             worker.metrics.add(
@@ -310,13 +315,9 @@ impl RootContext for WebhooksRoot {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        let mut host = self.host(&worker);
-        while let Ok(Some(bytes)) = hostcalls::dequeue_shared_queue(queue_id) {
-            match QueuedEvent::decode(&bytes) {
-                Some(event) => self.engine.accept(&mut host, event),
-                None => log::warn!("envoy-webhooks: ignoring a malformed queued delivery"),
-            }
-        }
+        // Wake-ups only: what they announce is in the worker's memory.
+        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        self.take_handed_over(&worker);
     }
 
     fn on_tick(&mut self) {

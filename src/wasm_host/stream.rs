@@ -81,13 +81,8 @@ impl IntakeHost for StreamHost<'_> {
         metrics.add(metric, n);
     }
 
-    fn enqueue(&mut self, event: &QueuedEvent) -> Result<(), String> {
-        hostcalls::enqueue_shared_queue(self.worker.queue_id, Some(&event.encode()))
-            .map_err(|status| format!("{status:?}"))
-    }
-
-    fn request_header(&mut self, name: &str) -> Option<String> {
-        host::request_header_exact(name)
+    fn enqueue(&mut self, event: QueuedEvent) -> Result<(), (QueuedEvent, String)> {
+        self.worker.hand_over(event)
     }
 }
 
@@ -138,11 +133,10 @@ impl EventStream {
             worker.report(*index, Some(transition));
         }
         if let Some(event) = answer.deliver.take() {
-            let queued = hostcalls::enqueue_shared_queue(worker.queue_id, Some(&event.encode()));
-            if let Err(status) = queued {
+            if let Err((_, why)) = worker.hand_over(event) {
                 answer.status = 503;
                 answer.body = admin::error_body(&format!(
-                    "cannot hand the event to the worker's delivery queue ({status:?}); try again"
+                    "cannot hand the event to the worker's delivery engine ({why}); try again"
                 ));
             }
         }
@@ -262,7 +256,9 @@ impl HttpContext for EventStream {
             return Action::Continue;
         }
         let content_type = host::request_header("content-type");
-        self.intake = Some(Intake::start(&worker.plugin, content_type.as_deref()));
+        let propagated = intake::propagated_headers(&worker.plugin, host::request_header_exact);
+        self.intake =
+            Some(Intake::start(&worker.plugin, content_type.as_deref()).propagating(propagated));
         if end_of_stream {
             // No body at all.
             self.with_intake(|intake, worker, sink| intake.end_of_body(&worker.plugin, sink));

@@ -1,8 +1,19 @@
 //! What a worker's root context shares with its request contexts: the loaded
-//! plugin, the stats defined for it, and the worker's delivery queue.
+//! plugin, the stats defined for it, and the hand-off of matched events.
+//!
+//! A worker's root and request contexts run in one VM on one thread, so a
+//! request hands its matched events to the root's engine through memory
+//! they share: no copy, no encoding. The root must make the calls (Envoy
+//! cancels a context's calls when it ends, and the SDK gives an answer to the
+//! context that made the call), so the request wakes it with a one-byte
+//! message in the worker's shared queue, once until the root takes the events.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+
+use proxy_wasm::hostcalls;
+
+use crate::delivery::message::QueuedEvent;
 
 use crate::plugin::Plugin;
 use crate::webhook::health::Transition;
@@ -12,8 +23,12 @@ use super::metrics::Metrics;
 pub struct Worker {
     pub plugin: Rc<Plugin>,
     pub metrics: Metrics,
-    /// This worker's delivery queue.
+    /// This worker's shared queue: it carries only wake-ups of the root.
     pub queue_id: u32,
+    /// Matched events handed over by requests, for the root to take.
+    pub handed_over: RefCell<Vec<QueuedEvent>>,
+    /// A wake-up is in the queue that the root has not taken yet.
+    pub wake_queued: Cell<bool>,
     /// Admin requests waiting for their body (`deliver`): (context id, Unix ms
     /// by which a body callback must have come). Envoy hands a paused
     /// request's body to the filter only with `allow_on_headers_stop_iteration`;
@@ -24,7 +39,51 @@ pub struct Worker {
     pub tick_overridden: Cell<bool>,
 }
 
+/// What the root context's wake-up carries: only that there is something to take.
+pub const WAKE_UP: &[u8] = b"w";
+
 impl Worker {
+    pub fn new(plugin: Rc<Plugin>, metrics: Metrics, queue_id: u32) -> Worker {
+        Worker {
+            plugin,
+            metrics,
+            queue_id,
+            handed_over: RefCell::new(Vec::new()),
+            wake_queued: Cell::new(false),
+            admin_waiting: RefCell::new(Vec::new()),
+            tick_overridden: Cell::new(false),
+        }
+    }
+
+    /// Hands a matched event to the root's engine; gives it back, with why,
+    /// if the root cannot be woken to take it.
+    pub fn hand_over(&self, event: QueuedEvent) -> Result<(), (QueuedEvent, String)> {
+        if !self.wake_queued.get() {
+            if let Err(status) = hostcalls::enqueue_shared_queue(self.queue_id, Some(WAKE_UP)) {
+                return Err((
+                    event,
+                    format!("cannot wake the worker's root context ({status:?})"),
+                ));
+            }
+            self.wake_queued.set(true);
+        }
+        let Ok(mut handed_over) = self.handed_over.try_borrow_mut() else {
+            // Never re-entered (one thread, no callback runs inside another).
+            return Err((event, "the hand-off is in use".to_string()));
+        };
+        handed_over.push(event);
+        Ok(())
+    }
+
+    /// The events handed over since the last time; the next hand-off wakes the root again.
+    pub fn take_handed_over(&self) -> Vec<QueuedEvent> {
+        self.wake_queued.set(false);
+        self.handed_over
+            .try_borrow_mut()
+            .map(|mut events| std::mem::take(&mut *events))
+            .unwrap_or_default()
+    }
+
     /// Logs a status change made here (an admin `enable`) and updates the gauge.
     pub fn report(&self, index: usize, transition: Option<&Transition>) {
         let Some(transition) = transition else {

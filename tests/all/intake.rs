@@ -13,8 +13,6 @@ struct Sink {
     counts: BTreeMap<IntakeCounter, u64>,
     queued: Vec<QueuedEvent>,
     refuse: bool,
-    headers: BTreeMap<String, String>,
-    headers_read: Vec<String>,
 }
 
 impl IntakeHost for Sink {
@@ -26,17 +24,12 @@ impl IntakeHost for Sink {
         *self.counts.entry(counter).or_default() += n;
     }
 
-    fn enqueue(&mut self, event: &QueuedEvent) -> Result<(), String> {
+    fn enqueue(&mut self, event: QueuedEvent) -> Result<(), (QueuedEvent, String)> {
         if self.refuse {
-            return Err("Full".to_string());
+            return Err((event, "Full".to_string()));
         }
-        self.queued.push(event.clone());
+        self.queued.push(event);
         Ok(())
-    }
-
-    fn request_header(&mut self, name: &str) -> Option<String> {
-        self.headers_read.push(name.to_string());
-        self.headers.get(name).cloned()
     }
 }
 
@@ -296,29 +289,4 @@ fn propagated_headers_are_read_as_configured_and_only_if_they_can_be_sent_as_the
     });
     // A control character, past the byte budget, surrounding whitespace: left out.
     assert_eq!(headers, [("b".to_string(), big.clone())]);
-}
-
-#[test]
-fn propagated_headers_are_read_once_a_request_has_a_match_and_only_once() {
-    let plugin = plugin(json!({}));
-    let mut sink = Sink::default();
-    sink.headers
-        .insert("traceparent".to_string(), "00-abc-01".to_string());
-    // No event matches: not a header is read (each read is a host call).
-    let mut intake = Intake::start(&plugin, Some("application/x-ndjson"));
-    let other = "{\"event_type\":\"collections\"}\n";
-    intake.body(&plugin, &mut sink, other.as_bytes(), true);
-    assert!(sink.headers_read.is_empty(), "{:?}", sink.headers_read);
-    // Three matching events: the headers are read once, and go with each.
-    let mut intake = Intake::start(&plugin, Some("application/x-ndjson"));
-    let body = format!("{}{other}{}{}", line(1), line(2), line(3));
-    intake.body(&plugin, &mut sink, body.as_bytes(), true);
-    assert_eq!(sink.headers_read, ["traceparent", "tracestate"]);
-    assert_eq!(sink.queued.len(), 3);
-    for queued in &sink.queued {
-        assert_eq!(
-            queued.headers,
-            [("traceparent".to_string(), "00-abc-01".to_string())]
-        );
-    }
 }
