@@ -36,7 +36,14 @@ pub trait IntakeHost {
     fn count(&mut self, counter: IntakeCounter, n: u64);
     /// Hands a matched event to the worker's delivery engine; gives it back,
     /// with why, if it cannot.
-    fn enqueue(&mut self, event: QueuedEvent) -> Result<(), (QueuedEvent, String)>;
+    fn enqueue(&mut self, event: QueuedEvent) -> Result<(), Box<NotQueued>>;
+}
+
+/// An event the worker's delivery engine could not be handed, and why.
+#[derive(Debug)]
+pub struct NotQueued {
+    pub event: QueuedEvent,
+    pub why: String,
 }
 
 /// Whether a request carries events: its method and path are configured,
@@ -332,7 +339,11 @@ impl Intake {
             .held
             .release_in_request(std::mem::take(&mut self.held_bytes));
         for event in std::mem::take(&mut self.held) {
-            if let Err((event, problem)) = host.enqueue(event) {
+            if let Err(not_queued) = host.enqueue(event) {
+                let NotQueued {
+                    event,
+                    why: problem,
+                } = *not_queued;
                 for target in &event.targets {
                     if let Ok(index) = usize::try_from(target.webhook) {
                         host.count(IntakeCounter::Dropped(index), 1);

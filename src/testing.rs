@@ -62,7 +62,7 @@ pub mod retry {
 
 pub mod intake {
     pub use crate::intake::{
-        carries_events, propagated_headers, Intake, IntakeCounter, IntakeHost,
+        carries_events, propagated_headers, Intake, IntakeCounter, IntakeHost, NotQueued,
     };
 }
 

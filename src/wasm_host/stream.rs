@@ -11,7 +11,7 @@ use proxy_wasm::types::{Action, BufferType};
 use crate::admin::{self, AdminRequest, AdminRoute};
 use crate::config::DELIVERY_MARKER;
 use crate::delivery::message::QueuedEvent;
-use crate::intake::{self, Intake, IntakeCounter, IntakeHost};
+use crate::intake::{self, Intake, IntakeCounter, IntakeHost, NotQueued};
 
 use super::host::{self, ProxySharedData};
 use super::worker::Worker;
@@ -81,7 +81,7 @@ impl IntakeHost for StreamHost<'_> {
         metrics.add(metric, n);
     }
 
-    fn enqueue(&mut self, event: QueuedEvent) -> Result<(), (QueuedEvent, String)> {
+    fn enqueue(&mut self, event: QueuedEvent) -> Result<(), Box<NotQueued>> {
         self.worker.hand_over(event)
     }
 }
@@ -133,7 +133,8 @@ impl EventStream {
             worker.report(*index, Some(transition));
         }
         if let Some(event) = answer.deliver.take() {
-            if let Err((_, why)) = worker.hand_over(event) {
+            if let Err(not_queued) = worker.hand_over(event) {
+                let why = &not_queued.why;
                 answer.status = 503;
                 answer.body = admin::error_body(&format!(
                     "cannot hand the event to the worker's delivery engine ({why}); try again"

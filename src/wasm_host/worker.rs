@@ -14,6 +14,7 @@ use std::rc::Rc;
 use proxy_wasm::hostcalls;
 
 use crate::delivery::message::QueuedEvent;
+use crate::intake::NotQueued;
 
 use crate::plugin::Plugin;
 use crate::webhook::health::Transition;
@@ -57,19 +58,18 @@ impl Worker {
 
     /// Hands a matched event to the root's engine; gives it back, with why,
     /// if the root cannot be woken to take it.
-    pub fn hand_over(&self, event: QueuedEvent) -> Result<(), (QueuedEvent, String)> {
+    pub fn hand_over(&self, event: QueuedEvent) -> Result<(), Box<NotQueued>> {
         if !self.wake_queued.get() {
             if let Err(status) = hostcalls::enqueue_shared_queue(self.queue_id, Some(WAKE_UP)) {
-                return Err((
-                    event,
-                    format!("cannot wake the worker's root context ({status:?})"),
-                ));
+                let why = format!("cannot wake the worker's root context ({status:?})");
+                return Err(Box::new(NotQueued { event, why }));
             }
             self.wake_queued.set(true);
         }
         let Ok(mut handed_over) = self.handed_over.try_borrow_mut() else {
             // Never re-entered (one thread, no callback runs inside another).
-            return Err((event, "the hand-off is in use".to_string()));
+            let why = "the hand-off is in use".to_string();
+            return Err(Box::new(NotQueued { event, why }));
         };
         handed_over.push(event);
         Ok(())

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use envoy_webhooks::testing::intake::{carries_events, Intake, IntakeCounter, IntakeHost};
+use envoy_webhooks::testing::intake::{
+    carries_events, Intake, IntakeCounter, IntakeHost, NotQueued,
+};
 use envoy_webhooks::testing::message::QueuedEvent;
 use envoy_webhooks::testing::plugin::Plugin;
 use serde_json::{json, Value};
@@ -24,9 +26,10 @@ impl IntakeHost for Sink {
         *self.counts.entry(counter).or_default() += n;
     }
 
-    fn enqueue(&mut self, event: QueuedEvent) -> Result<(), (QueuedEvent, String)> {
+    fn enqueue(&mut self, event: QueuedEvent) -> Result<(), Box<NotQueued>> {
         if self.refuse {
-            return Err((event, "Full".to_string()));
+            let why = "Full".to_string();
+            return Err(Box::new(NotQueued { event, why }));
         }
         self.queued.push(event);
         Ok(())
