@@ -112,6 +112,7 @@ impl Intake {
             events.max_event_bytes,
         )
         .with_fields(plugin.fields.clone())
+        .with_router(plugin.router.clone())
         .with_max_events(events.max_events_per_request);
         Intake {
             collector: Some(collector),

@@ -5,11 +5,13 @@
 //! "any realm"/"any operation" ones). Only those have their `object_id` and
 //! query checked.
 
+use std::rc::Rc;
+
 use hashbrown::HashMap;
 use serde_json::Value;
 
 use crate::config::{Operation, WebhookDefinition};
-use crate::event::fields::FieldTree;
+use crate::event::fields::{FieldTree, RouteSoFar, Router};
 #[cfg(doc)]
 use crate::query::RegexBudget;
 use crate::status::Status;
@@ -43,6 +45,23 @@ fn slot(operation: Operation) -> usize {
         Operation::Update => 4,
         Operation::Download => 5,
     }
+}
+
+/// The operation of each slot of `by_operation`, and `None` (the slot of an
+/// event without a known operation) last.
+const SLOT_OPERATIONS: [Option<Operation>; 7] = [
+    Some(Operation::Create),
+    Some(Operation::Delete),
+    Some(Operation::Purge),
+    Some(Operation::Restore),
+    Some(Operation::Update),
+    Some(Operation::Download),
+    None,
+];
+
+/// The slot of [`SLOT_OPERATIONS`] an event's operation is in.
+fn route_slot(operation: Option<Operation>) -> usize {
+    operation.map_or(6, slot)
 }
 
 impl OperationIndex {
@@ -85,6 +104,61 @@ impl<'a> EventKeys<'a> {
     }
 }
 
+/// For each route (event type, realm, operation), the paths its candidate
+/// definitions read: an event parses to just those once its routing fields
+/// are read (see [`Router`]).
+#[derive(Debug, Default)]
+pub struct RouteFields {
+    /// What an event that reaches no definition keeps: the routing fields.
+    base: FieldTree,
+    by_event_type: HashMap<String, TypeFields>,
+}
+
+#[derive(Debug)]
+struct TypeFields {
+    /// By realm (lower case), by [`route_slot`].
+    by_realm: HashMap<String, Vec<Rc<FieldTree>>>,
+    /// An event whose realm no definition of the type names.
+    any_realm: Vec<Rc<FieldTree>>,
+}
+
+impl Router for RouteFields {
+    fn narrow(&self, route: &RouteSoFar<'_>) -> Option<&FieldTree> {
+        let event_type = route.event_type?;
+        let Some(types) = event_type.and_then(|t| lookup(&self.by_event_type, t)) else {
+            // No definition for this type (or none can match): keep nothing more.
+            return Some(&self.base);
+        };
+        let (realm, operation) = (route.realm?, route.operation?);
+        let trees = realm
+            .and_then(|realm| lookup(&types.by_realm, realm))
+            .unwrap_or(&types.any_realm);
+        let slot = route_slot(operation.and_then(Operation::parse));
+        trees.get(slot).map(|tree| &**tree)
+    }
+}
+
+/// The paths matching reads of every event: the routing fields and `request_id`.
+fn base_tree() -> FieldTree {
+    let mut tree = FieldTree::default();
+    for key in [
+        "event_type",
+        "realm",
+        "operation",
+        "object_id",
+        "request_id",
+    ] {
+        tree.add(&[key]);
+    }
+    tree
+}
+
+fn add_query_paths(tree: &mut FieldTree, definition: &WebhookDefinition) {
+    if let Some(expr) = definition.query.expr() {
+        expr.for_each_comparison(&mut |comparison| tree.add(&comparison.path.segments));
+    }
+}
+
 impl Matcher {
     /// Indexes `definitions`; `DISABLED` ones are left out, as they never fire.
     pub fn new(definitions: Vec<WebhookDefinition>) -> Matcher {
@@ -111,22 +185,66 @@ impl Matcher {
     /// Every path that matching reads: the routing fields, `request_id`, and
     /// the paths of every query. Events parsed to just these match the same.
     pub fn field_tree(&self) -> FieldTree {
-        let mut tree = FieldTree::default();
-        for key in [
-            "event_type",
-            "realm",
-            "operation",
-            "object_id",
-            "request_id",
-        ] {
-            tree.add(&[key]);
-        }
+        let mut tree = base_tree();
         for definition in &self.definitions {
-            if let Some(expr) = definition.query.expr() {
-                expr.for_each_comparison(&mut |comparison| tree.add(&comparison.path.segments));
-            }
+            add_query_paths(&mut tree, definition);
         }
         tree
+    }
+
+    /// The paths each route's candidates read (what [`Matcher::matching`]
+    /// evaluates for an event of that route); routes with the same
+    /// candidates share one tree.
+    pub fn route_fields(&self) -> RouteFields {
+        let mut shared: HashMap<Vec<usize>, Rc<FieldTree>> = HashMap::new();
+        let mut tree_of = |lists: &[&[usize]]| -> Rc<FieldTree> {
+            let mut candidates: Vec<usize> = lists.concat();
+            candidates.sort_unstable();
+            candidates.dedup();
+            shared
+                .entry(candidates)
+                .or_insert_with_key(|candidates| {
+                    let mut tree = base_tree();
+                    for definition in candidates.iter().filter_map(|&i| self.definitions.get(i)) {
+                        add_query_paths(&mut tree, definition);
+                    }
+                    Rc::new(tree)
+                })
+                .clone()
+        };
+        let mut by_event_type = HashMap::new();
+        for (event_type, type_index) in &self.by_event_type {
+            let mut trees_for = |realm: Option<&OperationIndex>| -> Vec<Rc<FieldTree>> {
+                SLOT_OPERATIONS
+                    .iter()
+                    .map(|&operation| {
+                        let mut lists: Vec<&[usize]> = Vec::with_capacity(4);
+                        if let Some(operations) = realm {
+                            operations.candidates(operation, &mut lists);
+                        }
+                        type_index.any_realm.candidates(operation, &mut lists);
+                        tree_of(&lists)
+                    })
+                    .collect()
+            };
+            let by_realm = type_index
+                .by_realm
+                .iter()
+                .map(|(realm, operations)| (realm.clone(), trees_for(Some(operations))))
+                .collect();
+            let any_realm = trees_for(None);
+            by_event_type.insert(
+                event_type.clone(),
+                TypeFields {
+                    by_realm,
+                    any_realm,
+                },
+            );
+        }
+        RouteFields {
+            base: base_tree(),
+            by_event_type,
+        }
     }
 
     /// Whether no event can match (no definitions, or all `DISABLED`).

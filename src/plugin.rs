@@ -13,7 +13,7 @@ use crate::config::{
 use crate::delivery::budget::HeldBytes;
 use crate::delivery::queue::WebhookRef;
 use crate::delivery::signature::SigningSecret;
-use crate::event::fields::FieldTree;
+use crate::event::fields::{FieldTree, Router};
 use crate::logging::{suppressed_note, WarningLimiter, WARNING_INTERVAL_MS};
 use crate::matcher::Matcher;
 
@@ -22,6 +22,8 @@ pub struct Plugin {
     pub matcher: Matcher,
     /// What of an event matching reads: events are parsed to just that.
     pub fields: Rc<FieldTree>,
+    /// Narrows `fields` to what the definitions an event's route reaches read.
+    pub router: Rc<dyn Router>,
     /// The admin bearer token, resolved from the configuration or the VM's environment.
     pub admin_token: Option<String>,
     /// etcd's user name and password, read from the VM's environment.
@@ -138,8 +140,10 @@ impl Plugin {
             .map(|(index, d)| (d.fingerprint, index))
             .collect();
         let matcher = Matcher::new(config.webhooks.clone());
+        let router: Rc<dyn Router> = Rc::new(matcher.route_fields());
         Ok(Plugin {
             fields: Rc::new(matcher.field_tree()),
+            router,
             matcher,
             held: HeldBytes::new(config.delivery.max_held_bytes),
             config,

@@ -1171,7 +1171,7 @@ def notes(cases: list[dict], wasm_json: dict, a: dict) -> list[str]:
 # (kind, calls per request, bytes): tools/noop-filter/examples/host_calls.rs. One call kind a
 # case; its Envoy CPU per request above the no-op filter's, divided by the calls, is one call.
 PROBES = [
-    ("header", 100, 0), ("body", 20, 0), ("shared_get", 100, 64), ("shared_get", 20, 4096),
+    ("header", 100, 0), ("headers", 20, 0), ("body", 20, 0), ("shared_get", 100, 64), ("shared_get", 20, 4096),
     ("shared_cas", 50, 64), ("queue", 20, 64), ("queue", 20, 4096), ("metric", 100, 0),
     ("dispatch", 1, 2048), ("dispatch", 4, 2048), ("tick", 100, 0), ("log", 100, 0),
 ]
@@ -1222,7 +1222,10 @@ def host_calls_main(args, paths: dict, events_file: Path, body_kb: float, output
     noop = run_probe({"label": "no-op Wasm filter", "tag": "noop", "definitions": None, "noop": True,
                       "events": events_file}, args, paths, ports, backend)
     probes = []
+    kinds = {t.strip() for t in args.only.split(",")} if args.only else None
     for kind, calls, size in PROBES:
+        if kinds is not None and kind not in kinds:
+            continue
         case = {"label": f"host call: {kind} x{calls}" + (f", {size} bytes" if size else ""),
                 "tag": f"probe-{kind}-{calls}-{size}", "definitions": None, "events": events_file,
                 "probe": {"probe": kind, "calls": calls, "bytes": size, "cluster": "webhooks"}}
@@ -1384,7 +1387,7 @@ def main() -> int:
                          "a look at a few cases without the full run")
     ap.add_argument("--host-calls", action="store_true",
                     help="only the host-call cost table (tools/noop-filter's host_calls probe against the no-op "
-                         "filter); writes target/bench-run/HOST-CALLS.md")
+                         "filter; with --only, of these call kinds only); writes target/bench-run/HOST-CALLS.md")
     ap.add_argument("--profile", action="store_true",
                     help="only the profile of a few cases (perf record on the Envoy under test, by where the "
                          "samples fall); writes target/bench-run/PROFILE.md")

@@ -5,6 +5,14 @@
 //! skips everything else without allocating, while still checking that the
 //! whole text is valid JSON, so an event is accepted or rejected exactly as a
 //! full parse would.
+//!
+//! With a [`Router`], the paths narrow further as the event is read: once its
+//! routing fields (`event_type`, `realm`, `operation`, at the top of iconik's
+//! events) are known, only the paths of the definitions that route reaches
+//! are kept; none at all when it reaches none. Routing fields that come late
+//! just keep the wider set, and a routing field given twice (the last one
+//! counts) makes the event parse again without narrowing: the result is the
+//! same either way.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -47,6 +55,145 @@ impl FieldTree {
             .deserialize(&mut deserializer)
             .and_then(|value| deserializer.end().map(|()| value))
             .map_err(|e| e.to_string())
+    }
+
+    /// Like [`FieldTree::parse`], narrowing to what `router` picks once the
+    /// event's routing fields are read.
+    pub fn parse_routed(&self, text: &str, router: &dyn Router) -> Result<Value, String> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let top = Top {
+            tree: self,
+            router,
+            twice: false,
+        };
+        let (value, twice) = top
+            .deserialize(&mut deserializer)
+            .and_then(|parsed| deserializer.end().map(|()| parsed))
+            .map_err(|e| e.to_string())?;
+        if twice {
+            // A routing field given twice: the narrowing may have followed the
+            // first, while the last one counts.
+            return self.parse(text);
+        }
+        Ok(value)
+    }
+}
+
+/// The routing fields read so far at the top of an event: `None` while not
+/// met; `Some(None)` for one that is not a string (it routes nowhere).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RouteSoFar<'a> {
+    pub event_type: Option<Option<&'a str>>,
+    pub realm: Option<Option<&'a str>>,
+    pub operation: Option<Option<&'a str>>,
+}
+
+/// Picks the paths an event's definitions read, from its routing fields.
+pub trait Router: fmt::Debug {
+    /// The paths to keep for the rest of the event, once `route` decides
+    /// them; `None` while it does not (the wider tree stays).
+    fn narrow(&self, route: &RouteSoFar<'_>) -> Option<&FieldTree>;
+}
+
+/// The routing fields, in [`RouteSoFar`]'s order.
+const ROUTE_KEYS: [&str; 3] = ["event_type", "realm", "operation"];
+
+/// The top level of an event, parsed with a [`Router`]; also says whether a
+/// routing field came twice.
+struct Top<'t> {
+    tree: &'t FieldTree,
+    router: &'t dyn Router,
+    twice: bool,
+}
+
+impl<'de> DeserializeSeed<'de> for Top<'_> {
+    type Value = (Value, bool);
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Top<'_> {
+    type Value = (Value, bool);
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut kept = Map::new();
+        // The routing fields met, in `ROUTE_KEYS` order (`Some(None)`: not a string).
+        let mut route: [Option<Option<String>>; 3] = [None, None, None];
+        let mut tree = self.tree;
+        let mut decided = false;
+        while let Some(key) = map.next_key_seed(Key)? {
+            if let Some(slot) = ROUTE_KEYS.iter().position(|k| *k == key.as_ref()) {
+                let value = match tree.children.get(key.as_ref()) {
+                    Some(child) => map.next_value_seed(Pruned(child))?,
+                    None => {
+                        map.next_value_seed(Checked)?;
+                        continue;
+                    }
+                };
+                if let Some(seen) = route.get_mut(slot) {
+                    self.twice |= seen.is_some();
+                    *seen = Some(value.as_str().map(str::to_string));
+                }
+                kept.insert(key.into_owned(), value);
+                continue;
+            }
+            if !decided && !self.twice {
+                let [event_type, realm, operation] = &route;
+                let so_far = RouteSoFar {
+                    event_type: event_type.as_ref().map(Option::as_deref),
+                    realm: realm.as_ref().map(Option::as_deref),
+                    operation: operation.as_ref().map(Option::as_deref),
+                };
+                if let Some(narrowed) = self.router.narrow(&so_far) {
+                    tree = narrowed;
+                    decided = true;
+                }
+            }
+            match tree.children.get(key.as_ref()) {
+                Some(child) => {
+                    let value = map.next_value_seed(Pruned(child))?;
+                    kept.insert(key.into_owned(), value);
+                }
+                None => map.next_value_seed(Checked)?,
+            }
+        }
+        Ok((Value::Object(kept), self.twice))
+    }
+
+    // Not an object: the caller refuses it; its value is built as a full parse would.
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Pruned(self.tree).visit_seq(seq).map(|v| (v, false))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok((Value::Bool(v), false))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok((Value::from(v), false))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok((Value::from(v), false))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        let number = serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number);
+        Ok((number, false))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok((Value::String(v.to_string()), false))
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok((Value::Null, false))
     }
 }
 

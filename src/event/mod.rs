@@ -11,7 +11,7 @@ use serde_json::Value;
 
 pub mod fields;
 
-use fields::FieldTree;
+use fields::{FieldTree, Router};
 
 /// One event: its JSON text as it appeared in the body, and its parsed value.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,7 +61,7 @@ pub fn parse_json_body_with(
     body: &[u8],
     fields: Option<&FieldTree>,
 ) -> Vec<Result<Event, NotAnEvent>> {
-    parse_json_body_limited(body, fields, usize::MAX).0
+    parse_json_body_limited(body, fields, None, usize::MAX).0
 }
 
 /// Like [`parse_json_body_with`], parsing at most `max_events` events of an
@@ -69,6 +69,7 @@ pub fn parse_json_body_with(
 pub fn parse_json_body_limited(
     body: &[u8],
     fields: Option<&FieldTree>,
+    router: Option<&dyn Router>,
     max_events: usize,
 ) -> (Vec<Result<Event, NotAnEvent>>, u64) {
     let trimmed = body.trim_ascii();
@@ -82,14 +83,14 @@ pub fn parse_json_body_limited(
                 let events = items
                     .into_iter()
                     .take(max_events)
-                    .map(|raw| parse_event_with(raw.get().as_bytes(), fields))
+                    .map(|raw| parse_event_routed(raw.get().as_bytes(), fields, router))
                     .collect();
                 (events, u64::try_from(skipped).unwrap_or(u64::MAX))
             }
             Err(e) => (vec![Err(NotAnEvent::InvalidJson(e.to_string()))], 0),
         };
     }
-    (vec![parse_event_with(trimmed, fields)], 0)
+    (vec![parse_event_routed(trimmed, fields, router)], 0)
 }
 
 /// Parses one event's JSON text (an NDJSON line, an array element or a whole body).
@@ -99,6 +100,15 @@ pub fn parse_event(text: &[u8]) -> Result<Event, NotAnEvent> {
 
 /// Like [`parse_event`], keeping only the paths of `fields` (all when `None`).
 pub fn parse_event_with(text: &[u8], fields: Option<&FieldTree>) -> Result<Event, NotAnEvent> {
+    parse_event_routed(text, fields, None)
+}
+
+/// Like [`parse_event_with`], narrowing `fields` by `router` (see [`Router`]).
+pub fn parse_event_routed(
+    text: &[u8],
+    fields: Option<&FieldTree>,
+    router: Option<&dyn Router>,
+) -> Result<Event, NotAnEvent> {
     let text = text.trim_ascii();
     if text.is_empty() {
         return Err(NotAnEvent::Empty);
@@ -107,9 +117,10 @@ pub fn parse_event_with(text: &[u8], fields: Option<&FieldTree>) -> Result<Event
     let text = std::str::from_utf8(text).map_err(|e| {
         NotAnEvent::InvalidJson(format!("invalid UTF-8 at byte {}", e.valid_up_to()))
     })?;
-    let parsed = match fields {
-        Some(fields) => fields.parse(text),
-        None => serde_json::from_str(text).map_err(|e| e.to_string()),
+    let parsed = match (fields, router) {
+        (Some(fields), Some(router)) => fields.parse_routed(text, router),
+        (Some(fields), None) => fields.parse(text),
+        (None, _) => serde_json::from_str(text).map_err(|e| e.to_string()),
     };
     let value: Value = parsed.map_err(NotAnEvent::InvalidJson)?;
     if !value.is_object() {
@@ -169,6 +180,8 @@ pub struct BodyCollector {
     oversized: bool,
     /// Only these paths are parsed; `None`: everything.
     fields: Option<Rc<FieldTree>>,
+    /// Narrows `fields` by each event's routing fields.
+    router: Option<Rc<dyn Router>>,
     /// Events handed out at most; later ones are only counted.
     max_events: usize,
     /// Events (valid or not) handed out so far.
@@ -187,6 +200,7 @@ impl BodyCollector {
             buffer: Vec::new(),
             oversized: false,
             fields: None,
+            router: None,
             max_events: usize::MAX,
             events: 0,
             over_limit: 0,
@@ -213,6 +227,12 @@ impl BodyCollector {
     /// Parses only the paths of `fields` (see [`FieldTree`]).
     pub fn with_fields(mut self, fields: Rc<FieldTree>) -> BodyCollector {
         self.fields = Some(fields);
+        self
+    }
+
+    /// Narrows the paths of `with_fields` by each event's route (see [`Router`]).
+    pub fn with_router(mut self, router: Rc<dyn Router>) -> BodyCollector {
+        self.router = Some(router);
         self
     }
 
@@ -269,6 +289,7 @@ impl BodyCollector {
         let (events, skipped) = parse_json_body_limited(
             body,
             self.fields.as_deref(),
+            self.router.as_deref(),
             self.max_events.saturating_sub(self.events),
         );
         self.events = self.events.saturating_add(events.len());
@@ -307,7 +328,11 @@ impl BodyCollector {
         if self.oversized {
             out.push(Err(NotAnEvent::Oversized { limit: self.limit }));
         } else if !self.buffer.trim_ascii().is_empty() {
-            out.push(parse_event_with(&self.buffer, self.fields.as_deref()));
+            out.push(parse_event_routed(
+                &self.buffer,
+                self.fields.as_deref(),
+                self.router.as_deref(),
+            ));
         }
         self.buffer.clear();
         self.oversized = false;

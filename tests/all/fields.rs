@@ -3,7 +3,7 @@
 
 use envoy_webhooks::config::PluginConfig;
 use envoy_webhooks::event::fields::FieldTree;
-use envoy_webhooks::event::{parse_event, parse_event_with};
+use envoy_webhooks::event::{parse_event, parse_event_routed, parse_event_with};
 use envoy_webhooks::matcher::Matcher;
 use envoy_webhooks::query::Query;
 use proptest::prelude::*;
@@ -216,4 +216,142 @@ proptest! {
             prop_assert_eq!(query.matches(&pruned), query.matches(&event), "{}", query);
         }
     }
+}
+
+/// The top-level members of a generated event: its routing fields (mostly
+/// strings a definition routes on; sometimes other values, missing, given
+/// twice), and others, in any order.
+fn members() -> impl Strategy<Value = Vec<(String, String)>> {
+    let quoted = |names: Vec<&'static str>| {
+        prop::sample::select(names).prop_map(|name| format!("\"{name}\""))
+    };
+    let route = |key: &'static str, values: Vec<&'static str>| {
+        prop::option::weighted(
+            0.9,
+            prop_oneof![
+                8 => quoted(values),
+                1 => prop::sample::select(vec!["1", "null", "[\"assets\"]"]).prop_map(str::to_string),
+            ],
+        )
+        .prop_map(move |value| value.map(|value| (key.to_string(), value)))
+    };
+    (
+        route("event_type", vec!["assets", "Assets", "collections", "x"]),
+        route("realm", vec!["formats", "metadata", "FORMATS", "x"]),
+        route("operation", vec!["update", "UPDATE", "create", "x"]),
+        prop::option::weighted(0.3, route("event_type", vec!["assets", "collections"])),
+        prop::collection::vec(
+            (prop::sample::select(KEYS.to_vec()), json_value())
+                .prop_map(|(k, v)| (k.to_string(), v.to_string())),
+            0..5,
+        ),
+    )
+        .prop_map(|(event_type, realm, operation, again, mut others)| {
+            others.extend(
+                [event_type, realm, operation, again.flatten()]
+                    .into_iter()
+                    .flatten(),
+            );
+            others
+        })
+        .prop_shuffle()
+}
+
+fn definition() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(vec!["assets", "collections"]),
+        prop::sample::select(vec![None, Some("formats"), Some("metadata")]),
+        prop::sample::select(vec![None, Some("update"), Some("create")]),
+        prop::collection::vec(comparison(), 0..3),
+    )
+        .prop_map(|(event_type, realm, operation, query)| {
+            let mut hook =
+                json!({"event_type": event_type, "url": "http://r/", "query": query.join(" AND ")});
+            if let Some(realm) = realm {
+                hook["realm"] = json!(realm);
+            }
+            if let Some(operation) = operation {
+                hook["operation"] = json!(operation);
+            }
+            hook
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    /// The route-narrowed parse of the filter against the full parse, the
+    /// oracle: the same verdict on the text, the same matches, the same
+    /// regex-budget outcome.
+    #[test]
+    fn the_route_narrowed_parse_matches_as_the_full_parse(
+        members in members(),
+        hooks in prop::collection::vec(definition(), 1..6),
+    ) {
+        let text = format!(
+            "{{{}}}",
+            members.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",")
+        );
+        let webhooks: Vec<Value> = hooks
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut hook)| {
+                hook["id"] = json!(format!("h{i}"));
+                hook
+            })
+            .collect();
+        let config = PluginConfig::from_value(&json!({ "webhooks": webhooks })).expect("valid config");
+        let matcher = Matcher::new(config.webhooks);
+        let (tree, router) = (matcher.field_tree(), matcher.route_fields());
+        let full = parse_event(text.as_bytes());
+        let routed = parse_event_routed(text.as_bytes(), Some(&tree), Some(&router));
+        prop_assert_eq!(full.is_ok(), routed.is_ok(), "{}", text);
+        if let (Ok(full), Ok(routed)) = (full, routed) {
+            let (mut want, mut want_budget) = (Vec::new(), Vec::new());
+            let (mut got, mut got_budget) = (Vec::new(), Vec::new());
+            matcher.matching_with_budget(&full.value, &mut want, &mut want_budget);
+            matcher.matching_with_budget(&routed.value, &mut got, &mut got_budget);
+            prop_assert_eq!(want, got, "{}", text);
+            prop_assert_eq!(want_budget, got_budget, "{}", text);
+            prop_assert_eq!(full.json, routed.json);
+        }
+    }
+}
+
+#[test]
+fn an_event_whose_route_reaches_no_definition_keeps_only_its_routing_fields() {
+    let config = PluginConfig::from_value(&json!({"webhooks": [
+        {"id": "a", "event_type": "assets", "realm": "formats", "operation": "update", "url": "http://r/",
+         "query": "data.status = \"ACTIVE\""},
+        {"id": "b", "event_type": "collections", "url": "http://r/", "query": "data.title = \"x\""},
+    ]}))
+    .expect("valid config");
+    let matcher = Matcher::new(config.webhooks);
+    let (tree, router) = (matcher.field_tree(), matcher.route_fields());
+    let parse = |text: &str| {
+        parse_event_routed(text.as_bytes(), Some(&tree), Some(&router))
+            .expect("an event")
+            .value
+    };
+    // Routed to `a` only: its path, not `b`'s.
+    let value = parse(
+        r#"{"event_type":"assets","realm":"formats","operation":"update","data":{"status":"ACTIVE","title":"x"}}"#,
+    );
+    assert_eq!(value["data"], json!({"status": "ACTIVE"}));
+    // A realm no definition of the type names: nothing of `data` is kept.
+    let value = parse(
+        r#"{"event_type":"assets","realm":"metadata","operation":"update","data":{"status":"ACTIVE"}}"#,
+    );
+    assert_eq!(value.get("data"), None);
+    // Routing fields after `data`: the wider set is kept, and matching is the same.
+    let value = parse(
+        r#"{"data":{"status":"ACTIVE","title":"x"},"event_type":"assets","realm":"formats","operation":"update"}"#,
+    );
+    assert_eq!(value["data"], json!({"status": "ACTIVE", "title": "x"}));
+    // A routing field given twice, after the paths were narrowed by the
+    // first: the last counts, as in a full parse.
+    let text = r#"{"event_type":"collections","realm":"formats","operation":"update","data":{"status":"ACTIVE"},"event_type":"assets"}"#;
+    let mut matched = Vec::new();
+    matcher.matching(&parse(text), &mut matched);
+    assert_eq!(matched, [0]);
 }

@@ -7,6 +7,7 @@
 //! module that this filter is the floor of):
 //! `{"probe": "KIND", "calls": K, "bytes": N, "cluster": "NAME"}` with KIND:
 //! - `header`: read the request's `content-type` (`get_map_value_bytes`);
+//! - `headers`: read all the request's headers in one call (`get_map_bytes`);
 //! - `body`: read the request body's last chunk whole (`get_buffer`), per KB
 //!   of the ~2 KB events;
 //! - `shared_get`: read a shared-data value of N bytes;
@@ -38,6 +39,8 @@ proxy_wasm::main! {{
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Header,
+    /// All the request's headers in one call (`get_http_request_headers_bytes`).
+    Headers,
     Body,
     SharedGet,
     SharedCas,
@@ -52,6 +55,7 @@ impl Kind {
     fn parse(name: &str) -> Option<Kind> {
         Some(match name {
             "header" => Kind::Header,
+            "headers" => Kind::Headers,
             "body" => Kind::Body,
             "shared_get" => Kind::SharedGet,
             "shared_cas" => Kind::SharedCas,
@@ -185,6 +189,9 @@ fn make_calls(probe: &Probe) {
         match probe.kind {
             Kind::Header => {
                 let _ = hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, "content-type");
+            }
+            Kind::Headers => {
+                let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
             }
             Kind::SharedGet => {
                 let _ = hostcalls::get_shared_data(SHARED_KEY);
