@@ -234,8 +234,8 @@ pub fn read_attempts<S: SharedData + ?Sized>(store: &S, id: &str) -> Vec<Vec<u8>
         .collect()
 }
 
-/// The name of VM `number`'s delivery queue (a proxy-wasm shared queue:
-/// only the Wasm build has one).
+/// The name of VM `number`'s wake-up queue (a proxy-wasm shared queue: only
+/// the Wasm build has one).
 #[cfg(target_arch = "wasm32")]
 pub fn queue_name(number: u64) -> String {
     format!("{KEY_PREFIX}deliveries/{number}")
