@@ -75,6 +75,13 @@ impl OperationIndex {
         }
     }
 
+    /// The definitions for `operation` exactly (none for an unknown one).
+    fn operation_list(&self, operation: Option<Operation>) -> &[usize] {
+        operation
+            .and_then(|op| self.by_operation.get(slot(op)))
+            .map_or(&[], Vec::as_slice)
+    }
+
     fn candidates<'a>(&'a self, operation: Option<Operation>, out: &mut Vec<&'a [usize]>) {
         if let Some(list) = operation.and_then(|op| self.by_operation.get(slot(op))) {
             out.push(list);
@@ -283,13 +290,18 @@ impl Matcher {
             return;
         };
         let operation = keys.operation.and_then(Operation::parse);
-        let mut lists: Vec<&[usize]> = Vec::with_capacity(4);
-        if let Some(realm) = keys.realm {
-            if let Some(operations) = lookup(&type_index.by_realm, realm) {
-                operations.candidates(operation, &mut lists);
-            }
-        }
-        type_index.any_realm.candidates(operation, &mut lists);
+        let realm = keys
+            .realm
+            .and_then(|realm| lookup(&type_index.by_realm, realm));
+        // At most four lists (realm's and any realm's, operation's and any
+        // operation's): no allocation per event.
+        let none: &[usize] = &[];
+        let lists = [
+            realm.map_or(none, |ops| ops.operation_list(operation)),
+            realm.map_or(none, |ops| &ops.any_operation),
+            type_index.any_realm.operation_list(operation),
+            &type_index.any_realm.any_operation,
+        ];
 
         let start = out.len();
         for list in lists {

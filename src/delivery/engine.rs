@@ -567,9 +567,10 @@ impl Engine {
             }
         }
         let secrets = webhook.map_or(&[][..], |(index, _)| plugin.secrets(index));
-        let timestamp = (now_ms / 1000).to_string();
+        let timestamp;
         let signature_value;
         if !secrets.is_empty() {
+            timestamp = (now_ms / 1000).to_string();
             if delivery.message_id.is_empty() {
                 delivery.message_id = signature::message_id(
                     &delivery.target.webhook().id,
