@@ -341,6 +341,10 @@ class RecordingServer:
         class Server(http.server.ThreadingHTTPServer):
             daemon_threads = True
             allow_reuse_address = True
+            # socketserver's default backlog is 5: a burst of deliveries opening many
+            # connections at once overflowed it, the kernel dropped SYNs, and calls
+            # failed with Envoy's 1 s connect timeout. Real receivers accept more.
+            request_queue_size = 1024
 
             def finish_request(self, request, client_address):  # in the request's thread
                 if owner.tls is not None:
