@@ -96,7 +96,6 @@ impl WebhooksRoot {
         self.engine.forget_tick();
     }
 
-    /// No call in flight, nothing waiting, the journal flushed.
     /// Gives the engine the events requests handed over.
     fn take_handed_over(&mut self, worker: &Worker) {
         let events = worker.take_handed_over();
@@ -109,6 +108,7 @@ impl WebhooksRoot {
         }
     }
 
+    /// No call in flight, nothing waiting, the journal flushed.
     fn is_finished(&self) -> bool {
         self.engine.is_idle() && self.sync.as_ref().is_none_or(ClusterSync::is_finished)
     }
