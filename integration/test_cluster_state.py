@@ -230,7 +230,7 @@ def test_deliveries_waiting_in_a_killed_envoy_are_made_by_another(launch_envoy, 
     wait_until(lambda: {json.loads(r.body)["object_id"] for r in hooks.requests("/hooks/shared")}
                >= {f"obj-{i}" for i in range(5)}, timeout=30, message="each delivered by the other Envoy")
     print(f"adopted and delivered {time.monotonic() - killed:.1f} s after the kill (lease TTL 5 s)")
-    assert envoys[1].hook_stat("shared", "adopted") == 5
+    wait_until(lambda: envoys[1].hook_stat("shared", "adopted") == 5, message="adopted counted")
     wait_until(lambda: envoys[1].hook_stat("shared", "delivered") == 5, message="counted")
     wait_until(lambda: etcd_cluster.get_prefix(PREFIX + "handoff/") == {}, message="journal empty")
     assert hooks.count("/hooks/shared") == 5, "each exactly once"
@@ -400,8 +400,9 @@ def test_records_of_a_webhook_removed_from_every_envoy_leave_etcd(launch_envoy, 
     assert {letter["reason"] for letter in letters} == {"orphaned"}
     assert {letter["webhook_id"] for letter in letters} == {"old"}
     assert sorted(letter["event"]["object_id"] for letter in letters) == ["obj-0", "obj-1", "obj-2"]
-    assert remaining.hook_stat("old", "orphaned") == 3
-    assert remaining.wasm_stat("envoy_webhooks.cluster_state_records_removed") == 1
+    wait_until(lambda: remaining.hook_stat("old", "orphaned") == 3, message="orphaned counted")
+    wait_until(lambda: remaining.wasm_stat("envoy_webhooks.cluster_state_records_removed") == 1,
+               message="the removal counted")
     # Counted once the destination's answer is back.
     wait_until(lambda: remaining.hook_stat("old", "dead_lettered") == 3, message="dead_lettered counted")
     keys = sorted(etcd_cluster.get_prefix(PREFIX))

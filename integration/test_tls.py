@@ -151,7 +151,7 @@ def test_https_receivers_are_checked_like_a_browser_would(launch_envoy, upstream
     for name in refused:
         entry = status()[name]
         assert entry["status"] == "FAILING", entry
-        assert envoy.hook_stat(name, "retried") == 1, name
+        wait_until(lambda: envoy.hook_stat(name, "retried") == 1, message=f"{name}: retried counted")
         assert "not reached over TLS" in entry["last_error"], entry
         assert f"cluster.{HTTPS}.ssl.fail_verify_*" in entry["last_error"], entry
         assert servers[name].requests(f"/hooks/{name}") == [], f"{name}: nothing reached the receiver"

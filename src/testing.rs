@@ -110,10 +110,14 @@ pub struct FakeHost {
     pub data: BTreeMap<String, (Vec<u8>, u32)>,
     /// Clusters that do not exist.
     pub missing_clusters: Vec<String>,
+    /// Shared-data reads and writes made, by key.
+    pub reads: std::cell::RefCell<BTreeMap<String, u64>>,
+    pub writes: BTreeMap<String, u64>,
 }
 
 impl SharedData for FakeHost {
     fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        *self.reads.borrow_mut().entry(key.to_string()).or_default() += 1;
         match self.data.get(key) {
             Some((value, version)) => (Some(value.clone()), Some(*version)),
             None => (None, None),
@@ -130,6 +134,7 @@ impl SharedData for FakeHost {
             (None, _) => 1,
         };
         self.data.insert(key.to_string(), (value.to_vec(), version));
+        *self.writes.entry(key.to_string()).or_default() += 1;
         Ok(())
     }
 }

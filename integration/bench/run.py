@@ -1198,7 +1198,7 @@ def notes(cases: list[dict], wasm_json: dict, a: dict) -> list[str]:
 # (kind, calls per request, bytes): tools/noop-filter/examples/host_calls.rs. One call kind a
 # case; its Envoy CPU per request above the no-op filter's, divided by the calls, is one call.
 PROBES = [
-    ("header", 100, 0), ("headers", 20, 0), ("body", 20, 0), ("shared_get", 100, 64), ("shared_get", 20, 4096),
+    ("header", 100, 0), ("headers", 20, 0), ("property_headers", 20, 0), ("body", 20, 0), ("shared_get", 100, 64), ("shared_get", 20, 4096),
     ("shared_cas", 50, 64), ("queue", 20, 64), ("queue", 20, 4096), ("metric", 100, 0),
     ("dispatch", 1, 2048), ("dispatch", 4, 2048), ("tick", 100, 0), ("log", 100, 0),
 ]

@@ -35,7 +35,7 @@ use crate::config::{WebhookDefinition, WebhookUrl};
 use crate::logging::Printable;
 use crate::plugin::Plugin;
 use crate::webhook::delta::Outcome;
-use crate::webhook::health::Transition;
+use crate::webhook::health::{Transition, WebhookHealth};
 use crate::webhook::status::Status;
 use crate::webhook::store;
 
@@ -43,6 +43,12 @@ use crate::webhook::store;
 /// queue for the admin API and to notice freed call slots).
 const MAX_TICK_MS: u64 = 1_000;
 pub const MIN_TICK_MS: u64 = 10;
+/// A webhook's health read from shared data in the last this many ms, and
+/// clean then (enabled, no failure, not paused), is taken as it was: the
+/// happy path reads nothing. A pause, or failures recorded by another worker,
+/// are seen here within this time; a webhook coming back is seen at once (its
+/// health was not clean, so it is read).
+const HEALTH_FRESH_MS: u64 = 100;
 /// How long successful deliveries may wait before they are added to the shared counts.
 const FLUSH_TICK_MS: u64 = 200;
 /// How often a worker publishes its retry queue for the admin API.
@@ -115,13 +121,36 @@ pub struct Engine {
     journal_next: u64,
     /// Journal numbers of deliveries handed off when the filter stopped.
     handed_off: Vec<u64>,
-    /// Each webhook's health as last decoded, with its CAS value, by fingerprint.
-    health_cache: HashMap<u64, Option<(u32, crate::webhook::health::WebhookHealth)>>,
+    /// Each webhook's health as last read, by fingerprint.
+    health_cache: HashMap<u64, CachedHealth>,
     attempt_log: AttemptLog,
     /// Per rate-limited webhook (by fingerprint): the next free slot, Unix ms,
     /// so that throttled deliveries wait in line, one interval apart, instead
     /// of all waking at once.
     throttle_next_ms: HashMap<u64, u64>,
+}
+
+/// A webhook's health as this worker last read it from shared data.
+#[derive(Default)]
+struct CachedHealth {
+    /// As decoded, with its CAS value.
+    record: Option<(u32, WebhookHealth)>,
+    /// Unix ms of the read; 0 once this worker wrote the record since.
+    read_ms: u64,
+}
+
+impl CachedHealth {
+    /// The record, if it was read within `HEALTH_FRESH_MS` and was clean then.
+    fn fresh_clean(&self, now_ms: u64, fingerprint: u64) -> Option<&(u32, WebhookHealth)> {
+        let fresh = self.read_ms != 0 && now_ms.saturating_sub(self.read_ms) < HEALTH_FRESH_MS;
+        self.record.as_ref().filter(|(_, health)| {
+            fresh
+                && health.fingerprint == fingerprint
+                && health.status == Status::Enabled
+                && health.consecutive_failures == 0
+                && !health.is_paused()
+        })
+    }
 }
 
 impl Default for Engine {
@@ -163,6 +192,14 @@ impl Engine {
 
     pub fn plugin(&self) -> Option<&Rc<Plugin>> {
         self.plugin.as_ref()
+    }
+
+    /// Webhook records were changed on this worker outside the engine (an
+    /// operator's pause or enable): the next attempts read them.
+    pub fn forget_health(&mut self) {
+        for cache in self.health_cache.values_mut() {
+            cache.read_ms = 0;
+        }
     }
 
     /// The tick period was set by someone else: the next `schedule_tick` sets it again.
@@ -487,7 +524,13 @@ impl Engine {
         };
         if let Some((_, definition)) = webhook {
             let cache = self.health_cache.entry(definition.fingerprint).or_default();
-            let (health, version) = store::load_versioned(host, definition, now_ms / 1000, cache);
+            let (health, version) = match cache.fresh_clean(now_ms, definition.fingerprint) {
+                Some((version, health)) => (health.clone(), Some(*version)),
+                None => {
+                    cache.read_ms = now_ms;
+                    store::load_versioned(host, definition, now_ms / 1000, &mut cache.record)
+                }
+            };
             delivery.epoch = health.epoch;
             if health.status == Status::Enabled && health.consecutive_failures == 0 {
                 clean_version = version;
@@ -755,8 +798,16 @@ impl Engine {
             // health is not this delivery's business.
             return;
         };
-        let still_clean =
-            clean_version.is_some() && store::version(host, definition) == clean_version;
+        let now_ms = host.now_ms();
+        let cached = self
+            .health_cache
+            .get(&definition.fingerprint)
+            .and_then(|cache| cache.fresh_clean(now_ms, definition.fingerprint))
+            .map(|(version, _)| *version);
+        // Clean when the attempt started and, as far as this worker can tell
+        // without a read, still the same record.
+        let still_clean = clean_version.is_some()
+            && (cached == clean_version || store::version(host, definition) == clean_version);
         if still_clean {
             // Counted in shared data by the next tick, sparing a write per delivery.
             let count = self
@@ -767,7 +818,7 @@ impl Engine {
             self.schedule_tick(host);
             return;
         }
-        let now_ms = host.now_ms();
+        self.health_written(definition.fingerprint);
         let epoch = delivery.epoch;
         if let Some((_, transition)) = store::update(host, definition, now_ms / 1000, |health| {
             if health.epoch == epoch {
@@ -833,6 +884,7 @@ impl Engine {
             let now_s = now_ms / 1000;
             let epoch = delivery.epoch;
             let mut counts_for_status = false;
+            self.health_written(definition.fingerprint);
             let updated = store::update(host, definition, now_s, |health| {
                 counts_for_status = health.epoch == epoch && health.status.delivers();
                 if health.epoch != epoch {
@@ -981,6 +1033,13 @@ impl Engine {
         host.set_status(&definition.id, transition.to);
     }
 
+    /// This worker changed the webhook's record: the next attempt reads it.
+    fn health_written(&mut self, fingerprint: u64) {
+        if let Some(cache) = self.health_cache.get_mut(&fingerprint) {
+            cache.read_ms = 0;
+        }
+    }
+
     /// Adds the buffered successful deliveries to the shared counts.
     fn flush_delivered<H: Host>(&mut self, host: &mut H) {
         let Some(plugin) = self.plugin.clone() else {
@@ -988,8 +1047,9 @@ impl Engine {
             return;
         };
         let now_s = host.now_ms() / 1000;
-        for (webhook, count) in self.unflushed_delivered.drain() {
+        for (webhook, count) in std::mem::take(&mut self.unflushed_delivered) {
             if let Some((_, definition)) = plugin.resolve(&webhook) {
+                self.health_written(definition.fingerprint);
                 store::update(host, definition, now_s, |health| {
                     health.delivered = health.delivered.saturating_add(count);
                     None

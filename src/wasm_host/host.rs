@@ -18,7 +18,7 @@ use crate::delivery::host::{
 };
 use crate::webhook::status::Status;
 
-use super::metrics::Metrics;
+use super::worker::Worker;
 
 /// Milliseconds since the Unix epoch, by the host's clock.
 pub fn now_ms() -> u64 {
@@ -106,12 +106,12 @@ impl SharedData for ProxySharedData {
 }
 
 /// The delivery engine's host: Envoy, through proxy-wasm, with the worker's
-/// stats. Made for one callback: dropped at its end, it adds what was counted
-/// to Envoy's stats.
+/// stats. Made for one callback: dropped at its end, it leaves what was
+/// counted to the worker's next flush (`Worker::end_callback`).
 pub struct ProxyHost<'a> {
-    pub metrics: &'a Metrics,
+    pub worker: &'a Worker,
     /// The tick comes at least this often (0: only when the engine asks),
-    /// for the cluster-state poller.
+    /// for the cluster-state poller and stalled admin requests.
     pub tick_floor_ms: u64,
     /// The time, read once per callback (a host call each).
     pub clock: std::cell::Cell<Option<u64>>,
@@ -156,60 +156,60 @@ impl Host for ProxyHost<'_> {
     }
 
     fn set_tick_period_ms(&mut self, period_ms: u64) -> bool {
-        let period_ms = match (period_ms, self.tick_floor_ms) {
-            (0, floor) => floor,
-            (wanted, 0) => wanted,
-            (wanted, floor) => wanted.min(floor),
+        let shortest = |a: u64, b: u64| match (a, b) {
+            (0, other) | (other, 0) => other,
+            (a, b) => a.min(b),
         };
-        hostcalls::set_tick_period(Duration::from_millis(period_ms)).is_ok()
+        let floor = shortest(self.tick_floor_ms, self.worker.flush_floor_ms());
+        self.worker.set_tick_ms(shortest(period_ms, floor))
     }
 
     fn count(&mut self, counter: Counter, n: u64) {
         let n = i64::try_from(n).unwrap_or(i64::MAX);
+        let metrics = &self.worker.metrics;
         match counter {
             Counter::DeliveriesDiscarded => {
-                self.metrics.add(self.metrics.deliveries_discarded, n);
+                metrics.add(metrics.deliveries_discarded, n);
             }
             Counter::ClusterStateErrors => {
-                self.metrics.add(self.metrics.cluster_state_errors, n);
+                metrics.add(metrics.cluster_state_errors, n);
             }
             Counter::ClusterStateRecordsRemoved => {
-                self.metrics
-                    .add(self.metrics.cluster_state_records_removed, n);
+                metrics.add(metrics.cluster_state_records_removed, n);
             }
             Counter::Webhook(id, which) => {
-                let metrics = self.metrics.webhook_named(&id);
+                let webhook = metrics.webhook_named(&id);
                 let metric = match which {
-                    WebhookCounter::Delivered => metrics.delivered,
-                    WebhookCounter::Failed => metrics.failed,
-                    WebhookCounter::Dropped => metrics.dropped,
-                    WebhookCounter::Retried => metrics.retried,
-                    WebhookCounter::DeadLettered => metrics.dead_lettered,
-                    WebhookCounter::Lost => metrics.lost,
-                    WebhookCounter::Adopted => metrics.adopted,
-                    WebhookCounter::HandedOff => metrics.handed_off,
-                    WebhookCounter::Orphaned => metrics.orphaned,
-                    WebhookCounter::Injected => metrics.injected,
-                    WebhookCounter::Paused => metrics.paused,
-                    WebhookCounter::Throttled => metrics.throttled,
+                    WebhookCounter::Delivered => webhook.delivered,
+                    WebhookCounter::Failed => webhook.failed,
+                    WebhookCounter::Dropped => webhook.dropped,
+                    WebhookCounter::Retried => webhook.retried,
+                    WebhookCounter::DeadLettered => webhook.dead_lettered,
+                    WebhookCounter::Lost => webhook.lost,
+                    WebhookCounter::Adopted => webhook.adopted,
+                    WebhookCounter::HandedOff => webhook.handed_off,
+                    WebhookCounter::Orphaned => webhook.orphaned,
+                    WebhookCounter::Injected => webhook.injected,
+                    WebhookCounter::Paused => webhook.paused,
+                    WebhookCounter::Throttled => webhook.throttled,
                 };
-                self.metrics.add(metric, n);
+                metrics.add(metric, n);
             }
         }
     }
 
     fn set_status(&mut self, id: &str, status: Status) {
-        self.metrics.webhook_named(id).set_status(status);
+        self.worker.metrics.webhook_named(id).set_status(status);
     }
 
     fn add_held_bytes(&mut self, delta: i64) {
-        self.metrics.add(self.metrics.held_bytes, delta);
+        let metrics = &self.worker.metrics;
+        metrics.add(metrics.held_bytes, delta);
     }
 }
 
-/// The stats counted during a callback reach Envoy when it ends.
 impl Drop for ProxyHost<'_> {
     fn drop(&mut self) {
-        self.metrics.flush();
+        self.worker.end_callback();
     }
 }

@@ -1,11 +1,9 @@
 //! Envoy stats (`define_metric`). Envoy prefixes them with `wasmcustom.`;
 //! per-webhook names carry the id as `webhook_id.<id>.` for a `stats_tags` rule.
 //!
-//! Counter and gauge increments are gathered during a callback and added to
-//! Envoy's stats when it ends (`Metrics::flush`, called by the hosts'
-//! `Drop`): one host call per stat changed, however often it changed (a
-//! request of many events counts `events_seen` once). Stats stay exact as
-//! soon as the callback returns.
+//! Counter and gauge increments are gathered and added to Envoy's stats by
+//! the root's tick (`Metrics::flush`, see `Worker::end_callback`): one host
+//! call per stat changed in that time, however often it changed.
 
 use std::cell::RefCell;
 
@@ -125,9 +123,8 @@ pub struct Metrics {
     pub webhooks: Vec<WebhookMetrics>,
     /// Positions in `webhooks` by webhook id.
     by_id: HashMap<String, usize>,
-    /// Increments not yet added to Envoy's stats: (metric id, sum), one entry
-    /// per metric. A callback changes a few stats: a scan beats a map.
-    pending: RefCell<Vec<(u32, i64)>>,
+    /// Increments not yet added to Envoy's stats: the sum by metric id.
+    pending: RefCell<HashMap<u32, i64>>,
 }
 
 impl Metrics {
@@ -159,12 +156,12 @@ impl Metrics {
             ),
             webhooks,
             by_id,
-            pending: RefCell::new(Vec::new()),
+            pending: RefCell::new(HashMap::new()),
         }
     }
 
-    /// Adds `n` to a counter, or to a gauge (negative: subtracts), when the
-    /// callback ends (`flush`).
+    /// Adds `n` to a counter, or to a gauge (negative: subtracts), at the
+    /// next `flush`.
     #[inline(never)]
     pub fn add(&self, metric: Metric, n: i64) {
         let (Some(id), false) = (metric.0, n == 0) else {
@@ -175,23 +172,31 @@ impl Metrics {
             let _ = hostcalls::increment_metric(id, n);
             return;
         };
-        match pending.iter_mut().find(|(pending_id, _)| *pending_id == id) {
-            Some((_, sum)) => *sum = sum.saturating_add(n),
-            None => pending.push((id, n)),
-        }
+        let sum = pending.entry(id).or_insert(0);
+        *sum = sum.saturating_add(n);
     }
 
-    /// Adds the increments gathered since the last flush to Envoy's stats.
+    /// Adds the increments gathered since the last flush to Envoy's stats;
+    /// `false` if there were none.
     #[inline(never)]
-    pub fn flush(&self) {
+    pub fn flush(&self) -> bool {
         let Ok(mut pending) = self.pending.try_borrow_mut() else {
-            return;
+            return false;
         };
-        for (id, n) in pending.drain(..) {
+        let any = !pending.is_empty();
+        for (id, n) in pending.drain() {
             if n != 0 {
                 let _ = hostcalls::increment_metric(id, n);
             }
         }
+        any
+    }
+
+    /// Increments wait to be added to Envoy's stats.
+    pub fn has_pending(&self) -> bool {
+        self.pending
+            .try_borrow()
+            .is_ok_and(|pending| !pending.is_empty())
     }
 
     /// The stats of webhook `id`; one no longer configured (a delivery made

@@ -96,8 +96,16 @@ impl WebhooksRoot {
         self.engine.forget_tick();
     }
 
+    /// What an admin request of this worker changed, the engine reads afresh.
+    fn see_health_changes(&mut self, worker: &Worker) {
+        if worker.health_changed.replace(false) {
+            self.engine.forget_health();
+        }
+    }
+
     /// Gives the engine the events requests handed over.
     fn take_handed_over(&mut self, worker: &Worker) {
+        self.see_health_changes(worker);
         let events = worker.take_handed_over();
         if events.is_empty() {
             return;
@@ -148,7 +156,7 @@ impl WebhooksRoot {
             0
         };
         ProxyHost {
-            metrics: &worker.metrics,
+            worker,
             tick_floor_ms: match (sync_floor, admin_floor) {
                 (0, floor) | (floor, 0) => floor,
                 (a, b) => a.min(b),
@@ -182,6 +190,11 @@ impl WebhooksRoot {
         self.sync = ClusterSync::new(plugin.clone(), vm_number, owner);
         self.engine.set_journaling(self.sync.is_some());
         let worker = Rc::new(Worker::new(plugin.clone(), metrics, queue_id));
+        if let Some(replaced) = self.worker.take() {
+            // Its stats reach Envoy now; the tick is this root's, and goes on.
+            worker.take_tick_from(&replaced);
+            replaced.retire();
+        }
         {
             let limit = i64::try_from(plugin.config.delivery.max_held_bytes).unwrap_or(i64::MAX);
             worker.metrics.add(
@@ -210,6 +223,8 @@ impl Context for WebhooksRoot {
         let Some(worker) = self.worker.clone() else {
             return true;
         };
+        // No tick may come any more: stats reach Envoy as they are counted.
+        worker.retire();
         let mut host = self.host(&worker);
         if let Some(sync) = self.sync.as_mut() {
             sync.stop(&mut host);
@@ -241,6 +256,7 @@ impl Context for WebhooksRoot {
         let Some(worker) = self.worker.clone() else {
             return;
         };
+        self.see_health_changes(&worker);
         let mut host = self.host(&worker);
         if let Some(sync) = self.sync.as_mut().filter(|sync| sync.owns(token_id)) {
             let answer = EtcdAnswer {
@@ -322,7 +338,12 @@ impl RootContext for WebhooksRoot {
 
     fn on_tick(&mut self) {
         if let Some(worker) = self.worker.clone() {
+            if worker.flush_on_tick() {
+                // No tick needed for the stats any more: the engine's own period.
+                self.engine.forget_tick();
+            }
             self.answer_stalled_admin(&worker);
+            self.see_health_changes(&worker);
             let mut host = self.host(&worker);
             self.engine.tick(&mut host);
             if let Some(sync) = self.sync.as_mut() {

@@ -54,7 +54,7 @@ struct StreamHost<'a> {
 
 impl Drop for StreamHost<'_> {
     fn drop(&mut self) {
-        self.worker.metrics.flush();
+        self.worker.end_callback();
     }
 }
 
@@ -129,6 +129,10 @@ impl EventStream {
         else {
             return;
         };
+        if answer.status < 300 {
+            // A pause or enable takes effect on this worker at once.
+            worker.health_changed.set(true);
+        }
         if let Some((index, transition)) = &answer.transition {
             worker.report(*index, Some(transition));
         }
@@ -167,8 +171,7 @@ impl EventStream {
             .borrow_mut()
             .push((self.context_id, deadline));
         // The root context's tick (proxy-wasm sets the root's period from any context).
-        let _ =
-            hostcalls::set_tick_period(std::time::Duration::from_millis(STALLED_ADMIN_CHECK_MS));
+        worker.tick_within(STALLED_ADMIN_CHECK_MS);
         worker.tick_overridden.set(true);
     }
 

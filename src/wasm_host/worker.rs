@@ -7,6 +7,10 @@
 //! cancels a context's calls when it ends, and the SDK gives an answer to the
 //! context that made the call), so the request wakes it with a one-byte
 //! message in the worker's shared queue, once until the root takes the events.
+//!
+//! Stats counted in any of the worker's callbacks reach Envoy with the root's
+//! next tick, at most `FLUSH_INTERVAL_MS` later: one host call per stat per
+//! interval, not per callback. A root context that is going flushes at once.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -20,6 +24,10 @@ use crate::plugin::Plugin;
 use crate::webhook::health::Transition;
 
 use super::metrics::Metrics;
+
+/// Counted stats wait at most this long (plus the host's timer slack) for
+/// the root's tick that adds them to Envoy's stats.
+pub const FLUSH_INTERVAL_MS: u64 = 100;
 
 pub struct Worker {
     pub plugin: Rc<Plugin>,
@@ -38,6 +46,16 @@ pub struct Worker {
     /// A request context set the root's tick period (for `admin_waiting`):
     /// the engine's idea of it is to be set again.
     pub tick_overridden: Cell<bool>,
+    /// An admin request on this worker changed a webhook's record: the
+    /// engine is to read it again, not trust what it read last.
+    pub health_changed: Cell<bool>,
+    /// The root's tick period as last set on the host (0: no tick).
+    tick_ms: Cell<u64>,
+    /// Counted stats wait for a tick that comes within `FLUSH_INTERVAL_MS`.
+    flush_armed: Cell<bool>,
+    /// The root context is going (stopping, or its configuration replaced):
+    /// nothing waits for its ticks any more.
+    retired: Cell<bool>,
 }
 
 /// What the root context's wake-up carries: only that there is something to take.
@@ -53,7 +71,84 @@ impl Worker {
             wake_queued: Cell::new(false),
             admin_waiting: RefCell::new(Vec::new()),
             tick_overridden: Cell::new(false),
+            health_changed: Cell::new(false),
+            tick_ms: Cell::new(0),
+            flush_armed: Cell::new(false),
+            retired: Cell::new(false),
         }
+    }
+
+    /// Sets the root's tick period (0: none) unless it is set already;
+    /// `false` if the host refused.
+    pub fn set_tick_ms(&self, period_ms: u64) -> bool {
+        if self.tick_ms.get() == period_ms {
+            // Setting it again would only restart the host's timer.
+            return true;
+        }
+        let set = hostcalls::set_tick_period(std::time::Duration::from_millis(period_ms)).is_ok();
+        if set {
+            self.tick_ms.set(period_ms);
+        }
+        set
+    }
+
+    /// Makes the root's next tick come within `period_ms`, keeping a shorter period.
+    pub fn tick_within(&self, period_ms: u64) -> bool {
+        match self.tick_ms.get() {
+            0 => self.set_tick_ms(period_ms),
+            current if current > period_ms => self.set_tick_ms(period_ms),
+            _ => true,
+        }
+    }
+
+    /// The shortest tick period the root needs for the stats waiting to be
+    /// flushed (0: none needed).
+    pub fn flush_floor_ms(&self) -> u64 {
+        if self.flush_armed.get() {
+            FLUSH_INTERVAL_MS
+        } else {
+            0
+        }
+    }
+
+    /// At the end of each callback: the stats it counted wait for the root's
+    /// tick (set to come within `FLUSH_INTERVAL_MS` if it would not), or reach
+    /// Envoy now when no tick will come.
+    pub fn end_callback(&self) {
+        if self.retired.get() {
+            self.metrics.flush();
+            return;
+        }
+        if self.flush_armed.get() || !self.metrics.has_pending() {
+            return;
+        }
+        if self.tick_within(FLUSH_INTERVAL_MS) {
+            self.flush_armed.set(true);
+        } else {
+            self.metrics.flush();
+        }
+    }
+
+    /// The root's tick: adds the waiting stats to Envoy's. `true` when the
+    /// tick period is to be set again (nothing waited: the traffic stopped,
+    /// and the root needs no tick for the stats until it starts again).
+    pub fn flush_on_tick(&self) -> bool {
+        let flushed = self.metrics.flush();
+        !flushed && self.flush_armed.replace(false)
+    }
+
+    /// A new configuration's worker on the same root context: the host's tick
+    /// period is what the replaced one set.
+    pub fn take_tick_from(&self, replaced: &Worker) {
+        self.tick_ms.set(replaced.tick_ms.get());
+    }
+
+    /// The root context is going: what is counted from now on reaches Envoy
+    /// at the end of its callback.
+    pub fn retire(&self) {
+        self.retired.set(true);
+        self.flush_armed.set(false);
+        self.metrics.flush();
     }
 
     /// Hands a matched event to the root's engine; gives it back, with why,

@@ -172,6 +172,8 @@ fn a_paused_webhook_is_not_called_its_matches_are_counted_and_its_retries_wait()
     assert_eq!(entry["configured_status"], "ENABLED");
     assert_eq!(entry["paused_at_ms"], host.now_ms);
     let paused_at = host.now_ms;
+    // As the worker's root does after one of its admin requests.
+    engine.forget_health();
 
     for _ in 0..3 {
         engine.accept(&mut host, matched(&plugin, "a"));
@@ -205,6 +207,72 @@ fn a_paused_webhook_is_not_called_its_matches_are_counted_and_its_retries_wait()
     engine.tick(&mut host);
     assert_eq!(to("a", &host), 2, "the waiting retry goes after enable");
     assert_eq!(engine.pending(), 0);
+}
+
+fn health_reads(host: &FakeHost, id: &str) -> u64 {
+    let key = format!("envoy_webhooks/health/{id}");
+    host.reads.borrow().get(&key).copied().unwrap_or(0)
+}
+
+fn health_writes(host: &FakeHost, id: &str) -> u64 {
+    let key = format!("envoy_webhooks/health/{id}");
+    host.writes.get(&key).copied().unwrap_or(0)
+}
+
+#[test]
+fn a_healthy_webhooks_deliveries_read_and_write_no_shared_data() {
+    let plugin = load(json!([hook("a")]));
+    let (mut engine, mut host) = started(&plugin);
+    let deliver = |engine: &mut Engine, host: &mut FakeHost| {
+        engine.accept(host, matched(&plugin, "a"));
+        let token = host.oldest_open().expect("a call").token;
+        host.take(token);
+        engine.call_finished(host, token, Some(&answer("204")));
+    };
+    deliver(&mut engine, &mut host);
+    let (reads, writes) = (health_reads(&host, "a"), health_writes(&host, "a"));
+    for _ in 0..50 {
+        host.now_ms += 1;
+        deliver(&mut engine, &mut host);
+    }
+    assert_eq!(host.count_of("a", WebhookCounter::Delivered), 51);
+    assert_eq!(
+        health_reads(&host, "a"),
+        reads,
+        "no read in 50 ms of deliveries"
+    );
+    assert_eq!(health_writes(&host, "a"), writes, "no write until the tick");
+    // The tick adds them to the shared counts, in one write.
+    host.now_ms += 250;
+    engine.tick(&mut host);
+    assert_eq!(health_writes(&host, "a"), writes + 1);
+    let stored = store::load(&host, &plugin.definitions()[0], host.now_ms / 1000);
+    assert_eq!(stored.delivered, 51);
+    // And the record is read again, once, by the next delivery.
+    let reads = health_reads(&host, "a");
+    deliver(&mut engine, &mut host);
+    assert_eq!(health_reads(&host, "a"), reads + 1);
+}
+
+#[test]
+fn a_pause_made_on_another_worker_is_seen_within_a_tenth_of_a_second() {
+    let plugin = load(json!([hook("a")]));
+    let (mut engine, mut host) = started(&plugin);
+    engine.accept(&mut host, matched(&plugin, "a"));
+    let token = host.oldest_open().expect("a call").token;
+    host.take(token);
+    engine.call_finished(&mut host, token, Some(&answer("204")));
+    // Another worker's admin request: this engine is not told.
+    let (status, _) = ask(&plugin, &mut host, AdminRoute::Disable("a".into()), b"");
+    assert_eq!(status, 200);
+    host.now_ms += 100;
+    engine.accept(&mut host, matched(&plugin, "a"));
+    assert_eq!(
+        host.calls.len(),
+        1,
+        "not called once the pause is 100 ms old"
+    );
+    assert_eq!(host.count_of("a", WebhookCounter::Paused), 1);
 }
 
 #[test]

@@ -8,6 +8,8 @@
 //! `{"probe": "KIND", "calls": K, "bytes": N, "cluster": "NAME"}` with KIND:
 //! - `header`: read the request's `content-type` (`get_map_value_bytes`);
 //! - `headers`: read all the request's headers in one call (`get_map_bytes`);
+//! - `property_headers`: read all the request's headers in one call as the
+//!   `request.headers` property (`get_property`: bytes, names unchecked);
 //! - `body`: read the request body's last chunk whole (`get_buffer`), per KB
 //!   of the ~2 KB events;
 //! - `shared_get`: read a shared-data value of N bytes;
@@ -41,6 +43,8 @@ enum Kind {
     Header,
     /// All the request's headers in one call (`get_http_request_headers_bytes`).
     Headers,
+    /// All the request's headers as the `request.headers` property.
+    PropertyHeaders,
     Body,
     SharedGet,
     SharedCas,
@@ -56,6 +60,7 @@ impl Kind {
         Some(match name {
             "header" => Kind::Header,
             "headers" => Kind::Headers,
+            "property_headers" => Kind::PropertyHeaders,
             "body" => Kind::Body,
             "shared_get" => Kind::SharedGet,
             "shared_cas" => Kind::SharedCas,
@@ -192,6 +197,9 @@ fn make_calls(probe: &Probe) {
             }
             Kind::Headers => {
                 let _ = hostcalls::get_map_bytes(MapType::HttpRequestHeaders);
+            }
+            Kind::PropertyHeaders => {
+                let _ = hostcalls::get_property(vec!["request", "headers"]);
             }
             Kind::SharedGet => {
                 let _ = hostcalls::get_shared_data(SHARED_KEY);
