@@ -3,8 +3,10 @@
 //! Definitions are indexed by event type, then realm, then operation, so an
 //! event only meets the definitions for its own type/realm/operation (and the
 //! "any realm"/"any operation" ones). Only those have their `object_id` and
-//! query checked.
+//! query checked. Definitions with the same query (the same structure) share
+//! its evaluation: it runs once an event, however many of them have it.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use hashbrown::HashMap;
@@ -12,6 +14,7 @@ use serde_json::Value;
 
 use crate::config::{Operation, WebhookDefinition};
 use crate::event::fields::{FieldTree, RouteSoFar, Router};
+use crate::query::Query;
 #[cfg(doc)]
 use crate::query::RegexBudget;
 use crate::status::Status;
@@ -21,7 +24,19 @@ use crate::status::Status;
 pub struct Matcher {
     definitions: Vec<WebhookDefinition>,
     by_event_type: HashMap<String, TypeIndex>,
+    /// By definition: the slot of its query in `outcomes` when other
+    /// definitions have the same query (it is then evaluated once an event).
+    shared_query: Vec<Option<usize>>,
+    /// One event's outcomes of the shared queries, reused from event to event
+    /// (`UNKNOWN` until evaluated).
+    outcomes: RefCell<Vec<u8>>,
 }
+
+/// A shared query's outcome for the event being matched.
+const UNKNOWN: u8 = 0;
+const NO_MATCH: u8 = 1;
+const MATCH: u8 = 2;
+const OVER_BUDGET: u8 = 3;
 
 #[derive(Debug, Clone, Default)]
 struct TypeIndex {
@@ -183,9 +198,17 @@ impl Matcher {
             };
             operations.push(definition.operation, index);
         }
+        let shared_query = shared_queries(&definitions);
+        let slots = shared_query
+            .iter()
+            .flatten()
+            .max()
+            .map_or(0, |last| last + 1);
         Matcher {
             definitions,
             by_event_type,
+            shared_query,
+            outcomes: RefCell::new(vec![UNKNOWN; slots]),
         }
     }
 
@@ -303,6 +326,28 @@ impl Matcher {
             &type_index.any_realm.any_operation,
         ];
 
+        let mut fresh = Vec::new();
+        let mut outcomes = match self.outcomes.try_borrow_mut() {
+            Ok(outcomes) => outcomes,
+            // Never re-entered; were it, a buffer of its own.
+            Err(_) => {
+                fresh.resize(self.shared_query.len(), UNKNOWN);
+                return self.match_lists(event, &keys, lists, out, over_budget, &mut fresh);
+            }
+        };
+        outcomes.fill(UNKNOWN);
+        self.match_lists(event, &keys, lists, out, over_budget, &mut outcomes);
+    }
+
+    fn match_lists(
+        &self,
+        event: &Value,
+        keys: &EventKeys<'_>,
+        lists: [&[usize]; 4],
+        out: &mut Vec<usize>,
+        over_budget: &mut Vec<usize>,
+        outcomes: &mut [u8],
+    ) {
         let start = out.len();
         for list in lists {
             for &index in list {
@@ -316,17 +361,81 @@ impl Matcher {
                 if !object_matches {
                     continue;
                 }
-                let evaluation = definition.query.evaluate(event);
-                if evaluation.over_budget {
+                let slot = self
+                    .shared_query
+                    .get(index)
+                    .copied()
+                    .flatten()
+                    .and_then(|slot| outcomes.get_mut(slot));
+                let outcome = match slot {
+                    Some(known) if *known != UNKNOWN => *known,
+                    Some(unknown) => {
+                        *unknown = outcome_of(&definition.query, event);
+                        *unknown
+                    }
+                    None => outcome_of(&definition.query, event),
+                };
+                if outcome == OVER_BUDGET {
                     over_budget.push(index);
                 }
-                if evaluation.matched {
+                if outcome == MATCH {
                     out.push(index);
                 }
             }
         }
         out[start..].sort_unstable();
     }
+}
+
+/// One evaluation of `query` (with its own regex budget): the same for every
+/// definition that has this query.
+fn outcome_of(query: &Query, event: &Value) -> u8 {
+    let evaluation = query.evaluate(event);
+    if evaluation.over_budget {
+        OVER_BUDGET
+    } else if evaluation.matched {
+        MATCH
+    } else {
+        NO_MATCH
+    }
+}
+
+/// By definition, a slot shared with every other definition that has the
+/// same query; `None` for a query no other definition has.
+fn shared_queries(definitions: &[WebhookDefinition]) -> Vec<Option<usize>> {
+    // By structure hash: the first definition (index) of each distinct query.
+    let mut firsts: HashMap<u64, Vec<usize>> = HashMap::new();
+    let mut first_of = Vec::with_capacity(definitions.len());
+    for (index, definition) in definitions.iter().enumerate() {
+        let same = firsts.entry(definition.query.structure_hash()).or_default();
+        let first = same.iter().copied().find(|&other| {
+            definitions
+                .get(other)
+                .is_some_and(|d| d.query == definition.query)
+        });
+        match first {
+            Some(first) => first_of.push(first),
+            None => {
+                same.push(index);
+                first_of.push(index);
+            }
+        }
+    }
+    let mut uses: HashMap<usize, usize> = HashMap::new();
+    for &first in &first_of {
+        *uses.entry(first).or_default() += 1;
+    }
+    let mut slot_of_first: HashMap<usize, usize> = HashMap::new();
+    first_of
+        .iter()
+        .map(|first| {
+            if uses.get(first).copied().unwrap_or(0) < 2 {
+                return None;
+            }
+            let next = slot_of_first.len();
+            Some(*slot_of_first.entry(*first).or_insert(next))
+        })
+        .collect()
 }
 
 /// Case-insensitive lookup in a map whose keys are lower case; allocates only

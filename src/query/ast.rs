@@ -105,6 +105,40 @@ impl Op {
 }
 
 impl Expr {
+    /// Feeds the expression's structure to `hasher`: equal expressions
+    /// (`==`: numbers by value, regexes by pattern and flag) feed the same.
+    pub fn hash_structure<H: std::hash::Hasher>(&self, hasher: &mut H) {
+        use std::hash::Hash;
+        match self {
+            Expr::Or(operands) | Expr::And(operands) => {
+                u8::from(matches!(self, Expr::Or(_))).hash(hasher);
+                operands.len().hash(hasher);
+                for operand in operands {
+                    operand.hash_structure(hasher);
+                }
+            }
+            Expr::Not(inner) => {
+                2u8.hash(hasher);
+                inner.hash_structure(hasher);
+            }
+            Expr::Compare(comparison) => {
+                3u8.hash(hasher);
+                comparison.path.hash(hasher);
+                comparison.op.as_str().hash(hasher);
+                match &comparison.value {
+                    Literal::String(text) => (0u8, text).hash(hasher),
+                    // 0.0 and -0.0 are equal: hashed alike.
+                    Literal::Number(n) => (1u8, (n + 0.0).to_bits()).hash(hasher),
+                    Literal::Bool(b) => (2u8, b).hash(hasher),
+                    Literal::Null => 3u8.hash(hasher),
+                    Literal::Regex(regex) => {
+                        (4u8, &regex.pattern, regex.case_insensitive).hash(hasher);
+                    }
+                }
+            }
+        }
+    }
+
     /// Builds an `Or`, merging operands that are themselves `Or`s so that
     /// printing and parsing again gives the same tree.
     pub(crate) fn or(operands: Vec<Expr>) -> Expr {

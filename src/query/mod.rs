@@ -94,6 +94,18 @@ impl Query {
             .is_none_or(|expr| expr.matches_within(event, budget))
     }
 
+    /// A hash of the query's structure: equal queries (`==`) hash the same,
+    /// so that definitions sharing a query can share its evaluation.
+    pub fn structure_hash(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        match &self.eval {
+            Some(expr) => expr.hash_structure(&mut hasher),
+            None => 0u8.hash(&mut hasher),
+        }
+        hasher.finish()
+    }
+
     /// The largest [`RegexLiteral::cost`] of the query's regexes; 0 without any.
     pub fn max_regex_cost(&self) -> u64 {
         let mut largest = 0;

@@ -134,6 +134,39 @@ fn the_matcher_reports_webhooks_whose_query_ran_over_budget() {
 }
 
 #[test]
+fn webhooks_sharing_a_query_share_its_evaluation_and_each_is_reported_over_budget() {
+    // One evaluation of `s=/b/` an event serves all three; each still counts.
+    let hook = |id: &str, query: &str| json!({"id": id, "event_type": "assets", "url": "http://r/x", "query": query});
+    let config = PluginConfig::from_value(&json!({"webhooks": [
+        hook("first", "s=/b/"),
+        hook("plain", "s!=null"),
+        hook("second", "s=/b/"),
+        hook("third", "s = /b/"),
+        hook("other-flag", "s=/b/i"),
+    ]}))
+    .expect("valid");
+    let matcher = Matcher::new(config.webhooks);
+    let costly: Value = json!({"event_type": "assets", "s": too_long_for("s=/b/")});
+    let (mut out, mut over) = (Vec::new(), Vec::new());
+    matcher.matching_with_budget(&costly, &mut out, &mut over);
+    assert_eq!(out, [1]);
+    assert_eq!(over, [0, 2, 3, 4]);
+    // The next event is evaluated afresh: nothing carries over.
+    let small: Value = json!({"event_type": "assets", "s": "B"});
+    let (mut out, mut over) = (Vec::new(), Vec::new());
+    matcher.matching_with_budget(&small, &mut out, &mut over);
+    assert_eq!(out, [1, 4]);
+    assert!(over.is_empty());
+    let (mut out, mut over) = (Vec::new(), Vec::new());
+    matcher.matching_with_budget(
+        &json!({"event_type": "assets", "s": "b"}),
+        &mut out,
+        &mut over,
+    );
+    assert_eq!(out, [0, 1, 2, 3, 4]);
+}
+
+#[test]
 fn a_long_array_of_numbers_is_refused_cheaply_once_the_budget_is_spent() {
     let numbers: Vec<u32> = (0..200_000).collect();
     let event = json!({ "n": numbers });
