@@ -7,11 +7,13 @@
 //! Nothing here can delay or change the platform's request: the intake only
 //! reads copies of its body.
 
+use serde_json::Value;
+
 use crate::config::header_value_refusal;
 use crate::config::DeliverOn;
 use crate::delivery::budget;
 use crate::delivery::message::{QueuedEvent, QueuedTarget, MAX_PROPAGATED_BYTES};
-use crate::event::{BodyCollector, BodyFormat, Event, NotAnEvent};
+use crate::event::{BodyCollector, BodyFormat, EventSink, NotAnEvent};
 use crate::logging::Printable;
 use crate::plugin::Plugin;
 
@@ -84,6 +86,37 @@ pub fn propagated_headers(
     headers
 }
 
+/// The body's events, matched as the collector completes them.
+struct Matching<'a, H> {
+    intake: &'a mut Intake,
+    plugin: &'a Plugin,
+    host: &'a mut H,
+}
+
+impl<H: IntakeHost> EventSink for Matching<'_, H> {
+    fn event(&mut self, text: &str, value: Value) {
+        self.host.count(IntakeCounter::EventsSeen, 1);
+        self.intake
+            .match_event(self.plugin, self.host, text, &value);
+    }
+
+    fn not_an_event(&mut self, why: NotAnEvent) {
+        let (plugin, host) = (self.plugin, &mut *self.host);
+        if let NotAnEvent::Oversized { limit } = why {
+            host.count(IntakeCounter::EventsOversized, 1);
+            plugin.warn("event_oversized", host.now_ms(), || {
+                format!("event skipped: larger than events.max_event_bytes ({limit} bytes)")
+            });
+            return;
+        }
+        host.count(IntakeCounter::EventsInvalid, 1);
+        log::debug!(
+            "envoy-webhooks: not an event, passed through untouched: {}",
+            Printable(&why.to_string())
+        );
+    }
+}
+
 pub struct Intake {
     /// Present until the body is complete.
     collector: Option<BodyCollector>,
@@ -136,16 +169,21 @@ impl Intake {
 
     /// A chunk of the body (`end`: the last one).
     pub fn body<H: IntakeHost>(&mut self, plugin: &Plugin, host: &mut H, chunk: &[u8], end: bool) {
-        let Some(collector) = self.collector.as_mut() else {
+        // Out while the events it completes are matched (they borrow `self`).
+        let Some(mut collector) = self.collector.take() else {
             return;
         };
-        let mut events = Vec::new();
+        let mut sink = Matching {
+            intake: self,
+            plugin,
+            host,
+        };
         if end {
-            collector.finish_with(chunk, &mut events);
+            collector.finish_with(chunk, &mut sink);
         } else {
-            collector.push(chunk, &mut events);
+            collector.push(chunk, &mut sink);
         }
-        self.handle(plugin, host, events);
+        self.collector = Some(collector);
         if end {
             self.finish(plugin, host);
         }
@@ -153,10 +191,13 @@ impl Intake {
 
     /// The body ended without a last chunk (trailers, or no body at all).
     pub fn end_of_body<H: IntakeHost>(&mut self, plugin: &Plugin, host: &mut H) {
-        if let Some(collector) = self.collector.as_mut() {
-            let mut events = Vec::new();
-            collector.finish(&mut events);
-            self.handle(plugin, host, events);
+        if let Some(mut collector) = self.collector.take() {
+            collector.finish(&mut Matching {
+                intake: self,
+                plugin,
+                host,
+            });
+            self.collector = Some(collector);
         }
         self.finish(plugin, host);
     }
@@ -196,43 +237,20 @@ impl Intake {
         self.release(plugin, host);
     }
 
-    /// Matches finished events and holds their deliveries until they may go.
-    fn handle<H: IntakeHost>(
+    /// Matches an event and holds its deliveries until they may go; its text
+    /// is copied only when it is to be delivered.
+    fn match_event<H: IntakeHost>(
         &mut self,
         plugin: &Plugin,
         host: &mut H,
-        events: Vec<Result<Event, NotAnEvent>>,
+        text: &str,
+        value: &Value,
     ) {
-        for event in events {
-            let event = match event {
-                Ok(event) => event,
-                Err(NotAnEvent::Oversized { limit }) => {
-                    host.count(IntakeCounter::EventsOversized, 1);
-                    plugin.warn("event_oversized", host.now_ms(), || {
-                        format!("event skipped: larger than events.max_event_bytes ({limit} bytes)")
-                    });
-                    continue;
-                }
-                Err(problem) => {
-                    host.count(IntakeCounter::EventsInvalid, 1);
-                    log::debug!(
-                        "envoy-webhooks: not an event, passed through untouched: {}",
-                        Printable(&problem.to_string())
-                    );
-                    continue;
-                }
-            };
-            host.count(IntakeCounter::EventsSeen, 1);
-            self.match_event(plugin, host, event);
-        }
-    }
-
-    fn match_event<H: IntakeHost>(&mut self, plugin: &Plugin, host: &mut H, event: Event) {
         self.matches.clear();
         self.over_budget.clear();
         plugin
             .matcher
-            .matching_with_budget(&event.value, &mut self.matches, &mut self.over_budget);
+            .matching_with_budget(value, &mut self.matches, &mut self.over_budget);
         if !self.over_budget.is_empty() {
             let count = self.over_budget.len();
             host.count(IntakeCounter::RegexOverBudget, as_count(count));
@@ -259,7 +277,7 @@ impl Intake {
         for &index in &self.matches {
             host.count(IntakeCounter::Matched(index), 1);
         }
-        let body = event.json.into_bytes();
+        let body = text.as_bytes().to_vec();
         // Each delivery counts in full: Envoy copies the body into each call.
         let each = budget::delivery_cost(body.len());
         let fitting = plugin.held.room_for(each).min(self.matches.len());
@@ -303,8 +321,7 @@ impl Intake {
                 })
             })
             .collect();
-        let request_id = event
-            .value
+        let request_id = value
             .get("request_id")
             .and_then(|id| id.as_str())
             .map(str::to_string);

@@ -403,37 +403,44 @@ fn outcome_of(query: &Query, event: &Value) -> u8 {
 /// By definition, a slot shared with every other definition that has the
 /// same query; `None` for a query no other definition has.
 fn shared_queries(definitions: &[WebhookDefinition]) -> Vec<Option<usize>> {
-    // By structure hash: the first definition (index) of each distinct query.
+    // By structure hash: the first definition of each distinct query.
     let mut firsts: HashMap<u64, Vec<usize>> = HashMap::new();
-    let mut first_of = Vec::with_capacity(definitions.len());
+    // By definition: the first definition with the same query.
+    let mut first_of: Vec<usize> = Vec::with_capacity(definitions.len());
     for (index, definition) in definitions.iter().enumerate() {
-        let same = firsts.entry(definition.query.structure_hash()).or_default();
-        let first = same.iter().copied().find(|&other| {
+        let same_hash = firsts.entry(definition.query.structure_hash()).or_default();
+        let same_query = same_hash.iter().copied().find(|&other| {
             definitions
                 .get(other)
                 .is_some_and(|d| d.query == definition.query)
         });
-        match first {
+        match same_query {
             Some(first) => first_of.push(first),
             None => {
-                same.push(index);
+                same_hash.push(index);
                 first_of.push(index);
             }
         }
     }
-    let mut uses: HashMap<usize, usize> = HashMap::new();
+    let mut uses = vec![0usize; definitions.len()];
     for &first in &first_of {
-        *uses.entry(first).or_default() += 1;
+        if let Some(count) = uses.get_mut(first) {
+            *count += 1;
+        }
     }
-    let mut slot_of_first: HashMap<usize, usize> = HashMap::new();
+    let mut slot_of_first: Vec<Option<usize>> = vec![None; definitions.len()];
+    let mut slots = 0;
     first_of
         .iter()
-        .map(|first| {
+        .map(|&first| {
             if uses.get(first).copied().unwrap_or(0) < 2 {
                 return None;
             }
-            let next = slot_of_first.len();
-            Some(*slot_of_first.entry(*first).or_insert(next))
+            let slot = slot_of_first.get_mut(first)?;
+            Some(*slot.get_or_insert_with(|| {
+                slots += 1;
+                slots - 1
+            }))
         })
         .collect()
 }

@@ -72,25 +72,78 @@ pub fn parse_json_body_limited(
     router: Option<&dyn Router>,
     max_events: usize,
 ) -> (Vec<Result<Event, NotAnEvent>>, u64) {
+    let mut events = Vec::new();
+    let skipped = parse_json_body_into(body, fields, router, max_events, &mut events);
+    (events, skipped)
+}
+
+/// Like [`parse_json_body_limited`], handing the events to `sink`; returns
+/// how many were skipped.
+fn parse_json_body_into(
+    body: &[u8],
+    fields: Option<&FieldTree>,
+    router: Option<&dyn Router>,
+    max_events: usize,
+    sink: &mut dyn EventSink,
+) -> u64 {
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() {
-        return (vec![Err(NotAnEvent::Empty)], 0);
+        sink.not_an_event(NotAnEvent::Empty);
+        return 0;
     }
     if trimmed.first() == Some(&b'[') {
         return match serde_json::from_slice::<Vec<&RawValue>>(trimmed) {
             Ok(items) => {
                 let skipped = items.len().saturating_sub(max_events);
-                let events = items
-                    .into_iter()
-                    .take(max_events)
-                    .map(|raw| parse_event_routed(raw.get().as_bytes(), fields, router))
-                    .collect();
-                (events, u64::try_from(skipped).unwrap_or(u64::MAX))
+                for raw in items.into_iter().take(max_events) {
+                    parse_event_into(raw.get().as_bytes(), fields, router, sink);
+                }
+                u64::try_from(skipped).unwrap_or(u64::MAX)
             }
-            Err(e) => (vec![Err(NotAnEvent::InvalidJson(e.to_string()))], 0),
+            Err(e) => {
+                sink.not_an_event(NotAnEvent::InvalidJson(e.to_string()));
+                0
+            }
         };
     }
-    (vec![parse_event_routed(trimmed, fields, router)], 0)
+    parse_event_into(trimmed, fields, router, sink);
+    0
+}
+
+/// Where a body's events go as they complete, in order. A sink that keeps
+/// an event's text only when it needs it (the filter's, for matched events)
+/// copies nothing else.
+pub trait EventSink {
+    /// A valid event: its text as in the body, and its (pruned) parsed value.
+    fn event(&mut self, text: &str, value: Value);
+    /// Part of the body that is not an event.
+    fn not_an_event(&mut self, why: NotAnEvent);
+}
+
+/// Keeps every event, its text copied.
+impl EventSink for Vec<Result<Event, NotAnEvent>> {
+    fn event(&mut self, text: &str, value: Value) {
+        self.push(Ok(Event {
+            json: text.to_string(),
+            value,
+        }));
+    }
+
+    fn not_an_event(&mut self, why: NotAnEvent) {
+        self.push(Err(why));
+    }
+}
+
+fn parse_event_into(
+    text: &[u8],
+    fields: Option<&FieldTree>,
+    router: Option<&dyn Router>,
+    sink: &mut dyn EventSink,
+) {
+    match parse_event_text(text, fields, router) {
+        Ok((text, value)) => sink.event(text, value),
+        Err(why) => sink.not_an_event(why),
+    }
 }
 
 /// Parses one event's JSON text (an NDJSON line, an array element or a whole body).
@@ -109,6 +162,18 @@ pub fn parse_event_routed(
     fields: Option<&FieldTree>,
     router: Option<&dyn Router>,
 ) -> Result<Event, NotAnEvent> {
+    parse_event_text(text, fields, router).map(|(text, value)| Event {
+        json: text.to_string(),
+        value,
+    })
+}
+
+/// The event's text (trimmed) and its parsed value, or why it is not an event.
+fn parse_event_text<'t>(
+    text: &'t [u8],
+    fields: Option<&FieldTree>,
+    router: Option<&dyn Router>,
+) -> Result<(&'t str, Value), NotAnEvent> {
     let text = text.trim_ascii();
     if text.is_empty() {
         return Err(NotAnEvent::Empty);
@@ -126,8 +191,7 @@ pub fn parse_event_routed(
     if !value.is_object() {
         return Err(NotAnEvent::NotAnObject(kind_of(&value)));
     }
-    let json = text.to_string();
-    Ok(Event { json, value })
+    Ok((text, value))
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -237,7 +301,7 @@ impl BodyCollector {
     }
 
     /// Takes the next chunk; events completed by it are appended to `out`.
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<Result<Event, NotAnEvent>>) {
+    pub fn push(&mut self, chunk: &[u8], out: &mut dyn EventSink) {
         match self.format {
             BodyFormat::Json => self.append(chunk),
             BodyFormat::Ndjson => {
@@ -255,10 +319,10 @@ impl BodyCollector {
 
     /// Takes the last chunk and finishes. A JSON body that arrives whole is
     /// parsed straight from the chunk, without copying it.
-    pub fn finish_with(&mut self, chunk: &[u8], out: &mut Vec<Result<Event, NotAnEvent>>) {
+    pub fn finish_with(&mut self, chunk: &[u8], out: &mut dyn EventSink) {
         if self.format == BodyFormat::Json && self.buffer.is_empty() && !self.oversized {
             if chunk.len() > self.limit {
-                out.push(Err(NotAnEvent::Oversized { limit: self.limit }));
+                out.not_an_event(NotAnEvent::Oversized { limit: self.limit });
             } else {
                 self.parse_json(chunk, out);
             }
@@ -269,11 +333,11 @@ impl BodyCollector {
     }
 
     /// The body ended; remaining events are appended to `out`.
-    pub fn finish(&mut self, out: &mut Vec<Result<Event, NotAnEvent>>) {
+    pub fn finish(&mut self, out: &mut dyn EventSink) {
         match self.format {
             BodyFormat::Json => {
                 if self.oversized {
-                    out.push(Err(NotAnEvent::Oversized { limit: self.limit }));
+                    out.not_an_event(NotAnEvent::Oversized { limit: self.limit });
                 } else {
                     let buffer = std::mem::take(&mut self.buffer);
                     self.parse_json(&buffer, out);
@@ -285,16 +349,20 @@ impl BodyCollector {
         }
     }
 
-    fn parse_json(&mut self, body: &[u8], out: &mut Vec<Result<Event, NotAnEvent>>) {
-        let (events, skipped) = parse_json_body_limited(
+    fn parse_json(&mut self, body: &[u8], out: &mut dyn EventSink) {
+        let mut counted = Counted {
+            inner: out,
+            events: 0,
+        };
+        let skipped = parse_json_body_into(
             body,
             self.fields.as_deref(),
             self.router.as_deref(),
             self.max_events.saturating_sub(self.events),
+            &mut counted,
         );
-        self.events = self.events.saturating_add(events.len());
+        self.events = self.events.saturating_add(counted.events);
         self.over_limit = self.over_limit.saturating_add(skipped);
-        out.extend(events);
     }
 
     fn append(&mut self, bytes: &[u8]) {
@@ -314,7 +382,7 @@ impl BodyCollector {
         }
     }
 
-    fn finish_line(&mut self, out: &mut Vec<Result<Event, NotAnEvent>>) {
+    fn finish_line(&mut self, out: &mut dyn EventSink) {
         if self.at_limit() {
             if std::mem::take(&mut self.skipped_line_has_content) {
                 self.over_limit = self.over_limit.saturating_add(1);
@@ -326,15 +394,34 @@ impl BodyCollector {
             self.events = self.events.saturating_add(1);
         }
         if self.oversized {
-            out.push(Err(NotAnEvent::Oversized { limit: self.limit }));
+            out.not_an_event(NotAnEvent::Oversized { limit: self.limit });
         } else if !self.buffer.trim_ascii().is_empty() {
-            out.push(parse_event_routed(
+            parse_event_into(
                 &self.buffer,
                 self.fields.as_deref(),
                 self.router.as_deref(),
-            ));
+                out,
+            );
         }
         self.buffer.clear();
         self.oversized = false;
+    }
+}
+
+/// Counts what passes through to `inner` (events and not-events alike).
+struct Counted<'s> {
+    inner: &'s mut dyn EventSink,
+    events: usize,
+}
+
+impl EventSink for Counted<'_> {
+    fn event(&mut self, text: &str, value: Value) {
+        self.events = self.events.saturating_add(1);
+        self.inner.event(text, value);
+    }
+
+    fn not_an_event(&mut self, why: NotAnEvent) {
+        self.events = self.events.saturating_add(1);
+        self.inner.not_an_event(why);
     }
 }

@@ -97,8 +97,8 @@ impl Query {
     /// A hash of the query's structure: equal queries (`==`) hash the same,
     /// so that definitions sharing a query can share its evaluation.
     pub fn structure_hash(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let mut hasher = hashbrown::DefaultHashBuilder::default().build_hasher();
         match &self.eval {
             Some(expr) => expr.hash_structure(&mut hasher),
             None => 0u8.hash(&mut hasher),
