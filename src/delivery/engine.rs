@@ -142,7 +142,11 @@ struct CachedHealth {
 impl CachedHealth {
     /// The record, if it was read within `HEALTH_FRESH_MS` and was clean then.
     fn fresh_clean(&self, now_ms: u64, fingerprint: u64) -> Option<&(u32, WebhookHealth)> {
-        let fresh = self.read_ms != 0 && now_ms.saturating_sub(self.read_ms) < HEALTH_FRESH_MS;
+        // A clock that stepped back makes no read fresh for longer.
+        let fresh = self.read_ms != 0
+            && now_ms
+                .checked_sub(self.read_ms)
+                .is_some_and(|age| age < HEALTH_FRESH_MS);
         self.record.as_ref().filter(|(_, health)| {
             fresh
                 && health.fingerprint == fingerprint

@@ -276,6 +276,23 @@ fn a_pause_made_on_another_worker_is_seen_within_a_tenth_of_a_second() {
 }
 
 #[test]
+fn a_clock_stepping_back_does_not_keep_an_old_read_fresh() {
+    let plugin = load(json!([hook("a")]));
+    let (mut engine, mut host) = started(&plugin);
+    engine.accept(&mut host, matched(&plugin, "a"));
+    let token = host.oldest_open().expect("a call").token;
+    host.take(token);
+    engine.call_finished(&mut host, token, Some(&answer("204")));
+    let (status, _) = ask(&plugin, &mut host, AdminRoute::Disable("a".into()), b"");
+    assert_eq!(status, 200);
+    // The host's clock steps back an hour (NTP, an operator): the record is read again.
+    host.now_ms -= 3_600_000;
+    engine.accept(&mut host, matched(&plugin, "a"));
+    assert_eq!(host.calls.len(), 1, "paused: not called");
+    assert_eq!(host.count_of("a", WebhookCounter::Paused), 1);
+}
+
+#[test]
 fn a_webhook_disabled_in_the_configuration_stays_so() {
     let mut quiet = hook("quiet");
     quiet["status"] = json!("DISABLED");
