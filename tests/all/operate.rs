@@ -254,17 +254,23 @@ fn a_healthy_webhooks_deliveries_read_and_write_no_shared_data() {
     assert_eq!(health_reads(&host, "a"), reads + 1);
 }
 
-#[test]
-fn a_pause_made_on_another_worker_is_seen_within_a_tenth_of_a_second() {
+/// Webhook `a` delivered once (its clean record read), then paused by an
+/// admin request this engine is not told of (another worker's).
+fn delivered_then_paused_elsewhere() -> (Rc<Plugin>, Engine, FakeHost) {
     let plugin = load(json!([hook("a")]));
     let (mut engine, mut host) = started(&plugin);
     engine.accept(&mut host, matched(&plugin, "a"));
     let token = host.oldest_open().expect("a call").token;
     host.take(token);
     engine.call_finished(&mut host, token, Some(&answer("204")));
-    // Another worker's admin request: this engine is not told.
     let (status, _) = ask(&plugin, &mut host, AdminRoute::Disable("a".into()), b"");
     assert_eq!(status, 200);
+    (plugin, engine, host)
+}
+
+#[test]
+fn a_pause_made_on_another_worker_is_seen_within_a_tenth_of_a_second() {
+    let (plugin, mut engine, mut host) = delivered_then_paused_elsewhere();
     host.now_ms += 100;
     engine.accept(&mut host, matched(&plugin, "a"));
     assert_eq!(
@@ -277,14 +283,7 @@ fn a_pause_made_on_another_worker_is_seen_within_a_tenth_of_a_second() {
 
 #[test]
 fn a_clock_stepping_back_does_not_keep_an_old_read_fresh() {
-    let plugin = load(json!([hook("a")]));
-    let (mut engine, mut host) = started(&plugin);
-    engine.accept(&mut host, matched(&plugin, "a"));
-    let token = host.oldest_open().expect("a call").token;
-    host.take(token);
-    engine.call_finished(&mut host, token, Some(&answer("204")));
-    let (status, _) = ask(&plugin, &mut host, AdminRoute::Disable("a".into()), b"");
-    assert_eq!(status, 200);
+    let (plugin, mut engine, mut host) = delivered_then_paused_elsewhere();
     // The host's clock steps back an hour (NTP, an operator): the record is read again.
     host.now_ms -= 3_600_000;
     engine.accept(&mut host, matched(&plugin, "a"));
