@@ -1,6 +1,6 @@
 //! Criterion benchmarks of the matching core: parsing queries, evaluating one
 //! query, and matching one event (JSON parsing included) against 10, 100 and
-//! 1,000 definitions.
+//! 1,000 definitions (parsed, pruned, or scanned in one pass).
 
 #![allow(
     clippy::unwrap_used,
@@ -14,6 +14,7 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use envoy_webhooks::config::PluginConfig;
+use envoy_webhooks::event::view::{scan, Scan, View, Viewed};
 use envoy_webhooks::event::{parse_event, parse_event_with};
 use envoy_webhooks::matcher::Matcher;
 use envoy_webhooks::query::Query;
@@ -80,6 +81,26 @@ fn bench_match(c: &mut Criterion) {
                 out.clear();
                 if let Ok(event) = parse_event_with(black_box(EVENT), Some(&fields)) {
                     matcher.matching(&event.value, &mut out);
+                }
+                out.len()
+            })
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("match event (one-pass scan included)");
+    group.throughput(Throughput::Elements(1));
+    let text = std::str::from_utf8(EVENT).expect("fixture is UTF-8").trim();
+    for count in [10, 100, 1000] {
+        let matcher = matcher(count);
+        let mut view = View::default();
+        let (mut out, mut over_budget) = (Vec::new(), Vec::new());
+        group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {
+            b.iter(|| {
+                out.clear();
+                if scan(black_box(text), matcher.paths(), &mut view) == Scan::Event {
+                    let event = Viewed { text, view: &view };
+                    matcher.matching_view(&event, &mut out, &mut over_budget);
                 }
                 out.len()
             })

@@ -13,6 +13,7 @@ use crate::config::header_value_refusal;
 use crate::config::DeliverOn;
 use crate::delivery::budget;
 use crate::delivery::message::{QueuedEvent, QueuedTarget, MAX_PROPAGATED_BYTES};
+use crate::event::view::{Viewed, REQUEST_ID};
 use crate::event::{BodyCollector, BodyFormat, EventSink, NotAnEvent};
 use crate::logging::Printable;
 use crate::plugin::Plugin;
@@ -97,7 +98,13 @@ impl<H: IntakeHost> EventSink for Matching<'_, H> {
     fn event(&mut self, text: &str, value: Value) {
         self.host.count(IntakeCounter::EventsSeen, 1);
         self.intake
-            .match_event(self.plugin, self.host, text, &value);
+            .match_event(self.plugin, self.host, text, Read::Parsed(&value));
+    }
+
+    fn scanned(&mut self, event: &Viewed<'_>) {
+        self.host.count(IntakeCounter::EventsSeen, 1);
+        self.intake
+            .match_event(self.plugin, self.host, event.text, Read::Scanned(event));
     }
 
     fn not_an_event(&mut self, why: NotAnEvent) {
@@ -114,6 +121,31 @@ impl<H: IntakeHost> EventSink for Matching<'_, H> {
             "envoy-webhooks: not an event, passed through untouched: {}",
             Printable(&why.to_string())
         );
+    }
+}
+
+/// An event as the collector read it.
+#[derive(Clone, Copy)]
+enum Read<'a> {
+    /// Parsed (pruned) into a value: what the scan was unsure of.
+    Parsed(&'a Value),
+    Scanned(&'a Viewed<'a>),
+}
+
+impl Read<'_> {
+    fn matching(self, plugin: &Plugin, out: &mut Vec<usize>, over_budget: &mut Vec<usize>) {
+        match self {
+            Read::Parsed(value) => plugin.matcher.matching_with_budget(value, out, over_budget),
+            Read::Scanned(event) => plugin.matcher.matching_view(event, out, over_budget),
+        }
+    }
+
+    fn request_id(self) -> Option<String> {
+        match self {
+            Read::Parsed(value) => value.get("request_id").and_then(Value::as_str),
+            Read::Scanned(event) => event.top_str(REQUEST_ID),
+        }
+        .map(str::to_string)
     }
 }
 
@@ -146,6 +178,7 @@ impl Intake {
         )
         .with_fields(plugin.fields.clone())
         .with_router(plugin.router.clone())
+        .with_scanner(plugin.scanner.clone())
         .with_max_events(events.max_events_per_request);
         Intake {
             collector: Some(collector),
@@ -244,13 +277,11 @@ impl Intake {
         plugin: &Plugin,
         host: &mut H,
         text: &str,
-        value: &Value,
+        event: Read<'_>,
     ) {
         self.matches.clear();
         self.over_budget.clear();
-        plugin
-            .matcher
-            .matching_with_budget(value, &mut self.matches, &mut self.over_budget);
+        event.matching(plugin, &mut self.matches, &mut self.over_budget);
         if !self.over_budget.is_empty() {
             let count = self.over_budget.len();
             host.count(IntakeCounter::RegexOverBudget, as_count(count));
@@ -321,10 +352,7 @@ impl Intake {
                 })
             })
             .collect();
-        let request_id = value
-            .get("request_id")
-            .and_then(|id| id.as_str())
-            .map(str::to_string);
+        let request_id = event.request_id();
         self.held.push(QueuedEvent {
             targets,
             request_id,

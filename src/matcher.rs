@@ -14,9 +14,10 @@ use serde_json::Value;
 
 use crate::config::{Operation, WebhookDefinition};
 use crate::event::fields::{FieldTree, RouteSoFar, Router};
-use crate::query::Query;
+use crate::event::view::{self, PathSet, Viewed};
 #[cfg(doc)]
 use crate::query::RegexBudget;
+use crate::query::{BoundQuery, Evaluation};
 use crate::status::Status;
 
 /// Definitions indexed for matching.
@@ -30,6 +31,10 @@ pub struct Matcher {
     /// One event's outcomes of the shared queries, reused from event to event
     /// (`UNKNOWN` until evaluated).
     outcomes: RefCell<Vec<u8>>,
+    /// Every path matching reads, for [`view::scan`].
+    paths: PathSet,
+    /// By definition: its query bound to `paths`.
+    bound: Vec<BoundQuery>,
 }
 
 /// A shared query's outcome for the event being matched.
@@ -124,6 +129,16 @@ impl<'a> EventKeys<'a> {
             object_id: field("object_id"),
         }
     }
+
+    /// The same fields, from a scanned event.
+    pub fn of_view(event: &Viewed<'a>) -> EventKeys<'a> {
+        EventKeys {
+            event_type: event.top_str(view::EVENT_TYPE),
+            realm: event.top_str(view::REALM),
+            operation: event.top_str(view::OPERATION),
+            object_id: event.top_str(view::OBJECT_ID),
+        }
+    }
 }
 
 /// For each route (event type, realm, operation), the paths its candidate
@@ -204,11 +219,18 @@ impl Matcher {
             .flatten()
             .max()
             .map_or(0, |last| last + 1);
+        let mut paths = PathSet::new();
+        let bound = definitions
+            .iter()
+            .map(|definition| definition.query.bind(&mut paths))
+            .collect();
         Matcher {
             definitions,
             by_event_type,
             shared_query,
             outcomes: RefCell::new(vec![UNKNOWN; slots]),
+            paths,
+            bound,
         }
     }
 
@@ -286,6 +308,12 @@ impl Matcher {
         &self.definitions
     }
 
+    /// Every path matching reads, with the ids [`Matcher::matching_view`]
+    /// looks its candidates up by: scan events with these.
+    pub fn paths(&self) -> &PathSet {
+        &self.paths
+    }
+
     /// Appends to `out` the index of each definition whose type, realm,
     /// operation, object and query match `event`, in configuration order.
     /// Statuses are the caller's business (they change at run time), except
@@ -306,6 +334,38 @@ impl Matcher {
         over_budget: &mut Vec<usize>,
     ) {
         let keys = EventKeys::of(event);
+        self.match_keys(&keys, out, over_budget, &mut |index| {
+            self.definitions.get(index).map_or(NO_MATCH, |definition| {
+                outcome(definition.query.evaluate(event))
+            })
+        });
+    }
+
+    /// Like [`Matcher::matching_with_budget`], on an event scanned with
+    /// [`Matcher::paths`] (no parsed value): the same result.
+    pub fn matching_view(
+        &self,
+        event: &Viewed<'_>,
+        out: &mut Vec<usize>,
+        over_budget: &mut Vec<usize>,
+    ) {
+        let keys = EventKeys::of_view(event);
+        self.match_keys(&keys, out, over_budget, &mut |index| {
+            self.bound
+                .get(index)
+                .map_or(NO_MATCH, |query| outcome(query.evaluate(event)))
+        });
+    }
+
+    /// The candidates of `keys`' route, their objects and queries checked
+    /// (`evaluate`: a definition's query's outcome).
+    fn match_keys(
+        &self,
+        keys: &EventKeys<'_>,
+        out: &mut Vec<usize>,
+        over_budget: &mut Vec<usize>,
+        evaluate: &mut dyn FnMut(usize) -> u8,
+    ) {
         let Some(event_type) = keys.event_type else {
             return;
         };
@@ -332,21 +392,21 @@ impl Matcher {
             // Never re-entered; were it, a buffer of its own.
             Err(_) => {
                 fresh.resize(self.shared_query.len(), UNKNOWN);
-                return self.match_lists(event, &keys, lists, out, over_budget, &mut fresh);
+                return self.match_lists(keys, lists, out, over_budget, &mut fresh, evaluate);
             }
         };
         outcomes.fill(UNKNOWN);
-        self.match_lists(event, &keys, lists, out, over_budget, &mut outcomes);
+        self.match_lists(keys, lists, out, over_budget, &mut outcomes, evaluate);
     }
 
     fn match_lists(
         &self,
-        event: &Value,
         keys: &EventKeys<'_>,
         lists: [&[usize]; 4],
         out: &mut Vec<usize>,
         over_budget: &mut Vec<usize>,
         outcomes: &mut [u8],
+        evaluate: &mut dyn FnMut(usize) -> u8,
     ) {
         let start = out.len();
         for list in lists {
@@ -370,10 +430,10 @@ impl Matcher {
                 let outcome = match slot {
                     Some(known) if *known != UNKNOWN => *known,
                     Some(unknown) => {
-                        *unknown = outcome_of(&definition.query, event);
+                        *unknown = evaluate(index);
                         *unknown
                     }
-                    None => outcome_of(&definition.query, event),
+                    None => evaluate(index),
                 };
                 if outcome == OVER_BUDGET {
                     over_budget.push(index);
@@ -387,10 +447,8 @@ impl Matcher {
     }
 }
 
-/// One evaluation of `query` (with its own regex budget): the same for every
-/// definition that has this query.
-fn outcome_of(query: &Query, event: &Value) -> u8 {
-    let evaluation = query.evaluate(event);
+/// An evaluation's outcome, as kept for shared queries.
+fn outcome(evaluation: Evaluation) -> u8 {
     if evaluation.over_budget {
         OVER_BUDGET
     } else if evaluation.matched {

@@ -14,6 +14,7 @@ use crate::delivery::budget::HeldBytes;
 use crate::delivery::queue::WebhookRef;
 use crate::delivery::signature::SigningSecret;
 use crate::event::fields::{FieldTree, Router};
+use crate::event::view::EventScanner;
 use crate::logging::{suppressed_note, WarningLimiter, WARNING_INTERVAL_MS};
 use crate::matcher::Matcher;
 
@@ -24,6 +25,9 @@ pub struct Plugin {
     pub fields: Rc<FieldTree>,
     /// Narrows `fields` to what the definitions an event's route reaches read.
     pub router: Rc<dyn Router>,
+    /// Reads events in one pass, without parsing them (`fields` and `router`
+    /// are for what it is unsure of).
+    pub scanner: Rc<EventScanner>,
     /// The admin bearer token, resolved from the configuration or the VM's environment.
     pub admin_token: Option<String>,
     /// etcd's user name and password, read from the VM's environment.
@@ -144,6 +148,7 @@ impl Plugin {
         Ok(Plugin {
             fields: Rc::new(matcher.field_tree()),
             router,
+            scanner: Rc::new(EventScanner::new(matcher.paths().clone())),
             matcher,
             held: HeldBytes::new(config.delivery.max_held_bytes),
             config,

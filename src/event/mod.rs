@@ -10,8 +10,10 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 pub mod fields;
+pub mod view;
 
 use fields::{FieldTree, Router};
+use view::{EventScanner, Scan, Viewed};
 
 /// One event: its JSON text as it appeared in the body, and its parsed value.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,7 +75,12 @@ pub fn parse_json_body_limited(
     max_events: usize,
 ) -> (Vec<Result<Event, NotAnEvent>>, u64) {
     let mut events = Vec::new();
-    let skipped = parse_json_body_into(body, fields, router, max_events, &mut events);
+    let reading = Reading {
+        fields,
+        router,
+        scanner: None,
+    };
+    let skipped = parse_json_body_into(body, &reading, max_events, &mut events);
     (events, skipped)
 }
 
@@ -81,8 +88,7 @@ pub fn parse_json_body_limited(
 /// how many were skipped.
 fn parse_json_body_into(
     body: &[u8],
-    fields: Option<&FieldTree>,
-    router: Option<&dyn Router>,
+    reading: &Reading<'_>,
     max_events: usize,
     sink: &mut dyn EventSink,
 ) -> u64 {
@@ -96,7 +102,7 @@ fn parse_json_body_into(
             Ok(items) => {
                 let skipped = items.len().saturating_sub(max_events);
                 for raw in items.into_iter().take(max_events) {
-                    parse_event_into(raw.get().as_bytes(), fields, router, sink);
+                    read_event_into(raw.get().as_bytes(), reading, sink);
                 }
                 u64::try_from(skipped).unwrap_or(u64::MAX)
             }
@@ -106,8 +112,17 @@ fn parse_json_body_into(
             }
         };
     }
-    parse_event_into(trimmed, fields, router, sink);
+    read_event_into(trimmed, reading, sink);
     0
+}
+
+/// How events are read: scanned when a scanner is given (parsed fully when
+/// it is unsure), else parsed, to `fields` (narrowed by `router`) if given.
+#[derive(Clone, Copy)]
+struct Reading<'r> {
+    fields: Option<&'r FieldTree>,
+    router: Option<&'r dyn Router>,
+    scanner: Option<&'r EventScanner>,
 }
 
 /// Where a body's events go as they complete, in order. A sink that keeps
@@ -116,6 +131,9 @@ fn parse_json_body_into(
 pub trait EventSink {
     /// A valid event: its text as in the body, and its (pruned) parsed value.
     fn event(&mut self, text: &str, value: Value);
+    /// A valid event read by the one-pass scan: its text and where its
+    /// candidate values lie (see [`view`]).
+    fn scanned(&mut self, event: &Viewed<'_>);
     /// Part of the body that is not an event.
     fn not_an_event(&mut self, why: NotAnEvent);
 }
@@ -129,18 +147,32 @@ impl EventSink for Vec<Result<Event, NotAnEvent>> {
         }));
     }
 
+    fn scanned(&mut self, event: &Viewed<'_>) {
+        // Only the filter's sink is handed scanned events; were this one, the
+        // text is a valid event already.
+        match serde_json::from_str(event.text) {
+            Ok(value) => self.event(event.text, value),
+            Err(e) => self.not_an_event(NotAnEvent::InvalidJson(e.to_string())),
+        }
+    }
+
     fn not_an_event(&mut self, why: NotAnEvent) {
         self.push(Err(why));
     }
 }
 
-fn parse_event_into(
-    text: &[u8],
-    fields: Option<&FieldTree>,
-    router: Option<&dyn Router>,
-    sink: &mut dyn EventSink,
-) {
-    match parse_event_text(text, fields, router) {
+fn read_event_into(text: &[u8], reading: &Reading<'_>, sink: &mut dyn EventSink) {
+    if let Some(scanner) = reading.scanner {
+        let trimmed = text.trim_ascii();
+        if let Ok(trimmed) = std::str::from_utf8(trimmed) {
+            let verdict = scanner.scan_with(trimmed, |event| sink.scanned(event));
+            if verdict == Scan::Event {
+                return;
+            }
+            // Unsure, or invalid: the full parse decides, and says why.
+        }
+    }
+    match parse_event_text(text, reading.fields, reading.router) {
         Ok((text, value)) => sink.event(text, value),
         Err(why) => sink.not_an_event(why),
     }
@@ -246,6 +278,8 @@ pub struct BodyCollector {
     fields: Option<Rc<FieldTree>>,
     /// Narrows `fields` by each event's routing fields.
     router: Option<Rc<dyn Router>>,
+    /// Scans events instead of parsing them (see [`view`]).
+    scanner: Option<Rc<EventScanner>>,
     /// Events handed out at most; later ones are only counted.
     max_events: usize,
     /// Events (valid or not) handed out so far.
@@ -265,6 +299,7 @@ impl BodyCollector {
             oversized: false,
             fields: None,
             router: None,
+            scanner: None,
             max_events: usize::MAX,
             events: 0,
             over_limit: 0,
@@ -298,6 +333,21 @@ impl BodyCollector {
     pub fn with_router(mut self, router: Rc<dyn Router>) -> BodyCollector {
         self.router = Some(router);
         self
+    }
+
+    /// Scans events with `scanner` (see [`view`]); those it is unsure of
+    /// are parsed with `with_fields` and `with_router`.
+    pub fn with_scanner(mut self, scanner: Rc<EventScanner>) -> BodyCollector {
+        self.scanner = Some(scanner);
+        self
+    }
+
+    fn reading(&self) -> Reading<'_> {
+        Reading {
+            fields: self.fields.as_deref(),
+            router: self.router.as_deref(),
+            scanner: self.scanner.as_deref(),
+        }
     }
 
     /// Takes the next chunk; events completed by it are appended to `out`.
@@ -356,8 +406,7 @@ impl BodyCollector {
         };
         let skipped = parse_json_body_into(
             body,
-            self.fields.as_deref(),
-            self.router.as_deref(),
+            &self.reading(),
             self.max_events.saturating_sub(self.events),
             &mut counted,
         );
@@ -396,12 +445,7 @@ impl BodyCollector {
         if self.oversized {
             out.not_an_event(NotAnEvent::Oversized { limit: self.limit });
         } else if !self.buffer.trim_ascii().is_empty() {
-            parse_event_into(
-                &self.buffer,
-                self.fields.as_deref(),
-                self.router.as_deref(),
-                out,
-            );
+            read_event_into(&self.buffer, &self.reading(), out);
         }
         self.buffer.clear();
         self.oversized = false;
@@ -418,6 +462,11 @@ impl EventSink for Counted<'_> {
     fn event(&mut self, text: &str, value: Value) {
         self.events = self.events.saturating_add(1);
         self.inner.event(text, value);
+    }
+
+    fn scanned(&mut self, event: &Viewed<'_>) {
+        self.events = self.events.saturating_add(1);
+        self.inner.scanned(event);
     }
 
     fn not_an_event(&mut self, why: NotAnEvent) {

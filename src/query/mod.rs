@@ -16,6 +16,7 @@
 #![deny(clippy::as_conversions, clippy::cast_possible_truncation)]
 
 mod ast;
+mod bound;
 mod error;
 mod eval;
 mod explain;
@@ -26,6 +27,7 @@ use std::fmt;
 use serde_json::Value;
 
 pub use ast::{Comparison, Expr, Literal, Op, Path, RegexLiteral};
+pub use bound::BoundQuery;
 pub use error::QueryError;
 pub use eval::{any_candidate, candidates, RegexBudget, REGEX_BUDGET};
 pub use explain::{ComparisonTrace, Explanation};

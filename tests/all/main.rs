@@ -31,3 +31,4 @@ mod query_budget;
 mod query_properties;
 mod retry;
 mod signature;
+mod view;

@@ -1,0 +1,646 @@
+//! Reading an event in one pass over its text, without building its value.
+//!
+//! The loaded definitions read a known set of paths (the routing fields and
+//! every query's paths), compiled once into a [`PathSet`]. [`scan`] checks
+//! the whole text as serde_json would (so an event is accepted or refused
+//! exactly as by a full parse) and, on the way, notes where each path's
+//! candidate values lie in the text: no value tree, no allocation once the
+//! [`View`]'s buffers have grown. Values are compared where they lie; a
+//! string is unescaped only when it has escapes and a query compares it.
+//!
+//! What the view cannot tell exactly, it does not guess: a key that a path
+//! follows given twice in one object (the last one counts), an escaped key
+//! in an object a path enters, an escaped routing field, or a body that is
+//! not an object make [`scan`] answer [`Scan::Unsure`], and the caller parses
+//! the event the old way (a full parse, which is the oracle this module is
+//! tested against).
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+
+/// The routing fields' path ids: [`PathSet::new`] adds them first, in this
+/// order.
+pub const EVENT_TYPE: usize = 0;
+pub const REALM: usize = 1;
+pub const OPERATION: usize = 2;
+pub const OBJECT_ID: usize = 3;
+pub const REQUEST_ID: usize = 4;
+const TOP_FIELDS: [&str; 5] = [
+    "event_type",
+    "realm",
+    "operation",
+    "object_id",
+    "request_id",
+];
+
+/// serde_json refuses a value nested this deep (its recursion limit).
+const MAX_NESTING: usize = 128;
+
+/// Integers of at most this many digits convert to `f64` exactly, as
+/// serde_json converts them (below 2^53).
+const EXACT_DIGITS: usize = 15;
+
+/// The paths that matching reads, as a tree of object keys; each path has an
+/// id, its slot in a [`View`].
+#[derive(Debug, Clone)]
+pub struct PathSet {
+    /// The root is node 0.
+    nodes: Vec<Node>,
+    paths: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Node {
+    /// Sorted by (length, bytes), for binary search with the cheap part first.
+    children: Vec<(Box<str>, usize)>,
+    /// The path that ends here.
+    path: Option<usize>,
+}
+
+impl Default for PathSet {
+    fn default() -> Self {
+        PathSet::new()
+    }
+}
+
+impl PathSet {
+    /// The routing fields only ([`EVENT_TYPE`] to [`REQUEST_ID`]).
+    pub fn new() -> PathSet {
+        let mut set = PathSet {
+            nodes: vec![Node::default()],
+            paths: 0,
+        };
+        for field in TOP_FIELDS {
+            set.add(&[field]);
+        }
+        set
+    }
+
+    /// The id of `segments` (object keys from the top of the event), added
+    /// if new. The empty path is the whole event.
+    pub fn add<S: AsRef<str>>(&mut self, segments: &[S]) -> usize {
+        let mut node = 0;
+        for segment in segments {
+            let key = segment.as_ref();
+            let Some(children) = self.nodes.get(node).map(|n| &n.children) else {
+                break;
+            };
+            node = match children.binary_search_by(|(k, _)| by_length(k, key)) {
+                Ok(found) => children.get(found).map_or(0, |(_, child)| *child),
+                Err(at) => {
+                    let child = self.nodes.len();
+                    self.nodes.push(Node::default());
+                    if let Some(parent) = self.nodes.get_mut(node) {
+                        parent.children.insert(at, (key.into(), child));
+                    }
+                    child
+                }
+            };
+        }
+        let next = self.paths;
+        match self.nodes.get_mut(node) {
+            Some(Node { path: Some(id), .. }) => *id,
+            Some(target) => {
+                target.path = Some(next);
+                self.paths = next.saturating_add(1);
+                next
+            }
+            None => next,
+        }
+    }
+
+    /// How many paths there are (ids are `0..len`).
+    pub fn len(&self) -> usize {
+        self.paths
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.paths == 0
+    }
+
+    /// The child of `node` for `key`, and its index among the children.
+    fn child(&self, node: usize, key: &[u8]) -> Option<(usize, usize)> {
+        let children = &self.nodes.get(node)?.children;
+        let index = children
+            .binary_search_by(|(k, _)| k.len().cmp(&key.len()).then_with(|| k.as_bytes().cmp(key)))
+            .ok()?;
+        children.get(index).map(|(_, child)| (index, *child))
+    }
+
+    fn has_children(&self, node: usize) -> bool {
+        self.nodes.get(node).is_some_and(|n| !n.children.is_empty())
+    }
+
+    fn path_of(&self, node: usize) -> Option<usize> {
+        self.nodes.get(node).and_then(|n| n.path)
+    }
+}
+
+fn by_length(a: &str, b: &str) -> std::cmp::Ordering {
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+}
+
+/// What a candidate value is, and where it lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Leaf {
+    kind: Kind,
+    /// Byte range in the text: a string's without its quotes.
+    start: usize,
+    end: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Null,
+    True,
+    False,
+    Number,
+    String,
+    /// A string with backslash escapes: unescaped when read.
+    EscapedString,
+    /// An object, or an empty array.
+    Other,
+}
+
+/// Where one event's candidate values lie, by path id: buffers reused from
+/// event to event.
+#[derive(Debug, Default)]
+pub struct View {
+    leaves: Vec<Vec<Leaf>>,
+    /// The routing fields' own values at the top of the event.
+    top: [Option<Leaf>; 5],
+}
+
+/// A candidate value of a path, as [`Viewed::candidates`] hands it out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Candidate<'t> {
+    Null,
+    Bool(bool),
+    /// A JSON number's text (see [`number_value`] and [`number_text`]).
+    Number(&'t str),
+    String(Cow<'t, str>),
+    /// An object or an empty array: it exists, and equals no literal.
+    Other,
+}
+
+/// An event's text with its [`View`]: what matching reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Viewed<'a> {
+    pub text: &'a str,
+    pub view: &'a View,
+}
+
+impl<'a> Viewed<'a> {
+    /// The candidates of path `id`, in the order of the text (which is the
+    /// order a full parse's path resolution visits them in).
+    pub fn candidates(&self, id: usize) -> impl Iterator<Item = Candidate<'a>> + 'a {
+        let text = self.text;
+        self.view
+            .leaves
+            .get(id)
+            .map_or(&[][..], Vec::as_slice)
+            .iter()
+            .map(move |leaf| candidate(text, leaf))
+    }
+
+    /// A routing field's value when it is a string at the top of the event
+    /// ([`EVENT_TYPE`] to [`REQUEST_ID`]).
+    pub fn top_str(&self, id: usize) -> Option<&'a str> {
+        let leaf = self.view.top.get(id).copied().flatten()?;
+        // Escaped routing fields made the scan unsure: never here.
+        (leaf.kind == Kind::String)
+            .then(|| self.text.get(leaf.start..leaf.end))
+            .flatten()
+    }
+}
+
+fn candidate<'t>(text: &'t str, leaf: &Leaf) -> Candidate<'t> {
+    let raw = text.get(leaf.start..leaf.end).unwrap_or_default();
+    match leaf.kind {
+        Kind::Null => Candidate::Null,
+        Kind::True => Candidate::Bool(true),
+        Kind::False => Candidate::Bool(false),
+        Kind::Number => Candidate::Number(raw),
+        Kind::String => Candidate::String(Cow::Borrowed(raw)),
+        Kind::EscapedString => {
+            // With its quotes: the scan checked it is a valid JSON string.
+            let quoted = text
+                .get(leaf.start.saturating_sub(1)..leaf.end.saturating_add(1))
+                .unwrap_or_default();
+            match serde_json::from_str::<String>(quoted) {
+                Ok(unescaped) => Candidate::String(Cow::Owned(unescaped)),
+                Err(_) => Candidate::Other,
+            }
+        }
+        Kind::Other => Candidate::Other,
+    }
+}
+
+/// A JSON number's value as serde_json gives it (`Number::as_f64`); `None`
+/// for what is not a number.
+pub fn number_value(text: &str) -> Option<f64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.len() <= EXACT_DIGITS
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        // Exact: at most 15 digits is below 2^53.
+        let magnitude = digits
+            .bytes()
+            .fold(0u64, |n, b| n * 10 + u64::from(b - b'0'));
+        let magnitude = f64::from(u32::try_from(magnitude >> 32).ok()?) * 4_294_967_296.0
+            + f64::from(u32::try_from(magnitude & 0xFFFF_FFFF).ok()?);
+        return Some(if digits.len() < text.len() {
+            -magnitude
+        } else {
+            magnitude
+        });
+    }
+    serde_json::from_str::<f64>(text).ok()
+}
+
+/// A JSON number written as serde_json writes a parsed one (`1.50` is
+/// `1.5`): the text a regex is run on.
+pub fn number_text(text: &str) -> String {
+    serde_json::from_str::<serde_json::Number>(text)
+        .map_or_else(|_| text.to_string(), |n| n.to_string())
+}
+
+/// A worker's scanner: its paths and one [`View`] reused by all its requests
+/// (the worker's VM runs one callback at a time).
+#[derive(Debug, Default)]
+pub struct EventScanner {
+    paths: PathSet,
+    view: RefCell<View>,
+}
+
+impl EventScanner {
+    pub fn new(paths: PathSet) -> EventScanner {
+        EventScanner {
+            paths,
+            view: RefCell::default(),
+        }
+    }
+
+    /// Scans `text` (trimmed); an event is handed to `event`. `Unsure` too
+    /// when the view is in use (never: callbacks do not nest).
+    pub fn scan_with(&self, text: &str, event: impl FnOnce(&Viewed<'_>)) -> Scan {
+        let Ok(mut view) = self.view.try_borrow_mut() else {
+            return Scan::Unsure;
+        };
+        let verdict = scan(text, &self.paths, &mut view);
+        if verdict == Scan::Event {
+            event(&Viewed { text, view: &view });
+        }
+        verdict
+    }
+}
+
+/// What [`scan`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// A valid JSON object; the view holds its candidates.
+    Event,
+    /// Not valid JSON (as serde_json would refuse it).
+    Invalid,
+    /// The view cannot say exactly (see the module docs): parse it fully.
+    Unsure,
+}
+
+/// Scans `text` (already trimmed), filling `view` with the candidates of
+/// `paths`.
+pub fn scan(text: &str, paths: &PathSet, view: &mut View) -> Scan {
+    view.leaves.resize_with(paths.len(), Vec::new);
+    for leaves in &mut view.leaves {
+        leaves.clear();
+    }
+    view.top = [None; 5];
+    if !text.starts_with('{') {
+        return Scan::Unsure;
+    }
+    let mut scanner = Scanner {
+        bytes: text.as_bytes(),
+        at: 0,
+        depth: 0,
+        unsure: false,
+        paths,
+        view,
+    };
+    let result = scanner.value(Some(0)).and_then(|_| {
+        scanner.whitespace();
+        if scanner.at == scanner.bytes.len() {
+            Ok(())
+        } else {
+            Err(Bad)
+        }
+    });
+    match result {
+        Err(Bad) => Scan::Invalid,
+        Ok(()) if scanner.unsure => Scan::Unsure,
+        Ok(()) => Scan::Event,
+    }
+}
+
+/// The text is not valid JSON.
+struct Bad;
+
+struct Scanner<'s> {
+    bytes: &'s [u8],
+    at: usize,
+    /// Containers open around `at`.
+    depth: usize,
+    unsure: bool,
+    paths: &'s PathSet,
+    view: &'s mut View,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn whitespace(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> Result<(), Bad> {
+        if self.peek() == Some(byte) {
+            self.at += 1;
+            Ok(())
+        } else {
+            Err(Bad)
+        }
+    }
+
+    fn record(&mut self, node: Option<usize>, leaf: Leaf) {
+        if let Some(path) = node.and_then(|n| self.paths.path_of(n)) {
+            if let Some(leaves) = self.view.leaves.get_mut(path) {
+                leaves.push(leaf);
+            }
+        }
+    }
+
+    /// One value; `node`: where the paths stand (`None`: no path goes here).
+    /// Returns the value's own leaf (its kind; containers are `Other`).
+    fn value(&mut self, node: Option<usize>) -> Result<Leaf, Bad> {
+        self.whitespace();
+        let start = self.at;
+        let kind = match self.peek().ok_or(Bad)? {
+            b'{' => return self.container(node, true),
+            b'[' => return self.container(node, false),
+            b'"' => {
+                let (start, end, escaped) = self.string()?;
+                let kind = if escaped {
+                    Kind::EscapedString
+                } else {
+                    Kind::String
+                };
+                let leaf = Leaf { kind, start, end };
+                self.record(node, leaf);
+                return Ok(leaf);
+            }
+            b't' => self.word(b"true", Kind::True)?,
+            b'f' => self.word(b"false", Kind::False)?,
+            b'n' => self.word(b"null", Kind::Null)?,
+            b'-' | b'0'..=b'9' => self.number()?,
+            _ => return Err(Bad),
+        };
+        let leaf = Leaf {
+            kind,
+            start,
+            end: self.at,
+        };
+        self.record(node, leaf);
+        Ok(leaf)
+    }
+
+    fn word(&mut self, word: &[u8], kind: Kind) -> Result<Kind, Bad> {
+        let end = self.at.saturating_add(word.len());
+        if self.bytes.get(self.at..end) == Some(word) {
+            self.at = end;
+            Ok(kind)
+        } else {
+            Err(Bad)
+        }
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.at;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.at += 1;
+        }
+        self.at - start
+    }
+
+    /// A number, checked as serde_json checks it (its grammar, and its range
+    /// for what could overflow).
+    fn number(&mut self) -> Result<Kind, Bad> {
+        let start = self.at;
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        let integer = match self.peek() {
+            Some(b'0') => {
+                self.at += 1;
+                1
+            }
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(Bad),
+        };
+        let mut plain = integer <= 18;
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            if self.digits() == 0 {
+                return Err(Bad);
+            }
+            plain = false;
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            if self.digits() == 0 {
+                return Err(Bad);
+            }
+            plain = false;
+        }
+        if !plain {
+            // Out of range (`1e400`) is refused: serde_json's own verdict.
+            let text = self.bytes.get(start..self.at).unwrap_or_default();
+            if serde_json::from_slice::<f64>(text).is_err() {
+                return Err(Bad);
+            }
+        }
+        Ok(Kind::Number)
+    }
+
+    /// A string at `"`: its content's range, and whether it has escapes.
+    /// Checked as serde_json checks a string it decodes: no control
+    /// characters, valid escapes, surrogate escapes in pairs.
+    fn string(&mut self) -> Result<(usize, usize, bool), Bad> {
+        self.eat(b'"')?;
+        let start = self.at;
+        let mut escaped = false;
+        loop {
+            let byte = self.peek().ok_or(Bad)?;
+            self.at += 1;
+            match byte {
+                b'"' => return Ok((start, self.at - 1, escaped)),
+                b'\\' => {
+                    escaped = true;
+                    self.escape()?;
+                }
+                0x00..=0x1F => return Err(Bad),
+                _ => {}
+            }
+        }
+    }
+
+    /// After a backslash.
+    fn escape(&mut self) -> Result<(), Bad> {
+        let byte = self.peek().ok_or(Bad)?;
+        self.at += 1;
+        match byte {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Ok(()),
+            b'u' => {
+                let unit = self.hex4()?;
+                if (0xDC00..=0xDFFF).contains(&unit) {
+                    return Err(Bad);
+                }
+                if (0xD800..=0xDBFF).contains(&unit) {
+                    self.eat(b'\\')?;
+                    self.eat(b'u')?;
+                    let low = self.hex4()?;
+                    if !(0xDC00..=0xDFFF).contains(&low) {
+                        return Err(Bad);
+                    }
+                }
+                Ok(())
+            }
+            _ => Err(Bad),
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32, Bad> {
+        let mut unit = 0;
+        for _ in 0..4 {
+            let digit = char::from(self.peek().ok_or(Bad)?)
+                .to_digit(16)
+                .ok_or(Bad)?;
+            self.at += 1;
+            unit = unit * 16 + digit;
+        }
+        Ok(unit)
+    }
+
+    /// An object or an array at its opening bracket.
+    fn container(&mut self, node: Option<usize>, object: bool) -> Result<Leaf, Bad> {
+        let start = self.at;
+        self.at += 1;
+        self.depth += 1;
+        if self.depth >= MAX_NESTING {
+            return Err(Bad);
+        }
+        self.whitespace();
+        let close = if object { b'}' } else { b']' };
+        let empty = self.peek() == Some(close);
+        // An object, or an empty array, is a candidate itself; a non-empty
+        // array's elements are, in its place (arrays are entered).
+        if object || empty {
+            self.record(
+                node,
+                Leaf {
+                    kind: Kind::Other,
+                    start,
+                    end: start,
+                },
+            );
+        }
+        if empty {
+            self.at += 1;
+        } else if object {
+            self.members(node)?;
+        } else {
+            loop {
+                self.value(node)?;
+                self.whitespace();
+                match self.peek() {
+                    Some(b',') => self.at += 1,
+                    Some(b']') => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return Err(Bad),
+                }
+            }
+        }
+        self.depth -= 1;
+        Ok(Leaf {
+            kind: Kind::Other,
+            start,
+            end: self.at,
+        })
+    }
+
+    /// An object's members, after its `{` (not empty).
+    fn members(&mut self, node: Option<usize>) -> Result<(), Bad> {
+        let top = self.depth == 1;
+        let follows = node.filter(|&n| self.paths.has_children(n));
+        // The children met so far (by index), to see a key given twice.
+        let mut seen: u64 = 0;
+        loop {
+            self.whitespace();
+            let (start, end, escaped) = self.string()?;
+            let mut child = None;
+            if let Some(n) = follows {
+                if escaped {
+                    // Which key it is would need unescaping: rare, parsed fully.
+                    self.unsure = true;
+                } else if let Some((index, found)) = self
+                    .paths
+                    .child(n, self.bytes.get(start..end).unwrap_or_default())
+                {
+                    let bit = u32::try_from(index).ok().and_then(|i| 1u64.checked_shl(i));
+                    match bit {
+                        Some(bit) if seen & bit == 0 => seen |= bit,
+                        // Given twice (the last counts), or past 64 children.
+                        _ => self.unsure = true,
+                    }
+                    child = Some(found);
+                }
+            }
+            self.whitespace();
+            self.eat(b':')?;
+            let leaf = self.value(child)?;
+            if top {
+                self.note_top(child, leaf);
+            }
+            self.whitespace();
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b'}') => {
+                    self.at += 1;
+                    return Ok(());
+                }
+                _ => return Err(Bad),
+            }
+        }
+    }
+
+    /// A member of the top object: a routing field's own value is kept.
+    fn note_top(&mut self, child: Option<usize>, leaf: Leaf) {
+        let Some(path) = child.and_then(|c| self.paths.path_of(c)) else {
+            return;
+        };
+        if let Some(slot) = self.view.top.get_mut(path) {
+            if leaf.kind == Kind::EscapedString {
+                // Compared as text by the index: parsed fully instead.
+                self.unsure = true;
+            }
+            *slot = Some(leaf);
+        }
+    }
+}
