@@ -211,3 +211,64 @@ impl FakeHost {
         self.open.remove(&token)
     }
 }
+
+pub mod view {
+    use serde_json::Value;
+
+    use crate::event::parse_event;
+    use crate::event::view::{scan, Scan, View, Viewed, REQUEST_ID};
+    use crate::matcher::Matcher;
+
+    /// What the full parse (the oracle) and the one-pass scan say of `text`
+    /// for `matcher`: whether it is an event, or `None` when the scan was
+    /// unsure (the filter then parses fully); `Err` saying how when they differ:
+    /// the verdict, the matches, the regex-budget outcome, `request_id`, each
+    /// query's evaluation.
+    pub fn compare_with_oracle(matcher: &Matcher, text: &str) -> Result<Option<bool>, String> {
+        let mut view = View::default();
+        let verdict = scan(text, matcher.paths(), &mut view);
+        let full = parse_event(text.as_bytes());
+        match (verdict, &full) {
+            (Scan::Unsure, _) => Ok(None),
+            (Scan::Invalid, Err(_)) => Ok(Some(false)),
+            (Scan::Invalid, Ok(_)) => Err(format!("the view refused a valid event: {text}")),
+            (Scan::Event, Err(why)) => {
+                Err(format!("the view took an invalid event ({why}): {text}"))
+            }
+            (Scan::Event, Ok(event)) => {
+                let viewed = Viewed { text, view: &view };
+                let (mut want, mut want_budget) = (Vec::new(), Vec::new());
+                let (mut got, mut got_budget) = (Vec::new(), Vec::new());
+                matcher.matching_with_budget(&event.value, &mut want, &mut want_budget);
+                matcher.matching_view(&viewed, &mut got, &mut got_budget);
+                if (&want, &want_budget) != (&got, &got_budget) {
+                    return Err(format!(
+                        "matches {want:?} (over budget {want_budget:?}) by the oracle, {got:?} ({got_budget:?}) by the view: {text}"
+                    ));
+                }
+                let request_id = event.value.get("request_id").and_then(Value::as_str);
+                if request_id != viewed.top_str(REQUEST_ID) {
+                    return Err(format!("request_id differs: {text}"));
+                }
+                for definition in matcher.definitions() {
+                    let mut paths = matcher.paths().clone();
+                    let bound = definition.query.bind(&mut paths);
+                    if paths.len() != matcher.paths().len() {
+                        return Err("binding again added paths".to_string());
+                    }
+                    let (oracle, ours) = (
+                        definition.query.evaluate(&event.value),
+                        bound.evaluate(&viewed),
+                    );
+                    if oracle != ours {
+                        return Err(format!(
+                            "{}: {oracle:?} by the oracle, {ours:?} by the view: {text}",
+                            definition.query
+                        ));
+                    }
+                }
+                Ok(Some(true))
+            }
+        }
+    }
+}

@@ -7,6 +7,7 @@ use envoy_webhooks::event::parse_event;
 use envoy_webhooks::event::view::{scan, PathSet, Scan, View, Viewed, REQUEST_ID};
 use envoy_webhooks::matcher::Matcher;
 use envoy_webhooks::query::Query;
+use envoy_webhooks::testing::view::compare_with_oracle;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -27,54 +28,6 @@ fn matcher_of(hooks: Vec<Value>) -> Matcher {
     Matcher::new(config.webhooks)
 }
 
-/// What the oracle and the view say of `text` for `matcher`; `Err` when they
-/// disagree. `Ok(None)`: the view was unsure (the filter then parses fully).
-fn compare(matcher: &Matcher, text: &str) -> Result<Option<bool>, String> {
-    let mut view = View::default();
-    let verdict = scan(text, matcher.paths(), &mut view);
-    let full = parse_event(text.as_bytes());
-    match (verdict, &full) {
-        (Scan::Unsure, _) => Ok(None),
-        (Scan::Invalid, Err(_)) => Ok(Some(false)),
-        (Scan::Invalid, Ok(_)) => Err(format!("the view refused a valid event: {text}")),
-        (Scan::Event, Err(why)) => Err(format!("the view took an invalid event ({why}): {text}")),
-        (Scan::Event, Ok(event)) => {
-            let viewed = Viewed { text, view: &view };
-            let (mut want, mut want_budget) = (Vec::new(), Vec::new());
-            let (mut got, mut got_budget) = (Vec::new(), Vec::new());
-            matcher.matching_with_budget(&event.value, &mut want, &mut want_budget);
-            matcher.matching_view(&viewed, &mut got, &mut got_budget);
-            if (&want, &want_budget) != (&got, &got_budget) {
-                return Err(format!(
-                    "matches {want:?} (over budget {want_budget:?}) by the oracle, {got:?} ({got_budget:?}) by the view: {text}"
-                ));
-            }
-            let request_id = event.value.get("request_id").and_then(Value::as_str);
-            if request_id != viewed.top_str(REQUEST_ID) {
-                return Err(format!("request_id differs: {text}"));
-            }
-            for definition in matcher.definitions() {
-                let mut paths = matcher.paths().clone();
-                let bound = definition.query.bind(&mut paths);
-                if paths.len() != matcher.paths().len() {
-                    return Err("binding again added paths".to_string());
-                }
-                let (oracle, ours) = (
-                    definition.query.evaluate(&event.value),
-                    bound.evaluate(&viewed),
-                );
-                if oracle != ours {
-                    return Err(format!(
-                        "{}: {oracle:?} by the oracle, {ours:?} by the view: {text}",
-                        definition.query
-                    ));
-                }
-            }
-            Ok(Some(true))
-        }
-    }
-}
-
 fn single(query: &str) -> Matcher {
     matcher_of(vec![json!({"event_type": "assets", "query": query})])
 }
@@ -89,7 +42,7 @@ fn the_seed_events_scan_as_they_parse() {
         json!({"event_type": "assets", "query": "data.deleted_by_user=null"}),
     ]);
     for text in [FORMATS, METADATA] {
-        assert_eq!(compare(&matcher, text.trim()), Ok(Some(true)));
+        assert_eq!(compare_with_oracle(&matcher, text.trim()), Ok(Some(true)));
     }
     let mut view = View::default();
     let text = FORMATS.trim();
@@ -125,7 +78,11 @@ fn the_view_refuses_what_serde_json_refuses() {
         r#"{"a": {"b": 1"#,
     ];
     for text in invalid {
-        assert_eq!(compare(&matcher, text), Ok(Some(false)), "{text}");
+        assert_eq!(
+            compare_with_oracle(&matcher, text),
+            Ok(Some(false)),
+            "{text}"
+        );
     }
     let valid = [
         r#"{"a": 1e308, "b": {"c": "\ud83d\ude00"}}"#,
@@ -135,7 +92,11 @@ fn the_view_refuses_what_serde_json_refuses() {
         "{ \"a\" :\t1 ,\r\n\"b\":{ } }",
     ];
     for text in valid {
-        assert_eq!(compare(&matcher, text), Ok(Some(true)), "{text}");
+        assert_eq!(
+            compare_with_oracle(&matcher, text),
+            Ok(Some(true)),
+            "{text}"
+        );
     }
 }
 
@@ -148,7 +109,7 @@ fn nesting_is_refused_where_serde_json_refuses_it() {
             "[".repeat(depth - 1),
             "]".repeat(depth - 1)
         );
-        let verdict = compare(&matcher, &text);
+        let verdict = compare_with_oracle(&matcher, &text);
         assert_eq!(verdict, Ok(Some(depth < 128)), "depth {depth}");
     }
 }
@@ -204,7 +165,7 @@ fn numbers_compare_by_the_value_serde_json_gives_them() {
             text.trim_start_matches('{')
         );
         assert_eq!(
-            compare(&matcher, &text),
+            compare_with_oracle(&matcher, &text),
             Ok(Some(true)),
             "{query} on {text}"
         );
@@ -216,7 +177,7 @@ fn an_over_budget_regex_is_reported_as_by_the_oracle() {
     let long = "x".repeat(300_000);
     let matcher = single("a = /y/ AND b = 1");
     let text = format!(r#"{{"event_type": "assets", "a": ["{long}", "{long}"], "b": 1}}"#);
-    assert_eq!(compare(&matcher, &text), Ok(Some(true)));
+    assert_eq!(compare_with_oracle(&matcher, &text), Ok(Some(true)));
     let mut view = View::default();
     assert_eq!(scan(&text, matcher.paths(), &mut view), Scan::Event);
     let (mut got, mut budget) = (Vec::new(), Vec::new());
@@ -439,7 +400,7 @@ proptest! {
             .map(|q| json!({"event_type": "assets", "query": q}))
             .collect();
         let matcher = matcher_of(hooks);
-        let outcome = compare(&matcher, &text);
+        let outcome = compare_with_oracle(&matcher, &text);
         prop_assert!(outcome.is_ok(), "{}", outcome.err().unwrap_or_default());
     }
 }
