@@ -3,8 +3,7 @@
 //! same matches, the same regex-budget outcome, the same routing fields.
 
 use envoy_webhooks::config::PluginConfig;
-use envoy_webhooks::event::parse_event;
-use envoy_webhooks::event::view::{scan, PathSet, Scan, View, Viewed, REQUEST_ID};
+use envoy_webhooks::event::view::{scan, PathSet, Scan, View, Viewed};
 use envoy_webhooks::matcher::Matcher;
 use envoy_webhooks::query::Query;
 use envoy_webhooks::testing::view::compare_with_oracle;
