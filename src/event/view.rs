@@ -485,6 +485,7 @@ impl Scanner<'_> {
         let start = self.at;
         let mut escaped = false;
         loop {
+            self.skip_plain();
             let byte = self.peek().ok_or(Bad)?;
             self.at += 1;
             match byte {
@@ -497,6 +498,17 @@ impl Scanner<'_> {
                 _ => {}
             }
         }
+    }
+
+    /// Skips string bytes that need no look (not `"`, `\\` or a control
+    /// character): most of an event is such text.
+    fn skip_plain(&mut self) {
+        let rest = self.bytes.get(self.at..).unwrap_or_default();
+        let plain = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .unwrap_or(rest.len());
+        self.at += plain;
     }
 
     /// After a backslash.

@@ -403,3 +403,29 @@ proptest! {
         prop_assert!(outcome.is_ok(), "{}", outcome.err().unwrap_or_default());
     }
 }
+
+#[test]
+fn every_byte_of_a_long_string_is_checked_wherever_it_falls() {
+    let matcher = single(r#"a = "xxxxxxxxxxxxxxxxxxxxxxxx""#);
+    let mut specials: Vec<String> = (0u8..0x20).map(|b| char::from(b).to_string()).collect();
+    specials.extend(["\"", "\\", "\\\"", "\\n", "\u{7f}", "é", "\u{10348}", " "].map(String::from));
+    let mut verdicts = [0, 0];
+    for special in &specials {
+        for at in 0..24 {
+            let mut text = "x".repeat(24);
+            text.replace_range(at..at + 1, special);
+            let event = format!(r#"{{"event_type":"assets","a":"{text}","b":1}}"#);
+            let verdict = compare_with_oracle(&matcher, &event);
+            assert!(verdict.is_ok(), "{verdict:?}");
+            if let Ok(Some(valid)) = verdict {
+                verdicts[usize::from(valid)] += 1;
+            }
+        }
+    }
+    // Both kinds were met: control characters and a lone quote or backslash
+    // are refused, escapes and other characters taken.
+    assert!(
+        verdicts[0] > 24 * 32 && verdicts[1] > 24 * 4,
+        "{verdicts:?}"
+    );
+}
