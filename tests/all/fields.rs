@@ -170,8 +170,9 @@ fn json_value() -> impl Strategy<Value = Value> {
     })
 }
 
-fn path() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop::sample::select(KEYS.to_vec()), 1..4).prop_map(|segments| {
+/// Query paths of one to three of `keys` (quoted where they hold a space).
+pub(crate) fn path_over(keys: &'static [&'static str]) -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::sample::select(keys.to_vec()), 1..4).prop_map(|segments| {
         segments
             .iter()
             .map(|s| {
@@ -188,7 +189,7 @@ fn path() -> impl Strategy<Value = String> {
 
 fn comparison() -> impl Strategy<Value = String> {
     (
-        path(),
+        path_over(&KEYS),
         prop::sample::select(vec!["=", "!=", ">", "<="]),
         prop::sample::select(vec!["1", "\"x\"", "null", "true", "/a|x/"]),
     )

@@ -8,6 +8,8 @@ use envoy_webhooks::matcher::Matcher;
 use envoy_webhooks::query::Query;
 use envoy_webhooks::testing::view::compare_with_oracle;
 use proptest::prelude::*;
+
+use crate::fields::path_over;
 use serde_json::{json, Value};
 
 const FORMATS: &str = include_str!("../fixtures/seed-formats-event.json");
@@ -324,25 +326,9 @@ fn event_text() -> impl Strategy<Value = String> {
         })
 }
 
-fn path() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop::sample::select(KEYS.to_vec()), 1..4).prop_map(|segments| {
-        segments
-            .iter()
-            .map(|s| {
-                if s.contains(' ') {
-                    format!("\"{s}\"")
-                } else {
-                    s.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(".")
-    })
-}
-
 fn comparison() -> impl Strategy<Value = String> {
     let equality = (
-        path(),
+        path_over(&KEYS),
         prop::sample::select(vec!["=", "!="]),
         prop::sample::select(vec![
             "1",
@@ -361,7 +347,7 @@ fn comparison() -> impl Strategy<Value = String> {
     );
     // Orderings take numbers only.
     let ordering = (
-        path(),
+        path_over(&KEYS),
         prop::sample::select(vec![">", "<=", ">=", "<"]),
         prop::sample::select(vec!["1", "1.5", "100", "0", "-1", "1920"]),
     );
