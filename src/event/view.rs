@@ -36,6 +36,10 @@ const TOP_FIELDS: [&str; 5] = [
 /// serde_json refuses a value nested this deep (its recursion limit).
 const MAX_NESTING: usize = 128;
 
+/// A path's buffer of candidates larger than this is freed before the next
+/// event (so what a worker keeps is bounded whatever the events held).
+const KEPT_LEAVES: usize = 256;
+
 /// Integers of at most this many digits convert to `f64` exactly, as
 /// serde_json converts them (below 2^53).
 const EXACT_DIGITS: usize = 15;
@@ -169,6 +173,14 @@ pub struct View {
     leaves: Vec<Vec<Leaf>>,
     /// The routing fields' own values at the top of the event.
     top: [Option<Leaf>; 5],
+}
+
+impl View {
+    /// How many candidates the view's buffers have room for (what it keeps
+    /// between events).
+    pub fn room(&self) -> usize {
+        self.leaves.iter().map(Vec::capacity).sum()
+    }
 }
 
 /// A candidate value of a path, as [`Viewed::candidates`] hands it out.
@@ -312,6 +324,10 @@ pub enum Scan {
 pub fn scan(text: &str, paths: &PathSet, view: &mut View) -> Scan {
     view.leaves.resize_with(paths.len(), Vec::new);
     for leaves in &mut view.leaves {
+        if leaves.capacity() > KEPT_LEAVES {
+            // One huge event must not keep its buffers for the worker's life.
+            *leaves = Vec::new();
+        }
         leaves.clear();
     }
     view.top = [None; 5];

@@ -415,3 +415,18 @@ fn every_byte_of_a_long_string_is_checked_wherever_it_falls() {
         "{verdicts:?}"
     );
 }
+
+#[test]
+fn a_huge_event_does_not_leave_its_buffers_behind() {
+    let matcher = single("a = 1");
+    let mut view = View::default();
+    let huge = format!(
+        r#"{{"event_type":"assets","a":[{}1]}}"#,
+        "2,".repeat(100_000)
+    );
+    assert_eq!(scan(&huge, matcher.paths(), &mut view), Scan::Event);
+    assert!(view.room() >= 100_000);
+    let small = r#"{"event_type":"assets","a":[1,2,3]}"#;
+    assert_eq!(scan(small, matcher.paths(), &mut view), Scan::Event);
+    assert!(view.room() < 1_000, "{}", view.room());
+}
