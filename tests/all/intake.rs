@@ -293,3 +293,52 @@ fn propagated_headers_are_read_as_configured_and_only_if_they_can_be_sent_as_the
     // A control character, past the byte budget, surrounding whitespace: left out.
     assert_eq!(headers, [("b".to_string(), big.clone())]);
 }
+
+/// Events the one-pass reader takes and events it leaves to the full parse
+/// (a followed key given twice, an escaped key or routing field) are matched,
+/// counted and delivered alike.
+#[test]
+fn events_the_reader_is_unsure_of_are_matched_as_the_others() {
+    let plugin = plugin(json!({}));
+    let bodies: [(&str, usize); 6] = [
+        (
+            r#"{"event_type":"assets","request_id":"scanned","data":{"n":2}}"#,
+            2,
+        ),
+        (
+            r#"{"event_type":"assets","request_id":"twice","data":{"n":0,"n":2}}"#,
+            2,
+        ),
+        (
+            r#"{"event_type":"assets","request_id":"twice-last-low","data":{"n":2,"n":0}}"#,
+            1,
+        ),
+        (
+            r#"{"event_type":"assets","request_id":"escaped-key","data":{"\u006e":2}}"#,
+            2,
+        ),
+        (
+            r#"{"event_type":"\u0061ssets","request_id":"escaped-type","data":{"n":2}}"#,
+            2,
+        ),
+        (
+            r#"{"event_type":"assets","request_id":"r\u0031","data":{"n":2}}"#,
+            2,
+        ),
+    ];
+    for (body, targets) in bodies {
+        let mut sink = Sink::default();
+        let mut intake = Intake::start(&plugin, Some("application/json"));
+        intake.body(&plugin, &mut sink, body.as_bytes(), true);
+        assert_eq!(sink.count(IntakeCounter::EventsSeen), 1, "{body}");
+        assert_eq!(sink.queued.len(), 1, "{body}");
+        assert_eq!(sink.queued[0].targets.len(), targets, "{body}");
+        assert_eq!(sink.queued[0].body, body.as_bytes());
+        let request_id = serde_json::from_str::<Value>(body).expect("JSON")["request_id"].clone();
+        assert_eq!(
+            sink.queued[0].request_id.as_deref(),
+            request_id.as_str(),
+            "{body}"
+        );
+    }
+}
