@@ -176,8 +176,6 @@ impl Intake {
             BodyFormat::from_content_type(content_type),
             events.max_event_bytes,
         )
-        .with_fields(plugin.fields.clone())
-        .with_router(plugin.router.clone())
         .with_scanner(plugin.scanner.clone())
         .with_max_events(events.max_events_per_request);
         Intake {

@@ -13,7 +13,6 @@ use crate::config::{
 use crate::delivery::budget::HeldBytes;
 use crate::delivery::queue::WebhookRef;
 use crate::delivery::signature::SigningSecret;
-use crate::event::fields::{FieldTree, Router};
 use crate::event::view::EventScanner;
 use crate::logging::{suppressed_note, WarningLimiter, WARNING_INTERVAL_MS};
 use crate::matcher::Matcher;
@@ -21,12 +20,8 @@ use crate::matcher::Matcher;
 pub struct Plugin {
     pub config: PluginConfig,
     pub matcher: Matcher,
-    /// What of an event matching reads: events are parsed to just that.
-    pub fields: Rc<FieldTree>,
-    /// Narrows `fields` to what the definitions an event's route reaches read.
-    pub router: Rc<dyn Router>,
-    /// Reads events in one pass, without parsing them (`fields` and `router`
-    /// are for what it is unsure of).
+    /// Reads events in one pass, without parsing them; what it is unsure of
+    /// is parsed fully (the oracle it is tested against).
     pub scanner: Rc<EventScanner>,
     /// The admin bearer token, resolved from the configuration or the VM's environment.
     pub admin_token: Option<String>,
@@ -144,10 +139,7 @@ impl Plugin {
             .map(|(index, d)| (d.fingerprint, index))
             .collect();
         let matcher = Matcher::new(config.webhooks.clone());
-        let router: Rc<dyn Router> = Rc::new(matcher.route_fields());
         Ok(Plugin {
-            fields: Rc::new(matcher.field_tree()),
-            router,
             scanner: Rc::new(EventScanner::new(matcher.paths().clone())),
             matcher,
             held: HeldBytes::new(config.delivery.max_held_bytes),

@@ -336,7 +336,7 @@ impl BodyCollector {
     }
 
     /// Scans events with `scanner` (see [`view`]); those it is unsure of
-    /// are parsed with `with_fields` and `with_router`.
+    /// are parsed fully (to `with_fields`, narrowed by `with_router`, if set).
     pub fn with_scanner(mut self, scanner: Rc<EventScanner>) -> BodyCollector {
         self.scanner = Some(scanner);
         self
