@@ -807,7 +807,7 @@ def analyse(cases: list[dict], meta: dict) -> dict:
         if not c["tag"].endswith("-ordinary") or "n0" not in cpu:
             continue
         n = c["definitions"]
-        row(f"parse and match, {n:,} definitions (no event matches)",
+        row(f"read and match, {n:,} definitions (no event matches)",
             f"{n:,} definitions, no event matches − 0 definitions", cpu[c["tag"]] - cpu["n0"])
     for c in cases:
         if not c["tag"].endswith("-ordinary"):
@@ -1082,7 +1082,7 @@ def report(meta: dict, cases: list[dict], info: dict, wasm_table: str, wasm_json
         L.append("")
     L.append("## The matching core: wasm (wasmtime) against native")
     L.append("")
-    L.append("tools/wasm-bench: the workload of `benches/matching.rs` (\"match event (parse included)\": the "
+    L.append("tools/wasm-bench: the workload of `benches/matching.rs` (\"match event (one-pass scan included)\": the "
              "seed's formats event against N definitions), compiled to wasm32-wasip1 and run in "
              f"wasmtime {wasm_json.get('wasmtime')} (Cranelift), and the same code compiled natively with the "
              f"same profile; median of {wasm_json.get('samples')} samples of about {wasm_json.get('sample_ms')} ms. "
@@ -1153,7 +1153,7 @@ def notes(cases: list[dict], wasm_json: dict, a: dict) -> list[str]:
         n = c["definitions"]
         match_us = cpu[c["tag"]] - cpu["n0"]
         line = (f"At {n:,} definitions, an event that matches none costs {match_us:+.1f} µs of Envoy CPU "
-                "against 0 definitions (parse and match)")
+                "against 0 definitions (reading and matching)")
         d = by_n.get(n)
         if d:
             deliver_us = d["us"] * d["per_event"]

@@ -131,7 +131,7 @@ fn real_main() -> Result<(), String> {
         wasmtime_version(),
         wasm_bytes
     );
-    println!("workload: benches/matching.rs \"match event (parse included)\" (seed formats event, {} bytes)", fixture_len());
+    println!("workload: benches/matching.rs \"match event (one-pass scan included)\" (seed formats event, {} bytes)", fixture_len());
     println!();
     println!("| definitions | native ns/match | wasm ns/match | wasm/native | native config load | wasm config load | matches/event |");
     println!("|---:|---:|---:|---:|---:|---:|---:|");
