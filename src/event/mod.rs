@@ -55,40 +55,16 @@ impl fmt::Display for NotAnEvent {
 
 /// Parses a JSON body: one event, or an array of events.
 pub fn parse_json_body(body: &[u8]) -> Vec<Result<Event, NotAnEvent>> {
-    parse_json_body_with(body, None)
-}
-
-/// Like [`parse_json_body`], keeping only the paths of `fields` (all when `None`).
-pub fn parse_json_body_with(
-    body: &[u8],
-    fields: Option<&FieldTree>,
-) -> Vec<Result<Event, NotAnEvent>> {
-    parse_json_body_limited(body, fields, None, usize::MAX).0
-}
-
-/// Like [`parse_json_body_with`], parsing at most `max_events` events of an
-/// array; also returns how many more it held (skipped, not parsed).
-pub fn parse_json_body_limited(
-    body: &[u8],
-    fields: Option<&FieldTree>,
-    router: Option<&dyn Router>,
-    max_events: usize,
-) -> (Vec<Result<Event, NotAnEvent>>, u64) {
     let mut events = Vec::new();
-    let reading = Reading {
-        fields,
-        router,
-        scanner: None,
-    };
-    let skipped = parse_json_body_into(body, &reading, max_events, &mut events);
-    (events, skipped)
+    parse_json_body_into(body, None, usize::MAX, &mut events);
+    events
 }
 
-/// Like [`parse_json_body_limited`], handing the events to `sink`; returns
-/// how many were skipped.
+/// Hands a JSON body's events (at most `max_events` of an array) to `sink`,
+/// scanned with `scanner` if given; returns how many were skipped.
 fn parse_json_body_into(
     body: &[u8],
-    reading: &Reading<'_>,
+    scanner: Option<&EventScanner>,
     max_events: usize,
     sink: &mut dyn EventSink,
 ) -> u64 {
@@ -102,7 +78,7 @@ fn parse_json_body_into(
             Ok(items) => {
                 let skipped = items.len().saturating_sub(max_events);
                 for raw in items.into_iter().take(max_events) {
-                    read_event_into(raw.get().as_bytes(), reading, sink);
+                    read_event_into(raw.get().as_bytes(), scanner, sink);
                 }
                 u64::try_from(skipped).unwrap_or(u64::MAX)
             }
@@ -112,17 +88,8 @@ fn parse_json_body_into(
             }
         };
     }
-    read_event_into(trimmed, reading, sink);
+    read_event_into(trimmed, scanner, sink);
     0
-}
-
-/// How events are read: scanned when a scanner is given (parsed fully when
-/// it is unsure), else parsed, to `fields` (narrowed by `router`) if given.
-#[derive(Clone, Copy)]
-struct Reading<'r> {
-    fields: Option<&'r FieldTree>,
-    router: Option<&'r dyn Router>,
-    scanner: Option<&'r EventScanner>,
 }
 
 /// Where a body's events go as they complete, in order. A sink that keeps
@@ -161,19 +128,21 @@ impl EventSink for Vec<Result<Event, NotAnEvent>> {
     }
 }
 
-fn read_event_into(text: &[u8], reading: &Reading<'_>, sink: &mut dyn EventSink) {
-    if let Some(scanner) = reading.scanner {
-        let trimmed = text.trim_ascii();
-        if let Ok(trimmed) = std::str::from_utf8(trimmed) {
-            let verdict = scanner.scan_with(trimmed, |event| sink.scanned(event));
-            if verdict == Scan::Event {
-                return;
-            }
-            // Unsure, or invalid: the full parse decides, and says why.
+/// One event: scanned when a scanner is given, parsed fully when it is not
+/// or when the scan is unsure (or refuses it: the parse says why). The
+/// pruned parse of [`FieldTree`] is not used here, so it is not in the filter.
+fn read_event_into(text: &[u8], scanner: Option<&EventScanner>, sink: &mut dyn EventSink) {
+    let text = match event_text(text) {
+        Ok(text) => text,
+        Err(why) => return sink.not_an_event(why),
+    };
+    if let Some(scanner) = scanner {
+        if scanner.scan_with(text, |event| sink.scanned(event)) == Scan::Event {
+            return;
         }
     }
-    match parse_event_text(text, reading.fields, reading.router) {
-        Ok((text, value)) => sink.event(text, value),
+    match event_value(serde_json::from_str(text).map_err(|e| e.to_string())) {
+        Ok(value) => sink.event(text, value),
         Err(why) => sink.not_an_event(why),
     }
 }
@@ -206,24 +175,33 @@ fn parse_event_text<'t>(
     fields: Option<&FieldTree>,
     router: Option<&dyn Router>,
 ) -> Result<(&'t str, Value), NotAnEvent> {
-    let text = text.trim_ascii();
-    if text.is_empty() {
-        return Err(NotAnEvent::Empty);
-    }
-    // Checked up front: a pruned parse does not look inside the strings it skips.
-    let text = std::str::from_utf8(text).map_err(|e| {
-        NotAnEvent::InvalidJson(format!("invalid UTF-8 at byte {}", e.valid_up_to()))
-    })?;
+    let text = event_text(text)?;
     let parsed = match (fields, router) {
         (Some(fields), Some(router)) => fields.parse_routed(text, router),
         (Some(fields), None) => fields.parse(text),
         (None, _) => serde_json::from_str(text).map_err(|e| e.to_string()),
     };
-    let value: Value = parsed.map_err(NotAnEvent::InvalidJson)?;
+    event_value(parsed).map(|value| (text, value))
+}
+
+/// An event's text, trimmed and checked to be UTF-8.
+fn event_text(text: &[u8]) -> Result<&str, NotAnEvent> {
+    let text = text.trim_ascii();
+    if text.is_empty() {
+        return Err(NotAnEvent::Empty);
+    }
+    // Checked up front: a pruned parse does not look inside the strings it skips.
+    std::str::from_utf8(text)
+        .map_err(|e| NotAnEvent::InvalidJson(format!("invalid UTF-8 at byte {}", e.valid_up_to())))
+}
+
+/// A parsed event, if it is an object.
+fn event_value(parsed: Result<Value, String>) -> Result<Value, NotAnEvent> {
+    let value = parsed.map_err(NotAnEvent::InvalidJson)?;
     if !value.is_object() {
         return Err(NotAnEvent::NotAnObject(kind_of(&value)));
     }
-    Ok((text, value))
+    Ok(value)
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -274,10 +252,6 @@ pub struct BodyCollector {
     buffer: Vec<u8>,
     /// The current event went over the limit; its remaining bytes are ignored.
     oversized: bool,
-    /// Only these paths are parsed; `None`: everything.
-    fields: Option<Rc<FieldTree>>,
-    /// Narrows `fields` by each event's routing fields.
-    router: Option<Rc<dyn Router>>,
     /// Scans events instead of parsing them (see [`view`]).
     scanner: Option<Rc<EventScanner>>,
     /// Events handed out at most; later ones are only counted.
@@ -297,8 +271,6 @@ impl BodyCollector {
             limit,
             buffer: Vec::new(),
             oversized: false,
-            fields: None,
-            router: None,
             scanner: None,
             max_events: usize::MAX,
             events: 0,
@@ -323,31 +295,11 @@ impl BodyCollector {
         self.events >= self.max_events
     }
 
-    /// Parses only the paths of `fields` (see [`FieldTree`]).
-    pub fn with_fields(mut self, fields: Rc<FieldTree>) -> BodyCollector {
-        self.fields = Some(fields);
-        self
-    }
-
-    /// Narrows the paths of `with_fields` by each event's route (see [`Router`]).
-    pub fn with_router(mut self, router: Rc<dyn Router>) -> BodyCollector {
-        self.router = Some(router);
-        self
-    }
-
     /// Scans events with `scanner` (see [`view`]); those it is unsure of
-    /// are parsed fully (to `with_fields`, narrowed by `with_router`, if set).
+    /// are parsed fully.
     pub fn with_scanner(mut self, scanner: Rc<EventScanner>) -> BodyCollector {
         self.scanner = Some(scanner);
         self
-    }
-
-    fn reading(&self) -> Reading<'_> {
-        Reading {
-            fields: self.fields.as_deref(),
-            router: self.router.as_deref(),
-            scanner: self.scanner.as_deref(),
-        }
     }
 
     /// Takes the next chunk; events completed by it are appended to `out`.
@@ -406,7 +358,7 @@ impl BodyCollector {
         };
         let skipped = parse_json_body_into(
             body,
-            &self.reading(),
+            self.scanner.as_deref(),
             self.max_events.saturating_sub(self.events),
             &mut counted,
         );
@@ -445,7 +397,7 @@ impl BodyCollector {
         if self.oversized {
             out.not_an_event(NotAnEvent::Oversized { limit: self.limit });
         } else if !self.buffer.trim_ascii().is_empty() {
-            read_event_into(&self.buffer, &self.reading(), out);
+            read_event_into(&self.buffer, self.scanner.as_deref(), out);
         }
         self.buffer.clear();
         self.oversized = false;
