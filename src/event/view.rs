@@ -6,7 +6,9 @@
 //! exactly as by a full parse) and, on the way, notes where each path's
 //! candidate values lie in the text: no value tree, no allocation once the
 //! [`View`]'s buffers have grown. Values are compared where they lie; a
-//! string is unescaped only when it has escapes and a query compares it.
+//! string with escapes that a path reaches is unescaped once, into the view,
+//! and a number a path reaches is converted once: however many comparisons
+//! read a candidate, it costs what a parse would have.
 //!
 //! What the view cannot tell exactly, it does not guess: a key that a path
 //! follows given twice in one object (the last one counts), an escaped key
@@ -15,7 +17,6 @@
 //! the event the old way (a full parse, which is the oracle this module is
 //! tested against).
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 
 /// The routing fields' path ids: [`PathSet::new`] adds them first, in this
@@ -39,6 +40,8 @@ const MAX_NESTING: usize = 128;
 /// A path's buffer of candidates larger than this is freed before the next
 /// event (so what a worker keeps is bounded whatever the events held).
 const KEPT_LEAVES: usize = 256;
+/// The same for the unescaped strings, in bytes.
+const KEPT_UNESCAPED: usize = 16 * 1024;
 
 /// Integers of at most this many digits convert to `f64` exactly, as
 /// serde_json converts them (below 2^53).
@@ -145,12 +148,26 @@ fn by_length(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 /// What a candidate value is, and where it lies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Leaf {
     kind: Kind,
-    /// Byte range in the text: a string's without its quotes.
+    /// Byte range in the text (a string's without its quotes), or in the
+    /// view's unescaped strings for `Unescaped`.
     start: usize,
     end: usize,
+    /// A `Number`'s value (as serde_json gives it); 0 for the other kinds.
+    number: f64,
+}
+
+impl Leaf {
+    fn new(kind: Kind, start: usize, end: usize) -> Leaf {
+        Leaf {
+            kind,
+            start,
+            end,
+            number: 0.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,8 +177,10 @@ enum Kind {
     False,
     Number,
     String,
-    /// A string with backslash escapes: unescaped when read.
+    /// A string with backslash escapes, as met in the text.
     EscapedString,
+    /// An escaped string a path reaches, unescaped into the view.
+    Unescaped,
     /// An object, or an empty array.
     Other,
 }
@@ -173,13 +192,17 @@ pub struct View {
     leaves: Vec<Vec<Leaf>>,
     /// The routing fields' own values at the top of the event.
     top: [Option<Leaf>; 5],
+    /// The escaped strings that paths reach, unescaped, one after another.
+    unescaped: String,
 }
 
 impl View {
-    /// How many candidates the view's buffers have room for (what it keeps
-    /// between events).
+    /// How many bytes the view's buffers keep between events.
     pub fn room(&self) -> usize {
-        self.leaves.iter().map(Vec::capacity).sum()
+        let leaves: usize = self.leaves.iter().map(Vec::capacity).sum();
+        leaves
+            .saturating_mul(std::mem::size_of::<Leaf>())
+            .saturating_add(self.unescaped.capacity())
     }
 }
 
@@ -188,9 +211,14 @@ impl View {
 pub enum Candidate<'t> {
     Null,
     Bool(bool),
-    /// A JSON number's text (see [`number_value`] and [`number_text`]).
-    Number(&'t str),
-    String(Cow<'t, str>),
+    /// A JSON number: its value as serde_json gives it (`Number::as_f64`),
+    /// and its text (see [`number_text`]).
+    Number {
+        value: f64,
+        text: &'t str,
+    },
+    /// A string, unescaped.
+    String(&'t str),
     /// An object or an empty array: it exists, and equals no literal.
     Other,
 }
@@ -206,13 +234,13 @@ impl<'a> Viewed<'a> {
     /// The candidates of path `id`, in the order of the text (which is the
     /// order a full parse's path resolution visits them in).
     pub fn candidates(&self, id: usize) -> impl Iterator<Item = Candidate<'a>> + 'a {
-        let text = self.text;
+        let (text, unescaped) = (self.text, self.view.unescaped.as_str());
         self.view
             .leaves
             .get(id)
             .map_or(&[][..], Vec::as_slice)
             .iter()
-            .map(move |leaf| candidate(text, leaf))
+            .map(move |leaf| candidate(text, unescaped, leaf))
     }
 
     /// A routing field's value when it is a string at the top of the event
@@ -226,31 +254,26 @@ impl<'a> Viewed<'a> {
     }
 }
 
-fn candidate<'t>(text: &'t str, leaf: &Leaf) -> Candidate<'t> {
-    let raw = text.get(leaf.start..leaf.end).unwrap_or_default();
+fn candidate<'t>(text: &'t str, unescaped: &'t str, leaf: &Leaf) -> Candidate<'t> {
+    let span = leaf.start..leaf.end;
     match leaf.kind {
         Kind::Null => Candidate::Null,
         Kind::True => Candidate::Bool(true),
         Kind::False => Candidate::Bool(false),
-        Kind::Number => Candidate::Number(raw),
-        Kind::String => Candidate::String(Cow::Borrowed(raw)),
-        Kind::EscapedString => {
-            // With its quotes: the scan checked it is a valid JSON string.
-            let quoted = text
-                .get(leaf.start.saturating_sub(1)..leaf.end.saturating_add(1))
-                .unwrap_or_default();
-            match serde_json::from_str::<String>(quoted) {
-                Ok(unescaped) => Candidate::String(Cow::Owned(unescaped)),
-                Err(_) => Candidate::Other,
-            }
-        }
-        Kind::Other => Candidate::Other,
+        Kind::Number => Candidate::Number {
+            value: leaf.number,
+            text: text.get(span).unwrap_or_default(),
+        },
+        Kind::String => Candidate::String(text.get(span).unwrap_or_default()),
+        Kind::Unescaped => Candidate::String(unescaped.get(span).unwrap_or_default()),
+        // Recorded unescaped (`Unescaped`): never a candidate as it is.
+        Kind::EscapedString | Kind::Other => Candidate::Other,
     }
 }
 
 /// A JSON number's value as serde_json gives it (`Number::as_f64`); `None`
 /// for what is not a number.
-pub fn number_value(text: &str) -> Option<f64> {
+fn number_value(text: &str) -> Option<f64> {
     let digits = text.strip_prefix('-').unwrap_or(text);
     if digits.len() <= EXACT_DIGITS
         && !digits.is_empty()
@@ -331,6 +354,10 @@ pub fn scan(text: &str, paths: &PathSet, view: &mut View) -> Scan {
         leaves.clear();
     }
     view.top = [None; 5];
+    if view.unescaped.capacity() > KEPT_UNESCAPED {
+        view.unescaped = String::new();
+    }
+    view.unescaped.clear();
     if !text.starts_with('{') {
         return Scan::Unsure;
     }
@@ -390,11 +417,35 @@ impl Scanner<'_> {
         }
     }
 
-    fn record(&mut self, node: Option<usize>, leaf: Leaf) {
-        if let Some(path) = node.and_then(|n| self.paths.path_of(n)) {
-            if let Some(leaves) = self.view.leaves.get_mut(path) {
-                leaves.push(leaf);
+    /// Whether a path ends at `node`: its values are candidates.
+    fn wanted(&self, node: Option<usize>) -> Option<usize> {
+        node.and_then(|n| self.paths.path_of(n))
+    }
+
+    /// Notes `leaf` as a candidate of the path that ends at `node`, if any;
+    /// an escaped string is unescaped into the view.
+    fn record(&mut self, node: Option<usize>, mut leaf: Leaf) {
+        let Some(path) = self.wanted(node) else {
+            return;
+        };
+        if leaf.kind == Kind::EscapedString {
+            // With its quotes: checked above to be a valid JSON string.
+            let quoted = self
+                .bytes
+                .get(leaf.start.saturating_sub(1)..leaf.end.saturating_add(1))
+                .unwrap_or_default();
+            match serde_json::from_slice::<String>(quoted) {
+                Ok(unescaped) => {
+                    let start = self.view.unescaped.len();
+                    self.view.unescaped.push_str(&unescaped);
+                    leaf = Leaf::new(Kind::Unescaped, start, self.view.unescaped.len());
+                }
+                // Never: the scan checked it. Were it, the full parse decides.
+                Err(_) => self.unsure = true,
             }
+        }
+        if let Some(leaves) = self.view.leaves.get_mut(path) {
+            leaves.push(leaf);
         }
     }
 
@@ -413,21 +464,33 @@ impl Scanner<'_> {
                 } else {
                     Kind::String
                 };
-                let leaf = Leaf { kind, start, end };
+                let leaf = Leaf::new(kind, start, end);
                 self.record(node, leaf);
                 return Ok(leaf);
             }
             b't' => self.word(b"true", Kind::True)?,
             b'f' => self.word(b"false", Kind::False)?,
             b'n' => self.word(b"null", Kind::Null)?,
-            b'-' | b'0'..=b'9' => self.number()?,
+            b'-' | b'0'..=b'9' => {
+                let parsed = self.number()?;
+                let mut leaf = Leaf::new(Kind::Number, start, self.at);
+                if self.wanted(node).is_some() {
+                    // Converted once, here, for every comparison that reads it.
+                    let text = self.bytes.get(start..self.at).unwrap_or_default();
+                    leaf.number = match parsed {
+                        Some(value) => value,
+                        None => std::str::from_utf8(text)
+                            .ok()
+                            .and_then(number_value)
+                            .ok_or(Bad)?,
+                    };
+                }
+                self.record(node, leaf);
+                return Ok(leaf);
+            }
             _ => return Err(Bad),
         };
-        let leaf = Leaf {
-            kind,
-            start,
-            end: self.at,
-        };
+        let leaf = Leaf::new(kind, start, self.at);
         self.record(node, leaf);
         Ok(leaf)
     }
@@ -451,8 +514,8 @@ impl Scanner<'_> {
     }
 
     /// A number, checked as serde_json checks it (its grammar, and its range
-    /// for what could overflow).
-    fn number(&mut self) -> Result<Kind, Bad> {
+    /// for what could overflow); its value when that check had to parse it.
+    fn number(&mut self) -> Result<Option<f64>, Bad> {
         let start = self.at;
         if self.peek() == Some(b'-') {
             self.at += 1;
@@ -483,14 +546,14 @@ impl Scanner<'_> {
             }
             plain = false;
         }
-        if !plain {
-            // Out of range (`1e400`) is refused: serde_json's own verdict.
-            let text = self.bytes.get(start..self.at).unwrap_or_default();
-            if serde_json::from_slice::<f64>(text).is_err() {
-                return Err(Bad);
-            }
+        if plain {
+            return Ok(None);
         }
-        Ok(Kind::Number)
+        // Out of range (`1e400`) is refused: serde_json's own verdict.
+        let text = self.bytes.get(start..self.at).unwrap_or_default();
+        serde_json::from_slice::<f64>(text)
+            .map(Some)
+            .map_err(|_| Bad)
     }
 
     /// A string at `"`: its content's range, and whether it has escapes.
@@ -578,14 +641,7 @@ impl Scanner<'_> {
         // An object, or an empty array, is a candidate itself; a non-empty
         // array's elements are, in its place (arrays are entered).
         if object || empty {
-            self.record(
-                node,
-                Leaf {
-                    kind: Kind::Other,
-                    start,
-                    end: start,
-                },
-            );
+            self.record(node, Leaf::new(Kind::Other, start, start));
         }
         if empty {
             self.at += 1;
@@ -606,11 +662,7 @@ impl Scanner<'_> {
             }
         }
         self.depth -= 1;
-        Ok(Leaf {
-            kind: Kind::Other,
-            start,
-            end: self.at,
-        })
+        Ok(Leaf::new(Kind::Other, start, self.at))
     }
 
     /// An object's members, after its `{` (not empty).

@@ -6,13 +6,11 @@
 //! the same candidates in the same order, so the same result and the same
 //! regex-budget outcome.
 
-use std::borrow::Cow;
-
 use super::ast::{Expr, Literal, Op};
 use super::eval::RegexBudget;
 use super::parser::number_in_string;
 use super::{Evaluation, Query};
-use crate::event::view::{number_text, number_value, Candidate, PathSet, Viewed};
+use crate::event::view::{number_text, Candidate, PathSet, Viewed};
 
 /// A [`Query`] whose paths are ids of one [`PathSet`].
 #[derive(Debug, Clone)]
@@ -122,7 +120,7 @@ fn literal_equals(literal: &Literal, candidate: &Candidate<'_>, budget: &mut Reg
         (Literal::Bool(expected), Candidate::Bool(value)) => expected == value,
         (Literal::Null, Candidate::Null) => true,
         (Literal::Regex(regex), Candidate::String(text)) => budget.is_match(regex, text),
-        (Literal::Regex(regex), Candidate::Number(text)) => {
+        (Literal::Regex(regex), Candidate::Number { text, .. }) => {
             // As eval.rs: refuse before writing the number once the budget is spent.
             if budget.remaining() < regex.cost() {
                 budget.is_match(regex, "")
@@ -140,9 +138,8 @@ fn literal_equals(literal: &Literal, candidate: &Candidate<'_>, budget: &mut Reg
 /// A JSON number, or a JSON string holding one (iconik's documented conversion).
 fn numeric(candidate: &Candidate<'_>) -> Option<f64> {
     match candidate {
-        Candidate::Number(text) => number_value(text),
-        Candidate::String(Cow::Borrowed(text)) => number_in_string(text),
-        Candidate::String(Cow::Owned(text)) => number_in_string(text),
+        Candidate::Number { value, .. } => Some(*value),
+        Candidate::String(text) => number_in_string(text),
         _ => None,
     }
 }
