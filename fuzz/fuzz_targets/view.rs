@@ -24,8 +24,10 @@ fuzz_target!(|data: &[u8]| {
         }
         // One routed on type only, one on type, realm and operation.
         hooks.push(json!({"id": format!("t{i}"), "event_type": "assets", "url": "http://r/", "query": query}));
-        hooks.push(json!({"id": format!("r{i}"), "event_type": "assets", "realm": "formats",
-            "operation": "update", "url": "http://r/", "query": query}));
+        hooks.push(
+            json!({"id": format!("r{i}"), "event_type": "assets", "realm": "formats",
+            "operation": "update", "url": "http://r/", "query": query}),
+        );
     }
     let Ok(config) = PluginConfig::from_value(&json!({ "webhooks": hooks })) else {
         return;
