@@ -81,7 +81,7 @@ pub fn record(failed: &FailedDelivery<'_>) -> Vec<u8> {
     }
     let event = std::str::from_utf8(failed.event)
         .ok()
-        .and_then(|text| serde_json::from_str::<&RawValue>(text).ok())
+        .and_then(|text| serde_json::from_slice::<&RawValue>(text.as_bytes()).ok())
         .map_or_else(
             || EventText::Text(String::from_utf8_lossy(failed.event).into_owned()),
             EventText::Json,

@@ -117,7 +117,7 @@ impl EventSink for Vec<Result<Event, NotAnEvent>> {
     fn scanned(&mut self, event: &Viewed<'_>) {
         // Only the filter's sink is handed scanned events; were this one, the
         // text is a valid event already.
-        match serde_json::from_str(event.text) {
+        match serde_json::from_slice(event.text.as_bytes()) {
             Ok(value) => self.event(event.text, value),
             Err(e) => self.not_an_event(NotAnEvent::InvalidJson(e.to_string())),
         }
@@ -141,7 +141,7 @@ fn read_event_into(text: &[u8], scanner: Option<&EventScanner>, sink: &mut dyn E
             return;
         }
     }
-    match event_value(serde_json::from_str(text).map_err(|e| e.to_string())) {
+    match event_value(serde_json::from_slice(text.as_bytes()).map_err(|e| e.to_string())) {
         Ok(value) => sink.event(text, value),
         Err(why) => sink.not_an_event(why),
     }
@@ -179,7 +179,7 @@ fn parse_event_text<'t>(
     let parsed = match (fields, router) {
         (Some(fields), Some(router)) => fields.parse_routed(text, router),
         (Some(fields), None) => fields.parse(text),
-        (None, _) => serde_json::from_str(text).map_err(|e| e.to_string()),
+        (None, _) => serde_json::from_slice(text.as_bytes()).map_err(|e| e.to_string()),
     };
     event_value(parsed).map(|value| (text, value))
 }

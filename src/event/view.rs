@@ -291,13 +291,13 @@ fn number_value(text: &str) -> Option<f64> {
             magnitude
         });
     }
-    serde_json::from_str::<f64>(text).ok()
+    serde_json::from_slice::<f64>(text.as_bytes()).ok()
 }
 
 /// A JSON number written as serde_json writes a parsed one (`1.50` is
 /// `1.5`): the text a regex is run on.
 pub fn number_text(text: &str) -> String {
-    serde_json::from_str::<serde_json::Number>(text)
+    serde_json::from_slice::<serde_json::Number>(text.as_bytes())
         .map_or_else(|_| text.to_string(), |n| n.to_string())
 }
 

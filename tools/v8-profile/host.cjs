@@ -8,6 +8,10 @@
 //   node --no-liftoff --no-wasm-lazy-compilation --perf-basic-prof \
 //     tools/v8-profile/host.cjs FILTER.wasm PLUGIN.json EVENTS.ndjson [REQUESTS]
 //
+// With COUNT_HOST_CALLS=1 it also prints how many times per request the
+// filter called each host function (and the host called back into the
+// module to allocate what it hands over): the crossings Envoy pays for.
+//
 // (see tools/v8-profile/README.md for perf and the table).
 'use strict';
 const fs = require('fs');
@@ -30,6 +34,7 @@ const text = (ptr, len) => Buffer.from(instance.exports.memory.buffer, ptr, len)
 
 // Copies `bytes` into memory the module allocates, and writes where to the two out pointers.
 function giveBytes(bytes, retPtr, retLen) {
+  if (bytes.length) countCall('(host into module) proxy_on_memory_allocate');
   const ptr = bytes.length ? instance.exports.proxy_on_memory_allocate(bytes.length) : 0;
   if (bytes.length) mem().set(bytes, ptr);
   view().setUint32(retPtr, ptr, true);
@@ -121,6 +126,18 @@ for (const { module: from, name } of WebAssembly.Module.imports(wasmModule)) {
   const table = from === 'env' ? env : wasi;
   imports[from][name] = table[name] || (() => { throw new Error(`host call ${name} not implemented here`); });
 }
+// Crossings by name, counted over the requests only (not start-up).
+const crossings = new Map();
+const countingAsked = Boolean(process.env.COUNT_HOST_CALLS);
+let counting = false;
+const countCall = (name) => { if (counting) crossings.set(name, (crossings.get(name) || 0) + 1); };
+if (process.env.COUNT_HOST_CALLS) {
+  for (const table of Object.values(imports)) {
+    for (const [name, call] of Object.entries(table)) {
+      table[name] = (...args) => { countCall(name); return call(...args); };
+    }
+  }
+}
 instance = new WebAssembly.Instance(wasmModule, imports);
 const x = instance.exports;
 if (x._initialize) x._initialize();
@@ -131,6 +148,7 @@ if (!x.proxy_on_configure(1, config.length)) throw new Error('configuration refu
 responseHeaders = new Map([[':status', '200'], ['content-length', '0']]);
 const path = '/API/events/v1/events';
 const start = process.hrtime.bigint();
+counting = countingAsked;
 for (let i = 0; i < requests; i++) {
   const context = 2 + i;
   body = events[i % events.length];
@@ -149,3 +167,9 @@ for (let i = 0; i < requests; i++) {
 }
 const elapsed = Number(process.hrtime.bigint() - start) / 1e3;
 console.log(`${requests} requests, ${(elapsed / requests).toFixed(2)} µs per request (host calls in JavaScript included); ${calls} calls made`);
+if (crossings.size) {
+  console.log('host calls per request:');
+  for (const [name, n] of [...crossings].sort((a, b) => b[1] - a[1])) {
+    console.log(`  ${(n / requests).toFixed(3).padStart(8)}  ${name}`);
+  }
+}
