@@ -131,7 +131,7 @@ const crossings = new Map();
 const countingAsked = Boolean(process.env.COUNT_HOST_CALLS);
 let counting = false;
 const countCall = (name) => { if (counting) crossings.set(name, (crossings.get(name) || 0) + 1); };
-if (process.env.COUNT_HOST_CALLS) {
+if (countingAsked) {
   for (const table of Object.values(imports)) {
     for (const [name, call] of Object.entries(table)) {
       table[name] = (...args) => { countCall(name); return call(...args); };
