@@ -67,25 +67,43 @@ pub fn carries_events(plugin: &Plugin, method: &str, path: &str) -> bool {
 /// The request's `delivery.propagate_headers` (read by `read`), to copy into
 /// its calls: values that could not be sent as they are (control characters,
 /// surrounding whitespace) are left out, and so is what goes past
-/// `MAX_PROPAGATED_BYTES`.
+/// `MAX_PROPAGATED_BYTES`. When `traceparent` is configured too, `tracestate`
+/// goes only with it and is not even read without it (W3C Trace Context: no
+/// `tracestate` without a valid `traceparent`): one host call less on every
+/// untraced request.
 pub fn propagated_headers(
     plugin: &Plugin,
     mut read: impl FnMut(&str) -> Option<String>,
 ) -> Vec<(String, String)> {
+    let names = &plugin.config.delivery.propagate_headers;
+    let paired = names.iter().any(|n| n == TRACEPARENT);
     let mut bytes = 0usize;
-    let mut headers = Vec::new();
-    for name in &plugin.config.delivery.propagate_headers {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut take = |name: &String, headers: &mut Vec<(String, String)>| {
         let Some(value) = read(name) else {
-            continue;
+            return;
         };
         let fits = bytes.saturating_add(value.len()) <= MAX_PROPAGATED_BYTES;
         if fits && header_value_refusal(&value).is_none() {
             bytes = bytes.saturating_add(value.len());
             headers.push((name.clone(), value));
         }
+    };
+    for name in names {
+        if !(paired && name == TRACESTATE) {
+            take(name, &mut headers);
+        }
+    }
+    if paired && headers.iter().any(|(n, _)| n == TRACEPARENT) {
+        if let Some(name) = names.iter().find(|n| *n == TRACESTATE) {
+            take(name, &mut headers);
+        }
     }
     headers
 }
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 
 /// The body's events, matched as the collector completes them.
 struct Matching<'a, H> {

@@ -316,9 +316,11 @@ class Envoy:
         self.cpus = cpus
         self.proc: subprocess.Popen | None = None
         self.start_s = 0.0
+        # What runs Envoy: the executable, or a tool (valgrind) followed by it.
+        self.binary = [str(ENVOY)]
 
     def start(self, timeout: float = 120.0) -> "Envoy":
-        cmd = PRIORITY + ["taskset", "-c", self.cpus, str(ENVOY), "-c", str(self.config_path), "--concurrency", "1",
+        cmd = PRIORITY + ["taskset", "-c", self.cpus, *self.binary, "-c", str(self.config_path), "--concurrency", "1",
                "--log-level", "warn", "--use-dynamic-base-id", "--disable-hot-restart"]
         t0 = time.monotonic()
         self.proc = spawn(cmd, WORK / f"{self.name}.log")
@@ -1406,6 +1408,189 @@ def profile_main(args, paths: dict, cases: list[dict], output: Path) -> None:
     log(text)
 
 
+# --------------------------------------------------------------------------- instructions
+
+# Instructions per request, counted by callgrind on the Envoy under test: deterministic (two runs
+# agree to about 0.1%), so they compare cases on a machine whose CPU time is too noisy to (a
+# nested VM, a shared host). They are not capacity: the kernel's work (sockets, wake-ups) is not
+# counted, nor cache misses or stalls, and V8's generated code runs as valgrind translates it.
+INSTRUCTION_CASES = ["nofilter", "noop", "n0-unread", "n0", "n100-ordinary", "n1000-ordinary", "n100",
+                     "n100-one", "floor"]
+INSTRUCTION_WARMUP = 200
+INSTRUCTION_LABELS = {"jit": "V8-generated code (the Wasm module, V8 wrappers)",
+                      "envoy": "the envoy binary (Envoy, host calls, V8 runtime)",
+                      "libs": "shared libraries (libc, libm)"}
+
+
+def real_envoy() -> Path:
+    """The envoy executable itself: ``.venv/bin/envoy`` is a Python script that execs it, and
+    valgrind must start the binary, not the interpreter."""
+    found = sorted((REPO / ".venv" / "lib").glob("python3*/site-packages/envoy/_bin/envoy"))
+    if not found:
+        raise SystemExit("no envoy binary under .venv/lib/python3*/site-packages/envoy/_bin/")
+    return found[0]
+
+
+def callgrind_split(files: list[Path]) -> dict[str, int]:
+    """Self cost (Ir) by category, summed over callgrind output ``files`` (the format of
+    valgrind's docs/callgrind-format: a cost line after ``calls=`` is the callee's inclusive
+    cost, counted where the callee's own lines are)."""
+    split = {k: 0 for k in INSTRUCTION_LABELS}
+    for f in files:
+        names: dict[str, str] = {}
+        category = "libs"
+        after_call = False
+        for line in f.read_text(errors="replace").splitlines():
+            if line.startswith(("ob=", "cob=")):
+                # "ob=(N) name" names object N the first time (in an ob= or a cob= line),
+                # "ob=(N)" refers to it afterwards.
+                m = re.match(r"c?ob=(\(\d+\))?\s*(.*)", line)
+                ref, name = (m.group(1), m.group(2)) if m else (None, "")
+                if ref and name:
+                    names[ref] = name
+                elif ref:
+                    name = names.get(ref, "")
+                if line.startswith("ob="):
+                    category = "envoy" if name.endswith("/envoy") else "jit" if name in ("", "???") else "libs"
+            elif line.startswith("calls="):
+                after_call = True
+            elif line[:1].isdigit() or line[:1] in "+-*":
+                if after_call:
+                    after_call = False
+                    continue
+                parts = line.split()
+                if len(parts) >= 2 and parts[1].isdigit():
+                    split[category] += int(parts[1])
+    return split
+
+
+def post_events(port: int, bodies: list[bytes], count: int) -> None:
+    """``count`` POSTs of the events in turn, one after another over one keep-alive connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        for i in range(count):
+            conn.request("POST", workload.EVENT_PATH, body=bodies[i % len(bodies)],
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            if r.status != 200:
+                raise BenchInvalid(f"an event POST answered {r.status}")
+    finally:
+        conn.close()
+
+
+def instructions_case(case: dict, requests: int, paths: dict, ports: dict, backend: Envoy) -> dict:
+    """Instructions the Envoy under test executes per request of ``case``, by category."""
+    log(f"== instructions: {case['label']}")
+    config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
+    out = WORK / f"callgrind-{case['tag']}.out"
+    for old in WORK.glob(f"callgrind-{case['tag']}.out*"):
+        old.unlink()
+    envoy = Envoy(f"envoy-cg-{case['tag']}", config, CPU_UNDER_TEST)
+    envoy.binary = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--instr-atstart=no",
+                    f"--callgrind-out-file={out}", str(real_envoy())]
+    bodies = [l.encode() for l in Path(case["events"]).read_text().splitlines() if l.strip()]
+    envoy.start(timeout=300)
+    try:
+        post_events(ports["listener"], bodies, INSTRUCTION_WARMUP)
+        settle_deliveries(backend)
+        run_checked(["callgrind_control", "-i", "on", str(envoy.pid)], stdout=subprocess.DEVNULL)
+        before = received(backend)
+        post_events(ports["listener"], bodies, requests)
+        settle_deliveries(backend)
+        run_checked(["callgrind_control", "-i", "off", str(envoy.pid)], stdout=subprocess.DEVNULL)
+        run_checked(["callgrind_control", "-d", str(envoy.pid)], stdout=subprocess.DEVNULL)
+        received_n = received(backend) - before
+    finally:
+        envoy.stop()
+    split = callgrind_split(sorted(WORK.glob(f"callgrind-{case['tag']}.out*")))
+    per = {k: v / requests for k, v in split.items()}
+    total = sum(per.values())
+    log(f"  {total:,.0f} instructions per request: " + ", ".join(f"{k} {v:,.0f}" for k, v in per.items())
+        + f"; {received_n / requests:.2f} deliveries received per request")
+    return {"label": case["label"], "tag": case["tag"], "requests": requests, "per_request": per, "total": total,
+            "received_per_request": received_n / requests, "probe": case.get("probe")}
+
+
+def settle_deliveries(backend: Envoy, limit: float = 20.0) -> None:
+    """Waits until the receiver has seen no new delivery for half a second."""
+    last, deadline = received(backend), time.monotonic() + limit
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = received(backend)
+        if now == last:
+            return
+        last = now
+
+
+def instructions_table(rows: list[dict]) -> str:
+    base = next((r for r in rows if r["tag"] == "nofilter"), None)
+    noop = next((r for r in rows if r["tag"] == "noop"), None)
+    cats = list(INSTRUCTION_LABELS)
+    lines = ["| case | instructions per request | over Envoy alone | over the no-op filter | "
+             + " | ".join(INSTRUCTION_LABELS[c] for c in cats) + " | deliveries per request |",
+             "|---|---:|---:|---:|" + "---:|" * len(cats) + "---:|"]
+    for r in rows:
+        over = f"{r['total'] - base['total']:+,.0f}" if base and r is not base else ""
+        over_noop = (f"{r['total'] - noop['total']:+,.0f}" if noop and r["tag"] not in ("nofilter", "noop") else "")
+        cells = " | ".join(f"{r['per_request'][c]:,.0f}" for c in cats)
+        lines.append(f"| {r['label']} | {r['total']:,.0f} | {over} | {over_noop} | {cells} | "
+                     f"{r['received_per_request']:.2f} |")
+    return "\n".join(lines)
+
+
+def instructions_host_call_table(noop: dict, probes: list[dict]) -> str:
+    """Instructions per host call: (probe − no-op) ÷ calls, by where they ran."""
+    cats = list(INSTRUCTION_LABELS)
+    lines = ["| host call | calls per request | bytes | instructions per call | "
+             + " | ".join(INSTRUCTION_LABELS[c] for c in cats) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(cats)]
+    for p in probes:
+        kind, calls, size = p["probe"]["probe"], p["probe"]["calls"], p["probe"]["bytes"]
+        per = (p["total"] - noop["total"]) / calls
+        cells = " | ".join(f"{(p['per_request'][c] - noop['per_request'][c]) / calls:,.0f}" for c in cats)
+        lines.append(f"| {kind} | {calls} | {size or ''} | {per:,.0f} | {cells} |")
+    return "\n".join(lines)
+
+
+def instructions_main(args, paths: dict, cases: list[dict], output: Path, events_file: Path) -> None:
+    # With --host-calls: the probes too (the host-call table, in instructions).
+    probe_cases = [{"label": f"host call: {kind} x{calls}", "tag": f"probe-{kind}-{calls}-{size}",
+                    "definitions": None, "events": events_file,
+                    "probe": {"probe": kind, "calls": calls, "bytes": size, "cluster": "webhooks"}}
+                   for kind, calls, size in PROBES] if args.host_calls else []
+    if probe_cases and not any(c["tag"] == "noop" for c in cases):
+        raise SystemExit("--instructions --host-calls measures the probes against the no-op filter: keep noop")
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        raise SystemExit("valgrind (Debian's valgrind) is needed for --instructions")
+    ports = {k: free_port() for k in ("admin", "listener", "backend_admin", "platform", "hooks")}
+    backend = Envoy("backend", backend_config(ports["backend_admin"], ports["platform"], ports["hooks"]), CPU_OTHERS).start()
+    try:
+        rows = [instructions_case(c, args.requests, paths, ports, backend) for c in cases]
+        probes = [instructions_case(c, args.requests, paths, ports, backend) for c in probe_cases]
+    finally:
+        backend.stop()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    text = ("# Instructions per request\n\n"
+            f"`bash scripts/bench --instructions` at {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}, "
+            f"commit {commit}, {paths['filter'].name} of {paths['filter'].stat().st_size:,} bytes"
+            + ("" if paths["filter"].is_relative_to(REPO / "target") else f" ({paths['filter']})")
+            + f", Envoy {re.sub(r'.*version: ', '', tool_version([str(ENVOY), '--version']))}: "
+            "the Envoy under test (one worker) in callgrind, "
+            f"{INSTRUCTION_WARMUP} requests to warm up, then {args.requests:,} POSTs of the case's events one after "
+            "another over one keep-alive connection, counted until the receiver has had every delivery. "
+            "Instructions in user space only: not capacity (no kernel, no cache misses), but the same in every "
+            "run, on any machine.\n\n" + instructions_table(rows) + "\n")
+    if probes:
+        noop = next(r for r in rows if r["tag"] == "noop")
+        text += ("\n## Instructions per host call\n\ntools/noop-filter's host_calls probe making K calls of one kind "
+                 "per request, against the no-op filter: (probe − no-op) ÷ K.\n\n"
+                 + instructions_host_call_table(noop, probes) + "\n")
+    output.write_text(text)
+    (WORK / "instructions.json").write_text(json.dumps({"cases": rows, "probes": probes}, indent=1, default=str))
+    log(text)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="short runs (about 2.5 minutes); writes target/bench-run/BENCHMARKS-quick.md")
@@ -1427,6 +1612,14 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true",
                     help="only the profile of a few cases (perf record on the Envoy under test, by where the "
                          "samples fall); writes target/bench-run/PROFILE.md")
+    ap.add_argument("--instructions", action="store_true",
+                    help="only instructions per request, counted by callgrind on the Envoy under test (repeatable "
+                         "where CPU time is too noisy; with --only, of these cases); writes "
+                         "target/bench-run/INSTRUCTIONS.md")
+    ap.add_argument("--requests", type=int, default=1000, help="requests counted per case with --instructions")
+    ap.add_argument("--filter-wasm", type=Path, metavar="FILE",
+                    help="measure this build of the filter instead of the one built from the checkout (e.g. an "
+                         "older commit's, for a before-and-after with --instructions)")
     args = ap.parse_args()
     if args.quick:
         (args.duration, args.repeats, args.warmup, args.fixed_duration, args.light_duration,
@@ -1445,6 +1638,8 @@ def main() -> int:
     signal.signal(signal.SIGHUP, _on_signal)
     try:
         paths = setup(args)
+        if args.filter_wasm:
+            paths["filter"] = args.filter_wasm.resolve()
         # Waiting for quiet and measuring again only while the cases left still fit in this
         # budget: the measurements take about 9.5 minutes when the machine is quiet (2 with
         # --quick), 13 at most (2.3).
@@ -1460,7 +1655,7 @@ def main() -> int:
         ordinary_file.write_text("\n".join(workload.ordinary_events()) + "\n")
         single_file = single_match_events(paths)
         sizes = sorted(len(e) for e in events)
-        if args.host_calls:
+        if args.host_calls and not args.instructions:
             args.duration, args.repeats = 5.0, 3
             host_calls_main(args, paths, events_file, sizes[len(sizes) // 2] / 1024, WORK / "HOST-CALLS.md")
             return 0
@@ -1490,6 +1685,12 @@ def main() -> int:
                 # against the floor.
                 cases.append({"label": f"{n:,} definitions, every event matching one webhook",
                               "tag": f"n{n}-one", "definitions": n, "events": single_file})
+        if args.instructions:
+            wanted = ({t.strip() for t in args.only.split(",")} | {"nofilter", "noop"} if args.only
+                      else set(INSTRUCTION_CASES))
+            instructions_main(args, paths, [c for c in cases if c["tag"] in wanted],
+                              args.output or WORK / "INSTRUCTIONS.md", events_file)
+            return 0
         if args.profile:
             profile_main(args, paths, [c for c in cases if c["tag"] in PROFILE_CASES], WORK / "PROFILE.md")
             return 0

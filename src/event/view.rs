@@ -387,6 +387,22 @@ pub fn scan(text: &str, paths: &PathSet, view: &mut View) -> Scan {
 /// The text is not valid JSON.
 struct Bad;
 
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `word` (little-endian: the first byte is the
+/// lowest) that is `"`, `\\` or below 0x20, and maybe of bytes after the
+/// first such one, never before it: `x - ONES` borrows only upward, from a
+/// zero byte (the classic "has a zero byte" test, and "has a byte below n"
+/// for n = 0x20, which never flags a byte of 0x80 or more).
+fn special_bytes(word: u64) -> u64 {
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    let quote = zero(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+    quote | backslash | control
+}
+
 struct Scanner<'s> {
     bytes: &'s [u8],
     at: usize,
@@ -580,13 +596,30 @@ impl Scanner<'_> {
     }
 
     /// Skips string bytes that need no look (not `"`, `\\` or a control
-    /// character): most of an event is such text.
+    /// character): most of an event is such text, so it goes eight bytes at
+    /// a time (the profile's hottest loop; wasm32 has 64-bit integers).
     fn skip_plain(&mut self) {
         let rest = self.bytes.get(self.at..).unwrap_or_default();
-        let plain = rest
+        let mut plain = 0;
+        let mut words = rest.chunks_exact(8);
+        for word in words.by_ref() {
+            let mut eight = [0u8; 8];
+            eight.copy_from_slice(word);
+            let special = special_bytes(u64::from_le_bytes(eight));
+            if special != 0 {
+                // The lowest flagged byte is the first special one (the
+                // flags are exact up to the first; see `special_bytes`).
+                let first = usize::try_from(special.trailing_zeros() / 8).unwrap_or(0);
+                self.at += plain + first;
+                return;
+            }
+            plain += 8;
+        }
+        plain += words
+            .remainder()
             .iter()
             .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            .unwrap_or(rest.len());
+            .unwrap_or(words.remainder().len());
         self.at += plain;
     }
 

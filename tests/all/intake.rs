@@ -279,6 +279,38 @@ fn propagated_headers_are_read_as_configured_and_only_if_they_can_be_sent_as_the
         [("traceparent".to_string(), "00-abc-01".to_string())]
     );
 
+    // No traceparent (or one that cannot be sent): tracestate is not even read,
+    // wherever it stands in the list.
+    let state_first =
+        load(serde_json::json!({"propagate_headers": ["tracestate", "x-a", "traceparent"]}));
+    for traceparent in [None, Some("bad\u{1}")] {
+        let mut asked = Vec::new();
+        let headers = propagated_headers(&state_first, |name| {
+            asked.push(name.to_string());
+            match name {
+                "traceparent" => traceparent.map(str::to_string),
+                _ => Some("v".to_string()),
+            }
+        });
+        assert_eq!(asked, ["x-a", "traceparent"], "{traceparent:?}");
+        assert_eq!(headers, [("x-a".to_string(), "v".to_string())]);
+    }
+    let traced = propagated_headers(&state_first, |name| Some(format!("{name}-v")));
+    assert_eq!(
+        traced,
+        [
+            ("x-a".to_string(), "x-a-v".to_string()),
+            ("traceparent".to_string(), "traceparent-v".to_string()),
+            ("tracestate".to_string(), "tracestate-v".to_string()),
+        ]
+    );
+    // Without traceparent configured, tracestate is a header like any other.
+    let state_only = load(serde_json::json!({"propagate_headers": ["tracestate"]}));
+    assert_eq!(
+        propagated_headers(&state_only, |_| Some("s".to_string())),
+        [("tracestate".to_string(), "s".to_string())]
+    );
+
     let none = load(serde_json::json!({"propagate_headers": []}));
     assert!(propagated_headers(&none, |_| Some("x".to_string())).is_empty());
 
