@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The envoy-webhooks benchmark: what the filter costs Envoy, on this machine.
 
-    bash scripts/bench            # the full run: about 20 minutes (25 at most), writes BENCHMARKS.md
+    bash scripts/bench            # the full run: about 24 minutes (29 at most), writes BENCHMARKS.md
     bash scripts/bench --quick    # about 2.5 minutes (3 at most), writes target/bench-run/BENCHMARKS-quick.md
 
 (Plus the set-up the first time: .venv, and building tools/wasm-bench's wasmtime runner takes a
@@ -28,6 +28,8 @@ exactly one webhook):
 * what one host call costs (the host_calls probe, K calls of one kind per request; also alone:
   ``--host-calls``), and where Envoy's CPU goes in a few cases (``perf record``; also alone:
   ``--profile``);
+* instructions per request in callgrind, the same in every run on any machine (also alone:
+  ``--instructions``, and with ``--host-calls`` per host call);
 * the matching core in wasmtime against native code (tools/wasm-bench).
 
 Layout on the 2 cores: the Envoy under test runs with --concurrency 1 (one worker thread) pinned
@@ -167,9 +169,10 @@ def setup(args) -> dict:
         if not (REPO / ".venv" / "bin" / "pip").exists():
             run_checked([sys.executable, "-m", "venv", str(REPO / ".venv")])
         run_checked([str(REPO / ".venv" / "bin" / "pip"), "install", "-q", "-r", str(REPO / "integration" / "requirements.txt")])
-    if not shutil.which("wrk"):
+    missing = [pkg for pkg, tool in (("wrk", "wrk"), ("valgrind", "callgrind_control")) if not shutil.which(tool)]
+    if missing:
         run_checked(["apt-get", "update", "-q"])
-        run_checked(["apt-get", "install", "-y", "-q", "wrk"], env={**env, "DEBIAN_FRONTEND": "noninteractive"})
+        run_checked(["apt-get", "install", "-y", "-q", *missing], env={**env, "DEBIAN_FRONTEND": "noninteractive"})
     if not shutil.which("taskset"):
         raise SystemExit("taskset (util-linux) is needed to pin processes to cores")
 
@@ -1553,6 +1556,21 @@ def instructions_host_call_table(noop: dict, probes: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def instructions_report(rows: list[dict], probes: list[dict], requests: int) -> str:
+    """How the instructions were counted, and the tables."""
+    text = ("the Envoy under test (one worker) in callgrind, "
+            f"{INSTRUCTION_WARMUP} requests to warm up, then {requests:,} POSTs of the case's events one after "
+            "another over one keep-alive connection, counted until the receiver has had every delivery. "
+            "Instructions in user space only: not capacity (no kernel, no cache misses), but the same in every "
+            "run (within 0.6%), on any machine.\n\n" + instructions_table(rows) + "\n")
+    if probes:
+        noop = next(r for r in rows if r["tag"] == "noop")
+        text += ("\n## Instructions per host call\n\ntools/noop-filter's host_calls probe making K calls of one kind "
+                 "per request, against the no-op filter: (probe − no-op) ÷ K.\n\n"
+                 + instructions_host_call_table(noop, probes) + "\n")
+    return text
+
+
 def instructions_main(args, paths: dict, cases: list[dict], output: Path, events_file: Path) -> None:
     # With --host-calls: the probes too (the host-call table, in instructions).
     probe_cases = [{"label": f"host call: {kind} x{calls}", "tag": f"probe-{kind}-{calls}-{size}",
@@ -1561,8 +1579,6 @@ def instructions_main(args, paths: dict, cases: list[dict], output: Path, events
                    for kind, calls, size in PROBES] if args.host_calls else []
     if probe_cases and not any(c["tag"] == "noop" for c in cases):
         raise SystemExit("--instructions --host-calls measures the probes against the no-op filter: keep noop")
-    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
-        raise SystemExit("valgrind (Debian's valgrind) is needed for --instructions")
     ports = {k: free_port() for k in ("admin", "listener", "backend_admin", "platform", "hooks")}
     backend = Envoy("backend", backend_config(ports["backend_admin"], ports["platform"], ports["hooks"]), CPU_OTHERS).start()
     try:
@@ -1576,16 +1592,7 @@ def instructions_main(args, paths: dict, cases: list[dict], output: Path, events
             f"commit {commit}, {paths['filter'].name} of {paths['filter'].stat().st_size:,} bytes"
             + ("" if paths["filter"].is_relative_to(REPO / "target") else f" ({paths['filter']})")
             + f", Envoy {re.sub(r'.*version: ', '', tool_version([str(ENVOY), '--version']))}: "
-            "the Envoy under test (one worker) in callgrind, "
-            f"{INSTRUCTION_WARMUP} requests to warm up, then {args.requests:,} POSTs of the case's events one after "
-            "another over one keep-alive connection, counted until the receiver has had every delivery. "
-            "Instructions in user space only: not capacity (no kernel, no cache misses), but the same in every "
-            "run, on any machine.\n\n" + instructions_table(rows) + "\n")
-    if probes:
-        noop = next(r for r in rows if r["tag"] == "noop")
-        text += ("\n## Instructions per host call\n\ntools/noop-filter's host_calls probe making K calls of one kind "
-                 "per request, against the no-op filter: (probe − no-op) ÷ K.\n\n"
-                 + instructions_host_call_table(noop, probes) + "\n")
+            + instructions_report(rows, probes, args.requests))
     output.write_text(text)
     (WORK / "instructions.json").write_text(json.dumps({"cases": rows, "probes": probes}, indent=1, default=str))
     log(text)
@@ -1745,6 +1752,13 @@ def main() -> int:
                 "mapping only.\n\n" + profile_table(rows, us))
             (WORK / "profile.json").write_text(json.dumps(rows, indent=1, default=str))
             (WORK / "host-calls.json").write_text(json.dumps(probes, indent=1, default=str))
+            # The same cases in instructions: what a noisy machine cannot blur.
+            log("== instructions")
+            counted = [instructions_case(c, args.requests, paths, ports, backend)
+                       for c in cases if c["tag"] in INSTRUCTION_CASES]
+            sections.append("## Instructions per request (callgrind)\n\n`bash scripts/bench --instructions`: "
+                            + instructions_report(counted, [], args.requests))
+            (WORK / "instructions.json").write_text(json.dumps({"cases": counted}, indent=1, default=str))
         backend.stop()
 
         log("== matching core: wasm (wasmtime) vs native")
