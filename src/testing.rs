@@ -62,7 +62,8 @@ pub mod retry {
 
 pub mod intake {
     pub use crate::intake::{
-        carries_events, propagated_headers, Intake, IntakeCounter, IntakeHost, NotQueued,
+        carries_events, path_first, propagated_headers, watches_method, watches_path, Intake,
+        IntakeCounter, IntakeHost, NotQueued,
     };
 }
 

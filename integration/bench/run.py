@@ -1418,7 +1418,7 @@ def profile_main(args, paths: dict, cases: list[dict], output: Path) -> None:
 # nested VM, a shared host). They are not capacity: the kernel's work (sockets, wake-ups) is not
 # counted, nor cache misses or stalls, and V8's generated code runs as valgrind translates it.
 INSTRUCTION_CASES = ["nofilter", "noop", "n0-unread", "n0", "n100-ordinary", "n1000-ordinary", "n100",
-                     "n100-one", "floor"]
+                     "n100-one", "floor", "noop-get", "n100-get"]
 INSTRUCTION_WARMUP = 200
 INSTRUCTION_LABELS = {"jit": "V8-generated code (the Wasm module, V8 wrappers)",
                       "envoy": "the envoy binary (Envoy, host calls, V8 runtime)",
@@ -1467,13 +1467,17 @@ def callgrind_split(files: list[Path]) -> dict[str, int]:
     return split
 
 
-def post_events(port: int, bodies: list[bytes], count: int) -> None:
-    """``count`` POSTs of the events in turn, one after another over one keep-alive connection."""
+def post_events(port: int, bodies: list[bytes], count: int, method: str = "POST") -> None:
+    """``count`` POSTs of the events in turn, one after another over one keep-alive connection
+    (with ``method`` GET: as many GETs of the event path, without bodies)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         for i in range(count):
-            conn.request("POST", workload.EVENT_PATH, body=bodies[i % len(bodies)],
-                         headers={"Content-Type": "application/json"})
+            if method == "GET":
+                conn.request("GET", workload.EVENT_PATH)
+            else:
+                conn.request(method, workload.EVENT_PATH, body=bodies[i % len(bodies)],
+                             headers={"Content-Type": "application/json"})
             r = conn.getresponse()
             r.read()
             if r.status != 200:
@@ -1495,11 +1499,12 @@ def instructions_case(case: dict, requests: int, paths: dict, ports: dict, backe
     bodies = [l.encode() for l in Path(case["events"]).read_text().splitlines() if l.strip()]
     envoy.start(timeout=300)
     try:
-        post_events(ports["listener"], bodies, INSTRUCTION_WARMUP)
+        method = case.get("method", "POST")
+        post_events(ports["listener"], bodies, INSTRUCTION_WARMUP, method)
         settle_deliveries(backend)
         run_checked(["callgrind_control", "-i", "on", str(envoy.pid)], stdout=subprocess.DEVNULL)
         before = received(backend)
-        post_events(ports["listener"], bodies, requests)
+        post_events(ports["listener"], bodies, requests, method)
         settle_deliveries(backend)
         run_checked(["callgrind_control", "-i", "off", str(envoy.pid)], stdout=subprocess.DEVNULL)
         run_checked(["callgrind_control", "-d", str(envoy.pid)], stdout=subprocess.DEVNULL)
@@ -1530,12 +1535,17 @@ def instructions_table(rows: list[dict]) -> str:
     base = next((r for r in rows if r["tag"] == "nofilter"), None)
     noop = next((r for r in rows if r["tag"] == "noop"), None)
     cats = list(INSTRUCTION_LABELS)
-    lines = ["| case | instructions per request | over Envoy alone | over the no-op filter | "
+    lines = ["| case | instructions per request | over Envoy alone | over the no-op filter (GETs: its GETs) | "
              + " | ".join(INSTRUCTION_LABELS[c] for c in cats) + " | deliveries per request |",
              "|---|---:|---:|---:|" + "---:|" * len(cats) + "---:|"]
+    noop_get = next((r for r in rows if r["tag"] == "noop-get"), None)
     for r in rows:
-        over = f"{r['total'] - base['total']:+,.0f}" if base and r is not base else ""
-        over_noop = (f"{r['total'] - noop['total']:+,.0f}" if noop and r["tag"] not in ("nofilter", "noop") else "")
+        # (Envoy alone was measured with POSTs: no reference for GETs.)
+        over = f"{r['total'] - base['total']:+,.0f}" if base and r is not base and not r["tag"].endswith("-get") else ""
+        # GETs against the no-op filter's GETs.
+        ref = noop_get if r["tag"].endswith("-get") else noop
+        over_noop = (f"{r['total'] - ref['total']:+,.0f}" if ref and r is not ref and r["tag"] != "nofilter"
+                     else "")
         cells = " | ".join(f"{r['per_request'][c]:,.0f}" for c in cats)
         lines.append(f"| {r['label']} | {r['total']:,.0f} | {over} | {over_noop} | {cells} | "
                      f"{r['received_per_request']:.2f} |")
@@ -1692,10 +1702,16 @@ def main() -> int:
                 # against the floor.
                 cases.append({"label": f"{n:,} definitions, every event matching one webhook",
                               "tag": f"n{n}-one", "definitions": n, "events": single_file})
+        # The platform's other traffic (GETs, no body), counted in instructions only: what the
+        # filter costs a request that carries no events.
+        counted_only = [{"label": "no-op Wasm filter, GET requests", "tag": "noop-get", "definitions": None,
+                         "noop": True, "events": events_file, "method": "GET"},
+                        {"label": "100 definitions, GET requests", "tag": "n100-get", "definitions": 100,
+                         "events": events_file, "method": "GET"}]
         if args.instructions:
             wanted = ({t.strip() for t in args.only.split(",")} | {"nofilter", "noop"} if args.only
                       else set(INSTRUCTION_CASES))
-            instructions_main(args, paths, [c for c in cases if c["tag"] in wanted],
+            instructions_main(args, paths, [c for c in cases + counted_only if c["tag"] in wanted],
                               args.output or WORK / "INSTRUCTIONS.md", events_file)
             return 0
         if args.profile:
@@ -1755,7 +1771,7 @@ def main() -> int:
             # The same cases in instructions: what a noisy machine cannot blur.
             log("== instructions")
             counted = [instructions_case(c, args.requests, paths, ports, backend)
-                       for c in cases if c["tag"] in INSTRUCTION_CASES]
+                       for c in cases + counted_only if c["tag"] in INSTRUCTION_CASES]
             sections.append("## Instructions per request (callgrind)\n\n`bash scripts/bench --instructions`: "
                             + instructions_report(counted, [], args.requests))
             (WORK / "instructions.json").write_text(json.dumps({"cases": counted}, indent=1, default=str))

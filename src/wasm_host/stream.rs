@@ -242,8 +242,24 @@ impl HttpContext for EventStream {
             // Nothing to do for any request: not even a header is read.
             return Action::Continue;
         }
-        let method = host::request_header(":method").unwrap_or_default();
-        let path = host::request_header(":path").unwrap_or_default();
+        let read = |name: &str| host::request_header(name).unwrap_or_default();
+        let plugin = &worker.plugin;
+        let (method, path) = if plugin.config.admin.is_some() {
+            (read(":method"), read(":path"))
+        } else if intake::path_first(plugin) {
+            let path = read(":path");
+            if !intake::watches_path(plugin, &path) {
+                // No events here: the method is not even read.
+                return Action::Continue;
+            }
+            (read(":method"), path)
+        } else {
+            let method = read(":method");
+            if !intake::watches_method(plugin, &method) {
+                return Action::Continue;
+            }
+            (method, read(":path"))
+        };
         if let Some(route) = Self::admin_route(&worker, &method, &path) {
             if route.needs_body() && !end_of_stream {
                 self.wait_for_admin_body(&worker, route);

@@ -76,6 +76,28 @@ fn requests_carry_events_by_method_and_path() {
     )
     .expect("valid");
     assert!(!carries_events(&disabled, "POST", "/"));
+
+    // The method or the path alone decides first (the other is read only
+    // then): never "no" where the other could make it "yes".
+    use envoy_webhooks::testing::intake::{path_first, watches_method, watches_path};
+    let every_path = self::plugin(json!({"events": {"methods": ["POST"]}}));
+    let methods = ["POST", "put", "GET", ""];
+    let paths = ["/events", "/events/x", "/other", "/", "/Events", ""];
+    for p in [&plugin, &disabled, &every_path] {
+        for path in paths {
+            let any = methods.iter().any(|m| carries_events(p, m, path));
+            assert_eq!(watches_path(p, path), any, "{path}");
+        }
+        for method in methods {
+            let any = paths.iter().any(|path| carries_events(p, method, path));
+            assert_eq!(watches_method(p, method), any, "{method}");
+        }
+    }
+    // The path first where it can leave requests out, else the method.
+    assert!(path_first(&plugin));
+    assert!(!path_first(&every_path));
+    let also_root = self::plugin(json!({"events": {"path_prefixes": ["/events", "/"]}}));
+    assert!(!path_first(&also_root));
 }
 
 #[test]

@@ -112,6 +112,21 @@ fn nesting_is_refused_where_serde_json_refuses_it() {
         );
         let verdict = compare_with_oracle(&matcher, &text);
         assert_eq!(verdict, Ok(Some(depth < 128)), "depth {depth}");
+        // The same under a key no path reads (checked without notes), with
+        // objects and arrays mixed, and deeper inside a read object.
+        for (prefix, suffix) in [("{\"b\":", "}"), ("{\"a\":{\"x\":", "}}")] {
+            let levels = depth - prefix.matches('{').count();
+            let open: String = (0..levels)
+                .map(|i| if i % 2 == 0 { "[" } else { "{\"k\":" })
+                .collect();
+            let close: String = (0..levels)
+                .rev()
+                .map(|i| if i % 2 == 0 { "]" } else { "}" })
+                .collect();
+            let text = format!("{prefix}{open}1{close}{suffix}");
+            let verdict = compare_with_oracle(&matcher, &text);
+            assert_eq!(verdict, Ok(Some(depth < 128)), "depth {depth}: {text:.80}");
+        }
     }
 }
 
