@@ -1413,8 +1413,8 @@ def profile_main(args, paths: dict, cases: list[dict], output: Path) -> None:
 
 # --------------------------------------------------------------------------- instructions
 
-# Instructions per request, counted by callgrind on the Envoy under test: deterministic (two runs
-# agree to about 0.1%), so they compare cases on a machine whose CPU time is too noisy to (a
+# Instructions per request, counted by callgrind on the Envoy under test: deterministic (runs
+# agree within 0.6%), so they compare cases on a machine whose CPU time is too noisy to (a
 # nested VM, a shared host). They are not capacity: the kernel's work (sockets, wake-ups) is not
 # counted, nor cache misses or stalls, and V8's generated code runs as valgrind translates it.
 INSTRUCTION_CASES = ["nofilter", "noop", "n0-unread", "n0", "n100-ordinary", "n1000-ordinary", "n100",
@@ -1481,7 +1481,7 @@ def post_events(port: int, bodies: list[bytes], count: int, method: str = "POST"
             r = conn.getresponse()
             r.read()
             if r.status != 200:
-                raise BenchInvalid(f"an event POST answered {r.status}")
+                raise BenchInvalid(f"a {method} of the event path answered {r.status}")
     finally:
         conn.close()
 
