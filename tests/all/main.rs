@@ -12,6 +12,7 @@
 )]
 
 mod admin_delivery;
+mod allocations;
 mod cli;
 mod cluster;
 mod config;
