@@ -26,7 +26,7 @@ pub mod etcd {
 }
 
 pub mod call {
-    pub use crate::delivery::call::{request_headers, Answer, CallOutcome, USER_AGENT};
+    pub use crate::delivery::call::{needs_body, request_headers, Answer, CallOutcome, USER_AGENT};
 }
 
 pub mod dead_letter {

@@ -38,13 +38,22 @@ pub fn destination_headers<'a>(
 /// the reason Envoy gives when it could not reach the receiver.
 pub const ANSWER_BODY_BYTES: usize = 256;
 
+/// Whether an answer with `status` needs its body read: only Envoy's own
+/// 503 and 504 are told apart by it (`CallOutcome::from_answer`). Reading a
+/// body costs the host a call back into the VM to allocate it, so a delivered
+/// call (whatever its receiver answers) reads none.
+pub fn needs_body(status: Option<&str>) -> bool {
+    matches!(status, Some("503" | "504"))
+}
+
 /// What the host reports of a finished call that got an answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Answer {
     /// The `:status` header as sent (absent or garbled: not a valid answer).
     pub status: Option<String>,
     pub retry_after: Option<String>,
-    /// The start of the answer's body (enough to recognise Envoy's own answers).
+    /// The start of the answer's body (enough to recognise Envoy's own
+    /// answers), read only when `needs_body` says so.
     pub body_start: Vec<u8>,
 }
 

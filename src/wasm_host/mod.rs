@@ -5,7 +5,7 @@
 //!   is seen (the SDK drops call responses whose HTTP context has ended).
 //! - `stream`: one per request; copies event bodies as they stream past,
 //!   matches them, and hands deliveries to its worker's root (`worker`: in
-//!   the VM's memory, with a one-byte wake-up through a shared queue).
+//!   the VM's memory, with an empty wake-up through a shared queue).
 //! - `metrics`: Envoy stats; `host`: every host call, none able to panic,
 //!   and the delivery engine's `Host` on top of them.
 //!

@@ -11,7 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
 use crate::cluster::{ClusterSync, EtcdAnswer, CHECK_INTERVAL_MS};
-use crate::delivery::call::{Answer, ANSWER_BODY_BYTES};
+use crate::delivery::call::{needs_body, Answer, ANSWER_BODY_BYTES};
 use crate::delivery::engine::Engine;
 use crate::delivery::host::Host;
 use crate::plugin::Plugin;
@@ -278,16 +278,22 @@ impl Context for WebhooksRoot {
             let status = host::call_response_header(num_headers, ":status");
             // Only a failed attempt's delay can follow it: no header read on success.
             let failed = status.as_deref().is_none_or(|s| !s.starts_with('2'));
+            // Nor a body read, unless it can be Envoy's own answer.
+            let body_start = if needs_body(status.as_deref()) {
+                host::buffer(
+                    BufferType::HttpCallResponseBody,
+                    body_size.min(ANSWER_BODY_BYTES),
+                )
+                .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             Answer {
                 retry_after: failed
                     .then(|| host::call_response_header(num_headers, "retry-after"))
                     .flatten(),
                 status,
-                body_start: host::buffer(
-                    BufferType::HttpCallResponseBody,
-                    body_size.min(ANSWER_BODY_BYTES),
-                )
-                .unwrap_or_default(),
+                body_start,
             }
         });
         self.engine
@@ -331,8 +337,11 @@ impl RootContext for WebhooksRoot {
         let Some(worker) = self.worker.clone() else {
             return;
         };
-        // Wake-ups only: what they announce is in the worker's memory.
-        while let Ok(Some(_)) = hostcalls::dequeue_shared_queue(queue_id) {}
+        // Wake-ups only: what they announce is in the worker's memory. The
+        // host announces each enqueued wake-up once, and one waits at a time
+        // (`Worker::hand_over`): one dequeue takes the one announced (an empty
+        // value reads as `None`, like an empty queue).
+        let _ = hostcalls::dequeue_shared_queue(queue_id);
         self.take_handed_over(&worker);
     }
 

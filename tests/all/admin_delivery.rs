@@ -436,6 +436,42 @@ fn other_answers_are_http_errors() {
 }
 
 #[test]
+fn only_what_can_be_envoys_own_answer_has_its_body_read() {
+    use envoy_webhooks::testing::call::needs_body;
+    assert!(needs_body(Some("503")) && needs_body(Some("504")));
+    let bodies: [&[u8]; 4] = [
+        b"upstream request timeout",
+        b"upstream connect error or disconnect/reset before headers",
+        b"no healthy upstream",
+        b"{\"ok\":true}",
+    ];
+    // Every other answer is judged the same without its body: the filter does not read it.
+    for code in [
+        "200", "201", "204", "299", "301", "400", "404", "410", "429", "500", "502", "505", "5030",
+        "20", "",
+    ] {
+        assert!(!needs_body(Some(code)), "{code}");
+        for body in bodies {
+            assert_eq!(
+                outcome(Some(code), body, 12, 10_000),
+                outcome(Some(code), b"", 12, 10_000),
+                "{code} {body:?}"
+            );
+        }
+    }
+    assert!(!needs_body(None));
+    // For 503 and 504 the body tells Envoy's answer from the receiver's.
+    assert_ne!(
+        outcome(Some("504"), b"upstream request timeout", 12, 10_000),
+        outcome(Some("504"), b"", 12, 10_000)
+    );
+    assert_ne!(
+        outcome(Some("503"), b"no healthy upstream", 12, 10_000),
+        outcome(Some("503"), b"", 12, 10_000)
+    );
+}
+
+#[test]
 fn no_answer_near_the_timeout_is_a_timeout() {
     for elapsed in [9_990, 10_000, 10_003, 25_000] {
         assert_eq!(
