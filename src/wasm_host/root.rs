@@ -352,7 +352,10 @@ impl RootContext for WebhooksRoot {
                 self.engine.forget_tick();
             }
             self.answer_stalled_admin(&worker);
-            self.see_health_changes(&worker);
+            // Events handed over also go to the engine here: were a wake-up's
+            // notice ever lost, none would wait longer than the stats' next
+            // tick (which every request that counted something arms).
+            self.take_handed_over(&worker);
             let mut host = self.host(&worker);
             self.engine.tick(&mut host);
             if let Some(sync) = self.sync.as_mut() {

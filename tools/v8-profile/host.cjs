@@ -11,6 +11,10 @@
 // With COUNT_HOST_CALLS=1 it also prints how many times per request the
 // filter called each host function (and the host called back into the
 // module to allocate what it hands over): the crossings Envoy pays for.
+// Deliveries are driven as Envoy drives them: a wake-up the filter queued
+// reaches the root context (proxy_on_queue_ready) after the request, and
+// every call it dispatched is answered at once with ANSWER_STATUS (204 unless
+// set), headers only, before the next request.
 //
 // (see tools/v8-profile/README.md for perf and the table).
 'use strict';
@@ -44,6 +48,9 @@ function giveBytes(bytes, retPtr, retLen) {
 
 let requestHeaders = new Map();
 let responseHeaders = new Map();
+const answerHeaders = new Map([[':status', process.env.ANSWER_STATUS || '204'], ['content-length', '0']]);
+let wakeUps = 0; // queued and not dequeued
+const dispatched = []; // tokens of calls not answered yet
 let body = Buffer.alloc(0);
 const shared = new Map(); // key -> [value, cas]
 const metrics = [];
@@ -60,7 +67,7 @@ const env = {
     return giveBytes(buffer.subarray(start, start + max), retPtr, retLen);
   },
   proxy_get_header_map_value: (mapType, keyPtr, keyLen, retPtr, retLen) => {
-    const map = mapType === 0 ? requestHeaders : mapType === 2 ? responseHeaders : new Map();
+    const map = mapType === 0 ? requestHeaders : mapType === 2 ? responseHeaders : mapType === 6 ? answerHeaders : new Map();
     const value = map.get(text(keyPtr, keyLen));
     if (value === undefined) return NOT_FOUND;
     return giveBytes(Buffer.from(value), retPtr, retLen);
@@ -101,9 +108,19 @@ const env = {
   },
   proxy_register_shared_queue: (namePtr, nameLen, ret) => { view().setUint32(ret, 1, true); return OK; },
   proxy_resolve_shared_queue: () => NOT_FOUND,
-  proxy_enqueue_shared_queue: () => OK,
-  proxy_dequeue_shared_queue: () => 7, // Empty
-  proxy_http_call: (...args) => { calls += 1; view().setUint32(args[args.length - 1], calls, true); return OK; },
+  proxy_enqueue_shared_queue: () => { wakeUps += 1; return OK; },
+  // The filter's wake-ups are empty values: Envoy hands them back without allocating.
+  proxy_dequeue_shared_queue: (queue, retPtr, retLen) => {
+    if (wakeUps === 0) return 7; // Empty
+    wakeUps -= 1;
+    return giveBytes(Buffer.alloc(0), retPtr, retLen);
+  },
+  proxy_http_call: (...args) => {
+    calls += 1;
+    dispatched.push(calls);
+    view().setUint32(args[args.length - 1], calls, true);
+    return OK;
+  },
   proxy_set_effective_context: () => OK,
   proxy_done: () => OK,
   proxy_send_local_response: () => OK,
@@ -163,6 +180,9 @@ for (let i = 0; i < requests; i++) {
   x.proxy_on_log(context);
   x.proxy_on_done(context);
   x.proxy_on_delete(context);
+  // Each queued wake-up is announced once, as Envoy does; then the calls are answered.
+  for (let n = wakeUps; n > 0; n--) x.proxy_on_queue_ready(1, 1);
+  while (dispatched.length) x.proxy_on_http_call_response(1, dispatched.shift(), answerHeaders.size, 0, 0);
   if (i % 1000 === 999) x.proxy_on_tick(1);
 }
 const elapsed = Number(process.hrtime.bigint() - start) / 1e3;
