@@ -41,9 +41,9 @@ fn bench_delivery(c: &mut Criterion) {
             fingerprint: plugin.definitions()[0].fingerprint,
         }],
         request_id: Some("476117422b18ed2f915fe9887b77b702".to_string()),
-        headers: Vec::new(),
+        headers: Vec::new().into(),
         message_id: None,
-        body: EVENT.to_vec(),
+        body: EVENT.to_vec().into(),
     };
     let ok = Answer {
         status: Some("200".to_string()),

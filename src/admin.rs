@@ -509,9 +509,9 @@ fn deliver<S: SharedData + ?Sized>(
                 fingerprint: definition.fingerprint,
             }],
             request_id: injected.request_id,
-            headers: Vec::new(),
+            headers: Vec::new().into(),
             message_id: Some(injected.message_id),
-            body: injected.event,
+            body: injected.event.into(),
         }),
     }
 }

@@ -7,6 +7,8 @@
 //! Nothing here can delay or change the platform's request: the intake only
 //! reads copies of its body.
 
+use std::rc::Rc;
+
 use serde_json::Value;
 
 use crate::config::header_value_refusal;
@@ -211,6 +213,8 @@ pub struct Intake {
     over_budget: Vec<usize>,
     /// The request's headers to copy into every call its events cause.
     propagated: Vec<(String, String)>,
+    /// The same, shared by the request's matched events: made at the first.
+    propagated_shared: Option<Rc<[(String, String)]>>,
 }
 
 impl Intake {
@@ -233,6 +237,7 @@ impl Intake {
             matches: Vec::new(),
             over_budget: Vec::new(),
             propagated: Vec::new(),
+            propagated_shared: None,
         }
     }
 
@@ -351,7 +356,7 @@ impl Intake {
         for &index in &self.matches {
             host.count(IntakeCounter::Matched(index), 1);
         }
-        let body = text.as_bytes().to_vec();
+        let body: Rc<[u8]> = Rc::from(text.as_bytes());
         // Each delivery counts in full: Envoy copies the body into each call.
         let each = budget::delivery_cost(body.len());
         let fitting = plugin.held.room_for(each).min(self.matches.len());
@@ -399,7 +404,10 @@ impl Intake {
         self.held.push(QueuedEvent {
             targets,
             request_id,
-            headers: self.propagated.clone(),
+            headers: self
+                .propagated_shared
+                .get_or_insert_with(|| Rc::from(std::mem::take(&mut self.propagated)))
+                .clone(),
             message_id: None,
             body,
         });

@@ -42,7 +42,9 @@ pub mod attempts {
 }
 
 pub mod host {
-    pub use crate::delivery::host::{Counter, WebhookCounter};
+    pub use crate::delivery::host::{
+        Call, Counter, DispatchError, Host, SharedData, StoreError, WebhookCounter,
+    };
 }
 
 pub mod message {

@@ -81,8 +81,8 @@ fuzz_target!(|data: &[u8]| {
                 &mut host,
                 QueuedEvent {
                     targets: vec![QueuedTarget { webhook: 0, fingerprint }],
-                    request_id: None, headers: Vec::new(), message_id: None,
-                    body: br#"{"event_type":"assets"}"#.to_vec(),
+                    request_id: None, headers: Vec::new().into(), message_id: None,
+                    body: br#"{"event_type":"assets"}"#.to_vec().into(),
                 },
             ),
             4 => {

@@ -53,7 +53,7 @@ fuzz_target!(|data: &[u8]| {
                     .collect();
                 accepted += u64::try_from(targets.len()).unwrap_or(0);
                 let body = vec![b'x'; usize::from(b) * 16];
-                engine.accept(&mut host, QueuedEvent { targets, request_id: None, headers: Vec::new(), message_id: None, body });
+                engine.accept(&mut host, QueuedEvent { targets, request_id: None, headers: Vec::new().into(), message_id: None, body: body.into() });
             }
             2 => {
                 if let Some(token) = host.open.keys().nth(usize::from(a % 4)).copied() {

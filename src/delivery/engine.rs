@@ -254,8 +254,8 @@ impl Engine {
         };
         self.start_turn();
         let shared = SharedEvent {
-            body: event.body.into(),
-            headers: event.headers.into(),
+            body: event.body,
+            headers: event.headers,
             request_id: event.request_id,
             injected: event.message_id,
         };

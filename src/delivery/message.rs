@@ -1,6 +1,8 @@
 //! The message that carries a matched event from a request's context to its
 //! worker's root context (in the VM's memory: they share one VM).
 
+use std::rc::Rc;
+
 /// One webhook an event is to be delivered to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueuedTarget {
@@ -20,13 +22,16 @@ pub struct QueuedEvent {
     /// The event's `request_id`, for `webhook-id` and logs.
     pub request_id: Option<String>,
     /// Headers of the platform's request to copy into the calls
-    /// (`delivery.propagate_headers`): (lower-case name, value).
-    pub headers: Vec<(String, String)>,
+    /// (`delivery.propagate_headers`): (lower-case name, value), shared by
+    /// the request's events and their deliveries.
+    pub headers: Rc<[(String, String)]>,
     /// Set for an event an operator handed in (`POST .../deliver`): the
     /// `webhook-id` its deliveries carry (a redriven dead letter keeps its
     /// own). `None` for a matched event (computed when needed).
     pub message_id: Option<String>,
-    pub body: Vec<u8>,
+    /// The event's exact text, copied once from the request's body and shared
+    /// by its deliveries.
+    pub body: Rc<[u8]>,
 }
 
 /// Bytes of propagated header values carried per request, at most: a value

@@ -142,13 +142,138 @@ fn a_matching_request_allocates_only_what_it_hands_over() {
     });
     assert_eq!(host.matched, 11 * per_event);
     assert_eq!(host.queued.len(), 10, "one handed-over event a request");
-    // Per request, kept: the event's text, its list of targets and its
-    // request_id, all handed to the engine (and still held here by the host);
-    // freed at the request's end: the list of its matches (grown as they come:
-    // this event matches several definitions) and the list of its held events.
+    // Per request, kept: the event's text, its list of targets, its
+    // request_id and the request's propagated headers, all handed to the
+    // engine (and still held here by the host); freed at the request's end:
+    // the list of its matches (grown as they come: this event matches several
+    // definitions) and the list of its held events.
     assert_eq!(
-        info.count_current, 30,
+        info.count_current, 40,
         "what is kept is what was handed over: {info:?}"
     );
-    assert!(info.count_total <= 70, "allocated: {info:?}");
+    assert!(info.count_total <= 80, "allocated: {info:?}");
+}
+
+mod delivery {
+    use std::cell::Cell;
+    use std::collections::HashMap;
+    use std::rc::Rc;
+
+    use envoy_webhooks::status::Status;
+    use envoy_webhooks::testing::call::Answer;
+    use envoy_webhooks::testing::engine::Engine;
+    use envoy_webhooks::testing::host::{
+        Call, Counter, DispatchError, Host, SharedData, StoreError,
+    };
+    use envoy_webhooks::testing::message::{QueuedEvent, QueuedTarget};
+    use envoy_webhooks::testing::plugin::Plugin;
+    use serde_json::json;
+
+    /// Shared data in a map; calls only numbered: allocates nothing on the
+    /// happy path but what a read of shared data returns.
+    #[derive(Default)]
+    struct QuietHost {
+        now_ms: u64,
+        store: HashMap<String, (Vec<u8>, u32)>,
+        reads: Cell<u32>,
+        calls: u32,
+    }
+
+    impl SharedData for QuietHost {
+        fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.reads.set(self.reads.get() + 1);
+            match self.store.get(key) {
+                Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+                None => (None, None),
+            }
+        }
+
+        fn set(&mut self, key: &str, value: &[u8], _cas: Option<u32>) -> Result<(), StoreError> {
+            let cas = self.store.get(key).map_or(1, |(_, cas)| cas + 1);
+            self.store.insert(key.to_string(), (value.to_vec(), cas));
+            Ok(())
+        }
+    }
+
+    impl Host for QuietHost {
+        fn now_ms(&self) -> u64 {
+            self.now_ms
+        }
+        fn random_unit(&mut self) -> f64 {
+            0.5
+        }
+        fn dispatch(&mut self, _call: Call<'_>) -> Result<u32, DispatchError> {
+            self.calls += 1;
+            Ok(self.calls)
+        }
+        fn set_tick_period_ms(&mut self, _period_ms: u64) -> bool {
+            true
+        }
+        fn count(&mut self, _counter: Counter, _n: u64) {}
+        fn set_status(&mut self, _id: &str, _status: Status) {}
+        fn add_held_bytes(&mut self, _delta: i64) {}
+    }
+
+    /// A healthy webhook's deliveries, once the worker is warm (its attempt
+    /// log full, its health read): the engine shares the handed-over event's
+    /// text and headers with the delivery instead of copying them.
+    #[test]
+    fn a_healthy_delivery_allocates_its_call_and_its_log_entry_only() {
+        let config = json!({"webhooks": [{"id": "a", "event_type": "assets", "url": "http://a:8080/hook", "cluster": "a"}]});
+        let plugin = Rc::new(Plugin::load(config.to_string().as_bytes(), |_| None).unwrap());
+        let mut host = QuietHost {
+            now_ms: 1_700_000_000_000,
+            ..QuietHost::default()
+        };
+        let mut engine = Engine::new(1);
+        engine.configure(&mut host, plugin.clone());
+        let event = |n: u32| QueuedEvent {
+            targets: vec![QueuedTarget {
+                webhook: 0,
+                fingerprint: plugin.definitions()[0].fingerprint,
+            }],
+            request_id: Some(format!("req-{n}")),
+            headers: Vec::new().into(),
+            message_id: None,
+            body: br#"{"event_type":"assets"}"#.to_vec().into(),
+        };
+        let answer = Answer {
+            status: Some("204".to_string()),
+            retry_after: None,
+            body_start: Vec::new(),
+        };
+        let deliver = |engine: &mut Engine, host: &mut QuietHost, event: QueuedEvent| {
+            let accepted = allocation_counter::measure(|| engine.accept(host, event));
+            let token = host.calls;
+            let finished =
+                allocation_counter::measure(|| engine.call_finished(host, token, Some(&answer)));
+            host.now_ms += 1;
+            (accepted, finished)
+        };
+        // The attempt log fills (100 entries), the health is read and cached.
+        for n in 0..300 {
+            deliver(&mut engine, &mut host, event(n));
+        }
+        let (calls, reads) = (host.calls, host.reads.get());
+        for n in 0..100 {
+            let read_before = host.reads.get();
+            let (accepted, finished) = deliver(&mut engine, &mut host, event(n));
+            if host.reads.get() == read_before {
+                // The delivery's request_id (the event's may go to several
+                // webhooks) and the call's header list.
+                assert!(accepted.count_total <= 2, "accept {n}: {accepted:?}");
+            }
+            // The attempt's log entry, which takes the place of the oldest.
+            assert!(finished.count_total <= 1, "call finished: {finished:?}");
+            assert!(finished.count_current <= 0, "call finished: {finished:?}");
+        }
+        assert_eq!(host.calls, calls + 100, "one call a delivery");
+        // The webhook's health is read again every 100 ms (100 deliveries, 1 ms apart).
+        assert!(
+            host.reads.get() - reads <= 2,
+            "reads: {}",
+            host.reads.get() - reads
+        );
+        assert!(host.store.len() < 10, "the happy path writes no new record");
+    }
 }

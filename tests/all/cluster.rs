@@ -453,9 +453,9 @@ impl Replica {
                     fingerprint: self.plugin.definitions()[0].fingerprint,
                 }],
                 request_id: Some("r".to_string()),
-                headers: Vec::new(),
+                headers: Vec::new().into(),
                 message_id: None,
-                body: br#"{"event_type":"assets"}"#.to_vec(),
+                body: br#"{"event_type":"assets"}"#.to_vec().into(),
             },
         );
         let call = self
@@ -559,9 +559,9 @@ fn failures_through_different_envoys_add_up_and_fail_the_webhook_once() {
                     fingerprint: envoy.plugin.definitions()[0].fingerprint,
                 }],
                 request_id: None,
-                headers: Vec::new(),
+                headers: Vec::new().into(),
                 message_id: None,
-                body: b"{}".to_vec(),
+                body: b"{}".to_vec().into(),
             },
         );
         assert_eq!(envoy.delivery_calls(), before);
@@ -1309,9 +1309,9 @@ fn an_adopted_delivery_keeps_the_platform_requests_trace_headers() {
                 fingerprint: first.plugin.definitions()[0].fingerprint,
             }],
             request_id: Some("r".to_string()),
-            headers: vec![("traceparent".to_string(), "00-abc-def-01".to_string())],
+            headers: vec![("traceparent".to_string(), "00-abc-def-01".to_string())].into(),
             message_id: None,
-            body: br#"{"event_type":"assets"}"#.to_vec(),
+            body: br#"{"event_type":"assets"}"#.to_vec().into(),
         },
     );
     assert_eq!(first.answer_hooks("503"), 1);

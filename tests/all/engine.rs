@@ -60,9 +60,9 @@ fn event_for(plugin: &Plugin, ids: &[&str], body: &[u8]) -> QueuedEvent {
     QueuedEvent {
         targets,
         request_id: Some("req-1".to_string()),
-        headers: Vec::new(),
+        headers: Vec::new().into(),
         message_id: None,
-        body: body.to_vec(),
+        body: body.to_vec().into(),
     }
 }
 
@@ -624,7 +624,8 @@ fn the_platform_requests_trace_headers_go_with_every_attempt_and_its_dead_letter
     event.headers = vec![
         ("traceparent".to_string(), TRACEPARENT.to_string()),
         ("tracestate".to_string(), "congo=t61rcWkgMzE".to_string()),
-    ];
+    ]
+    .into();
     engine.accept(&mut host, event);
     let calls: Vec<MadeCall> = host.calls.clone();
     assert_eq!(calls.len(), 2);

@@ -110,7 +110,7 @@ fn a_json_body_goes_once_complete_with_its_exact_text() {
     assert!(sink.queued.is_empty());
     intake.body(&plugin, &mut sink, &body[10..], true);
     assert_eq!(sink.queued.len(), 1, "one message however many matches");
-    assert_eq!(sink.queued[0].body, body);
+    assert_eq!(&sink.queued[0].body[..], body);
     assert_eq!(sink.queued[0].targets.len(), 2);
     assert_eq!(sink.queued[0].request_id.as_deref(), Some("x"));
     assert_eq!(sink.count(IntakeCounter::EventsSeen), 1);
@@ -387,7 +387,7 @@ fn events_the_reader_is_unsure_of_are_matched_as_the_others() {
         assert_eq!(sink.count(IntakeCounter::EventsSeen), 1, "{body}");
         assert_eq!(sink.queued.len(), 1, "{body}");
         assert_eq!(sink.queued[0].targets.len(), targets, "{body}");
-        assert_eq!(sink.queued[0].body, body.as_bytes());
+        assert_eq!(&sink.queued[0].body[..], body.as_bytes());
         let request_id = serde_json::from_str::<Value>(body).expect("JSON")["request_id"].clone();
         assert_eq!(
             sink.queued[0].request_id.as_deref(),

@@ -67,9 +67,9 @@ fn matched(plugin: &Plugin, id: &str) -> QueuedEvent {
             fingerprint: plugin.definitions()[index].fingerprint,
         }],
         request_id: Some("req-1".to_string()),
-        headers: Vec::new(),
+        headers: Vec::new().into(),
         message_id: None,
-        body: EVENT.to_vec(),
+        body: EVENT.to_vec().into(),
     }
 }
 
@@ -334,7 +334,7 @@ fn a_test_event_is_delivered_signed_with_a_new_message_id_each_time() {
         Some("req-9"),
         "the event's own"
     );
-    assert_eq!(event.body, EVENT, "byte for byte");
+    assert_eq!(&event.body[..], EVENT, "byte for byte");
     engine.accept(&mut host, event);
     let call = host.calls.last().expect("a call").clone();
     assert_eq!(call.body, EVENT);
@@ -397,7 +397,8 @@ fn a_redriven_dead_letter_keeps_its_message_id_and_its_event_bytes() {
     assert_eq!(body["message_id"], original_id.as_str());
     let event = event.expect("an event");
     assert_eq!(
-        event.body, EVENT,
+        &event.body[..],
+        EVENT,
         "the record's event, byte for byte (1E2 stays)"
     );
     engine.accept(&mut host, event);
