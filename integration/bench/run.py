@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The envoy-webhooks benchmark: what the filter costs Envoy, on this machine.
 
-    bash scripts/bench            # the full run: about 24 minutes (29 at most), writes BENCHMARKS.md
-    bash scripts/bench --quick    # about 2.5 minutes (3 at most), writes target/bench-run/BENCHMARKS-quick.md
+    bash scripts/bench            # the full run: about 30 minutes (36 at most), writes BENCHMARKS.md
+    bash scripts/bench --quick    # about 3.5 minutes (5 at most), writes target/bench-run/BENCHMARKS-quick.md
 
 (Plus the set-up the first time: .venv, and building tools/wasm-bench's wasmtime runner takes a
 few minutes.)
@@ -573,7 +573,7 @@ def measured(load, envoy: Envoy, backend: Envoy, args, what: str) -> dict:
 
 def case_seconds(args) -> float:
     """About how long one case takes when nothing is waited for or measured again."""
-    return (args.start_repeats * 1.5 + args.warmup + args.repeats * (args.duration + 0.5)
+    return (args.repeats * (1.5 + 1 + args.warmup + args.duration + 0.5) + 1.5 + args.warmup
             + args.fixed_duration + 0.5 + args.light_duration + 0.5 + 2)
 
 
@@ -608,11 +608,38 @@ def case_filter(case: dict, paths: dict) -> dict | None:
                        case.get("plugin") or workload.plugin_config(case["definitions"]))
 
 
+def saturation_round(case: dict, args, paths: dict, ports: dict, backend: Envoy, round_no: int) -> dict:
+    """One round of one case at saturation: Envoy started (its start-up timed), warmed up,
+    loaded by wrk for ``--duration`` seconds, its memory read, stopped. The rounds alternate
+    over the cases (every case's first round, then every case's second, ...), so that a machine
+    whose speed drifts during the run moves every case alike instead of some more than others."""
+    label, tag, events_file = case["label"], case["tag"], case["events"]
+    config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
+    if args.wait_quiet and spare(args) > 1:
+        waited = wait_quiet([backend.pid], min(args.wait_quiet, spare(args)))
+        if waited > 1.5:
+            log(f"  waited {waited:.0f} s for the machine to be quiet")
+    envoy = Envoy(f"envoy-{tag}", config, CPU_UNDER_TEST).start()
+    try:
+        wrk(ports["listener"], events_file, args.warmup, args.connections, f"{tag}-warmup")
+        run = measured(lambda: wrk(ports["listener"], events_file, args.duration, args.connections,
+                                   f"{tag}-{round_no}"), envoy, backend, args, f"saturation round {round_no + 1}")
+        run["start_s"] = envoy.start_s
+        run["memory_loaded"] = envoy.memory()
+        check_connections(label, upstream_connections(envoy))
+    finally:
+        envoy.stop()
+    log(f"  {label}: {run['rps']:.0f} req/s, "
+        f"{_cpu_us({'cpu': run['cpu_meter'], 'rps': run['rps']}):.1f} us Envoy CPU per request")
+    return run
+
+
 def run_case(case: dict, args, paths: dict, ports: dict, backend: Envoy, fixed_rate: float | None,
-             light_rate: float | None) -> dict:
-    """Measures one case: start-up, memory, saturation, fixed rate, light load; then checks
-    that its upstreams kept their connections alive. ``case`` has ``label``, ``tag``,
-    ``definitions`` (None: not our filter), ``events`` (the file of bodies), maybe ``noop``."""
+             light_rate: float | None, runs: list[dict]) -> dict:
+    """Measures one case given its saturation ``runs`` (``saturation_round``): start-up, memory,
+    fixed rate, light load; then checks that its upstreams kept their connections alive.
+    ``case`` has ``label``, ``tag``, ``definitions`` (None: not our filter), ``events`` (the file
+    of bodies), maybe ``noop``."""
     label, tag, count, events_file = case["label"], case["tag"], case["definitions"], case["events"]
     log(f"== {label}")
     config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
@@ -624,12 +651,9 @@ def run_case(case: dict, args, paths: dict, ports: dict, backend: Envoy, fixed_r
             log(f"  waited {waited:.0f} s for the machine to be quiet")
     received_at_start = received(backend)
 
-    starts = []
-    for i in range(args.start_repeats):
-        envoy = Envoy(f"envoy-{tag}", config, CPU_UNDER_TEST).start()
-        starts.append(envoy.start_s)
-        if i < args.start_repeats - 1:
-            envoy.stop()
+    envoy = Envoy(f"envoy-{tag}", config, CPU_UNDER_TEST).start()
+    # Every start of the case's Envoy is timed: one per saturation round, and this one.
+    starts = [r["start_s"] for r in runs] + [envoy.start_s]
     result["start_s"] = statistics.median(starts)
     result["start_all_s"] = starts
     log(f"  ready in {result['start_s'] * 1000:.0f} ms (median of {len(starts)})")
@@ -637,11 +661,7 @@ def run_case(case: dict, args, paths: dict, ports: dict, backend: Envoy, fixed_r
         result["memory_start"] = envoy.memory()
         wrk(ports["listener"], events_file, args.warmup, args.connections, f"{tag}-warmup")
 
-        # Saturation.
-        runs = []
-        for i in range(args.repeats):
-            runs.append(measured(lambda: wrk(ports["listener"], events_file, args.duration, args.connections,
-                                             f"{tag}-{i}"), envoy, backend, args, f"saturation run {i + 1}"))
+        # Saturation: the case's rounds.
         by_rps = sorted(runs, key=lambda r: r["rps"])
         median = by_rps[len(by_rps) // 2]
         seconds = sum(r["seconds"] for r in runs)
@@ -658,8 +678,7 @@ def run_case(case: dict, args, paths: dict, ports: dict, backend: Envoy, fixed_r
             f"p99.9 {median['latency_us']['p999']} us; CPU envoy {cpu['envoy']:.0%} backend {cpu['backend']:.0%} "
             f"wrk {cpu['loadgen']:.0%} others {cpu['others']:.0%}; {_cpu_us(result['saturation']):.1f} us "
             f"Envoy CPU per request; {sat['delivered'] / seconds:.0f} deliveries/s")
-        result["memory_loaded"] = envoy.memory()
-        check_connections(label, upstream_connections(envoy))
+        result["memory_loaded"] = runs[-1]["memory_loaded"]
 
         # Fixed rate.
         rate = fixed_rate if fixed_rate is not None else half_capacity(result["saturation"])
@@ -942,8 +961,10 @@ def report(meta: dict, cases: list[dict], info: dict, wasm_table: str, wasm_json
              "weighted like a media asset manager's traffic, the seed's queries); deliveries to a cluster "
              "of the same Envoy")
     L.append(f"- saturation: {meta['wrk_version']}, `-t1 -c{meta['connections']}`, "
-             f"{meta['repeats']} × {meta['duration']:g} s per case after a {meta['warmup']:g} s warm-up "
-             f"(the median run is shown, with the range of req/s)")
+             f"{meta['repeats']} × {meta['duration']:g} s per case, each after a start and a {meta['warmup']:g} s warm-up"
+             + (f", in {meta['repeats']} rounds that alternate over the cases, so that a machine whose speed drifts "
+                "moves every case alike" if meta['repeats'] > 1 else "")
+             + " (the median run is shown, with the range of req/s)")
     L.append(f"- fixed rate: openloop (tools/wasm-bench/loadgen: Debian has no wrk2), up to "
              f"{meta['fixed_connections']} connections, {meta['fixed_duration']:g} s; light load: openloop, "
              f"{meta['light_connections']} connections at {meta['light_rate']:,.0f} req/s, "
@@ -1610,7 +1631,7 @@ def instructions_main(args, paths: dict, cases: list[dict], output: Path, events
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="short runs (about 2.5 minutes); writes target/bench-run/BENCHMARKS-quick.md")
+    ap.add_argument("--quick", action="store_true", help="short runs (about 3.5 minutes); writes target/bench-run/BENCHMARKS-quick.md")
     ap.add_argument("--output", type=Path, help="where to write the report (default BENCHMARKS.md, or the quick file)")
     ap.add_argument("--no-build", action="store_true", help="use the artifacts already built")
     ap.add_argument("--connections", type=int, default=32, help="wrk connections at saturation (default 32)")
@@ -1643,7 +1664,10 @@ def main() -> int:
          args.start_repeats) = 3.0, 1, 1.0, 3.0, 2.0, 1
     else:
         (args.duration, args.repeats, args.warmup, args.fixed_duration, args.light_duration,
-         args.start_repeats) = 10.0, 3, 3.0, 12.0, 8.0, 3
+         args.start_repeats) = 6.0, 5, 2.0, 12.0, 8.0, 5
+    # Each saturation round starts the case's Envoy, and so does the fixed-rate and light-load
+    # part: every start is timed.
+    args.start_repeats = args.repeats + 1
     args.fixed_connections = 32
     counts = [int(c) for c in args.counts.split(",") if c.strip()]
     began = time.monotonic()
@@ -1658,9 +1682,9 @@ def main() -> int:
         if args.filter_wasm:
             paths["filter"] = args.filter_wasm.resolve()
         # Waiting for quiet and measuring again only while the cases left still fit in this
-        # budget: the measurements take about 9.5 minutes when the machine is quiet (2 with
-        # --quick), 13 at most (2.3).
-        args.budget_end = time.monotonic() + (2.3 if args.quick else 16) * 60
+        # budget: the measurements take about 16 minutes when the machine is quiet (3.5 with
+        # --quick), 22 at most (4.5).
+        args.budget_end = time.monotonic() + (4.5 if args.quick else 22) * 60
         args.cases_left = 0
         WORK.mkdir(parents=True, exist_ok=True)
 
@@ -1737,26 +1761,33 @@ def main() -> int:
         ports = {k: free_port() for k in ("admin", "listener", "backend_admin", "platform", "hooks")}
         backend = Envoy("backend", backend_config(ports["backend_admin"], ports["platform"], ports["hooks"]), CPU_OTHERS).start()
 
-        results = []
+        # Saturation first, in rounds that alternate over the cases; then each case's fixed
+        # rate and light load (at rates taken from Envoy alone's saturation).
+        rounds: dict[str, list[dict]] = {c["tag"]: [] for c in cases}
         args.cases_left = len(cases) - 1
-        base = run_case(cases[0], args, paths, ports, backend, None, None)
+        for round_no in range(args.repeats):
+            log(f"== saturation, round {round_no + 1} of {args.repeats}")
+            for case in cases:
+                rounds[case["tag"]].append(saturation_round(case, args, paths, ports, backend, round_no))
+        results = []
+        base = run_case(cases[0], args, paths, ports, backend, None, None, rounds[cases[0]["tag"]])
         results.append(base)
         rate = half_capacity(base["saturation"])
         light_rate = base["light"]["target_rate"]
         for i, case in enumerate(cases[1:]):
             args.cases_left = len(cases) - 2 - i
-            results.append(run_case(case, args, paths, ports, backend, rate, light_rate))
+            results.append(run_case(case, args, paths, ports, backend, rate, light_rate, rounds[case["tag"]]))
         sections = []
         if not args.quick and not args.only:
             # What one host call costs, and where the CPU goes: the why of the numbers above.
             log("== host calls")
-            saved = args.duration
-            args.duration = 5.0
+            saved = args.duration, args.repeats
+            args.duration, args.repeats = 5.0, 3
             _, probes, table = measure_host_calls(args, paths, ports, backend, events_file,
                                                   sizes[len(sizes) // 2] / 1024)
-            args.duration = saved
             sections.append("## What one host call costs\n\n"
                             + HOST_CALLS_HOW.format(repeats=args.repeats, duration=5.0) + "\n\n" + table)
+            args.duration, args.repeats = saved
             log("== profile")
             rows = [profile_case(c, args, paths, ports, backend) for c in cases if c["tag"] in PROFILE_CASES]
             us = {r["tag"]: _cpu_us(r["saturation"]) for r in results}
