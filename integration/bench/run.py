@@ -608,6 +608,14 @@ def case_filter(case: dict, paths: dict) -> dict | None:
                        case.get("plugin") or workload.plugin_config(case["definitions"]))
 
 
+def quiet_before_case(args, backend: Envoy) -> None:
+    """Waits for the rest of the machine to go quiet (``--wait-quiet``), while the budget allows."""
+    if args.wait_quiet and spare(args) > 1:
+        waited = wait_quiet([backend.pid], min(args.wait_quiet, spare(args)))
+        if waited > 1.5:
+            log(f"  waited {waited:.0f} s for the machine to be quiet")
+
+
 def saturation_round(case: dict, args, paths: dict, ports: dict, backend: Envoy, round_no: int) -> dict:
     """One round of one case at saturation: Envoy started (its start-up timed), warmed up,
     loaded by wrk for ``--duration`` seconds, its memory read, stopped. The rounds alternate
@@ -615,10 +623,7 @@ def saturation_round(case: dict, args, paths: dict, ports: dict, backend: Envoy,
     whose speed drifts during the run moves every case alike instead of some more than others."""
     label, tag, events_file = case["label"], case["tag"], case["events"]
     config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
-    if args.wait_quiet and spare(args) > 1:
-        waited = wait_quiet([backend.pid], min(args.wait_quiet, spare(args)))
-        if waited > 1.5:
-            log(f"  waited {waited:.0f} s for the machine to be quiet")
+    quiet_before_case(args, backend)
     envoy = Envoy(f"envoy-{tag}", config, CPU_UNDER_TEST).start()
     try:
         wrk(ports["listener"], events_file, args.warmup, args.connections, f"{tag}-warmup")
@@ -645,10 +650,7 @@ def run_case(case: dict, args, paths: dict, ports: dict, backend: Envoy, fixed_r
     config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
     result: dict = {"case": label, "tag": tag, "definitions": count, "noop": bool(case.get("noop")),
                     "matching": case.get("matching")}
-    if args.wait_quiet and spare(args) > 1:
-        waited = wait_quiet([backend.pid], min(args.wait_quiet, spare(args)))
-        if waited > 1.5:
-            log(f"  waited {waited:.0f} s for the machine to be quiet")
+    quiet_before_case(args, backend)
     received_at_start = received(backend)
 
     envoy = Envoy(f"envoy-{tag}", config, CPU_UNDER_TEST).start()

@@ -342,6 +342,7 @@ impl RootContext for WebhooksRoot {
         // (`Worker::hand_over`): one dequeue takes the one announced (an empty
         // value reads as `None`, like an empty queue).
         let _ = hostcalls::dequeue_shared_queue(queue_id);
+        worker.woken();
         self.take_handed_over(&worker);
     }
 
@@ -354,7 +355,8 @@ impl RootContext for WebhooksRoot {
             self.answer_stalled_admin(&worker);
             // Events handed over also go to the engine here: were a wake-up's
             // notice ever lost, none would wait longer than the stats' next
-            // tick (which every request that counted something arms).
+            // tick (which every request that counted something arms). A
+            // wake-up still queued stays announced: no second one is queued.
             self.take_handed_over(&worker);
             let mut host = self.host(&worker);
             self.engine.tick(&mut host);

@@ -173,9 +173,13 @@ impl Worker {
         Ok(())
     }
 
-    /// The events handed over since the last time; the next hand-off wakes the root again.
-    pub fn take_handed_over(&self) -> Vec<QueuedEvent> {
+    /// The root took the wake-up from the queue: the next hand-off wakes it again.
+    pub fn woken(&self) {
         self.wake_queued.set(false);
+    }
+
+    /// The events handed over since the last time.
+    pub fn take_handed_over(&self) -> Vec<QueuedEvent> {
         self.handed_over
             .try_borrow_mut()
             .map(|mut events| std::mem::take(&mut *events))
