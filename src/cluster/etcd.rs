@@ -42,6 +42,11 @@ pub enum EtcdError {
     AuthExpired { status: u16, message: String },
     /// etcd (or Envoy in front of it) refused the request.
     Refused { status: u16, message: String },
+    /// The lease named in the request is gone (it lapsed): grant a new one.
+    LeaseNotFound,
+    /// The call ended without an answer: etcd down, a timeout or a reset.
+    /// A write may or may not have applied.
+    NoAnswer,
 }
 
 impl fmt::Display for EtcdError {
@@ -56,6 +61,10 @@ impl fmt::Display for EtcdError {
                 "HTTP {status}: {message}; authenticating again"
             ),
             EtcdError::Refused { status, message } => write!(f, "HTTP {status}: {message}"),
+            EtcdError::LeaseNotFound => {
+                write!(f, "etcdserver: requested lease not found; granting a new one")
+            }
+            EtcdError::NoAnswer => write!(f, "no answer (etcd down, a timeout or a reset)"),
         }
     }
 }
@@ -236,6 +245,15 @@ pub fn parse_lease_grant(body: &[u8]) -> Result<i64, EtcdError> {
     }
 }
 
+/// The body of an answer, or the error it (or its absence) stands for.
+pub fn answer_body(status: Option<u16>, body: &[u8]) -> Result<&[u8], EtcdError> {
+    match status {
+        Some(200) => Ok(body),
+        Some(status) => Err(parse_error(status, body)),
+        None => Err(EtcdError::NoAnswer),
+    }
+}
+
 /// Whether the lease is still alive (a lapsed one answers without a TTL).
 pub fn parse_keepalive(body: &[u8]) -> Result<bool, EtcdError> {
     let answer = parse_json(body)?;
@@ -406,6 +424,8 @@ pub fn parse_error(status: u16, body: &[u8]) -> EtcdError {
         message.contains("invalid auth token") || message.contains("revision of auth store is old");
     if code == Some(16) || token_problem {
         EtcdError::AuthExpired { status, message }
+    } else if message.contains("requested lease not found") {
+        EtcdError::LeaseNotFound
     } else {
         EtcdError::Refused { status, message }
     }

@@ -50,7 +50,10 @@ pub fn record_of(delivery: &Delivery) -> Option<Vec<u8>> {
         headers: delivery.headers.to_vec(),
         event: std::str::from_utf8(&delivery.body).ok()?.to_string(),
     };
-    serde_json::to_vec(&record).ok()
+    // As written: JSON escaping can make an event's text six times longer.
+    serde_json::to_vec(&record)
+        .ok()
+        .filter(|bytes| bytes.len() <= MAX_RECORD_BYTES)
 }
 
 /// The delivery a record holds, for a webhook this configuration has

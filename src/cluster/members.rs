@@ -138,24 +138,16 @@ impl Membership {
         Some(call)
     }
 
-    /// The answer to a membership call (`None`: it failed; the caller counts it).
+    /// The answer to a membership call: its body (a 200), or what went
+    /// wrong (the caller counts it).
     pub fn finished_call(
         &mut self,
         call: MemberCall,
-        body: Option<&[u8]>,
+        answer: Result<&[u8], EtcdError>,
         now_ms: u64,
     ) -> Result<(), EtcdError> {
         self.busy = false;
-        let Some(body) = body else {
-            self.retry_at_ms = now_ms.saturating_add(self.interval_ms);
-            if matches!(call, MemberCall::Revoke) {
-                // The lease lapses by itself.
-                self.lease = None;
-                self.registered = false;
-            }
-            return Err(EtcdError::Malformed("no answer".to_string()));
-        };
-        let outcome = match call {
+        let outcome = answer.and_then(|body| match call {
             MemberCall::Grant => etcd::parse_lease_grant(body).map(|lease| {
                 self.lease = Some(lease);
                 self.registered = false;
@@ -169,20 +161,33 @@ impl Membership {
                     self.schedule_keepalive(now_ms);
                 } else {
                     // Lapsed (etcd was away longer than the TTL): a new entry.
-                    self.lease = None;
-                    self.registered = false;
+                    self.forget_lease();
                 }
             }),
             MemberCall::Revoke => {
-                self.lease = None;
-                self.registered = false;
+                self.forget_lease();
                 Ok(())
             }
-        };
-        if outcome.is_err() {
-            self.retry_at_ms = now_ms.saturating_add(self.interval_ms);
+        });
+        match &outcome {
+            Ok(()) => {}
+            // The lease lapsed between its grant and the entry's put (or a
+            // keep-alive): a new one at once, never "not found" forever.
+            Err(EtcdError::LeaseNotFound) => self.forget_lease(),
+            Err(_) => {
+                self.retry_at_ms = now_ms.saturating_add(self.interval_ms);
+                if matches!(call, MemberCall::Revoke) {
+                    // The lease lapses by itself.
+                    self.forget_lease();
+                }
+            }
         }
         outcome
+    }
+
+    fn forget_lease(&mut self) {
+        self.lease = None;
+        self.registered = false;
     }
 
     fn schedule_keepalive(&mut self, now_ms: u64) {

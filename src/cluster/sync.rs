@@ -86,16 +86,6 @@ fn written_by(kv: Option<&KeyValue>, write_id: &str) -> bool {
         })
 }
 
-/// Why a call of the journal or the member entry failed: etcd's error, or
-/// what was wrong with an answer that came back 200.
-fn failure_of(answer: &EtcdAnswer, error: &EtcdError) -> String {
-    match answer.status {
-        Some(200) => error.to_string(),
-        Some(status) => etcd::parse_error(status, &answer.body).to_string(),
-        None => "no answer (etcd down, a timeout or a reset)".to_string(),
-    }
-}
-
 /// A call to etcd waiting for its answer, kept whole to be sent again once.
 #[derive(Debug)]
 struct InFlight {
@@ -220,22 +210,20 @@ impl ClusterSync {
         }
     }
 
-    /// Sends the journal's next call, if it has one.
+    /// Sends the journal's next calls, if it has any (it keeps its own
+    /// count of calls in flight: one write and one keep-alive at most).
     fn pump_journal<H: Host>(&mut self, host: &mut H, engine: &mut Engine) {
-        if self
-            .calls
-            .values()
-            .any(|call| matches!(call.pending, Pending::Journal(_)))
-        {
-            return;
-        }
-        if let Some(request) = self.journal.next(host, engine) {
-            self.send(
+        while let Some(request) = self.journal.next(host, engine) {
+            let sent = self.send(
                 host,
                 request.path,
                 request.body,
                 Pending::Journal(request.call),
             );
+            if !sent {
+                // Refused at once: tried again at the next tick.
+                return;
+            }
         }
     }
 
@@ -375,9 +363,15 @@ impl ClusterSync {
         )
     }
 
-    /// Starts a call; a call the host refuses fails at once.
-    fn send<H: Host>(&mut self, host: &mut H, path: &'static str, body: Vec<u8>, pending: Pending) {
-        self.dispatch(host, path, body, pending, false);
+    /// Starts a call; a call the host refuses fails at once (`false`).
+    fn send<H: Host>(
+        &mut self,
+        host: &mut H,
+        path: &'static str,
+        body: Vec<u8>,
+        pending: Pending,
+    ) -> bool {
+        self.dispatch(host, path, body, pending, false)
     }
 
     fn dispatch<H: Host>(
@@ -387,9 +381,9 @@ impl ClusterSync {
         body: Vec<u8>,
         pending: Pending,
         retried: bool,
-    ) {
+    ) -> bool {
         let Some(config) = self.config().cloned() else {
-            return;
+            return false;
         };
         let mut headers = vec![
             (":method", "POST"),
@@ -417,10 +411,30 @@ impl ClusterSync {
                     retried,
                 };
                 self.calls.insert(token, call);
+                true
             }
             Err(error) => {
                 let why = format!("cannot call cluster '{}': {error:?}", config.cluster);
-                self.failed(host, pending, &why);
+                let refused = EtcdError::Refused {
+                    status: 0,
+                    message: why.clone(),
+                };
+                match pending {
+                    Pending::Journal(call) => {
+                        let _ = self
+                            .journal
+                            .finished_call(call, Err(refused), host.now_ms());
+                        self.count_error(host, &format!("journal: {why}"));
+                    }
+                    Pending::Member(call) => {
+                        let _ = self
+                            .membership
+                            .finished_call(call, Err(refused), host.now_ms());
+                        self.count_error(host, &format!("member entry: {why}"));
+                    }
+                    pending => self.failed(host, pending, &why),
+                }
+                false
             }
         }
     }
@@ -445,20 +459,17 @@ impl ClusterSync {
         }
         let pending = call.pending;
         if let Pending::Journal(call) = pending {
-            let body = (answer.status == Some(200)).then_some(answer.body.as_slice());
-            if let Err(error) = self.journal.finished_call(call, body) {
-                self.journal.back_off(host.now_ms());
-                let why = failure_of(answer, &error);
-                self.count_error(host, &format!("journal: {why}"));
+            let result = etcd::answer_body(answer.status, &answer.body);
+            if let Err(error) = self.journal.finished_call(call, result, host.now_ms()) {
+                self.count_error(host, &format!("journal: {error}"));
             }
             self.pump_journal(host, engine);
             return;
         }
         if let Pending::Member(call) = pending {
-            let body = (answer.status == Some(200)).then_some(answer.body.as_slice());
-            if let Err(error) = self.membership.finished_call(call, body, host.now_ms()) {
-                let why = failure_of(answer, &error);
-                self.count_error(host, &format!("member entry: {why}"));
+            let result = etcd::answer_body(answer.status, &answer.body);
+            if let Err(error) = self.membership.finished_call(call, result, host.now_ms()) {
+                self.count_error(host, &format!("member entry: {error}"));
             }
             self.pump_membership(host);
             return;

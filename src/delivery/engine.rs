@@ -119,8 +119,10 @@ pub struct Engine {
     /// With `cluster_state`: waiting deliveries are journaled in etcd.
     journaling: bool,
     journal_next: u64,
-    /// Journal numbers of deliveries handed off when the filter stopped.
-    handed_off: Vec<u64>,
+    /// Journaled deliveries that were waiting (or failed again) after the
+    /// filter stopped: handed off only once the journal says etcd holds their
+    /// record (`hand_off`), dead-lettered otherwise.
+    leaving: Vec<Delivery>,
     /// Each webhook's health as last read, by fingerprint.
     health_cache: HashMap<u64, CachedHealth>,
     attempt_log: AttemptLog,
@@ -181,7 +183,7 @@ impl Engine {
             stopping: false,
             journaling: false,
             journal_next: 0,
-            handed_off: Vec::new(),
+            leaving: Vec::new(),
             health_cache: HashMap::new(),
             held_reported: 0,
             attempt_log: AttemptLog::default(),
@@ -317,7 +319,8 @@ impl Engine {
     /// Envoy is removing this root context (`on_done`): every delivery
     /// waiting for a retry goes to the dead letters now, with reason
     /// `shutdown` (dead letters waiting for a retry get one last attempt),
-    /// and a failed attempt from now on is not retried.
+    /// and a failed attempt from now on is not retried. Journaled ones wait
+    /// for the journal's last write (`hand_off`).
     pub fn stop<H: Host>(&mut self, host: &mut H) {
         let Some(plugin) = self.plugin.clone() else {
             return;
@@ -326,9 +329,9 @@ impl Engine {
         self.start_turn();
         let waiting = self.retries.remove_where(|_| true);
         for delivery in waiting {
-            if let Some(number) = delivery.journal {
-                Self::count_for(host, &delivery, WebhookCounter::HandedOff);
-                self.handed_off.push(number);
+            if delivery.journal.is_some() {
+                // Handed off or dead-lettered once the journal wrote what it can.
+                self.leaving.push(delivery);
             } else if delivery.target.is_dead_letter() {
                 self.attempt(host, &plugin, delivery);
             } else {
@@ -346,19 +349,47 @@ impl Engine {
         self.journaling = on;
     }
 
-    /// Every journaled delivery this worker still holds (waiting or in
-    /// flight), by journal number.
+    /// Every journaled delivery this worker still holds (waiting, in flight,
+    /// or leaving a stopped filter), by journal number.
     pub fn journaled(&self) -> impl Iterator<Item = (u64, &Delivery)> {
         let waiting = self.retries.iter();
         let flying = self.in_flight.values().map(|call| &call.delivery);
         waiting
             .chain(flying)
+            .chain(self.leaving.iter())
             .filter_map(|delivery| Some((delivery.journal?, delivery)))
     }
 
-    /// Journal numbers of the deliveries handed off since the last call.
-    pub fn take_handed_off(&mut self) -> Vec<u64> {
-        std::mem::take(&mut self.handed_off)
+    /// The filter stopped and the journal wrote what it could: the leaving
+    /// deliveries whose record etcd holds (`in_etcd`) are handed off to
+    /// another Envoy, the rest go to the dead letters (reason `shutdown`),
+    /// or are counted lost. Returns the journal numbers handed off.
+    pub fn hand_off<H: Host>(&mut self, host: &mut H, in_etcd: impl Fn(u64) -> bool) -> Vec<u64> {
+        let leaving = std::mem::take(&mut self.leaving);
+        let Some(plugin) = self.plugin.clone() else {
+            return Vec::new();
+        };
+        let mut handed = Vec::new();
+        self.start_turn();
+        for delivery in leaving {
+            match delivery.journal {
+                Some(number) if in_etcd(number) => {
+                    Self::count_for(host, &delivery, WebhookCounter::HandedOff);
+                    handed.push(number);
+                }
+                _ => {
+                    Self::count_for(host, &delivery, WebhookCounter::Dropped);
+                    self.dead_letter(host, &plugin, &delivery, Reason::Shutdown);
+                }
+            }
+        }
+        self.end_turn(host);
+        handed
+    }
+
+    /// Deliveries of a stopped filter waiting for `hand_off`.
+    pub fn is_leaving(&self) -> bool {
+        !self.leaving.is_empty()
     }
 
     /// A delivery an Envoy that went away left waiting: made here now.
@@ -388,9 +419,9 @@ impl Engine {
         self.end_turn(host);
     }
 
-    /// No call in flight and nothing waiting.
+    /// No call in flight and nothing waiting (nor leaving).
     pub fn is_idle(&self) -> bool {
-        self.in_flight.is_empty() && self.retries.is_empty()
+        self.in_flight.is_empty() && self.retries.is_empty() && self.leaving.is_empty()
     }
 
     pub fn tick<H: Host>(&mut self, host: &mut H) {
@@ -747,10 +778,9 @@ impl Engine {
     ) {
         if self.stopping {
             // Nothing waits in a root context that is going away.
-            if let Some(number) = delivery.journal {
-                // In etcd already: another Envoy adopts it.
-                Self::count_for(host, &delivery, WebhookCounter::HandedOff);
-                self.handed_off.push(number);
+            if delivery.journal.is_some() {
+                // Handed off once the journal has written it (`hand_off`).
+                self.leaving.push(delivery);
             } else if delivery.target.is_dead_letter() {
                 self.lose(
                     host,

@@ -239,7 +239,7 @@ impl Context for WebhooksRoot {
             self.release_held_limit(&worker);
         } else {
             log::info!(
-                "envoy-webhooks: stopping: deliveries that waited for a retry went to the dead-letter destination (reason shutdown); waiting for the calls in flight"
+                "envoy-webhooks: stopping: deliveries that waited for a retry are handed off to another Envoy once etcd holds them, the rest go to the dead-letter destination (reason shutdown); waiting for the calls in flight"
             );
         }
         self.stopping = !idle;
@@ -298,6 +298,14 @@ impl Context for WebhooksRoot {
         });
         self.engine
             .call_finished(&mut host, token_id, answer.as_ref());
+        if self.stopping {
+            // No tick comes any more: a delivery that failed again leaves
+            // through the journal now (handed off once written, or
+            // dead-lettered), and the lease is revoked once all are out.
+            if let Some(sync) = self.sync.as_mut() {
+                sync.tick(&mut host, &mut self.engine);
+            }
+        }
         self.done_if_stopped();
     }
 }

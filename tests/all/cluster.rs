@@ -47,8 +47,17 @@ struct FakeEtcd {
     /// Lease id → the keys attached to it.
     leases: BTreeMap<i64, Vec<Vec<u8>>>,
     next_lease: i64,
-    /// Apply the next write, then answer nothing (the answer is lost).
-    lose_next_write_answer: bool,
+    /// Apply the next writes, then answer nothing (their answers are lost).
+    lose_write_answers: usize,
+    /// Refuse every transaction that puts a key, as etcd does once its
+    /// space quota is exceeded (the NOSPACE alarm); deletes still apply.
+    refuse_puts: bool,
+    /// The next lease granted lapses at once (before the filter can use it).
+    lapse_next_grant: bool,
+    /// Every request's path, in order.
+    paths: Vec<String>,
+    /// The largest request body received.
+    largest_request: usize,
     /// A member that is behind: what it holds (key → (value, mod_revision)).
     /// Reads that may be served by any member (serializable ones) go to it
     /// and to an up-to-date member in turn, as a round-robin cluster does.
@@ -185,6 +194,8 @@ impl FakeEtcd {
             };
         }
         let request: Value = serde_json::from_slice(body).expect("JSON from the filter");
+        self.paths.push(path.to_string());
+        self.largest_request = self.largest_request.max(body.len());
         if path == "/v3/auth/authenticate" {
             let token = format!("token-{}", self.requests);
             self.token = Some(token.clone());
@@ -205,6 +216,25 @@ impl FakeEtcd {
         match path {
             "/v3/kv/range" => ok(self.range_answer(&request)),
             "/v3/kv/txn" => {
+                let ops_of = |branch: &str| request[branch].as_array().cloned().unwrap_or_default();
+                let all_ops: Vec<Value> = [ops_of("success"), ops_of("failure")].concat();
+                if self.refuse_puts && all_ops.iter().any(|op| op.get("request_put").is_some()) {
+                    return EtcdAnswer {
+                        status: Some(429),
+                        body: br#"{"error":"etcdserver: mvcc: database space exceeded","message":"etcdserver: mvcc: database space exceeded","code":8}"#.to_vec(),
+                    };
+                }
+                let unknown_lease = all_ops.iter().any(|op| {
+                    op["request_put"]
+                        .get("lease")
+                        .is_some_and(|lease| !self.leases.contains_key(&int(lease)))
+                });
+                if unknown_lease {
+                    return EtcdAnswer {
+                        status: Some(404),
+                        body: br#"{"error":"etcdserver: requested lease not found","message":"etcdserver: requested lease not found","code":5}"#.to_vec(),
+                    };
+                }
                 let holds = request["compare"].as_array().is_none_or(|compares| {
                     compares.iter().all(|compare| {
                         assert_eq!(compare["target"], "MOD", "the filter compares mod_revision");
@@ -269,14 +299,17 @@ impl FakeEtcd {
                 if holds {
                     answer["succeeded"] = json!(true);
                 }
-                if wrote && std::mem::take(&mut self.lose_next_write_answer) {
+                if wrote && self.lose_write_answers > 0 {
+                    self.lose_write_answers -= 1;
                     return EtcdAnswer::default();
                 }
                 ok(answer)
             }
             "/v3/lease/grant" => {
                 self.next_lease += 1;
-                self.leases.insert(self.next_lease, Vec::new());
+                if !std::mem::take(&mut self.lapse_next_grant) {
+                    self.leases.insert(self.next_lease, Vec::new());
+                }
                 ok(json!({"header": self.header(), "ID": self.next_lease.to_string(), "TTL": "5"}))
             }
             "/v3/lease/keepalive" => {
@@ -978,7 +1011,7 @@ fn a_write_whose_answer_was_lost_is_sent_again_and_counted_once() {
     let mut envoys = replicas(1, &config);
     run_all(&mut envoys, &mut etcd, 1_000);
     envoys[0].deliver("503");
-    etcd.lose_next_write_answer = true;
+    etcd.lose_write_answers = 1;
     run_all(&mut envoys, &mut etcd, 2_000);
     let record = etcd.record().expect("a record");
     assert_eq!(record.consecutive_failures, 1, "applied once, not twice");
@@ -1365,4 +1398,239 @@ fn status_is_fresh_again_after_an_outage_while_a_member_entry_call_is_in_flight(
     }
     let state = &envoy.status_body()["cluster_state"];
     assert_eq!(state["stale"], false, "{state}");
+}
+
+// Issue 30: at least once across Envoys, under faults.
+
+impl Replica {
+    /// The filter stops (a configuration change or a drain), as `on_done` does it.
+    fn stop(&mut self, etcd: &mut FakeEtcd) {
+        self.sync.stop(&mut self.host);
+        self.engine.stop(&mut self.host);
+        self.sync.tick(&mut self.host, &mut self.engine);
+        self.answer_etcd(etcd);
+    }
+
+    /// Every delivery the filter took, by what became of it: (handed off,
+    /// lost or dead-lettered, delivered).
+    fn outcomes(&self) -> (u64, u64, u64) {
+        use envoy_webhooks::testing::host::WebhookCounter::*;
+        (
+            self.count(HandedOff),
+            self.count(Lost) + self.count(DeadLettered),
+            self.count(Delivered),
+        )
+    }
+}
+
+#[test]
+fn a_delivery_is_handed_off_only_once_etcd_holds_it_and_else_counted() {
+    use envoy_webhooks::testing::host::WebhookCounter;
+    // etcd is down when the filter stops: nothing can be written, so nothing
+    // is handed off; every waiting delivery is counted (lost: no dead-letter
+    // destination here), none silently gone.
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(1, &waiting_config());
+    run_all(&mut envoys, &mut etcd, 1_000);
+    etcd.down = true;
+    envoys[0].leave_waiting(3);
+    envoys[0].stop(&mut etcd);
+    envoys[0].run(&mut etcd, 500);
+    assert!(envoys[0].engine.is_idle());
+    assert!(envoys[0].sync.is_finished());
+    assert_eq!(
+        envoys[0].outcomes(),
+        (0, 3, 0),
+        "(handed off, lost, delivered)"
+    );
+    assert_eq!(envoys[0].count(WebhookCounter::Dropped), 3);
+    etcd.down = false;
+    assert!(etcd.keys_under("/test/handoff/").is_empty());
+}
+
+#[test]
+fn deliveries_parked_since_the_last_write_are_written_at_stop_and_adopted() {
+    use envoy_webhooks::testing::host::WebhookCounter;
+    // Parked moments before the stop: the journal had not written them (nor
+    // taken a lease yet); the stop writes them first, then hands them off.
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(2, &waiting_config());
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].leave_waiting(3);
+    assert!(etcd.keys_under("/test/handoff/").is_empty());
+    envoys[0].stop(&mut etcd);
+    envoys[0].run(&mut etcd, 200);
+    assert!(envoys[0].sync.is_finished());
+    assert_eq!(envoys[0].outcomes(), (3, 0, 0));
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 3);
+    run_all(&mut envoys[1..], &mut etcd, 2_000);
+    assert_eq!(envoys[1].count(WebhookCounter::Adopted), 3);
+    assert_eq!(envoys[1].answer_hooks("204"), 3);
+    assert!(etcd.keys_under("/test/handoff/").is_empty());
+}
+
+#[test]
+fn a_delivery_too_large_to_journal_is_dead_lettered_at_stop_not_handed_off() {
+    use envoy_webhooks::testing::host::WebhookCounter;
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(1, &waiting_config());
+    run_all(&mut envoys, &mut etcd, 1_000);
+    let envoy = &mut envoys[0];
+    // 200 KB of control characters: 1.2 MB once JSON-escaped in its record.
+    let body = vec![1u8; 200_000];
+    envoy.engine.accept(
+        &mut envoy.host,
+        QueuedEvent {
+            targets: vec![QueuedTarget {
+                webhook: 0,
+                fingerprint: envoy.plugin.definitions()[0].fingerprint,
+            }],
+            request_id: Some("large".to_string()),
+            headers: Vec::new().into(),
+            message_id: None,
+            body: body.into(),
+        },
+    );
+    assert_eq!(envoy.answer_hooks("503"), 1);
+    envoy.leave_waiting_more(1);
+    envoy.run(&mut etcd, 2_000);
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 1, "the small one");
+    assert!(etcd.largest_request < 1_500_000);
+    envoy.stop(&mut etcd);
+    envoy.run(&mut etcd, 200);
+    assert_eq!(envoy.outcomes(), (1, 1, 0));
+    assert_eq!(envoy.count(WebhookCounter::Dropped), 1);
+}
+
+#[test]
+fn a_batch_of_large_records_stays_under_etcds_request_limit() {
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(1, &waiting_config());
+    run_all(&mut envoys, &mut etcd, 1_000);
+    let envoy = &mut envoys[0];
+    // Records of about 300 KB (400 KB in base64): three fit a request, not four.
+    for i in 0..6 {
+        let mut body = format!(r#"{{"event_type":"assets","i":{i},"pad":""#).into_bytes();
+        body.extend(std::iter::repeat_n(b'x', 300_000));
+        body.extend_from_slice(b"\"}");
+        envoy.engine.accept(
+            &mut envoy.host,
+            QueuedEvent {
+                targets: vec![QueuedTarget {
+                    webhook: 0,
+                    fingerprint: envoy.plugin.definitions()[0].fingerprint,
+                }],
+                request_id: Some(format!("r{i}")),
+                headers: Vec::new().into(),
+                message_id: None,
+                body: body.into(),
+            },
+        );
+        envoy.answer_hooks("503");
+    }
+    assert_eq!(envoy.engine.pending(), 6);
+    envoy.run(&mut etcd, 5_000);
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 6);
+    assert!(
+        etcd.largest_request <= 1_572_864,
+        "a request of {} bytes is over etcd's 1.5 MiB",
+        etcd.largest_request
+    );
+    assert_eq!(envoy.errors(), 0);
+}
+
+#[test]
+fn refused_journal_writes_never_starve_the_lease_keepalives() {
+    use envoy_webhooks::testing::host::WebhookCounter;
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(2, &waiting_config());
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].leave_waiting(2);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2);
+    // etcd's space quota is exceeded: every put is refused, and more
+    // deliveries keep waiting, so the journal keeps trying to write.
+    etcd.refuse_puts = true;
+    let keepalives_before = etcd
+        .paths
+        .iter()
+        .filter(|p| p.ends_with("keepalive"))
+        .count();
+    for _ in 0..10 {
+        envoys[0].leave_waiting_more(1);
+        run_all(&mut envoys, &mut etcd, 1_000);
+    }
+    let keepalives = etcd
+        .paths
+        .iter()
+        .filter(|p| p.ends_with("keepalive"))
+        .count()
+        - keepalives_before;
+    // One a sync interval for the journal (TTL: 5 intervals), plus the
+    // member entries' own.
+    assert!(keepalives >= 9, "{keepalives} keep-alives in 10 s");
+    assert_eq!(
+        etcd.keys_under("/test/owners/").len(),
+        1,
+        "the owner is live"
+    );
+    assert_eq!(envoys[1].count(WebhookCounter::Adopted), 0);
+    // Space again: the waiting deliveries are journaled.
+    etcd.refuse_puts = false;
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 12);
+}
+
+impl Replica {
+    /// One more event whose first attempt fails, whatever waits already.
+    fn leave_waiting_more(&mut self, n: usize) {
+        let before = self.engine.pending();
+        for _ in 0..n {
+            self.deliver("503");
+        }
+        assert_eq!(self.engine.pending(), before + n);
+    }
+}
+
+#[test]
+fn a_lease_that_lapses_before_its_first_use_is_granted_anew() {
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(1, &waiting_config());
+    // The member entry's lease lapses between its grant and its put.
+    etcd.lapse_next_grant = true;
+    run_all(&mut envoys, &mut etcd, 3_000);
+    assert_eq!(etcd.keys_under("/test/members/").len(), 1, "member entry");
+    // Then the journal's.
+    etcd.lapse_next_grant = true;
+    envoys[0].leave_waiting(2);
+    run_all(&mut envoys, &mut etcd, 3_000);
+    assert_eq!(etcd.keys_under("/test/owners/").len(), 1, "liveness key");
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2);
+}
+
+#[test]
+fn a_record_whose_write_answer_was_lost_is_deleted_with_its_delivery() {
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(1, &waiting_config());
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].leave_waiting(1);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 1);
+    // The next write applies, but neither its answer nor its retry's comes back.
+    etcd.lose_write_answers = 2;
+    let envoy = &mut envoys[0];
+    envoy.leave_waiting_more(1);
+    while etcd.lose_write_answers > 0 {
+        envoy.run(&mut etcd, 100);
+    }
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2);
+    // The delivery is made before the journal's next write.
+    envoy.host.now_ms += 60_000;
+    envoy.engine.tick(&mut envoy.host);
+    assert_eq!(envoy.answer_hooks("204"), 2);
+    envoy.run(&mut etcd, 2_000);
+    assert!(
+        etcd.keys_under("/test/handoff/").is_empty(),
+        "a record left behind would be adopted and sent again once its owner leaves"
+    );
 }
