@@ -538,6 +538,7 @@ fn disable<S: SharedData + ?Sized>(
                     store,
                     definition,
                     &Outcome::Pause { at_ms: now_ms },
+                    health.epoch,
                     policy,
                     now_ms,
                 );
@@ -583,12 +584,13 @@ fn enable<S: SharedData + ?Sized>(
         return no_such_webhook(id);
     };
     let updated = webhook_store::update(store, definition, now_s, |health| health.enable());
-    if updated.is_some() && plugin.config.cluster_state.is_some() {
+    if let (Some((health, _)), Some(_)) = (&updated, &plugin.config.cluster_state) {
         // Every Envoy's: the cluster's record is enabled too, even if this
         // Envoy has not seen it fail yet.
         let policy = &plugin.config.delivery;
         let now_ms = now_s.saturating_mul(1000);
-        webhook_store::record_outcome(store, definition, &Outcome::Enable, policy, now_ms);
+        let epoch = health.epoch;
+        webhook_store::record_outcome(store, definition, &Outcome::Enable, epoch, policy, now_ms);
     }
     match updated {
         Some((health, transition)) => {

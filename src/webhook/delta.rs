@@ -110,6 +110,13 @@ pub struct Delta {
     pub failed_within: Option<Run>,
     pub trail: Option<Run>,
     pub last_error: Option<String>,
+    /// The webhook's epoch (its count of enables) when the outcomes were
+    /// made, or right after this delta's enable: applied to a record enabled
+    /// since (a higher epoch: an operator enabled it through another Envoy),
+    /// the outcomes no longer count, as an attempt made before an enable
+    /// does not count locally.
+    #[serde(default)]
+    pub epoch: u64,
 }
 
 impl Delta {
@@ -129,8 +136,11 @@ impl Delta {
             && self.last_error.is_none()
     }
 
-    pub fn of(fingerprint: u64, outcome: &Outcome<'_>) -> Delta {
+    /// The delta of one outcome, made while the webhook's epoch was `epoch`
+    /// (for an enable: the epoch right after it).
+    pub fn of(fingerprint: u64, epoch: u64, outcome: &Outcome<'_>) -> Delta {
         let mut delta = Delta::new(fingerprint);
+        delta.epoch = epoch;
         match outcome {
             Outcome::Success => delta.reset = true,
             Outcome::Enable => delta.enabled = true,
@@ -157,8 +167,37 @@ impl Delta {
         delta
     }
 
+    /// The operator's part of this delta (enable, pause) without its
+    /// outcomes: what is left of it under a later epoch (and the last error
+    /// seen, which stays true).
+    fn operator_only(self) -> Delta {
+        Delta {
+            fingerprint: self.fingerprint,
+            enabled: self.enabled,
+            paused_at_ms: self.paused_at_ms,
+            last_error: self.last_error,
+            epoch: self.epoch,
+            ..Delta::default()
+        }
+    }
+
     /// This delta followed by `later`: the same effect as applying both in turn.
     pub fn then(self, later: Delta, policy: &DeliveryPolicy) -> Delta {
+        // Outcomes made under an older epoch than the other part's were made
+        // before an enable the local record has seen since: they no longer count.
+        let epoch = self.epoch.max(later.epoch);
+        let (this, later) = match self.epoch.cmp(&later.epoch) {
+            std::cmp::Ordering::Less => (self.operator_only(), later),
+            std::cmp::Ordering::Greater => (self, later.operator_only()),
+            std::cmp::Ordering::Equal => (self, later),
+        };
+        Delta {
+            epoch,
+            ..this.compose(later, policy)
+        }
+    }
+
+    fn compose(self, later: Delta, policy: &DeliveryPolicy) -> Delta {
         let last_error = later.last_error.or(self.last_error);
         if later.enabled {
             // Whatever came before, an enable leaves the webhook ENABLED with no failures.
@@ -189,6 +228,7 @@ impl Delta {
                 failed_within: later.failed_within,
                 trail: later.trail,
                 last_error,
+                epoch: later.epoch,
             };
         }
         if self.failed_within.is_some() {
@@ -221,6 +261,7 @@ impl Delta {
             failed_within,
             trail,
             last_error,
+            epoch: later.epoch,
         }
     }
 
@@ -242,10 +283,16 @@ impl Delta {
                 reason = paused.reason;
             }
         }
-        if let Some(error) = &self.last_error {
-            health.last_error = Some(error.clone());
+        // Enabled since the outcomes were made (through another Envoy): they
+        // no longer count, as attempts made before an enable do not locally.
+        // Outcomes after an enable of this delta's own were made since it.
+        let current = self.enabled || self.epoch >= record.epoch;
+        if current {
+            if let Some(error) = &self.last_error {
+                health.last_error = Some(error.clone());
+            }
         }
-        if health.status.delivers() {
+        if current && health.status.delivers() {
             self.apply_outcomes(&mut health, policy, &mut reason);
         }
         let transition = (health.status != from).then_some(Transition {
@@ -401,10 +448,16 @@ mod tests {
         health
     }
 
-    fn delta_of(ops: &[Op]) -> Delta {
-        ops.iter().fold(Delta::new(7), |delta, op| {
-            delta.then(Delta::of(7, &outcome(op)), &policy())
-        })
+    /// The delta a single Envoy records for `ops` on `record`: each outcome
+    /// with the epoch the local record has then (after an enable, the new one).
+    fn delta_of(record: &WebhookHealth, ops: &[Op]) -> Delta {
+        let mut local = record.clone();
+        let mut delta = Delta::new(7);
+        for op in ops {
+            local = replay(&local, std::slice::from_ref(op));
+            delta = delta.then(Delta::of(7, local.epoch, &outcome(op)), &policy());
+        }
+        delta
     }
 
     /// What the cluster record keeps: the status and, while still delivering,
@@ -460,8 +513,9 @@ mod tests {
         fn a_delta_applies_like_its_outcomes(record in record(), ops in ops(), split in 0..25usize) {
             let split = split.min(ops.len());
             let expected = replay(&record, &ops);
-            let whole = delta_of(&ops);
-            let halves = delta_of(&ops[..split]).then(delta_of(&ops[split..]), &policy());
+            let whole = delta_of(&record, &ops);
+            let halfway = replay(&record, &ops[..split]);
+            let halves = delta_of(&record, &ops[..split]).then(delta_of(&halfway, &ops[split..]), &policy());
             for delta in [whole, halves] {
                 let (applied, transition) = delta.apply(&record, &policy());
                 prop_assert_eq!(standing(&applied), standing(&expected), "delta {:?}", delta);
@@ -477,8 +531,8 @@ mod tests {
         fn failures_from_replicas_add_up(a in 0..6u64, b in 0..6u64) {
             let failures = |n: u64| (0..n).map(|i| Op::Failure(1_000 + i)).collect::<Vec<_>>();
             let start = base(Status::Enabled, 0, None);
-            let (after_a, _) = delta_of(&failures(a)).apply(&start, &policy());
-            let (after_both, _) = delta_of(&failures(b)).apply(&after_a, &policy());
+            let (after_a, _) = delta_of(&start, &failures(a)).apply(&start, &policy());
+            let (after_both, _) = delta_of(&start, &failures(b)).apply(&after_a, &policy());
             let expected = if a + b >= 4 { Status::Failed } else if a + b > 0 { Status::Failing } else { Status::Enabled };
             prop_assert_eq!(after_both.status, expected);
         }
@@ -487,7 +541,7 @@ mod tests {
     #[test]
     fn an_enable_applies_to_a_failed_record_and_bumps_its_epoch() {
         let failed = base(Status::Failed, 4, Some(990));
-        let (health, transition) = Delta::of(7, &Outcome::Enable).apply(&failed, &policy());
+        let (health, transition) = Delta::of(7, 1, &Outcome::Enable).apply(&failed, &policy());
         assert_eq!(health.status, Status::Enabled);
         assert_eq!(health.epoch, 1);
         assert_eq!(health.consecutive_failures, 0);
@@ -495,10 +549,60 @@ mod tests {
         assert_eq!(transition.as_deref(), Some("enabled through the admin API"));
     }
 
+    /// Failures an Envoy made on its own (cut off from etcd) before an
+    /// operator enabled the webhook through another Envoy.
+    fn failures_at(epoch: u64, n: u64) -> Delta {
+        (0..n).fold(Delta::new(7), |delta, i| {
+            let failure = Outcome::Failure {
+                error: "HTTP 503",
+                at: 1_000 + i,
+            };
+            delta.then(Delta::of(7, epoch, &failure), &policy())
+        })
+    }
+
+    #[test]
+    fn failures_made_before_an_enable_elsewhere_do_not_undo_it() {
+        let enabled_elsewhere = WebhookHealth {
+            epoch: 1,
+            ..base(Status::Enabled, 0, None)
+        };
+        let (health, transition) = failures_at(0, 6).apply(&enabled_elsewhere, &policy());
+        assert_eq!(health, enabled_elsewhere);
+        assert!(transition.is_none());
+        // The same failures made after the enable (the Envoy saw it) count.
+        let (health, _) = failures_at(1, 6).apply(&enabled_elsewhere, &policy());
+        assert_eq!(health.status, Status::Failed);
+    }
+
+    #[test]
+    fn outcomes_of_an_older_epoch_drop_out_of_a_composed_delta() {
+        // 3 failures, then the local record follows an enable (epoch 1), then
+        // 2 failures: 2 count, not 5 (the threshold is 4).
+        let delta = failures_at(0, 3).then(failures_at(1, 2), &policy());
+        assert_eq!(delta.epoch, 1);
+        let record = WebhookHealth {
+            epoch: 1,
+            ..base(Status::Enabled, 0, None)
+        };
+        let (health, _) = delta.apply(&record, &policy());
+        assert_eq!(
+            (health.status, health.consecutive_failures),
+            (Status::Failing, 2)
+        );
+        // And a late outcome of the old epoch after newer ones changes nothing.
+        let late = failures_at(1, 2).then(failures_at(0, 3), &policy());
+        assert_eq!(late.apply(&record, &policy()).0, health);
+        // An enable made here stays whatever epoch follows.
+        let enable = Delta::of(7, 1, &Outcome::Enable);
+        let kept = enable.then(failures_at(2, 1), &policy());
+        assert!(kept.enabled);
+    }
+
     #[test]
     fn a_success_on_a_clean_record_changes_nothing() {
         let clean = base(Status::Enabled, 0, None);
-        let (health, transition) = Delta::of(7, &Outcome::Success).apply(&clean, &policy());
+        let (health, transition) = Delta::of(7, 0, &Outcome::Success).apply(&clean, &policy());
         assert_eq!(health, clean);
         assert!(transition.is_none());
     }
@@ -508,6 +612,7 @@ mod tests {
         let failing = base(Status::Failing, 3, Some(1_000));
         let delta = Delta::of(
             7,
+            0,
             &Outcome::Failure {
                 error: "HTTP 503",
                 at: 1_001,

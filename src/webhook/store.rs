@@ -289,16 +289,19 @@ fn change_delta<S: SharedData + ?Sized>(
 }
 
 /// Keeps `outcome` for the cluster store and tells the poller (cluster mode only).
+/// `epoch` is the webhook's epoch the outcome was made in (for an enable,
+/// the one right after it).
 pub fn record_outcome<S: SharedData + ?Sized>(
     store: &mut S,
     definition: &WebhookDefinition,
     outcome: &Outcome<'_>,
+    epoch: u64,
     policy: &DeliveryPolicy,
     now_ms: u64,
 ) {
     let fingerprint = definition.fingerprint;
     if change_delta(store, definition, |delta| {
-        delta.then(Delta::of(fingerprint, outcome), policy)
+        delta.then(Delta::of(fingerprint, epoch, outcome), policy)
     }) {
         // Any change of the value wakes the poller; its content is only for people.
         let _ = store.set(DIRTY_KEY, now_ms.to_string().as_bytes(), None);

@@ -1634,3 +1634,57 @@ fn a_record_whose_write_answer_was_lost_is_deleted_with_its_delivery() {
         "a record left behind would be adopted and sent again once its owner leaves"
     );
 }
+
+#[test]
+fn an_enable_is_not_undone_by_failures_an_envoy_cut_off_from_etcd_made_before_it() {
+    let config = config(3);
+    let mut etcd = FakeEtcd::default();
+    // What Envoy 0 reaches while it is cut off from etcd.
+    let mut unreachable = FakeEtcd {
+        down: true,
+        ..FakeEtcd::default()
+    };
+    let mut envoys = replicas(2, &config);
+    run_all(&mut envoys, &mut etcd, 1_000);
+    // Cut off, Envoy 0 fails the webhook on its own; Envoy 1 does too, in etcd.
+    for _ in 0..3 {
+        envoys[0].deliver("503");
+        envoys[1].deliver("503");
+    }
+    for _ in 0..20 {
+        envoys[0].run(&mut unreachable, 100);
+        envoys[1].run(&mut etcd, 100);
+    }
+    assert_eq!(envoys[0].local().status, Status::Failed);
+    assert_eq!(etcd.record().map(|r| r.status), Some(Status::Failed));
+    // The operator enables it through Envoy 1.
+    let route = AdminRoute::Enable("hook".to_string());
+    let now = envoys[1].host.now_ms;
+    let plugin = envoys[1].plugin.clone();
+    let answer = admin::answer(
+        &plugin,
+        &mut envoys[1].host,
+        &route,
+        AdminRequest::default(),
+        now,
+    )
+    .expect("an answer");
+    assert_eq!(answer.status, 200);
+    envoys[1].run(&mut etcd, 1_000);
+    assert_eq!(etcd.record().map(|r| r.status), Some(Status::Enabled));
+    // Envoy 0 reaches etcd again: its failures were made before the enable.
+    run_all(&mut envoys, &mut etcd, 3_000);
+    let statuses = etcd.statuses();
+    let enabled_at = statuses
+        .iter()
+        .rposition(|s| *s == Status::Enabled)
+        .expect("enabled");
+    assert!(
+        !statuses[enabled_at..].contains(&Status::Failed),
+        "etcd went {statuses:?}"
+    );
+    assert_eq!(etcd.record().map(|r| r.status), Some(Status::Enabled));
+    for envoy in &envoys {
+        assert_eq!(envoy.local().status, Status::Enabled);
+    }
+}
