@@ -21,6 +21,7 @@ from etcd_cluster import (
     EtcdUnreachable,
     authenticate_request,
     b64,
+    compact,
     range_prefix_request,
     txn_put_if_revision,
     unb64,
@@ -43,6 +44,17 @@ def shape(node: Any) -> Any:
     if isinstance(node, list):
         return [shape(v) for v in node]
     return type(node).__name__
+
+
+def with_lease(fixture: str, lease: str) -> bytes:
+    """A recorded request whose puts go under ``lease``: the recorded one was granted by the
+    etcd the fixtures were recorded from (a take's receipt goes under the taker's lease)."""
+    request = json.loads(recorded(fixture))
+    for branch in ("success", "failure"):
+        for op in request.get(branch, []):
+            if "lease" in op.get("request_put", {}):
+                op["request_put"]["lease"] = lease
+    return compact(request)
 
 
 def same_shape(live: bytes, fixture: str) -> None:
@@ -116,6 +128,7 @@ def test_adoption_reads_one_view_and_takes_only_while_the_owner_is_gone(etcd_clu
     etcd_cluster._call("/v3/kv/put", {"key": b64(prefix + "owners/envoy-a-1"), "lease": lease})
     assert etcd_cluster.put(prefix + "handoff/envoy-a-1/hook-a/00000000000000aa/1", '{"x":1}') == 3
     assert etcd_cluster.put(prefix + "handoff/envoy-b-1/hook-a/00000000000000aa/7", '{"x":2}') == 4
+    taker = etcd_cluster._call("/v3/lease/grant", {"TTL": "30"})["ID"]
     for member in range(3):
         answer = etcd_cluster.txn(recorded("txn-request-read-keys.json"), member)
         assert [[unb64(kv["key"]).decode() for kv in r["response_range"].get("kvs", [])]
@@ -124,19 +137,27 @@ def test_adoption_reads_one_view_and_takes_only_while_the_owner_is_gone(etcd_clu
             [prefix + "handoff/envoy-a-1/hook-a/00000000000000aa/1",
              prefix + "handoff/envoy-b-1/hook-a/00000000000000aa/7"]]
         same_shape(json.dumps(answer).encode(), "txn-read-keys.json")
-        refused = etcd_cluster.txn(recorded("txn-request-take-live-owner.json"), member)
+        refused = etcd_cluster.txn(with_lease("txn-request-take-live-owner.json", taker), member)
         assert not refused.get("succeeded"), refused
+        same_shape(json.dumps(refused).encode(), "txn-take-live-owner.json")
     assert etcd_cluster.get(prefix + "handoff/envoy-a-1/hook-a/00000000000000aa/1") == ('{"x":1}', 3)
     etcd_cluster._call("/v3/lease/revoke", {"ID": lease})
     # The live owner's take, with the revision it had: applies now that the owner is gone.
-    taken = etcd_cluster.txn(recorded("txn-request-take-live-owner.json"), member=2)
+    taken = etcd_cluster.txn(with_lease("txn-request-take-live-owner.json", taker), member=2)
     assert taken.get("succeeded") is True, taken
     assert etcd_cluster.get(prefix + "handoff/envoy-a-1/hook-a/00000000000000aa/1") is None
-    gone = etcd_cluster.txn(recorded("txn-request-take-gone-owner.json"), member=1)
+    gone = etcd_cluster.txn(with_lease("txn-request-take-gone-owner.json", taker), member=1)
     assert gone.get("succeeded") is True, gone
     same_shape(json.dumps(gone).encode(), "txn-take-gone-owner.json")
-    again = etcd_cluster.txn(recorded("txn-request-take-gone-owner.json"), member=0)
+    # Sent again (its answer was lost): taken once only, and the receipt says by whom.
+    again = etcd_cluster.txn(with_lease("txn-request-take-gone-owner.json", taker), member=0)
     assert not again.get("succeeded"), "taken once only"
+    same_shape(json.dumps(again).encode(), "txn-take-again.json")
+    receipt = again["responses"][0]["response_range"]["kvs"][0]
+    assert unb64(receipt["value"]) == b'{"x":2}'
+    # The receipts go with the taker's lease.
+    etcd_cluster._call("/v3/lease/revoke", {"ID": taker})
+    assert etcd_cluster.get(prefix + "receipts/envoy-c-1/2") is None
 
 
 # --------------------------------------------------------------------------- compare-and-set
@@ -387,10 +408,13 @@ def test_a_removal_applies_only_while_no_member_entry_was_written_since_the_read
         assert not refused.get("succeeded"), refused
     assert etcd_cluster.get(record) == ('{"status":"FAILING"}', 2)
     etcd_cluster._call("/v3/kv/deleterange", {"key": b64(prefix + "members/envoy-c-1")})
-    taken = etcd_cluster.txn(recorded("txn-request-remove-orphan.json"), member=1)
+    remover = etcd_cluster._call("/v3/lease/grant", {"TTL": "30"})["ID"]
+    taken = etcd_cluster.txn(with_lease("txn-request-remove-orphan.json", remover), member=1)
     assert taken.get("succeeded") is True, taken
     same_shape(json.dumps(taken).encode(), "txn-remove-orphan.json")
     assert etcd_cluster.get(orphan) is None
+    again = etcd_cluster.txn(with_lease("txn-request-remove-orphan.json", remover), member=0)
+    same_shape(json.dumps(again).encode(), "txn-remove-orphan-again.json")
     etcd_cluster._call("/v3/kv/deleterange", {"key": b64(prefix + "members/envoy-a-1")})
     removed = etcd_cluster.txn(recorded("txn-request-remove-record-no-members.json"), member=2)
     assert removed.get("succeeded") is True, removed

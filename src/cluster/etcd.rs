@@ -120,6 +120,15 @@ pub fn txn_read_keys(prefixes: &[&[u8]]) -> Vec<u8> {
     json!({"success": ranges}).to_string().into_bytes()
 }
 
+/// Each of `keys` with its value, all read at one revision.
+pub fn txn_read_values(keys: &[&[u8]]) -> Vec<u8> {
+    let ranges: Vec<Value> = keys
+        .iter()
+        .map(|key| json!({"request_range": {"key": encode(key)}}))
+        .collect();
+    json!({"success": ranges}).to_string().into_bytes()
+}
+
 /// The key-values of each range of a `txn_read_keys` answer, in order.
 pub fn parse_txn_ranges(body: &[u8], expected: usize) -> Result<Vec<Vec<KeyValue>>, EtcdError> {
     let answer = parse_json(body)?;
@@ -166,38 +175,78 @@ pub fn txn_write(puts: &[(Vec<u8>, Vec<u8>)], deletes: &[Vec<u8>], lease: Option
     json!({"success": ops}).to_string().into_bytes()
 }
 
+/// A take's receipt: the key the taker writes (under its own lease) in the
+/// same transaction as the delete, holding what it took. A take sent again
+/// because its answer was lost fails its compare (the first one applied) and
+/// reads the receipt instead, so the taker knows the record is its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    pub key: Vec<u8>,
+    /// The record's value, as read just before (etcd cannot copy a value).
+    pub value: Vec<u8>,
+    pub lease: i64,
+}
+
 /// Reads and deletes `key` if its `mod_revision` is still `expected` and
 /// `unless_key` does not exist (etcd compares a missing key's `mod_revision`
 /// as 0): whoever gets it, gets it alone, and only while its owner's liveness
-/// key is gone, as etcd sees it when it applies the take.
-pub fn txn_take_if_revision(key: &[u8], expected_mod_revision: i64, unless_key: &[u8]) -> Vec<u8> {
+/// key is gone, as etcd sees it when it applies the take. The value is kept
+/// under `receipt` (see `Receipt`).
+pub fn txn_take_if_revision(
+    key: &[u8],
+    expected_mod_revision: i64,
+    unless_key: &[u8],
+    receipt: &Receipt,
+) -> Vec<u8> {
+    let compare = vec![
+        json!({"key": encode(key), "target": "MOD", "result": "EQUAL",
+               "mod_revision": expected_mod_revision.to_string()}),
+        json!({"key": encode(unless_key), "target": "MOD", "result": "EQUAL",
+               "mod_revision": "0"}),
+    ];
+    take_txn(key, compare, Some(receipt))
+}
+
+/// The transaction of a take or removal: with a receipt, the success branch
+/// moves the value to it and the failure branch reads it.
+fn take_txn(key: &[u8], compare: Vec<Value>, receipt: Option<&Receipt>) -> Vec<u8> {
     let key = encode(key);
-    json!({
-        "compare": [{"key": key, "target": "MOD", "result": "EQUAL",
-                     "mod_revision": expected_mod_revision.to_string()},
-                    {"key": encode(unless_key), "target": "MOD", "result": "EQUAL",
-                     "mod_revision": "0"}],
-        "success": [{"request_range": {"key": key}}, {"request_delete_range": {"key": key}}],
-    })
-    .to_string()
-    .into_bytes()
+    let mut success = vec![
+        json!({"request_range": {"key": key}}),
+        json!({"request_delete_range": {"key": key}}),
+    ];
+    let mut failure = Vec::new();
+    if let Some(receipt) = receipt {
+        success.push(json!({"request_put": {"key": encode(&receipt.key),
+                                            "value": encode(&receipt.value),
+                                            "lease": receipt.lease.to_string()}}));
+        failure.push(json!({"request_range": {"key": encode(&receipt.key)}}));
+    }
+    let mut txn = json!({"compare": compare, "success": success});
+    if !failure.is_empty() {
+        txn["failure"] = Value::Array(failure);
+    }
+    txn.to_string().into_bytes()
 }
 
 /// Reads and deletes `key` if its `mod_revision` is still `expected`, the
 /// key `unless_key` (if any) does not exist, and no key under `unchanged_prefix`
 /// was written after `revision` (etcd compares every key of a range, and an
 /// empty range as a missing key, `mod_revision` 0): a removal decided from
-/// what was read at `revision` applies only if that is still true.
+/// what was read at `revision` applies only if that is still true. With a
+/// receipt, as a take.
 pub fn txn_remove_if_unchanged(
     key: &[u8],
     expected_mod_revision: i64,
     unless_key: Option<&[u8]>,
     unchanged_prefix: &[u8],
     revision: i64,
+    receipt: Option<&Receipt>,
 ) -> Vec<u8> {
-    let key = encode(key);
-    let mut compare = vec![json!({"key": key, "target": "MOD", "result": "EQUAL",
-                                  "mod_revision": expected_mod_revision.to_string()})];
+    let mut compare = vec![
+        json!({"key": encode(key), "target": "MOD", "result": "EQUAL",
+                                  "mod_revision": expected_mod_revision.to_string()}),
+    ];
     if let Some(unless_key) = unless_key {
         compare.push(
             json!({"key": encode(unless_key), "target": "MOD", "result": "EQUAL",
@@ -208,12 +257,7 @@ pub fn txn_remove_if_unchanged(
                         "range_end": encode(&prefix_end(unchanged_prefix)),
                         "target": "MOD", "result": "LESS",
                         "mod_revision": revision.saturating_add(1).to_string()}));
-    json!({
-        "compare": compare,
-        "success": [{"request_range": {"key": key}}, {"request_delete_range": {"key": key}}],
-    })
-    .to_string()
-    .into_bytes()
+    take_txn(key, compare, receipt)
 }
 
 pub fn lease_grant_request(ttl_s: u64) -> Vec<u8> {
@@ -276,19 +320,47 @@ pub fn parse_txn_applied(body: &[u8]) -> Result<bool, EtcdError> {
     }
 }
 
-/// What `txn_take_if_revision` took (`None`: someone else was first).
-pub fn parse_take(body: &[u8]) -> Result<Option<KeyValue>, EtcdError> {
-    if !parse_txn_applied(body)? {
-        return Ok(None);
-    }
+/// How a take or removal ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Taken {
+    /// Taken now: the record as it was.
+    Now(KeyValue),
+    /// Taken by an earlier send of the same take, whose answer was lost:
+    /// the receipt's key-value (its value is the record's).
+    Earlier(KeyValue),
+    /// Changed, taken or removed by someone else.
+    NotTaken,
+}
+
+/// What `txn_take_if_revision` or `txn_remove_if_unchanged` took.
+pub fn parse_take(body: &[u8]) -> Result<Taken, EtcdError> {
+    let applied = parse_txn_applied(body)?;
     let answer = parse_json(body)?;
     let range = answer
         .get("responses")
         .and_then(Value::as_array)
         .and_then(|responses| responses.first())
-        .and_then(|response| response.get("response_range"))
-        .ok_or_else(|| EtcdError::Malformed("a take without the range of its key".to_string()))?;
-    Ok(key_values(range)?.into_iter().next())
+        .and_then(|response| response.get("response_range"));
+    let Some(range) = range else {
+        if applied {
+            return Err(EtcdError::Malformed(
+                "a take without the range of its key".to_string(),
+            ));
+        }
+        // No receipt asked for.
+        return Ok(Taken::NotTaken);
+    };
+    let found = key_values(range)?.into_iter().next();
+    Ok(match (applied, found) {
+        (true, Some(kv)) => Taken::Now(kv),
+        (true, None) => {
+            return Err(EtcdError::Malformed(
+                "a take that read no record".to_string(),
+            ))
+        }
+        (false, Some(receipt)) => Taken::Earlier(receipt),
+        (false, None) => Taken::NotTaken,
+    })
 }
 
 pub fn authenticate_request(name: &str, password: &str) -> Vec<u8> {

@@ -87,6 +87,12 @@ impl Membership {
         (self.interval_ms.saturating_mul(TTL_INTERVALS) / 1000).max(MIN_TTL_S)
     }
 
+    /// The entry's lease, once the entry is in place: what this Envoy's
+    /// receipts are kept under (they go with it).
+    pub fn lease(&self) -> Option<i64> {
+        self.lease.filter(|_| self.registered)
+    }
+
     /// Whether this root context keeps the entry (it polls) or not.
     pub fn set_active(&mut self, active: bool) {
         self.active = active;

@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
-use super::etcd::{self, EtcdError, KeyValue, TxnOutcome};
+use super::etcd::{self, EtcdError, KeyValue, Taken, TxnOutcome};
 use super::handoff;
 use super::journal::{Journal, JournalCall};
 use super::members::{MemberCall, Membership};
@@ -51,13 +51,19 @@ enum Pending {
     Range,
     /// The owners that are alive and the journaled deliveries, in one view.
     Orphans,
-    /// One orphaned record, taken if still there and its owner still gone.
-    Take,
+    /// The values of records about to be taken or removed, read first so
+    /// that each take leaves a receipt holding what it took.
+    Fetch(Vec<Fetched>),
+    /// One orphaned record, taken if still there and its owner still gone,
+    /// or a delivery record of a webhook no Envoy has, removed.
+    Take(Box<Taking>),
+    /// A receipt no longer needed, deleted (its lease would take it anyway).
+    Forget,
     Journal(JournalCall),
     Member(MemberCall),
     /// Every member entry: which webhooks some Envoy has.
     Members,
-    /// A record of a webhook no Envoy has, removed if still unchanged.
+    /// A status record of a webhook no Envoy has, removed if still unchanged.
     Remove(Box<Candidate>),
     Write {
         index: usize,
@@ -67,6 +73,39 @@ enum Pending {
         /// Unique to this write: tells our own write from an equal one.
         write_id: String,
     },
+}
+
+/// What a fetched record is read for.
+#[derive(Debug)]
+enum Fetched {
+    /// Adopted: taken while its owner's liveness key is gone.
+    Take { key: Vec<u8>, liveness: Vec<u8> },
+    /// Dead-lettered: removed, its webhook unknown to every Envoy.
+    Remove(Box<Candidate>),
+}
+
+impl Fetched {
+    fn key(&self) -> &[u8] {
+        match self {
+            Fetched::Take { key, .. } => key,
+            Fetched::Remove(candidate) => &candidate.key,
+        }
+    }
+}
+
+/// A take of a journaled delivery: to adopt it (its owner is gone), or to
+/// dead-letter it (removed: no Envoy has its webhook). Kept whole so that a
+/// take whose outcome is unknown is sent again, with the same receipt: a
+/// take that applied the first time then finds its receipt.
+#[derive(Debug)]
+struct Taking {
+    key: Vec<u8>,
+    mod_revision: i64,
+    /// The owner's liveness key: taken only while it is absent.
+    liveness: Vec<u8>,
+    receipt: etcd::Receipt,
+    /// `Some`: a removal decided at this revision (see `txn_remove_if_unchanged`).
+    removal: Option<(Box<Candidate>, i64)>,
 }
 
 /// The record as written to etcd, with the id of the write.
@@ -125,6 +164,10 @@ pub struct ClusterSync {
     owner: String,
     /// Writes made so far (naming each).
     writes: u64,
+    /// The revision the sweep's last decision was read at.
+    sweep_revision: Option<i64>,
+    /// Takes whose outcome is unknown (no answer): sent again next round.
+    unsure_takes: Vec<Taking>,
 }
 
 impl ClusterSync {
@@ -140,6 +183,8 @@ impl ClusterSync {
             sweep,
             owner,
             writes: 0,
+            sweep_revision: None,
+            unsure_takes: Vec::new(),
             plugin,
             vm_number,
             token: None,
@@ -312,7 +357,7 @@ impl ClusterSync {
             .filter_map(|kv| kv.key.strip_prefix(owners_prefix.as_bytes()))
             .collect();
         let handoff_prefix = Journal::handoff_prefix(self.prefix()).into_bytes();
-        let mut taken = 0;
+        let mut takes = Vec::new();
         for record in records {
             // handoff/<owner>/<webhook>/<fingerprint>/<n>
             let Some(rest) = record.key.strip_prefix(handoff_prefix.as_slice()) else {
@@ -343,15 +388,115 @@ impl ClusterSync {
                 self.sweep.journaled(&record, name, liveness);
                 continue;
             }
-            if taken >= MAX_ADOPTIONS_PER_ROUND {
-                continue;
+            if takes.len() < MAX_ADOPTIONS_PER_ROUND {
+                takes.push(Fetched::Take {
+                    key: record.key,
+                    liveness,
+                });
             }
-            taken += 1;
-            // Taken only if the owner is still gone when etcd applies the
-            // take: an owner back since the read (its lease renewed) keeps it.
-            let body = etcd::txn_take_if_revision(&record.key, record.mod_revision, &liveness);
-            self.send(host, etcd::TXN_PATH, body, Pending::Take);
         }
+        self.fetch(host, takes);
+    }
+
+    /// Reads the values of records to take or remove (one transaction),
+    /// once this Envoy's member entry is in place to hold the receipts.
+    fn fetch<H: Host>(&mut self, host: &mut H, records: Vec<Fetched>) {
+        if records.is_empty() || self.membership.lease().is_none() {
+            return;
+        }
+        let keys: Vec<&[u8]> = records.iter().map(Fetched::key).collect();
+        let body = etcd::txn_read_values(&keys);
+        self.send(host, etcd::TXN_PATH, body, Pending::Fetch(records));
+    }
+
+    /// Takes or removes each fetched record that is still there, each with
+    /// a receipt of its own.
+    fn take_fetched<H: Host>(
+        &mut self,
+        host: &mut H,
+        records: Vec<Fetched>,
+        values: Vec<Vec<KeyValue>>,
+    ) {
+        let Some(lease) = self.membership.lease() else {
+            return;
+        };
+        for (record, found) in records.into_iter().zip(values) {
+            let Some(kv) = found.into_iter().next() else {
+                // Gone since the read: taken or removed by another Envoy.
+                continue;
+            };
+            self.writes = self.writes.saturating_add(1);
+            let receipt = etcd::Receipt {
+                key: format!("{}receipts/{}/{}", self.prefix(), self.owner, self.writes)
+                    .into_bytes(),
+                value: kv.value,
+                lease,
+            };
+            let taking = match record {
+                Fetched::Take { key, liveness } => Taking {
+                    key,
+                    mod_revision: kv.mod_revision,
+                    liveness,
+                    receipt,
+                    removal: None,
+                },
+                Fetched::Remove(candidate) => {
+                    let (Some(revision), Some(liveness)) =
+                        (self.sweep_revision, candidate.liveness.clone())
+                    else {
+                        continue;
+                    };
+                    if kv.mod_revision != candidate.mod_revision {
+                        // Changed since the sweep decided: kept.
+                        continue;
+                    }
+                    Taking {
+                        key: candidate.key.clone(),
+                        mod_revision: candidate.mod_revision,
+                        liveness,
+                        receipt,
+                        removal: Some((candidate, revision)),
+                    }
+                }
+            };
+            self.send_take(host, taking);
+        }
+    }
+
+    /// Sends a take (again), its receipt under the member entry's lease.
+    fn send_take<H: Host>(&mut self, host: &mut H, mut taking: Taking) {
+        if let Some(lease) = self.membership.lease() {
+            // A new lease since the first send: the receipt goes under it.
+            taking.receipt.lease = lease;
+        }
+        let body = match &taking.removal {
+            // Taken only if the owner is still gone when etcd applies the
+            // take: an owner back since the read keeps it.
+            None => etcd::txn_take_if_revision(
+                &taking.key,
+                taking.mod_revision,
+                &taking.liveness,
+                &taking.receipt,
+            ),
+            Some((_, revision)) => {
+                let members = Membership::members_prefix(self.prefix()).into_bytes();
+                etcd::txn_remove_if_unchanged(
+                    &taking.key,
+                    taking.mod_revision,
+                    Some(&taking.liveness),
+                    &members,
+                    *revision,
+                    Some(&taking.receipt),
+                )
+            }
+        };
+        self.send(host, etcd::TXN_PATH, body, Pending::Take(Box::new(taking)));
+    }
+
+    /// Deletes a receipt once what it receipted is made (or dead-lettered).
+    fn forget<H: Host>(&mut self, host: &mut H, receipt: Vec<u8>) {
+        let body = etcd::txn_write(&[], &[receipt], None);
+        self.send(host, etcd::TXN_PATH, body, Pending::Forget);
     }
 
     fn key(&self, definition: &WebhookDefinition) -> String {
@@ -522,6 +667,9 @@ impl ClusterSync {
             },
             Pending::Orphans => match etcd::parse_txn_ranges(body, 2) {
                 Ok(mut ranges) => {
+                    for taking in std::mem::take(&mut self.unsure_takes) {
+                        self.send_take(host, taking);
+                    }
                     let records = ranges.pop().unwrap_or_default();
                     let owners = ranges.pop().unwrap_or_default();
                     self.adopt_orphans(host, &owners, records);
@@ -537,29 +685,42 @@ impl ClusterSync {
                 Ok((revision, entries)) => self.remove_unconfigured(host, revision, &entries),
                 Err(error) => self.failed(host, Pending::Members, &error.to_string()),
             },
+            Pending::Fetch(records) => match etcd::parse_txn_ranges(body, records.len()) {
+                Ok(values) => self.take_fetched(host, records, values),
+                Err(error) => self.failed(host, Pending::Fetch(records), &error.to_string()),
+            },
+            Pending::Forget => {}
             Pending::Remove(candidate) => match etcd::parse_take(body) {
-                Ok(Some(kv)) => self.removed(host, engine, &candidate, &kv),
-                // Changed, adopted or removed by another Envoy, or a member
-                // entry was written since the read: kept.
-                Ok(None) => {}
+                Ok(Taken::Now(kv) | Taken::Earlier(kv)) => {
+                    self.removed(host, engine, &candidate, &kv);
+                }
+                // Changed, or removed by another Envoy, or a member entry was
+                // written since the read: kept.
+                Ok(Taken::NotTaken) => {}
                 Err(error) => self.failed(host, Pending::Remove(candidate), &error.to_string()),
             },
-            Pending::Take => {
-                match etcd::parse_take(body) {
-                    Ok(Some(kv)) => {
-                        match handoff::delivery_of(&kv.value, &self.plugin) {
-                            Some(delivery) => engine.adopt(host, delivery),
-                            None => {
-                                let key = String::from_utf8_lossy(&kv.key).into_owned();
-                                self.count_error(host, &format!("cannot adopt {}: not a delivery of a webhook configured here", Printable(&key)));
-                            }
-                        }
+            Pending::Take(taking) => match etcd::parse_take(body) {
+                // Taken now, or by this take sent before (its answer was
+                // lost): ours either way.
+                Ok(Taken::Now(kv) | Taken::Earlier(kv)) => {
+                    let Taking {
+                        key,
+                        receipt,
+                        removal,
+                        ..
+                    } = *taking;
+                    let record = KeyValue { key, ..kv };
+                    match removal {
+                        Some((candidate, _)) => self.removed(host, engine, &candidate, &record),
+                        None => self.adopted(host, engine, &record),
                     }
-                    // Another Envoy took it first.
-                    Ok(None) => {}
-                    Err(error) => self.failed(host, Pending::Take, &error.to_string()),
+                    self.forget(host, receipt.key);
                 }
-            }
+                // Another Envoy took it first, its owner is back, or (a
+                // removal) a member entry was written since the read.
+                Ok(Taken::NotTaken) => {}
+                Err(error) => self.failed(host, Pending::Take(taking), &error.to_string()),
+            },
             Pending::Journal(_) | Pending::Member(_) => {}
             Pending::Write {
                 index,
@@ -665,13 +826,21 @@ impl ClusterSync {
             }
         };
         let members = Membership::members_prefix(self.prefix()).into_bytes();
+        self.sweep_revision = Some(revision);
+        let mut deliveries = Vec::new();
         for candidate in candidates {
+            if candidate.is_delivery() {
+                // Dead-lettered once removed: with a receipt, as a take.
+                deliveries.push(Fetched::Remove(Box::new(candidate)));
+                continue;
+            }
             let body = etcd::txn_remove_if_unchanged(
                 &candidate.key,
                 candidate.mod_revision,
                 candidate.liveness.as_deref(),
                 &members,
                 revision,
+                None,
             );
             self.send(
                 host,
@@ -680,6 +849,7 @@ impl ClusterSync {
                 Pending::Remove(Box::new(candidate)),
             );
         }
+        self.fetch(host, deliveries);
     }
 
     /// A record of a webhook no Envoy has, removed from etcd.
@@ -714,6 +884,23 @@ impl ClusterSync {
                 host,
                 &format!("removed {}: not a journaled delivery", Printable(&key)),
             ),
+        }
+    }
+
+    /// A journaled delivery taken from an Envoy that went away: made here.
+    fn adopted<H: Host>(&mut self, host: &mut H, engine: &mut Engine, record: &KeyValue) {
+        match handoff::delivery_of(&record.value, &self.plugin) {
+            Some(delivery) => engine.adopt(host, delivery),
+            None => {
+                let key = String::from_utf8_lossy(&record.key).into_owned();
+                self.count_error(
+                    host,
+                    &format!(
+                        "cannot adopt {}: not a delivery of a webhook configured here",
+                        Printable(&key)
+                    ),
+                );
+            }
         }
     }
 
@@ -858,8 +1045,11 @@ impl ClusterSync {
                 Printable(why)
             );
         }
-        if let Pending::Write { index, delta, .. } = pending {
-            self.put_back(host, index, &delta);
+        match pending {
+            Pending::Write { index, delta, .. } => self.put_back(host, index, &delta),
+            // It may have applied: sent again next round, it finds its receipt.
+            Pending::Take(taking) => self.unsure_takes.push(*taking),
+            _ => {}
         }
         let interval = self.config().map_or(0, |c| c.sync_interval_ms);
         self.quiet_until_ms = now.saturating_add(interval);

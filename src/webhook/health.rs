@@ -156,17 +156,22 @@ impl WebhookHealth {
     }
 
     /// An operator says the receiver is fixed, or ends a pause: back to
-    /// `ENABLED`. A configured `DISABLED` stays.
+    /// `ENABLED`. A configured `DISABLED` stays. The epoch moves on even for
+    /// a webhook that is `ENABLED` here: failures made before the enable (by
+    /// calls in flight, or by an Envoy cut off from etcd) no longer count.
     pub fn enable(&mut self) -> Option<Transition> {
         let from = self.status;
-        if !(matches!(from, Status::Failing | Status::Failed) || self.is_paused()) {
+        if from == Status::Disabled && !self.is_paused() {
+            return None;
+        }
+        self.epoch = self.epoch.wrapping_add(1);
+        if from == Status::Enabled {
             return None;
         }
         self.status = Status::Enabled;
         self.consecutive_failures = 0;
         self.first_failed_at = None;
         self.paused_at_ms = None;
-        self.epoch = self.epoch.wrapping_add(1);
         Some(Transition {
             from,
             to: Status::Enabled,

@@ -54,6 +54,9 @@ struct FakeEtcd {
     refuse_puts: bool,
     /// The next lease granted lapses at once (before the filter can use it).
     lapse_next_grant: bool,
+    /// Apply the next write, then answer nothing, to it or anything else,
+    /// until `down` is cleared.
+    down_after_next_write: bool,
     /// Every request's path, in order.
     paths: Vec<String>,
     /// The largest request body received.
@@ -301,6 +304,10 @@ impl FakeEtcd {
                 }
                 if wrote && self.lose_write_answers > 0 {
                     self.lose_write_answers -= 1;
+                    return EtcdAnswer::default();
+                }
+                if wrote && std::mem::take(&mut self.down_after_next_write) {
+                    self.down = true;
                     return EtcdAnswer::default();
                 }
                 ok(answer)
@@ -836,12 +843,8 @@ fn deliveries_waiting_in_an_envoy_that_dies_are_made_by_another() {
     assert_eq!(envoys[1].count(WebhookCounter::Adopted), 0);
 
     // Envoy 0 is killed: its lease lapses.
-    let dead = envoys.remove(0);
-    let leases: Vec<i64> = etcd.leases.keys().copied().collect();
-    for lease in leases {
-        etcd.expire(lease);
-    }
-    drop(dead);
+    drop(envoys.remove(0));
+    kill_owner_leases(&mut etcd);
     run_all(&mut envoys, &mut etcd, 2_000);
     assert_eq!(envoys[0].count(WebhookCounter::Adopted), 3);
     assert_eq!(envoys[0].answer_hooks("204"), 3);
@@ -1351,7 +1354,7 @@ fn an_adopted_delivery_keeps_the_platform_requests_trace_headers() {
     run_all(&mut envoys, &mut etcd, 2_000);
     assert_eq!(etcd.keys_under("/test/handoff/").len(), 1);
     drop(envoys.remove(0));
-    kill_all_leases(&mut etcd);
+    kill_owner_leases(&mut etcd);
     run_all(&mut envoys, &mut etcd, 2_000);
     assert_eq!(envoys[0].count(WebhookCounter::Adopted), 1);
     let call = envoys[0]
@@ -1687,4 +1690,74 @@ fn an_enable_is_not_undone_by_failures_an_envoy_cut_off_from_etcd_made_before_it
     for envoy in &envoys {
         assert_eq!(envoy.local().status, Status::Enabled);
     }
+}
+
+/// Envoy 0 leaves 3 deliveries journaled and dies; Envoy 1 adopts them
+/// while `fault` is done to etcd just before its takes.
+fn adopt_after_a_lost_take(fault: impl Fn(&mut FakeEtcd)) -> (u64, usize, usize) {
+    use envoy_webhooks::testing::host::WebhookCounter;
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(2, &waiting_config());
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].leave_waiting(3);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 3);
+    envoys.remove(0);
+    kill_owner_leases(&mut etcd);
+    // Envoy 1's member entry is in place (its receipts go under its lease).
+    let adopter = &mut envoys[0];
+    fault(&mut etcd);
+    for _ in 0..10 {
+        adopter.run(&mut etcd, 100);
+        etcd.down = false;
+    }
+    adopter.run(&mut etcd, 3_000);
+    let delivered = adopter.answer_hooks("204");
+    (
+        adopter.count(WebhookCounter::Adopted),
+        delivered,
+        etcd.keys_under("/test/handoff/").len() + etcd.keys_under("/test/receipts/").len(),
+    )
+}
+
+/// The journals' leases lapse (their Envoys died): the owners' liveness keys
+/// go. Member entries stay: the Envoys that adopt keep theirs, and hold
+/// their receipts under them.
+fn kill_owner_leases(etcd: &mut FakeEtcd) {
+    let members: Vec<Vec<u8>> = etcd
+        .keys_under("/test/members/")
+        .into_iter()
+        .map(String::into_bytes)
+        .collect();
+    let leases: Vec<i64> = etcd
+        .leases
+        .iter()
+        .filter(|(_, keys)| !keys.iter().any(|k| members.contains(k)))
+        .map(|(lease, _)| *lease)
+        .collect();
+    for lease in leases {
+        etcd.expire(lease);
+    }
+}
+
+#[test]
+fn a_take_whose_answer_was_lost_finds_its_receipt_and_adopts() {
+    // The take applies; its answer is lost and the take is sent again at
+    // once: its compare fails (the record is gone), and it reads its receipt.
+    assert_eq!(
+        adopt_after_a_lost_take(|etcd| etcd.lose_write_answers = 1),
+        (3, 3, 0),
+        "(adopted, delivered, records and receipts left)"
+    );
+}
+
+#[test]
+fn a_take_without_any_answer_is_sent_again_next_round_and_adopts() {
+    // etcd goes away right after applying the take: neither it nor its
+    // resend gets an answer; the next round sends it again.
+    assert_eq!(
+        adopt_after_a_lost_take(|etcd| etcd.down_after_next_write = true),
+        (3, 3, 0),
+        "(adopted, delivered, records and receipts left)"
+    );
 }

@@ -173,34 +173,63 @@ fn adoption_reads_owners_and_records_at_one_revision_and_takes_only_from_a_gone_
         "a range missing from the answer is an error, not an empty range"
     );
 
+    // The takes read the records' values first (one transaction).
     let live = format!("{handoff}envoy-a-1/hook-a/00000000000000aa/1");
+    let gone = format!("{handoff}envoy-b-1/hook-a/00000000000000aa/7");
+    assert_eq!(
+        json(&etcd::txn_read_values(&[live.as_bytes(), gone.as_bytes()])),
+        json(&fixture("txn-request-read-values.json"))
+    );
+    assert_eq!(status_of("txn-read-values"), 200);
+    let values = etcd::parse_txn_ranges(&fixture("txn-read-values.json"), 2).expect("two ranges");
+    assert_eq!(values[1][0].value, br#"{"x":2}"#);
+    assert_eq!(values[1][0].mod_revision, 4);
+
+    // The taker's receipts, under its member entry's lease (as recorded).
+    let receipt = |n: u32, value: &[u8]| etcd::Receipt {
+        key: format!("{prefix}receipts/envoy-c-1/{n}").into_bytes(),
+        value: value.to_vec(),
+        lease: 2_716_130_517_108_785_419,
+    };
     assert_eq!(
         json(&etcd::txn_take_if_revision(
             live.as_bytes(),
             3,
-            format!("{owners}envoy-a-1").as_bytes()
+            format!("{owners}envoy-a-1").as_bytes(),
+            &receipt(1, br#"{"x":1}"#),
         )),
         json(&fixture("txn-request-take-live-owner.json"))
     );
     assert_eq!(
         etcd::parse_take(&fixture("txn-take-live-owner.json")).ok(),
-        Some(None),
-        "the owner's liveness key exists: nothing taken"
+        Some(etcd::Taken::NotTaken),
+        "the owner's liveness key exists: nothing taken, and no receipt"
     );
-    let gone = format!("{handoff}envoy-b-1/hook-a/00000000000000aa/7");
     assert_eq!(
         json(&etcd::txn_take_if_revision(
             gone.as_bytes(),
             4,
-            format!("{owners}envoy-b-1").as_bytes()
+            format!("{owners}envoy-b-1").as_bytes(),
+            &receipt(2, br#"{"x":2}"#),
         )),
         json(&fixture("txn-request-take-gone-owner.json"))
     );
-    let taken = etcd::parse_take(&fixture("txn-take-gone-owner.json"))
-        .expect("a take")
-        .expect("taken");
+    let Ok(etcd::Taken::Now(taken)) = etcd::parse_take(&fixture("txn-take-gone-owner.json")) else {
+        panic!("taken now");
+    };
     assert_eq!(taken.key, gone.as_bytes());
     assert_eq!(taken.value, br#"{"x":2}"#);
+    // The same take sent again (its answer was lost): its compare fails, and
+    // it reads its receipt: the record is this taker's.
+    assert_eq!(status_of("txn-take-again"), 200);
+    let Ok(etcd::Taken::Earlier(again)) = etcd::parse_take(&fixture("txn-take-again.json")) else {
+        panic!("taken earlier");
+    };
+    assert_eq!(
+        again.key,
+        format!("{prefix}receipts/envoy-c-1/2").as_bytes()
+    );
+    assert_eq!(again.value, br#"{"x":2}"#);
 }
 
 #[test]
@@ -227,13 +256,14 @@ fn a_removal_applies_only_while_no_member_entry_was_written_since_the_read() {
             None,
             members.as_bytes(),
             revision,
+            None,
         ))
     };
     assert_eq!(request(4), json(&fixture("txn-request-remove-record.json")));
     // envoy-c-1 wrote its entry (rev 5) before the removal arrived: refused.
     assert_eq!(
         etcd::parse_take(&fixture("txn-remove-member-written.json")).ok(),
-        Some(None),
+        Some(etcd::Taken::NotTaken),
         "a member entry written since the read: nothing removed"
     );
     // Every entry gone, read again at revision 8: an empty range compares as
@@ -242,12 +272,20 @@ fn a_removal_applies_only_while_no_member_entry_was_written_since_the_read() {
         request(8),
         json(&fixture("txn-request-remove-record-no-members.json"))
     );
-    let removed = etcd::parse_take(&fixture("txn-remove-record-no-members.json"))
-        .expect("an answer")
-        .expect("removed");
+    let Ok(etcd::Taken::Now(removed)) =
+        etcd::parse_take(&fixture("txn-remove-record-no-members.json"))
+    else {
+        panic!("removed");
+    };
     assert_eq!(removed.key, record.as_bytes());
 
+    // A journaled delivery's removal leaves a receipt, as a take does.
     let orphan = format!("{prefix}handoff/envoy-b-1/hook-a/00000000000000aa/7");
+    let receipt = etcd::Receipt {
+        key: format!("{prefix}receipts/envoy-a-1/1").into_bytes(),
+        value: br#"{"x":2}"#.to_vec(),
+        lease: 4_218_080_992_837_013_771,
+    };
     assert_eq!(
         json(&etcd::txn_remove_if_unchanged(
             orphan.as_bytes(),
@@ -255,12 +293,20 @@ fn a_removal_applies_only_while_no_member_entry_was_written_since_the_read() {
             Some(format!("{prefix}owners/envoy-b-1").as_bytes()),
             members.as_bytes(),
             6,
+            Some(&receipt),
         )),
         json(&fixture("txn-request-remove-orphan.json"))
     );
-    let taken = etcd::parse_take(&fixture("txn-remove-orphan.json"))
-        .expect("an answer")
-        .expect("taken");
+    let Ok(etcd::Taken::Now(taken)) = etcd::parse_take(&fixture("txn-remove-orphan.json")) else {
+        panic!("removed");
+    };
     assert_eq!(taken.key, orphan.as_bytes());
     assert_eq!(taken.value, br#"{"x":2}"#);
+    assert_eq!(status_of("txn-remove-orphan-again"), 200);
+    let Ok(etcd::Taken::Earlier(again)) =
+        etcd::parse_take(&fixture("txn-remove-orphan-again.json"))
+    else {
+        panic!("removed earlier");
+    };
+    assert_eq!(again.value, br#"{"x":2}"#);
 }

@@ -310,12 +310,25 @@ fn enable_recovers_failing_and_failed() {
 }
 
 #[test]
-fn enable_of_an_enabled_webhook_changes_nothing() {
+fn enable_of_an_enabled_webhook_changes_only_its_epoch() {
+    // No transition, but a new epoch: failures made before the enable (by
+    // calls in flight, or by an Envoy cut off from etcd) no longer count.
     let mut health = enabled();
     health.record_success();
     let before = health.clone();
     assert_eq!(health.enable(), None);
-    assert_eq!(health, before);
+    assert_eq!(
+        health,
+        WebhookHealth {
+            epoch: before.epoch + 1,
+            ..before
+        }
+    );
+    // A webhook DISABLED by the configuration stays as it is.
+    let mut disabled = WebhookHealth::initial(&definition("DISABLED"), T0);
+    let before = disabled.clone();
+    assert_eq!(disabled.enable(), None);
+    assert_eq!(disabled, before);
 }
 
 #[test]
@@ -337,11 +350,11 @@ fn enable_starts_a_new_epoch_and_nothing_else_does() {
     assert_eq!(health.status, Status::Failed);
     assert!(health.enable().is_some());
     assert_eq!(health.epoch, 1);
-    // Enabling what is already ENABLED changes nothing, not even the epoch.
+    // Enabling what is already ENABLED makes no transition, and a new epoch.
     assert!(health.enable().is_none());
-    assert_eq!(health.epoch, 1);
+    assert_eq!(health.epoch, 2);
     let decoded = WebhookHealth::decode(&health.encode()).expect("decodes");
-    assert_eq!(decoded.epoch, 1);
+    assert_eq!(decoded.epoch, 2);
     // Records written before epochs existed read as epoch 0.
     let mut old: serde_json::Value = serde_json::from_slice(&enabled().encode()).expect("JSON");
     old.as_object_mut().expect("object").remove("epoch");
