@@ -41,6 +41,8 @@ struct Known {
     record: Option<WebhookHealth>,
     /// The key's `mod_revision`; 0: the key does not exist.
     revision: i64,
+    /// The latest writes that made it (see `stamped`).
+    writes: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -108,21 +110,40 @@ struct Taking {
     removal: Option<(Box<Candidate>, i64)>,
 }
 
-/// The record as written to etcd, with the id of the write.
-fn stamped(record: &WebhookHealth, write_id: &str) -> Vec<u8> {
+/// A record names this many of the latest writes that made it: a write whose
+/// answer was lost is recognised by its id even after other Envoys wrote
+/// (each Envoy writes a record at most four times an interval).
+const WRITES_KEPT: usize = 16;
+
+/// The record as written to etcd, with the ids of the latest writes, this
+/// one first.
+fn stamped(record: &WebhookHealth, write_id: &str, earlier: &[String]) -> Vec<u8> {
     let mut value = serde_json::to_value(record).unwrap_or_default();
+    let writes: Vec<&str> = std::iter::once(write_id)
+        .chain(earlier.iter().map(String::as_str))
+        .take(WRITES_KEPT)
+        .collect();
     if let Some(object) = value.as_object_mut() {
-        object.insert("write".to_string(), serde_json::Value::from(write_id));
+        object.insert("writes".to_string(), serde_json::json!(writes));
     }
     serde_json::to_vec(&value).unwrap_or_default()
 }
 
-/// Whether `kv` holds the write `write_id`.
+/// The ids of the latest writes a record's value names.
+fn writes_of(value: &[u8]) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Stamp {
+        #[serde(default)]
+        writes: Vec<String>,
+    }
+    serde_json::from_slice::<Stamp>(value)
+        .map(|stamp| stamp.writes)
+        .unwrap_or_default()
+}
+
+/// Whether `kv` holds the write `write_id`, or was written after it.
 fn written_by(kv: Option<&KeyValue>, write_id: &str) -> bool {
-    kv.and_then(|kv| serde_json::from_slice::<serde_json::Value>(&kv.value).ok())
-        .is_some_and(|value| {
-            value.get("write").and_then(serde_json::Value::as_str) == Some(write_id)
-        })
+    kv.is_some_and(|kv| writes_of(&kv.value).iter().any(|id| id == write_id))
 }
 
 /// A call to etcd waiting for its answer, kept whole to be sent again once.
@@ -168,6 +189,10 @@ pub struct ClusterSync {
     sweep_revision: Option<i64>,
     /// Takes whose outcome is unknown (no answer): sent again next round.
     unsure_takes: Vec<Taking>,
+    /// Status writes whose outcome is unknown, by definition index: the next
+    /// read tells whether the record names the write (applied) or not (its
+    /// delta is put back); the webhook is not written meanwhile.
+    unsure_writes: HashMap<usize, (String, Delta)>,
 }
 
 impl ClusterSync {
@@ -185,6 +210,7 @@ impl ClusterSync {
             writes: 0,
             sweep_revision: None,
             unsure_takes: Vec::new(),
+            unsure_writes: HashMap::new(),
             plugin,
             vm_number,
             token: None,
@@ -730,11 +756,17 @@ impl ClusterSync {
                 write_id,
             } => match etcd::parse_txn(body) {
                 Ok(TxnOutcome::Applied { revision }) => {
+                    let earlier = self.known.get(&index).map(|k| k.writes.clone());
+                    let writes = std::iter::once(write_id)
+                        .chain(earlier.unwrap_or_default())
+                        .take(WRITES_KEPT)
+                        .collect();
                     self.known.insert(
                         index,
                         Known {
                             record: Some(*record.clone()),
                             revision,
+                            writes,
                         },
                     );
                     self.follow(host, index, &record);
@@ -742,11 +774,13 @@ impl ClusterSync {
                 Ok(TxnOutcome::Conflict { current }) => {
                     let ours = written_by(current.as_ref(), &write_id);
                     let known = self.decode(host, index, current.as_ref());
+                    let now_holds = known.record.clone();
                     self.known.insert(index, known);
                     if ours {
                         // Our own write: it applied, and its answer was lost
-                        // (the call was sent again).
-                        self.follow(host, index, &record);
+                        // (the call was sent again); other Envoys may have
+                        // written since: the record as it is now.
+                        self.follow(host, index, &now_holds.map_or(*record, |r| r));
                     } else if conflicts >= MAX_CONFLICTS {
                         self.put_back(host, index, &delta);
                     } else {
@@ -779,7 +813,14 @@ impl ClusterSync {
         let plugin = self.plugin.clone();
         for (index, definition) in plugin.definitions().iter().enumerate() {
             let key = self.key(definition);
-            let known = self.decode(host, index, by_key.remove(key.as_bytes()).as_ref());
+            let kv = by_key.remove(key.as_bytes());
+            if let Some((write_id, delta)) = self.unsure_writes.remove(&index) {
+                if !written_by(kv.as_ref(), &write_id) {
+                    // It did not apply: written again from shared data.
+                    self.put_back(host, index, &delta);
+                }
+            }
+            let known = self.decode(host, index, kv.as_ref());
             if let Some(record) = &known.record {
                 self.follow(host, index, record);
             }
@@ -910,6 +951,7 @@ impl ClusterSync {
             return Known {
                 record: None,
                 revision: 0,
+                writes: Vec::new(),
             };
         };
         let fingerprint = self.plugin.definitions().get(index).map(|d| d.fingerprint);
@@ -928,6 +970,7 @@ impl ClusterSync {
         Known {
             record,
             revision: kv.mod_revision,
+            writes: writes_of(&kv.value),
         }
     }
 
@@ -951,6 +994,10 @@ impl ClusterSync {
         }
         let plugin = self.plugin.clone();
         for (index, definition) in plugin.definitions().iter().enumerate() {
+            if self.unsure_writes.contains_key(&index) {
+                // Written once the next read tells whether the last write applied.
+                continue;
+            }
             let delta = store::take_delta(host, definition);
             if !delta.is_empty() {
                 self.write(host, index, delta, 0);
@@ -994,8 +1041,8 @@ impl ClusterSync {
         let key = self.key(definition);
         self.writes = self.writes.saturating_add(1);
         let write_id = format!("{}-{}", self.owner, self.writes);
-        let body =
-            etcd::txn_put_if_revision(key.as_bytes(), known.revision, &stamped(&record, &write_id));
+        let value = stamped(&record, &write_id, &known.writes);
+        let body = etcd::txn_put_if_revision(key.as_bytes(), known.revision, &value);
         self.send(
             host,
             etcd::TXN_PATH,
@@ -1046,7 +1093,15 @@ impl ClusterSync {
             );
         }
         match pending {
-            Pending::Write { index, delta, .. } => self.put_back(host, index, &delta),
+            // It may have applied (its answers lost): the next read tells.
+            Pending::Write {
+                index,
+                delta,
+                write_id,
+                ..
+            } => {
+                self.unsure_writes.insert(index, (write_id, *delta));
+            }
             // It may have applied: sent again next round, it finds its receipt.
             Pending::Take(taking) => self.unsure_takes.push(*taking),
             _ => {}

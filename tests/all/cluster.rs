@@ -1761,3 +1761,55 @@ fn a_take_without_any_answer_is_sent_again_next_round_and_adopts() {
         "(adopted, delivered, records and receipts left)"
     );
 }
+
+#[test]
+fn a_write_whose_answers_were_all_lost_is_applied_once() {
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(1, &config(100));
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].deliver("503");
+    // The write applies, then etcd goes away: neither its answer nor its
+    // resend's comes back.
+    etcd.down_after_next_write = true;
+    run_all(&mut envoys, &mut etcd, 1_500);
+    assert!(etcd.down);
+    etcd.down = false;
+    run_all(&mut envoys, &mut etcd, 3_000);
+    let record = etcd.record().expect("a record");
+    assert_eq!(record.consecutive_failures, 1, "applied once, not twice");
+    envoys[0].deliver("503");
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.record().map(|r| r.consecutive_failures), Some(2));
+}
+
+#[test]
+fn a_write_resent_after_another_envoy_wrote_is_recognised_as_applied() {
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(2, &config(100));
+    run_all(&mut envoys, &mut etcd, 1_000);
+    // Envoy 0's write applies, its answer is lost; it is sent again at once,
+    // but Envoy 1 writes before the resend reaches etcd.
+    envoys[0].deliver("503");
+    envoys[1].deliver("503");
+    etcd.lose_write_answers = 1;
+    let first = &mut envoys[0];
+    first.host.now_ms += 1_000;
+    first.engine.tick(&mut first.host);
+    first.sync.tick(&mut first.host, &mut first.engine);
+    // Envoy 0's round: its read, then its write (applied, answer lost).
+    for _ in 0..2 {
+        let answers = envoys[0].answers_now(&mut etcd);
+        envoys[0].receive(answers);
+    }
+    assert_eq!(etcd.record().map(|r| r.consecutive_failures), Some(1));
+    let resend = envoys[0].open_etcd_calls();
+    assert!(!resend.is_empty(), "the write is sent again");
+    run_all(&mut envoys[1..], &mut etcd, 1_000);
+    assert_eq!(etcd.record().map(|r| r.consecutive_failures), Some(2));
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(
+        etcd.record().map(|r| r.consecutive_failures),
+        Some(2),
+        "one failure each: Envoy 0's is not applied a second time"
+    );
+}
