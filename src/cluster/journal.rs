@@ -175,9 +175,14 @@ impl Journal {
         matches!(self.records.get(&number), Some(Record::Written(_)))
     }
 
-    /// The next call to make now, if any; called until it returns `None`.
-    pub fn next<H: Host>(&mut self, host: &mut H, engine: &mut Engine) -> Option<Request> {
-        let now = host.now_ms();
+    /// The next call to make at `now` (steady time, see `clock`), if any;
+    /// called until it returns `None`.
+    pub fn next<H: Host>(
+        &mut self,
+        host: &mut H,
+        engine: &mut Engine,
+        now: u64,
+    ) -> Option<Request> {
         if self.stopping {
             return self.next_stopping(host, engine, now);
         }

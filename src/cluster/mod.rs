@@ -2,6 +2,7 @@
 //! `etcd` speaks its v3 JSON gateway, `sync` keeps the local records and the
 //! cluster's in step.
 
+mod clock;
 pub mod etcd;
 mod handoff;
 mod journal;

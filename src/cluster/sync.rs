@@ -11,6 +11,7 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
+use super::clock::SteadyClock;
 use super::etcd::{self, EtcdError, KeyValue, Taken, TxnOutcome};
 use super::handoff;
 use super::journal::{Journal, JournalCall};
@@ -187,6 +188,8 @@ pub struct ClusterSync {
     writes: u64,
     /// The revision the sweep's last decision was read at.
     sweep_revision: Option<i64>,
+    /// The time of this sync's own deadlines (see `clock`).
+    clock: SteadyClock,
     /// Takes whose outcome is unknown (no answer): sent again next round.
     unsure_takes: Vec<Taking>,
     /// Status writes whose outcome is unknown, by definition index: the next
@@ -209,6 +212,7 @@ impl ClusterSync {
             owner,
             writes: 0,
             sweep_revision: None,
+            clock: SteadyClock::default(),
             unsure_takes: Vec::new(),
             unsure_writes: HashMap::new(),
             plugin,
@@ -223,6 +227,11 @@ impl ClusterSync {
             quiet_until_ms: 0,
             state: SyncState::default(),
         })
+    }
+
+    /// Now, for this sync's deadlines: never set back with the wall clock.
+    fn steady_ms<H: Host>(&mut self, host: &H) -> u64 {
+        self.clock.read(host.now_ms())
     }
 
     fn config(&self) -> Option<&EtcdConfig> {
@@ -276,7 +285,8 @@ impl ClusterSync {
             return;
         }
         self.membership.set_active(self.holder);
-        if let Some((path, body, call)) = self.membership.next(host.now_ms()) {
+        let now = self.steady_ms(host);
+        if let Some((path, body, call)) = self.membership.next(now) {
             self.send(host, path, body, Pending::Member(call));
         }
     }
@@ -284,7 +294,11 @@ impl ClusterSync {
     /// Sends the journal's next calls, if it has any (it keeps its own
     /// count of calls in flight: one write and one keep-alive at most).
     fn pump_journal<H: Host>(&mut self, host: &mut H, engine: &mut Engine) {
-        while let Some(request) = self.journal.next(host, engine) {
+        loop {
+            let now = self.steady_ms(host);
+            let Some(request) = self.journal.next(host, engine, now) else {
+                return;
+            };
             let sent = self.send(
                 host,
                 request.path,
@@ -302,10 +316,12 @@ impl ClusterSync {
         let Some(interval) = self.config().map(|c| c.sync_interval_ms) else {
             return;
         };
-        let now = host.now_ms();
+        let now = self.steady_ms(host);
         if now >= self.next_lease_ms {
             let ttl = interval.saturating_mul(LEASE_INTERVALS);
-            let held = store::hold_poller_lease(host, self.vm_number, now, ttl);
+            // Shared by this Envoy's root contexts: in the wall clock's time.
+            let wall = host.now_ms();
+            let held = store::hold_poller_lease(host, self.vm_number, wall, ttl);
             if held && !self.holder {
                 log::debug!("envoy-webhooks: VM {} polls etcd", self.vm_number);
                 self.next_round_ms = now;
@@ -631,7 +647,8 @@ impl ClusterSync {
         let pending = call.pending;
         if let Pending::Journal(call) = pending {
             let result = etcd::answer_body(answer.status, &answer.body);
-            if let Err(error) = self.journal.finished_call(call, result, host.now_ms()) {
+            let now = self.steady_ms(host);
+            if let Err(error) = self.journal.finished_call(call, result, now) {
                 self.count_error(host, &format!("journal: {error}"));
             }
             self.pump_journal(host, engine);
@@ -639,7 +656,8 @@ impl ClusterSync {
         }
         if let Pending::Member(call) = pending {
             let result = etcd::answer_body(answer.status, &answer.body);
-            if let Err(error) = self.membership.finished_call(call, result, host.now_ms()) {
+            let now = self.steady_ms(host);
+            if let Err(error) = self.membership.finished_call(call, result, now) {
                 self.count_error(host, &format!("member entry: {error}"));
             }
             self.pump_membership(host);
@@ -659,7 +677,7 @@ impl ClusterSync {
                     // Authenticate again at the next check.
                     self.token = None;
                     self.quiet_until_ms = 0;
-                    self.next_round_ms = host.now_ms();
+                    self.next_round_ms = self.steady_ms(host);
                 }
                 return;
             }
@@ -1107,7 +1125,7 @@ impl ClusterSync {
             _ => {}
         }
         let interval = self.config().map_or(0, |c| c.sync_interval_ms);
-        self.quiet_until_ms = now.saturating_add(interval);
+        self.quiet_until_ms = self.steady_ms(host).saturating_add(interval);
         store::publish_sync(host, &self.state);
     }
 }

@@ -1813,3 +1813,28 @@ fn a_write_resent_after_another_envoy_wrote_is_recognised_as_applied() {
         "one failure each: Envoy 0's is not applied a second time"
     );
 }
+
+#[test]
+fn a_clock_set_back_never_stops_the_keepalives_nor_the_rounds() {
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(1, &waiting_config());
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].leave_waiting(2);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2);
+    // The wall clock is set back 30 s (the lease's TTL is 5 s).
+    envoys[0].host.now_ms -= 30_000;
+    let count = |etcd: &FakeEtcd, path: &str| etcd.paths.iter().filter(|p| *p == path).count();
+    let (keepalives, reads) = (
+        count(&etcd, "/v3/lease/keepalive"),
+        count(&etcd, "/v3/kv/range"),
+    );
+    run_all(&mut envoys, &mut etcd, 5_000);
+    let keepalives = count(&etcd, "/v3/lease/keepalive") - keepalives;
+    let reads = count(&etcd, "/v3/kv/range") - reads;
+    assert!(
+        keepalives >= 4,
+        "{keepalives} keep-alives in 5 s after the step"
+    );
+    assert!(reads >= 4, "{reads} rounds in 5 s after the step");
+}
