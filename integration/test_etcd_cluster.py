@@ -137,6 +137,9 @@ def test_adoption_reads_one_view_and_takes_only_while_the_owner_is_gone(etcd_clu
             [prefix + "handoff/envoy-a-1/hook-a/00000000000000aa/1",
              prefix + "handoff/envoy-b-1/hook-a/00000000000000aa/7"]]
         same_shape(json.dumps(answer).encode(), "txn-read-keys.json")
+        page = etcd_cluster.txn(recorded("txn-request-read-keys-page.json"), member)
+        same_shape(json.dumps(page).encode(), "txn-read-keys-page.json")
+        assert page["responses"][1]["response_range"].get("more") is True, page
         refused = etcd_cluster.txn(with_lease("txn-request-take-live-owner.json", taker), member)
         assert not refused.get("succeeded"), refused
         same_shape(json.dumps(refused).encode(), "txn-take-live-owner.json")

@@ -20,7 +20,7 @@ pub mod cluster {
 pub mod etcd {
     pub use crate::cluster::etcd::{
         authenticate_request, parse_authenticate, parse_error, parse_range, parse_take, parse_txn,
-        parse_txn_ranges, range_prefix_request, txn_put_if_revision, txn_read_keys,
+        parse_txn_ranges, range_prefix_request, txn_put_if_revision, txn_read_keys_page,
         txn_read_values, txn_remove_if_unchanged, txn_take_if_revision, EtcdError, Receipt, Taken,
         TxnOutcome,
     };

@@ -104,20 +104,31 @@ pub fn txn_put_if_revision(key: &[u8], expected_mod_revision: i64, value: &[u8])
     .into_bytes()
 }
 
-/// Every key under each of `prefixes`, without values, all read at one
+/// Every key under `all_prefix`, and a page of at most `limit` keys of
+/// `[from, range_end of page_prefix)`, without values, all read at one
 /// revision: a transaction of ranges is one consistent view, and without
 /// `serializable` it is linearizable (served through the leader, never by a
-/// member that is behind).
-pub fn txn_read_keys(prefixes: &[&[u8]]) -> Vec<u8> {
-    let ranges: Vec<Value> = prefixes
-        .iter()
-        .map(|prefix| {
-            json!({"request_range": {"key": encode(prefix),
-                                     "range_end": encode(&prefix_end(prefix)),
-                                     "keys_only": true}})
-        })
-        .collect();
-    json!({"success": ranges}).to_string().into_bytes()
+/// member that is behind). A prefix that can grow large is read a page a time.
+pub fn txn_read_keys_page(
+    all_prefix: &[u8],
+    page_prefix: &[u8],
+    from: &[u8],
+    limit: usize,
+) -> Vec<u8> {
+    let from = if from.is_empty() { page_prefix } else { from };
+    json!({"success": [
+        {"request_range": {"key": encode(all_prefix), "range_end": encode(&prefix_end(all_prefix)),
+                           "keys_only": true}},
+        {"request_range": {"key": encode(from), "range_end": encode(&prefix_end(page_prefix)),
+                           "keys_only": true, "limit": limit.to_string()}},
+    ]})
+    .to_string()
+    .into_bytes()
+}
+
+/// The first key after every key starting with `prefix` (etcd's `range_end`).
+pub fn after_prefix(prefix: &[u8]) -> Vec<u8> {
+    prefix_end(prefix)
 }
 
 /// Each of `keys` with its value, all read at one revision.
@@ -129,7 +140,7 @@ pub fn txn_read_values(keys: &[&[u8]]) -> Vec<u8> {
     json!({"success": ranges}).to_string().into_bytes()
 }
 
-/// The key-values of each range of a `txn_read_keys` answer, in order.
+/// The key-values of each range of a read-only transaction's answer, in order.
 pub fn parse_txn_ranges(body: &[u8], expected: usize) -> Result<Vec<Vec<KeyValue>>, EtcdError> {
     let answer = parse_json(body)?;
     header_revision(&answer)?;

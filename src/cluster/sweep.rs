@@ -20,6 +20,9 @@ use super::members;
 
 /// Records removed per round, at most.
 const MAX_REMOVALS_PER_ROUND: usize = 20;
+/// Records kept in view between two decisions, at most (memory stays bounded
+/// whatever etcd holds; those left out are seen by a later round).
+const MAX_CANDIDATES: usize = 10_000;
 /// The member entries are read at most this often while candidates wait.
 const MAX_CHECK_EVERY_MS: u64 = 60_000;
 
@@ -44,10 +47,14 @@ pub struct Sweep {
     retention_ms: u64,
     check_every_ms: u64,
     next_check_ms: u64,
-    /// This round's.
-    candidates: Vec<Candidate>,
-    /// Since when no member has named each candidate (by key).
-    unlisted_since: HashMap<Vec<u8>, u64>,
+    /// Seen since the last decision, by key: the status records of every
+    /// round, and the journal records of the pages read since.
+    candidates: HashMap<Vec<u8>, Candidate>,
+    /// By webhook (`<id>/<fingerprint>`): since when no member has named it,
+    /// and when a record of it was last seen. By webhook, not by record: a
+    /// round reads a page of the journal, and a record not in it this time
+    /// keeps its clock.
+    unlisted_since: HashMap<Vec<u8>, (u64, u64)>,
 }
 
 impl Sweep {
@@ -58,20 +65,15 @@ impl Sweep {
             check_every_ms: (retention_ms / 4)
                 .clamp(interval_ms, MAX_CHECK_EVERY_MS.max(interval_ms)),
             next_check_ms: 0,
-            candidates: Vec::new(),
+            candidates: HashMap::new(),
             unlisted_since: HashMap::new(),
         }
-    }
-
-    /// A round begins: its reads bring the candidates.
-    pub fn begin_round(&mut self) {
-        self.candidates.clear();
     }
 
     /// A status record at `webhooks/<id>/<fingerprint>` (`name` is what
     /// follows the prefix) of a webhook not configured here.
     pub fn status_record(&mut self, kv: &KeyValue, name: &[u8]) {
-        self.candidates.push(Candidate {
+        self.add(Candidate {
             key: kv.key.clone(),
             mod_revision: kv.mod_revision,
             webhook: name.to_vec(),
@@ -81,12 +83,19 @@ impl Sweep {
 
     /// A journaled delivery of a webhook not configured here, whose owner is gone.
     pub fn journaled(&mut self, kv: &KeyValue, webhook: Vec<u8>, liveness: Vec<u8>) {
-        self.candidates.push(Candidate {
+        self.add(Candidate {
             key: kv.key.clone(),
             mod_revision: kv.mod_revision,
             webhook,
             liveness: Some(liveness),
         });
+    }
+
+    /// Kept as last seen, up to `MAX_CANDIDATES` between two decisions.
+    fn add(&mut self, candidate: Candidate) {
+        if self.candidates.len() < MAX_CANDIDATES || self.candidates.contains_key(&candidate.key) {
+            self.candidates.insert(candidate.key.clone(), candidate);
+        }
     }
 
     /// Whether to read the member entries now (candidates wait, and a check is due).
@@ -99,32 +108,41 @@ impl Sweep {
     /// (its key is returned), so nothing is removed this time.
     pub fn decide(&mut self, now_ms: u64, members: &[KeyValue]) -> Result<Vec<Candidate>, Vec<u8>> {
         self.next_check_ms = now_ms.saturating_add(self.check_every_ms);
+        let candidates = std::mem::take(&mut self.candidates);
+        // Whatever the entries say, these webhooks still have records.
+        for candidate in candidates.values() {
+            if let Some((_, seen)) = self.unlisted_since.get_mut(&candidate.webhook) {
+                *seen = now_ms;
+            }
+        }
         let mut listed: HashSet<Vec<u8>> = HashSet::new();
         for member in members {
             let Some(webhooks) = members::parse_listing(&member.value) else {
-                self.candidates.clear();
                 return Err(member.key.clone());
             };
             listed.extend(webhooks.into_iter().map(String::into_bytes));
         }
-        let candidates = std::mem::take(&mut self.candidates);
         let unlisted: Vec<Candidate> = candidates
-            .into_iter()
+            .into_values()
             .filter(|candidate| !listed.contains(&candidate.webhook))
             .collect();
-        {
-            let keys: HashSet<&[u8]> = unlisted.iter().map(|c| c.key.as_slice()).collect();
-            // Forget what is named again, or gone.
-            self.unlisted_since
-                .retain(|key, _| keys.contains(key.as_slice()));
-        }
+        // Forget what is named again, and what no record was seen of for
+        // long (its records gone: the memory stays bounded).
+        let forget_after_ms = self
+            .retention_ms
+            .saturating_mul(2)
+            .saturating_add(self.check_every_ms.saturating_mul(2));
+        self.unlisted_since.retain(|webhook, (_, seen)| {
+            !listed.contains(webhook) && now_ms.saturating_sub(*seen) <= forget_after_ms
+        });
         let mut ready = Vec::new();
         for candidate in unlisted {
-            let since = *self
+            let (since, seen) = self
                 .unlisted_since
-                .entry(candidate.key.clone())
-                .or_insert(now_ms);
-            if now_ms.saturating_sub(since) >= self.retention_ms
+                .entry(candidate.webhook.clone())
+                .or_insert((now_ms, now_ms));
+            *seen = now_ms;
+            if now_ms.saturating_sub(*since) >= self.retention_ms
                 && ready.len() < MAX_REMOVALS_PER_ROUND
             {
                 ready.push(candidate);
@@ -147,7 +165,6 @@ mod tests {
     }
 
     fn round(sweep: &mut Sweep, records: usize) {
-        sweep.begin_round();
         for n in 0..records {
             let key = format!("/p/webhooks/old-{n}/00000000000000aa");
             sweep.status_record(

@@ -34,6 +34,9 @@ const LEASE_INTERVALS: u64 = 3;
 pub const CHECK_INTERVAL_MS: u64 = 100;
 /// Records of Envoys that went away adopted per round, at most.
 const MAX_ADOPTIONS_PER_ROUND: usize = 20;
+/// Journal keys read per round, at most: about 130 KB of answer, however
+/// many deliveries wait in the cluster (Envoy caps an answer at 16 MiB).
+const JOURNAL_PAGE_KEYS: usize = 1_000;
 
 /// What etcd holds for one webhook, as last seen.
 #[derive(Debug, Clone)]
@@ -188,6 +191,8 @@ pub struct ClusterSync {
     writes: u64,
     /// The revision the sweep's last decision was read at.
     sweep_revision: Option<i64>,
+    /// Where the next round's page of the journal starts (empty: at its start).
+    journal_cursor: Vec<u8>,
     /// The time of this sync's own deadlines (see `clock`).
     clock: SteadyClock,
     /// Takes whose outcome is unknown (no answer): sent again next round.
@@ -212,6 +217,7 @@ impl ClusterSync {
             owner,
             writes: 0,
             sweep_revision: None,
+            journal_cursor: Vec::new(),
             clock: SteadyClock::default(),
             unsure_takes: Vec::new(),
             unsure_writes: HashMap::new(),
@@ -438,6 +444,40 @@ impl ClusterSync {
             }
         }
         self.fetch(host, takes);
+    }
+
+    /// Where the journal's next page starts, after `page`: at its start
+    /// again once a page came back short; past the rest of a live owner's
+    /// records (and this worker's own), which no round takes.
+    fn next_page(&self, owners: &[KeyValue], page: &[KeyValue]) -> Vec<u8> {
+        let Some(last) = page.last().filter(|_| page.len() >= JOURNAL_PAGE_KEYS) else {
+            return Vec::new();
+        };
+        let handoff_prefix = Journal::handoff_prefix(self.prefix()).into_bytes();
+        let owners_prefix = Journal::owners_prefix(self.prefix()).into_bytes();
+        let owner = last
+            .key
+            .strip_prefix(handoff_prefix.as_slice())
+            .and_then(|rest| rest.split(|b| *b == b'/').next());
+        let alive = owner.is_some_and(|owner| {
+            owner == self.owner.as_bytes()
+                || owners
+                    .iter()
+                    .any(|kv| kv.key.strip_prefix(owners_prefix.as_slice()) == Some(owner))
+        });
+        match owner {
+            Some(owner) if alive => {
+                let mut records = handoff_prefix;
+                records.extend_from_slice(owner);
+                records.push(b'/');
+                etcd::after_prefix(&records)
+            }
+            _ => {
+                let mut next = last.key.clone();
+                next.push(0);
+                next
+            }
+        }
     }
 
     /// Reads the values of records to take or remove (one transaction),
@@ -696,15 +736,21 @@ impl ClusterSync {
             },
             Pending::Range => match etcd::parse_range(body) {
                 Ok((_, records)) => {
-                    self.sweep.begin_round();
                     let unconfigured = self.read(host, records);
                     self.note_unconfigured(&unconfigured);
                     self.write_deltas(host);
                     // Owners and records from one revision: a record written
                     // after the owners were read cannot look orphaned.
+                    // A page of the journal: whatever its size, a round reads
+                    // a bounded answer.
                     let owners = Journal::owners_prefix(self.prefix());
                     let records = Journal::handoff_prefix(self.prefix());
-                    let body = etcd::txn_read_keys(&[owners.as_bytes(), records.as_bytes()]);
+                    let body = etcd::txn_read_keys_page(
+                        owners.as_bytes(),
+                        records.as_bytes(),
+                        &self.journal_cursor,
+                        JOURNAL_PAGE_KEYS,
+                    );
                     self.send(host, etcd::TXN_PATH, body, Pending::Orphans);
                 }
                 Err(error) => self.failed(host, Pending::Range, &error.to_string()),
@@ -716,6 +762,7 @@ impl ClusterSync {
                     }
                     let records = ranges.pop().unwrap_or_default();
                     let owners = ranges.pop().unwrap_or_default();
+                    self.journal_cursor = self.next_page(&owners, &records);
                     self.adopt_orphans(host, &owners, records);
                     if self.sweep.is_due(host.now_ms()) {
                         let members = Membership::members_prefix(self.prefix());

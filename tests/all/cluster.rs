@@ -61,6 +61,8 @@ struct FakeEtcd {
     paths: Vec<String>,
     /// The largest request body received.
     largest_request: usize,
+    /// The most keys a range of a transaction's answer held.
+    largest_range: usize,
     /// A member that is behind: what it holds (key → (value, mod_revision)).
     /// Reads that may be served by any member (serializable ones) go to it
     /// and to an up-to-date member in turn, as a round-robin cluster does.
@@ -115,12 +117,24 @@ impl FakeEtcd {
 
     fn range_answer(&self, request: &Value) -> Value {
         let keys_only = request["keys_only"] == json!(true);
-        let kvs = self.kvs_of(
+        let mut kvs = self.kvs_of(
             &unb64(&request["key"]),
             &unb64(&request["range_end"]),
             keys_only,
         );
-        let mut answer = json!({"header": self.header(), "count": kvs.len().to_string()});
+        let count = kvs.len();
+        let limit = match &request["limit"] {
+            Value::Null => 0,
+            limit => usize::try_from(int(limit)).expect("a limit"),
+        };
+        let more = limit > 0 && count > limit;
+        if more {
+            kvs.truncate(limit);
+        }
+        let mut answer = json!({"header": self.header(), "count": count.to_string()});
+        if more {
+            answer["more"] = json!(true);
+        }
         if !kvs.is_empty() {
             answer["kvs"] = Value::Array(kvs);
         }
@@ -271,7 +285,10 @@ impl FakeEtcd {
                 let mut wrote = false;
                 for op in &ops {
                     if let Some(range) = op.get("request_range") {
-                        responses.push(json!({"response_range": self.range_answer(range)}));
+                        let answer = self.range_answer(range);
+                        let keys = answer["kvs"].as_array().map_or(0, Vec::len);
+                        self.largest_range = self.largest_range.max(keys);
+                        responses.push(json!({"response_range": answer}));
                     } else if let Some(put) = op.get("request_put") {
                         if !wrote {
                             self.revision += 1;
@@ -1837,4 +1854,34 @@ fn a_clock_set_back_never_stops_the_keepalives_nor_the_rounds() {
         "{keepalives} keep-alives in 5 s after the step"
     );
     assert!(reads >= 4, "{reads} rounds in 5 s after the step");
+}
+
+#[test]
+fn adoption_reads_the_journal_a_page_a_time_and_skips_live_owners() {
+    use envoy_webhooks::testing::host::WebhookCounter;
+    let mut etcd = FakeEtcd::default();
+    // A live owner (sorted first) with 2,500 deliveries waiting.
+    etcd.kv
+        .insert(b"/test/owners/owner-0".to_vec(), (Vec::new(), 1));
+    for n in 0..2_500 {
+        let key = format!("/test/handoff/owner-0/hook/00000000000000aa/{n}");
+        etcd.kv.insert(key.into_bytes(), (b"{}".to_vec(), 1));
+    }
+    etcd.revision = 2;
+    let mut envoys = replicas(2, &waiting_config());
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].leave_waiting(3);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2_503);
+    drop(envoys.remove(0));
+    kill_owner_leases(&mut etcd);
+    etcd.largest_range = 0;
+    run_all(&mut envoys, &mut etcd, 4_000);
+    assert_eq!(envoys[0].count(WebhookCounter::Adopted), 3);
+    assert!(
+        etcd.largest_range <= 1_000,
+        "a range of {} keys in one answer",
+        etcd.largest_range
+    );
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2_500);
 }
