@@ -115,6 +115,9 @@ pub struct Journal {
     gave_up: bool,
     /// Stopped, flushed and the lease revoked (or given up on).
     finished: bool,
+    /// Replaced by another configuration's journal: deletes its records and
+    /// revokes its lease (see `release`).
+    releasing: bool,
 }
 
 impl Journal {
@@ -135,6 +138,7 @@ impl Journal {
             stopping: false,
             gave_up: false,
             finished: false,
+            releasing: false,
         }
     }
 
@@ -167,7 +171,11 @@ impl Journal {
 
     /// Stopped, flushed, and the lease revoked: the root context may end.
     pub fn is_finished(&self) -> bool {
-        self.finished || (self.stopping && self.lease.is_none() && !self.writing && !self.renewing)
+        self.finished
+            || ((self.stopping || self.releasing)
+                && self.lease.is_none()
+                && !self.writing
+                && !self.renewing)
     }
 
     /// Whether etcd holds the record of journal number `number`.
@@ -183,6 +191,9 @@ impl Journal {
         engine: &mut Engine,
         now: u64,
     ) -> Option<Request> {
+        if self.releasing {
+            return self.next_releasing(now);
+        }
         if self.stopping {
             return self.next_stopping(host, engine, now);
         }
@@ -247,6 +258,50 @@ impl Journal {
             return self.revoke();
         }
         None
+    }
+
+    /// Released: every record deleted (one batch a call), then the lease
+    /// revoked; given up on at the first failure (the lease lapses, and
+    /// whatever is left is adopted by some Envoy then).
+    fn next_releasing(&mut self, now: u64) -> Option<Request> {
+        if self.writing || self.finished {
+            return None;
+        }
+        let deletes: Vec<u64> = self
+            .records
+            .iter()
+            .filter(|(_, record)| record.key().is_some())
+            .map(|(n, _)| *n)
+            .take(MAX_TXN_OPS)
+            .collect();
+        if self.gave_up || deletes.is_empty() {
+            return self.revoke();
+        }
+        let keys: Vec<Vec<u8>> = deletes
+            .iter()
+            .filter_map(|n| {
+                self.records
+                    .get(n)
+                    .and_then(Record::key)
+                    .map(<[u8]>::to_vec)
+            })
+            .collect();
+        self.writing = true;
+        self.next_write_ms = now.saturating_add(self.interval_ms);
+        Some(Request {
+            path: etcd::TXN_PATH,
+            body: etcd::txn_write(&[], &keys, None),
+            call: JournalCall::Write {
+                puts: Vec::new(),
+                deletes,
+            },
+        })
+    }
+
+    /// Another configuration's journal takes over the engine's deliveries:
+    /// this one deletes its records and revokes its lease.
+    pub fn release(&mut self) {
+        self.releasing = true;
     }
 
     fn hand_off<H: Host>(&mut self, host: &mut H, engine: &mut Engine) {
@@ -406,7 +461,7 @@ impl Journal {
         }
         let outcome = self.apply(call, answer);
         if let Err(error) = &outcome {
-            if self.stopping {
+            if self.stopping || self.releasing {
                 // No tick comes to a stopping filter: what is not written now
                 // never will be.
                 self.gave_up = true;

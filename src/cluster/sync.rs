@@ -191,6 +191,8 @@ pub struct ClusterSync {
     writes: u64,
     /// The revision the sweep's last decision was read at.
     sweep_revision: Option<i64>,
+    /// The sync of the configuration this one replaced, while it retires.
+    retiring: Option<Box<ClusterSync>>,
     /// Where the next round's page of the journal starts (empty: at its start).
     journal_cursor: Vec<u8>,
     /// The time of this sync's own deadlines (see `clock`).
@@ -217,6 +219,7 @@ impl ClusterSync {
             owner,
             writes: 0,
             sweep_revision: None,
+            retiring: None,
             journal_cursor: Vec::new(),
             clock: SteadyClock::default(),
             unsure_takes: Vec::new(),
@@ -235,6 +238,110 @@ impl ClusterSync {
         })
     }
 
+    /// The sync of a new configuration of the same root context (a second
+    /// `on_configure`). With the same `cluster_state`, the new one carries on
+    /// the old one's work: its journal (same owner, lease and records: the
+    /// engine's waiting deliveries keep them), its member entry (listing the
+    /// new webhooks), its calls in flight. With another (or none), the old one
+    /// retires: it deletes its records (the new journal writes them anew),
+    /// revokes its leases, and ends once its calls have.
+    pub fn reconfigure(
+        previous: Option<ClusterSync>,
+        plugin: Rc<Plugin>,
+        vm_number: u64,
+        owner: String,
+    ) -> Option<ClusterSync> {
+        let next = ClusterSync::new(plugin, vm_number, owner);
+        let Some(mut old) = previous else {
+            return next;
+        };
+        match next {
+            Some(mut next) if old.config() == next.config() => {
+                next.take_over(old);
+                Some(next)
+            }
+            Some(mut next) => {
+                old.retire();
+                next.retiring = Some(Box::new(old));
+                Some(next)
+            }
+            None => {
+                old.retire();
+                Some(old)
+            }
+        }
+    }
+
+    fn take_over(&mut self, old: ClusterSync) {
+        let ClusterSync {
+            plugin: old_plugin,
+            token,
+            calls,
+            holder,
+            next_lease_ms,
+            state,
+            journal,
+            membership,
+            sweep,
+            owner,
+            writes,
+            sweep_revision,
+            journal_cursor,
+            clock,
+            unsure_takes,
+            unsure_writes,
+            retiring,
+            ..
+        } = old;
+        let definitions = self.plugin.definitions();
+        // Indexes of the old definitions in the new ones (same id and fingerprint).
+        let moved = |index: usize| {
+            let definition = old_plugin.definitions().get(index)?;
+            definitions
+                .iter()
+                .position(|d| d.id == definition.id && d.fingerprint == definition.fingerprint)
+        };
+        for (token, mut call) in calls {
+            if let Pending::Write { index, .. } = &mut call.pending {
+                // A write for a definition that is gone: its answer is ignored.
+                let Some(now) = moved(*index) else { continue };
+                *index = now;
+            }
+            self.calls.insert(token, call);
+        }
+        self.unsure_writes = unsure_writes
+            .into_iter()
+            .filter_map(|(index, write)| Some((moved(index)?, write)))
+            .collect();
+        self.membership.inherit(membership);
+        self.token = token;
+        self.holder = holder;
+        self.next_lease_ms = next_lease_ms;
+        self.state = state;
+        self.journal = journal;
+        self.sweep = sweep;
+        self.owner = owner;
+        self.writes = writes;
+        self.sweep_revision = sweep_revision;
+        self.journal_cursor = journal_cursor;
+        self.clock = clock;
+        self.unsure_takes = unsure_takes;
+        self.retiring = retiring;
+        // The records are read again for the new definitions at once.
+        self.next_round_ms = 0;
+    }
+
+    /// Replaced by a sync of another `cluster_state`: deletes its journal's
+    /// records, revokes its leases, polls no more.
+    fn retire(&mut self) {
+        self.holder = false;
+        self.journal.release();
+        self.membership.set_active(false);
+        self.next_lease_ms = u64::MAX;
+        self.next_round_ms = u64::MAX;
+        self.quiet_until_ms = u64::MAX;
+    }
+
     /// Now, for this sync's deadlines: never set back with the wall clock.
     fn steady_ms<H: Host>(&mut self, host: &H) -> u64 {
         self.clock.read(host.now_ms())
@@ -246,7 +353,7 @@ impl ClusterSync {
 
     /// Whether the call with this token is ours (its whole answer is to be read).
     pub fn owns(&self, token: u32) -> bool {
-        self.calls.contains_key(&token)
+        self.calls.contains_key(&token) || self.retiring.as_ref().is_some_and(|old| old.owns(token))
     }
 
     /// Whether this root context polls etcd for its Envoy.
@@ -256,6 +363,9 @@ impl ClusterSync {
 
     /// This root context goes away: another one polls at once.
     pub fn stop<H: Host>(&mut self, host: &mut H) {
+        if let Some(old) = self.retiring.as_mut() {
+            old.stop(host);
+        }
         if self.holder {
             store::release_poller_lease(host, self.vm_number);
             self.holder = false;
@@ -270,12 +380,21 @@ impl ClusterSync {
 
     /// Stopped, its journal flushed and its lease revoked: the root context may end.
     pub fn is_finished(&self) -> bool {
-        self.calls.is_empty() && self.journal.is_finished() && self.membership.is_finished()
+        self.calls.is_empty()
+            && self.journal.is_finished()
+            && self.membership.is_finished()
+            && self.retiring.as_ref().is_none_or(|old| old.is_finished())
     }
 
     /// Called every `CHECK_INTERVAL_MS`: keeps the lease, writes the journal,
     /// and starts a round when one is due or a delta changed.
     pub fn tick<H: Host>(&mut self, host: &mut H, engine: &mut Engine) {
+        if let Some(old) = self.retiring.as_mut() {
+            old.tick(host, engine);
+            if old.is_finished() {
+                self.retiring = None;
+            }
+        }
         self.pump_journal(host, engine);
         self.poll(host);
         self.pump_membership(host);
@@ -674,6 +793,10 @@ impl ClusterSync {
         answer: &EtcdAnswer,
         engine: &mut Engine,
     ) {
+        if let Some(old) = self.retiring.as_mut().filter(|old| old.owns(token)) {
+            old.call_finished(host, token, answer, engine);
+            return;
+        }
         let Some(call) = self.calls.remove(&token) else {
             return;
         };

@@ -187,8 +187,11 @@ impl WebhooksRoot {
         let metrics = Metrics::define(plugin.definitions());
         // A name no other root context of any Envoy has: its journal's owner in etcd.
         let owner = format!("{vm_number}-{:x}", fastrand::u64(..));
-        self.sync = ClusterSync::new(plugin.clone(), vm_number, owner);
-        self.engine.set_journaling(self.sync.is_some());
+        // A second configuration of this root context: the old sync's journal
+        // goes on (same cluster_state) or retires (see `reconfigure`).
+        self.sync = ClusterSync::reconfigure(self.sync.take(), plugin.clone(), vm_number, owner);
+        self.engine
+            .set_journaling(plugin.config.cluster_state.is_some());
         let worker = Rc::new(Worker::new(plugin.clone(), metrics, queue_id));
         if let Some(replaced) = self.worker.take() {
             // Its stats reach Envoy now; the tick is this root's, and goes on.

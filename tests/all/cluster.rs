@@ -1885,3 +1885,83 @@ fn adoption_reads_the_journal_a_page_a_time_and_skips_live_owners() {
     );
     assert_eq!(etcd.keys_under("/test/handoff/").len(), 2_500);
 }
+
+impl Replica {
+    /// A second `on_configure` of the same root context, with `config`.
+    fn reconfigure(&mut self, config: &Value) {
+        let plugin = Rc::new(Plugin::load(config.to_string().as_bytes(), |_| None).expect("valid"));
+        self.engine.configure(&mut self.host, plugin.clone());
+        let placeholder = ClusterSync::new(plugin.clone(), 1, "placeholder".to_string())
+            .expect("cluster_state is configured");
+        let old = std::mem::replace(&mut self.sync, placeholder);
+        self.sync = ClusterSync::reconfigure(Some(old), plugin.clone(), 1, "new-owner".to_string())
+            .expect("a sync");
+        self.plugin = plugin;
+    }
+}
+
+#[test]
+fn a_new_configuration_of_the_same_root_carries_its_journal_on() {
+    let mut etcd = FakeEtcd::default();
+    let config = waiting_config();
+    let mut envoys = replicas(1, &config);
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].leave_waiting(3);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    let owners = etcd.keys_under("/test/owners/");
+    let records = etcd.keys_under("/test/handoff/");
+    assert_eq!((owners.len(), records.len()), (1, 3));
+    // A second webhook, same cluster_state.
+    let mut more = config.clone();
+    more["webhooks"]
+        .as_array_mut()
+        .expect("a list")
+        .push(json!({"id": "hook2", "event_type": "assets", "url": "http://hook:8080/2", "cluster": "hook"}));
+    envoys[0].reconfigure(&more);
+    run_all(&mut envoys, &mut etcd, 3_000);
+    assert_eq!(
+        etcd.keys_under("/test/owners/"),
+        owners,
+        "the same owner, alive"
+    );
+    assert_eq!(etcd.keys_under("/test/handoff/"), records, "journaled once");
+    let member = etcd.keys_under("/test/members/");
+    let (listing, _) = etcd.kv.get(member[0].as_bytes()).expect("a member entry");
+    assert!(
+        String::from_utf8_lossy(listing).contains("hook2"),
+        "the entry names the new webhook"
+    );
+    // The deliveries are made, and leave the journal.
+    envoys[0].host.now_ms += 60_000;
+    let envoy = &mut envoys[0];
+    envoy.engine.tick(&mut envoy.host);
+    assert_eq!(envoys[0].answer_hooks("204"), 3);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert!(etcd.keys_under("/test/handoff/").is_empty());
+}
+
+#[test]
+fn a_new_configuration_with_another_cluster_state_moves_the_journal() {
+    let mut etcd = FakeEtcd::default();
+    let config = waiting_config();
+    let mut envoys = replicas(1, &config);
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].leave_waiting(3);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 3);
+    let mut moved = config.clone();
+    moved["cluster_state"]["etcd"]["prefix"] = json!("/other/");
+    envoys[0].reconfigure(&moved);
+    run_all(&mut envoys, &mut etcd, 3_000);
+    assert!(
+        etcd.keys_under("/test/handoff/").is_empty(),
+        "the old records deleted"
+    );
+    assert!(
+        etcd.keys_under("/test/owners/").is_empty(),
+        "the old lease revoked"
+    );
+    assert!(etcd.keys_under("/test/members/").is_empty());
+    assert_eq!(etcd.keys_under("/other/handoff/").len(), 3);
+    assert_eq!(etcd.keys_under("/other/owners/").len(), 1);
+}
