@@ -1443,6 +1443,30 @@ impl Replica {
     }
 }
 
+/// The counters of `envoys` add up for `accepted` events, once every
+/// delivery settled: accepted + adopted = delivered + failed + dropped +
+/// handed_off + paused, and every delivery handed off was adopted or is
+/// still in etcd.
+fn assert_reconciled(envoys: &[&Replica], accepted: u64, etcd: &FakeEtcd) {
+    use envoy_webhooks::testing::host::WebhookCounter::*;
+    let sum = |counter| envoys.iter().map(|e| e.count(counter)).sum::<u64>();
+    assert_eq!(
+        accepted + sum(Adopted),
+        sum(Delivered) + sum(Failed) + sum(Dropped) + sum(HandedOff) + sum(Paused),
+        "accepted + adopted = delivered + failed + dropped + handed_off + paused"
+    );
+    let in_etcd = u64::try_from(etcd.keys_under("/test/handoff/").len()).expect("a count");
+    assert!(
+        sum(HandedOff) <= sum(Adopted) + in_etcd,
+        "every delivery handed off is adopted or in etcd"
+    );
+    assert_eq!(
+        sum(Failed) + sum(Dropped),
+        sum(DeadLettered) + sum(Lost),
+        "failed + dropped = dead_lettered + lost"
+    );
+}
+
 #[test]
 fn a_delivery_is_handed_off_only_once_etcd_holds_it_and_else_counted() {
     use envoy_webhooks::testing::host::WebhookCounter;
@@ -1466,6 +1490,7 @@ fn a_delivery_is_handed_off_only_once_etcd_holds_it_and_else_counted() {
     assert_eq!(envoys[0].count(WebhookCounter::Dropped), 3);
     etcd.down = false;
     assert!(etcd.keys_under("/test/handoff/").is_empty());
+    assert_reconciled(&[&envoys[0]], 3, &etcd);
 }
 
 #[test]
@@ -1487,6 +1512,7 @@ fn deliveries_parked_since_the_last_write_are_written_at_stop_and_adopted() {
     assert_eq!(envoys[1].count(WebhookCounter::Adopted), 3);
     assert_eq!(envoys[1].answer_hooks("204"), 3);
     assert!(etcd.keys_under("/test/handoff/").is_empty());
+    assert_reconciled(&[&envoys[0], &envoys[1]], 3, &etcd);
 }
 
 #[test]
@@ -1520,6 +1546,7 @@ fn a_delivery_too_large_to_journal_is_dead_lettered_at_stop_not_handed_off() {
     envoy.run(&mut etcd, 200);
     assert_eq!(envoy.outcomes(), (1, 1, 0));
     assert_eq!(envoy.count(WebhookCounter::Dropped), 1);
+    assert_reconciled(&[&envoys[0]], 2, &etcd);
 }
 
 #[test]
@@ -1730,6 +1757,12 @@ fn adopt_after_a_lost_take(fault: impl Fn(&mut FakeEtcd)) -> (u64, usize, usize)
     }
     adopter.run(&mut etcd, 3_000);
     let delivered = adopter.answer_hooks("204");
+    adopter.run(&mut etcd, 1_000);
+    assert_eq!(
+        adopter.count(WebhookCounter::Adopted),
+        adopter.count(WebhookCounter::Delivered),
+        "adopted = delivered"
+    );
     (
         adopter.count(WebhookCounter::Adopted),
         delivered,
