@@ -241,9 +241,15 @@ impl Context for WebhooksRoot {
         if idle {
             self.release_held_limit(&worker);
         } else {
-            log::info!(
-                "envoy-webhooks: stopping: deliveries that waited for a retry are handed off to another Envoy once etcd holds them, the rest go to the dead-letter destination (reason shutdown); waiting for the calls in flight"
-            );
+            if self.sync.is_some() {
+                log::info!(
+                    "envoy-webhooks: stopping: deliveries that waited for a retry are handed off to another Envoy once etcd holds them, the rest go to the dead-letter destination (reason shutdown); waiting for the calls in flight"
+                );
+            } else {
+                log::info!(
+                    "envoy-webhooks: stopping: deliveries that waited for a retry went to the dead-letter destination (reason shutdown); waiting for the calls in flight"
+                );
+            }
         }
         self.stopping = !idle;
         idle
