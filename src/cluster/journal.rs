@@ -277,15 +277,7 @@ impl Journal {
         if self.gave_up || deletes.is_empty() {
             return self.revoke();
         }
-        let keys: Vec<Vec<u8>> = deletes
-            .iter()
-            .filter_map(|n| {
-                self.records
-                    .get(n)
-                    .and_then(Record::key)
-                    .map(<[u8]>::to_vec)
-            })
-            .collect();
+        let keys = self.keys_of(&deletes);
         self.writing = true;
         self.next_write_ms = now.saturating_add(self.interval_ms);
         Some(Request {
@@ -296,6 +288,19 @@ impl Journal {
                 deletes,
             },
         })
+    }
+
+    /// The keys of the records of `numbers` that etcd holds or may hold.
+    fn keys_of(&self, numbers: &[u64]) -> Vec<Vec<u8>> {
+        numbers
+            .iter()
+            .filter_map(|n| {
+                self.records
+                    .get(n)
+                    .and_then(Record::key)
+                    .map(<[u8]>::to_vec)
+            })
+            .collect()
     }
 
     /// Another configuration's journal takes over the engine's deliveries:
@@ -418,15 +423,7 @@ impl Journal {
         }
         let room = MAX_TXN_OPS.saturating_sub(put_records.len());
         let deletes: Vec<u64> = deletes.into_iter().take(room).collect();
-        let delete_keys: Vec<Vec<u8>> = deletes
-            .iter()
-            .filter_map(|n| {
-                self.records
-                    .get(n)
-                    .and_then(Record::key)
-                    .map(<[u8]>::to_vec)
-            })
-            .collect();
+        let delete_keys = self.keys_of(&deletes);
         if put_records.is_empty() && delete_keys.is_empty() {
             for n in &deletes {
                 self.records.remove(n);
