@@ -11,7 +11,8 @@
 Counters used (per webhook, ``wasmcustom.envoy_webhooks.webhook_id.<id>.<name>``, see
 docs/operations.md): ``matched``, ``adopted``, ``injected``, ``delivered``, ``failed``,
 ``dropped``, ``withheld``, ``handed_off``, ``paused``, ``lost``; summed over both Envoys,
-``matched + adopted + injected = delivered + failed + dropped + withheld + handed_off + paused``.
+``matched + adopted + injected = delivered + failed + dropped + withheld + handed_off + paused``
+(plus what still waits for a retry, where something does), checked in every test.
 """
 
 from __future__ import annotations
@@ -61,6 +62,28 @@ def stable_wasm(wasm, tmp_path):
 
 def counters(envoy) -> dict[str, int]:
     return {name: envoy.hook_stat(HOOK, name) for name in (*IN, *OUT, "lost", "dead_lettered")}
+
+
+def waiting(envoy) -> int:
+    """Deliveries waiting for a retry in ``envoy`` (``GET .../pending``)."""
+    r = envoy.webhooks_admin("GET", "/pending")
+    assert r.status == 200, r
+    return sum(w["pending"] for w in r.json()["webhooks"])
+
+
+def counters_add_up(envoys) -> tuple[bool, dict]:
+    """Summed over ``envoys``: matched + adopted + injected = delivered + failed + dropped +
+    withheld + handed_off + paused + what still waits for a retry."""
+    totals = {e.__class__.__name__ + str(i): counters(e) for i, e in enumerate(envoys)}
+    into = sum(c[k] for c in totals.values() for k in IN)
+    out = sum(c[k] for c in totals.values() for k in OUT)
+    still = sum(waiting(e) for e in envoys)
+    return into == out + still, {"in": into, "out": out, "waiting": still, **totals}
+
+
+def assert_reconciled(envoys) -> None:
+    wait_until(lambda: counters_add_up(envoys)[0], timeout=10,
+               message=lambda: f"counters reconciled: {counters_add_up(envoys)[1]}")
 
 
 def object_ids(requests) -> set[str]:
@@ -215,6 +238,7 @@ def test_a_full_etcd_does_not_let_the_lease_of_a_live_envoy_lapse(
     assert refused > 0, "etcd refused A's writes"
     assert not problems, f"seconds after etcd was full (lease TTL {LEASE_TTL_S} s): {problems}"
     assert len(etcd.get_prefix(PREFIX + "handoff/")) >= 3, "A's records are still in etcd"
+    assert_reconciled([a, b])
 
 
 # --------------------------------------------------------------------------- 3. partition
@@ -388,3 +412,4 @@ def test_an_enable_elsewhere_wins_over_failures_made_while_cut_off_from_etcd(
     assert not changed, f"after A was back: {changed[:3]}; etcd's record since the enable {since_enable()}"
     assert "FAILED" not in since_enable(), f"etcd's record since the enable: {since_enable()}"
     assert record(etcd)[0]["consecutive_failures"] == 0, record(etcd)
+    assert_reconciled([a, b])
