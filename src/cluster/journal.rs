@@ -246,10 +246,10 @@ impl Journal {
                     return Some(step);
                 }
             }
-            if self.live {
-                if let Some(write) = self.write(now, engine, puts, deletes) {
-                    return Some(write);
-                }
+            // Deletes need no lease: a delivery made must not be adopted
+            // again, even when this worker's lease lapsed.
+            if let Some(write) = self.write(now, engine, puts, deletes) {
+                return Some(write);
             }
         }
         // Nothing more will be written (all written, or etcd cannot be).

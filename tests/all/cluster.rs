@@ -329,6 +329,11 @@ impl FakeEtcd {
                 }
                 ok(answer)
             }
+            "/v3/lease/grant" if self.refuse_puts => EtcdAnswer {
+                // etcd 3.4 under NOSPACE refuses grants too.
+                status: Some(429),
+                body: br#"{"error":"etcdserver: mvcc: database space exceeded","message":"etcdserver: mvcc: database space exceeded","code":8}"#.to_vec(),
+            },
             "/v3/lease/grant" => {
                 self.next_lease += 1;
                 if !std::mem::take(&mut self.lapse_next_grant) {
@@ -1997,4 +2002,32 @@ fn a_new_configuration_with_another_cluster_state_moves_the_journal() {
     assert!(etcd.keys_under("/test/members/").is_empty());
     assert_eq!(etcd.keys_under("/other/handoff/").len(), 3);
     assert_eq!(etcd.keys_under("/other/owners/").len(), 1);
+}
+
+#[test]
+fn a_stop_deletes_the_records_of_deliveries_made_even_without_a_lease() {
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(1, &waiting_config());
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].leave_waiting(2);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2);
+    // The journal's lease lapses and etcd refuses new ones (NOSPACE): the
+    // worker is no longer live in etcd, its records look orphaned.
+    etcd.refuse_puts = true;
+    kill_owner_leases(&mut etcd);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert!(etcd.keys_under("/test/owners/").is_empty());
+    // Both deliveries are made, and the filter stops before the next write.
+    let envoy = &mut envoys[0];
+    envoy.host.now_ms += 60_000;
+    envoy.engine.tick(&mut envoy.host);
+    assert_eq!(envoy.answer_hooks("204"), 2);
+    envoy.stop(&mut etcd);
+    envoy.run(&mut etcd, 500);
+    assert!(envoy.sync.is_finished());
+    assert!(
+        etcd.keys_under("/test/handoff/").is_empty(),
+        "a record left would be adopted and the delivery made twice"
+    );
 }
