@@ -74,7 +74,7 @@ fn encode(bytes: &[u8]) -> String {
 }
 
 /// The first key after every key starting with `prefix` (etcd's `range_end`).
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < u8::MAX {
@@ -124,11 +124,6 @@ pub fn txn_read_keys_page(
     ]})
     .to_string()
     .into_bytes()
-}
-
-/// The first key after every key starting with `prefix` (etcd's `range_end`).
-pub fn after_prefix(prefix: &[u8]) -> Vec<u8> {
-    prefix_end(prefix)
 }
 
 /// Each of `keys` with its value, all read at one revision.

@@ -93,16 +93,14 @@ impl Membership {
         self.lease.filter(|_| self.registered)
     }
 
-    /// Carries on `old`'s entry (its lease, and calls in flight) for a new
-    /// configuration: written again if the webhooks it names changed.
-    pub fn inherit(&mut self, old: Membership) {
-        let same_listing = old.listing == self.listing;
-        self.lease = old.lease;
-        self.registered = old.registered && same_listing && old.key == self.key;
-        self.active = old.active;
-        self.busy = old.busy;
-        self.next_keepalive_ms = old.next_keepalive_ms;
-        self.retry_at_ms = old.retry_at_ms;
+    /// The webhooks of a new configuration: the entry is written again
+    /// (under the same lease) if the list changed.
+    pub fn relist(&mut self, definitions: &[WebhookDefinition]) {
+        let listing = listing(definitions);
+        if listing != self.listing {
+            self.listing = listing;
+            self.registered = false;
+        }
     }
 
     /// Whether this root context keeps the entry (it polls) or not.

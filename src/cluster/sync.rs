@@ -251,83 +251,48 @@ impl ClusterSync {
         vm_number: u64,
         owner: String,
     ) -> Option<ClusterSync> {
-        let next = ClusterSync::new(plugin, vm_number, owner);
         let Some(mut old) = previous else {
-            return next;
+            return ClusterSync::new(plugin, vm_number, owner);
         };
-        match next {
-            Some(mut next) if old.config() == next.config() => {
-                next.take_over(old);
-                Some(next)
-            }
+        if old.config() == plugin.config.cluster_state.as_ref() {
+            old.carry_on(plugin);
+            return Some(old);
+        }
+        old.retire();
+        match ClusterSync::new(plugin, vm_number, owner) {
             Some(mut next) => {
-                old.retire();
                 next.retiring = Some(Box::new(old));
                 Some(next)
             }
-            None => {
-                old.retire();
-                Some(old)
-            }
+            // No cluster_state any more: it retires in the new one's place.
+            None => Some(old),
         }
     }
 
-    fn take_over(&mut self, old: ClusterSync) {
-        let ClusterSync {
-            plugin: old_plugin,
-            token,
-            calls,
-            holder,
-            next_lease_ms,
-            state,
-            journal,
-            membership,
-            sweep,
-            owner,
-            writes,
-            sweep_revision,
-            journal_cursor,
-            clock,
-            unsure_takes,
-            unsure_writes,
-            retiring,
-            ..
-        } = old;
+    /// Goes on with `plugin`'s definitions: everything else (journal,
+    /// owner, leases, calls in flight) stays; writes in flight follow their
+    /// definition to its new index, those of a definition gone are dropped
+    /// (their answers ignored); the records are read again at once.
+    fn carry_on(&mut self, plugin: Rc<Plugin>) {
+        let old = std::mem::replace(&mut self.plugin, plugin);
         let definitions = self.plugin.definitions();
-        // Indexes of the old definitions in the new ones (same id and fingerprint).
+        // Same id and fingerprint: the same webhook, maybe at another index.
         let moved = |index: usize| {
-            let definition = old_plugin.definitions().get(index)?;
+            let definition = old.definitions().get(index)?;
             definitions
                 .iter()
                 .position(|d| d.id == definition.id && d.fingerprint == definition.fingerprint)
         };
-        for (token, mut call) in calls {
-            if let Pending::Write { index, .. } = &mut call.pending {
-                // A write for a definition that is gone: its answer is ignored.
-                let Some(now) = moved(*index) else { continue };
-                *index = now;
-            }
-            self.calls.insert(token, call);
-        }
-        self.unsure_writes = unsure_writes
+        self.calls.retain(|_, call| match &mut call.pending {
+            Pending::Write { index, .. } => moved(*index).map(|now| *index = now).is_some(),
+            _ => true,
+        });
+        self.unsure_writes = std::mem::take(&mut self.unsure_writes)
             .into_iter()
             .filter_map(|(index, write)| Some((moved(index)?, write)))
             .collect();
-        self.membership.inherit(membership);
-        self.token = token;
-        self.holder = holder;
-        self.next_lease_ms = next_lease_ms;
-        self.state = state;
-        self.journal = journal;
-        self.sweep = sweep;
-        self.owner = owner;
-        self.writes = writes;
-        self.sweep_revision = sweep_revision;
-        self.journal_cursor = journal_cursor;
-        self.clock = clock;
-        self.unsure_takes = unsure_takes;
-        self.retiring = retiring;
-        // The records are read again for the new definitions at once.
+        self.membership.relist(definitions);
+        self.known.clear();
         self.next_round_ms = 0;
     }
 
@@ -589,7 +554,7 @@ impl ClusterSync {
                 let mut records = handoff_prefix;
                 records.extend_from_slice(owner);
                 records.push(b'/');
-                etcd::after_prefix(&records)
+                etcd::prefix_end(&records)
             }
             _ => {
                 let mut next = last.key.clone();
@@ -767,15 +732,13 @@ impl ClusterSync {
                 };
                 match pending {
                     Pending::Journal(call) => {
-                        let _ = self
-                            .journal
-                            .finished_call(call, Err(refused), host.now_ms());
+                        let now = self.steady_ms(host);
+                        let _ = self.journal.finished_call(call, Err(refused), now);
                         self.count_error(host, &format!("journal: {why}"));
                     }
                     Pending::Member(call) => {
-                        let _ = self
-                            .membership
-                            .finished_call(call, Err(refused), host.now_ms());
+                        let now = self.steady_ms(host);
+                        let _ = self.membership.finished_call(call, Err(refused), now);
                         self.count_error(host, &format!("member entry: {why}"));
                     }
                     pending => self.failed(host, pending, &why),

@@ -850,6 +850,22 @@ impl Replica {
     }
 }
 
+/// `n` Envoys, and `waiting` deliveries of Envoy 0 that wait for a retry,
+/// journaled in etcd.
+fn journaled(n: usize, waiting: usize) -> (FakeEtcd, Vec<Replica>) {
+    let mut etcd = FakeEtcd::default();
+    let mut envoys = replicas(n, &waiting_config());
+    run_all(&mut envoys, &mut etcd, 1_000);
+    envoys[0].leave_waiting(waiting);
+    run_all(&mut envoys, &mut etcd, 2_000);
+    assert_eq!(
+        etcd.keys_under("/test/handoff/").len(),
+        waiting,
+        "journaled"
+    );
+    (etcd, envoys)
+}
+
 #[test]
 fn deliveries_waiting_in_an_envoy_that_dies_are_made_by_another() {
     use envoy_webhooks::testing::host::WebhookCounter;
@@ -1594,12 +1610,7 @@ fn a_batch_of_large_records_stays_under_etcds_request_limit() {
 #[test]
 fn refused_journal_writes_never_starve_the_lease_keepalives() {
     use envoy_webhooks::testing::host::WebhookCounter;
-    let mut etcd = FakeEtcd::default();
-    let mut envoys = replicas(2, &waiting_config());
-    run_all(&mut envoys, &mut etcd, 1_000);
-    envoys[0].leave_waiting(2);
-    run_all(&mut envoys, &mut etcd, 2_000);
-    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2);
+    let (mut etcd, mut envoys) = journaled(2, 2);
     // etcd's space quota is exceeded: every put is refused, and more
     // deliveries keep waiting, so the journal keeps trying to write.
     etcd.refuse_puts = true;
@@ -1662,12 +1673,7 @@ fn a_lease_that_lapses_before_its_first_use_is_granted_anew() {
 
 #[test]
 fn a_record_whose_write_answer_was_lost_is_deleted_with_its_delivery() {
-    let mut etcd = FakeEtcd::default();
-    let mut envoys = replicas(1, &waiting_config());
-    run_all(&mut envoys, &mut etcd, 1_000);
-    envoys[0].leave_waiting(1);
-    run_all(&mut envoys, &mut etcd, 2_000);
-    assert_eq!(etcd.keys_under("/test/handoff/").len(), 1);
+    let (mut etcd, mut envoys) = journaled(1, 1);
     // The next write applies, but neither its answer nor its retry's comes back.
     etcd.lose_write_answers = 2;
     let envoy = &mut envoys[0];
@@ -1745,12 +1751,7 @@ fn an_enable_is_not_undone_by_failures_an_envoy_cut_off_from_etcd_made_before_it
 /// while `fault` is done to etcd just before its takes.
 fn adopt_after_a_lost_take(fault: impl Fn(&mut FakeEtcd)) -> (u64, usize, usize) {
     use envoy_webhooks::testing::host::WebhookCounter;
-    let mut etcd = FakeEtcd::default();
-    let mut envoys = replicas(2, &waiting_config());
-    run_all(&mut envoys, &mut etcd, 1_000);
-    envoys[0].leave_waiting(3);
-    run_all(&mut envoys, &mut etcd, 2_000);
-    assert_eq!(etcd.keys_under("/test/handoff/").len(), 3);
+    let (mut etcd, mut envoys) = journaled(2, 3);
     envoys.remove(0);
     kill_owner_leases(&mut etcd);
     // Envoy 1's member entry is in place (its receipts go under its lease).
@@ -1871,12 +1872,7 @@ fn a_write_resent_after_another_envoy_wrote_is_recognised_as_applied() {
 
 #[test]
 fn a_clock_set_back_never_stops_the_keepalives_nor_the_rounds() {
-    let mut etcd = FakeEtcd::default();
-    let mut envoys = replicas(1, &waiting_config());
-    run_all(&mut envoys, &mut etcd, 1_000);
-    envoys[0].leave_waiting(2);
-    run_all(&mut envoys, &mut etcd, 2_000);
-    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2);
+    let (mut etcd, mut envoys) = journaled(1, 2);
     // The wall clock is set back 30 s (the lease's TTL is 5 s).
     envoys[0].host.now_ms -= 30_000;
     let count = |etcd: &FakeEtcd, path: &str| etcd.paths.iter().filter(|p| *p == path).count();
@@ -2006,12 +2002,7 @@ fn a_new_configuration_with_another_cluster_state_moves_the_journal() {
 
 #[test]
 fn a_stop_deletes_the_records_of_deliveries_made_even_without_a_lease() {
-    let mut etcd = FakeEtcd::default();
-    let mut envoys = replicas(1, &waiting_config());
-    run_all(&mut envoys, &mut etcd, 1_000);
-    envoys[0].leave_waiting(2);
-    run_all(&mut envoys, &mut etcd, 2_000);
-    assert_eq!(etcd.keys_under("/test/handoff/").len(), 2);
+    let (mut etcd, mut envoys) = journaled(1, 2);
     // The journal's lease lapses and etcd refuses new ones (NOSPACE): the
     // worker is no longer live in etcd, its records look orphaned.
     etcd.refuse_puts = true;
