@@ -5,13 +5,13 @@ use serde_json::{json, Value};
 
 use crate::config::{header_value_refusal, EtcdConfig, WebhookDefinition};
 use crate::delivery::attempts;
-use crate::delivery::host::SharedData;
 use crate::delivery::message::{QueuedEvent, QueuedTarget};
 use crate::delivery::signature;
+use crate::host::SharedData;
 use crate::plugin::Plugin;
+use crate::status::Status;
 use crate::webhook::delta::Outcome;
 use crate::webhook::health::{Transition, WebhookHealth};
-use crate::webhook::status::Status;
 use crate::webhook::store::{self as webhook_store, SyncState};
 
 /// What an admin request asks for.

@@ -5,7 +5,7 @@
 //! (`config`, `query`) they match, `delivery` makes and retries the calls,
 //! and each `webhook`'s status follows the outcomes. `admin` answers the admin
 //! API. All of it is plain Rust, tested natively; only `wasm_host` talks to
-//! the proxy-wasm host (Envoy), through the traits in `delivery::host`.
+//! the proxy-wasm host (Envoy), through the traits in `host`.
 //!
 //! # Public surface
 //!
@@ -26,15 +26,16 @@ pub mod config;
 pub mod event;
 pub mod matcher;
 pub mod query;
+pub mod status;
 #[doc(hidden)]
 pub mod testing;
 
 pub use delivery::signature;
-pub use webhook::status;
 
 mod admin;
 mod cluster;
 mod delivery;
+mod host;
 mod intake;
 mod logging;
 mod plugin;

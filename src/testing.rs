@@ -43,7 +43,7 @@ pub mod attempts {
 }
 
 pub mod host {
-    pub use crate::delivery::host::{
+    pub use crate::host::{
         Call, Counter, DispatchError, Host, SharedData, StoreError, WebhookCounter,
     };
 }
@@ -53,7 +53,8 @@ pub mod message {
 }
 
 pub mod queue {
-    pub use crate::delivery::queue::{Delivery, PendingSummary, RetryQueue, Target, WebhookRef};
+    pub use crate::delivery::queue::{Delivery, RetryQueue, Target, WebhookRef};
+    pub use crate::webhook::store::PendingSummary;
 }
 
 pub mod retry {
@@ -85,10 +86,8 @@ pub mod store {
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use crate::delivery::host::{
-    Call, Counter, DispatchError, Host, SharedData, StoreError, WebhookCounter,
-};
-use crate::webhook::status::Status;
+use crate::host::{Call, Counter, DispatchError, Host, SharedData, StoreError, WebhookCounter};
+use crate::status::Status;
 
 /// A call the fake host was asked to make.
 #[derive(Debug, Clone)]

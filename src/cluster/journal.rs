@@ -23,8 +23,8 @@ use super::etcd::{self, EtcdError};
 use super::handoff;
 use crate::config::EtcdConfig;
 use crate::delivery::engine::Engine;
-use crate::delivery::host::Host;
 use crate::delivery::queue::Delivery;
+use crate::host::Host;
 
 /// Operations and bytes of one transaction: etcd's defaults are 128 ops and
 /// a 1.5 MiB request; the bytes are counted as sent (base64, JSON).

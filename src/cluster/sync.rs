@@ -19,7 +19,7 @@ use super::members::{MemberCall, Membership};
 use super::sweep::{Candidate, Sweep};
 use crate::config::{EtcdConfig, WebhookDefinition};
 use crate::delivery::engine::Engine;
-use crate::delivery::host::{Call, Counter, Host, WebhookCounter};
+use crate::host::{Call, Counter, Host, WebhookCounter};
 use crate::logging::Printable;
 use crate::plugin::Plugin;
 use crate::webhook::delta::Delta;

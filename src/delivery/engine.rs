@@ -25,7 +25,7 @@ use super::attempts::{self, Attempt, AttemptLog};
 use super::budget::{self, HeldBytes};
 use super::call::{self, Answer, CallOutcome};
 use super::dead_letter::{self, FailedDelivery, Reason};
-use super::host::{Call, Counter, DispatchError, Host, WebhookCounter};
+use crate::host::{Call, Counter, DispatchError, Host, WebhookCounter};
 use super::message::QueuedEvent;
 use super::queue::{Delivery, RetryQueue, Target, WebhookRef};
 use super::rate_limit;
@@ -34,9 +34,9 @@ use super::signature;
 use crate::config::{WebhookDefinition, WebhookUrl};
 use crate::logging::Printable;
 use crate::plugin::Plugin;
+use crate::status::Status;
 use crate::webhook::delta::Outcome;
 use crate::webhook::health::{Transition, WebhookHealth};
-use crate::webhook::status::Status;
 use crate::webhook::store;
 
 /// While deliveries wait, the tick comes at least this often (to publish the

@@ -1,7 +1,7 @@
 //! From a matched event to a delivered, dead-lettered or lost delivery.
 //!
 //! - `message`: the event and its matches, handed from a request to the root.
-//! - `engine`: every decision after that, over a small `host::Host`.
+//! - `engine`: every decision after that, over a small `crate::host::Host`.
 //! - `call`: what a delivery call sends, and how its outcome is judged.
 //! - `retry`: the retry schedule, jitter and `Retry-After`.
 //! - `queue`: the one `Delivery` type and the bounded retry queue.
@@ -16,7 +16,6 @@ pub mod budget;
 pub mod call;
 pub mod dead_letter;
 pub mod engine;
-pub mod host;
 pub mod message;
 pub mod queue;
 pub mod rate_limit;

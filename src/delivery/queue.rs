@@ -5,6 +5,8 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::rc::Rc;
 
+use crate::webhook::store::PendingSummary;
+
 /// A webhook as a delivery knows it: by its id and the fingerprint of its
 /// definition, never by its position in the configuration (a reload may
 /// insert, remove or reorder definitions). The engine resolves it through a
@@ -95,14 +97,6 @@ pub struct RetryQueue {
     bytes: usize,
     max_count: usize,
     max_bytes: usize,
-}
-
-/// Per-webhook view of a queue, for the admin API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PendingSummary {
-    pub deliveries: usize,
-    pub dead_letters: usize,
-    pub next_due_ms: Option<u64>,
 }
 
 impl RetryQueue {

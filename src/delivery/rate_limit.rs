@@ -5,7 +5,7 @@
 //! second refills exactly `r` thousandths a millisecond: no fractions.
 
 use crate::config::RateLimit;
-use crate::delivery::host::{SharedData, StoreError};
+use crate::host::{SharedData, StoreError};
 use crate::webhook::store;
 
 /// Thousandths of a call in one call.

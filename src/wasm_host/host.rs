@@ -13,10 +13,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, Status as HostStatus};
 
-use crate::delivery::host::{
-    Call, Counter, DispatchError, Host, SharedData, StoreError, WebhookCounter,
-};
-use crate::webhook::status::Status;
+use crate::host::{Call, Counter, DispatchError, Host, SharedData, StoreError, WebhookCounter};
+use crate::status::Status;
 
 use super::worker::Worker;
 

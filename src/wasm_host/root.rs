@@ -13,7 +13,7 @@ use proxy_wasm::types::{BufferType, ContextType};
 use crate::cluster::{ClusterSync, EtcdAnswer, CHECK_INTERVAL_MS};
 use crate::delivery::call::{needs_body, Answer, ANSWER_BODY_BYTES};
 use crate::delivery::engine::Engine;
-use crate::delivery::host::Host;
+use crate::host::Host;
 use crate::plugin::Plugin;
 use crate::webhook::store;
 

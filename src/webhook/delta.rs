@@ -18,8 +18,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::health::{Transition, WebhookHealth};
-use super::status::Status;
 use crate::config::DeliveryPolicy;
+use crate::status::Status;
 
 /// Consecutive failed deliveries (unix seconds), with no success among them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

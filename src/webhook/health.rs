@@ -8,9 +8,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::status::Status;
 use crate::config::{DeliveryPolicy, WebhookDefinition};
 use crate::logging::Printable;
+use crate::status::Status;
 
 /// What all workers know about one webhook: the record kept in shared data
 /// (see `webhook::store`), as JSON.

@@ -3,5 +3,4 @@
 
 pub mod delta;
 pub mod health;
-pub mod status;
 pub mod store;

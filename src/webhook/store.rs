@@ -20,8 +20,7 @@
 use serde_json::{json, Value};
 
 use crate::config::WebhookDefinition;
-use crate::delivery::host::{SharedData, StoreError};
-use crate::delivery::queue::PendingSummary;
+use crate::host::{SharedData, StoreError};
 
 use super::delta::{Delta, Outcome};
 use super::health::{Transition, WebhookHealth};
@@ -159,6 +158,14 @@ pub fn unique_vm_number<S: SharedData + ?Sized>(store: &mut S) -> Option<u64> {
         }
     }
     None
+}
+
+/// Per-webhook view of a queue, published for the admin API (`pending`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PendingSummary {
+    pub deliveries: usize,
+    pub dead_letters: usize,
+    pub next_due_ms: Option<u64>,
 }
 
 /// One VM's retry-queue summary at `now_ms` (per webhook id), as stored:

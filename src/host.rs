@@ -1,10 +1,11 @@
-//! What the delivery engine needs of its host (Envoy, or a fake in tests):
-//! a clock, randomness, calls, a tick, shared data and counters. The
-//! proxy-wasm adapter implements it; the engine knows nothing of proxy-wasm.
+//! What the core needs of its host (Envoy, or a fake in tests): a clock,
+//! randomness, calls, a tick, shared data and counters. The proxy-wasm
+//! adapter implements it; nothing else knows of proxy-wasm. Below every
+//! stage, so that `webhook`, `delivery` and `cluster` all import it downwards.
 
 use std::rc::Rc;
 
-use crate::webhook::status::Status;
+use crate::status::Status;
 
 /// Proxy-wasm shared data: one store per VM id, shared by every worker, with
 /// compare-and-swap on a per-key version.
