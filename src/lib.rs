@@ -33,6 +33,7 @@ pub mod testing;
 pub use delivery::signature;
 
 mod admin;
+mod api;
 mod cluster;
 mod delivery;
 mod host;

@@ -13,6 +13,13 @@ pub mod admin {
     };
 }
 
+pub mod resource {
+    pub use crate::api::resource::{
+        apply, definition_of, render, rfc3339_ms, FieldErrors, Fresh, Requested, StoredSecret,
+        StoredWebhook, Target,
+    };
+}
+
 pub mod cluster {
     pub use crate::cluster::{ClusterSync, EtcdAnswer};
 }

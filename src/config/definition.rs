@@ -99,6 +99,9 @@ pub struct WebhookDefinition {
     pub rate_limit: Option<RateLimit>,
     /// Identifies this exact definition: when it changes, its status starts afresh.
     pub fingerprint: u64,
+    /// A tenant's webhook (made through the API) sees only the events of its
+    /// `system_domain_id`; `None` (the configuration's): every domain's.
+    pub system_domain_id: Option<String>,
 }
 
 /// A token bucket: `per_s` tokens a second, holding at most `burst`; each
@@ -293,7 +296,24 @@ pub(crate) fn parse_definition(
         signing,
         rate_limit,
         fingerprint,
+        system_domain_id: None,
     })
+}
+
+/// Reads a tenant's webhook, given in the configuration's format, for
+/// `system_domain_id`; the cluster is resolved later, as for the configuration.
+pub(crate) fn parse_tenant_definition(
+    value: &Value,
+    system_domain_id: &str,
+) -> Result<WebhookDefinition, Vec<Problem>> {
+    let mut problems = Vec::new();
+    match parse_definition(value, 0, &mut problems) {
+        Some(mut definition) if problems.is_empty() => {
+            definition.system_domain_id = Some(system_domain_id.to_string());
+            Ok(definition)
+        }
+        _ => Err(problems),
+    }
 }
 
 /// `rate_limit_per_s` and `rate_limit_burst` (default: the rate).

@@ -20,8 +20,9 @@ pub use definition::{
 };
 pub use problems::{ConfigError, Problem};
 
-pub(crate) use definition::header_value_refusal;
-use problems::{kind_of, Fields};
+pub(crate) use definition::{header_value_refusal, parse_tenant_definition};
+pub(crate) use problems::kind_of;
+use problems::Fields;
 
 /// Which requests carry events, and how to read them.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,4 @@
+//! iconik's webhook API, per tenant: who calls, what a request may say, and
+//! where the webhooks are kept.
+
+pub mod resource;
