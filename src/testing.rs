@@ -13,6 +13,10 @@ pub mod admin {
     };
 }
 
+pub mod caller {
+    pub use crate::api::caller::{identify, Caller, IdentityHeaders, Refusal, Role, Tokens};
+}
+
 pub mod resource {
     pub use crate::api::resource::{
         apply, definition_of, render, rfc3339_ms, FieldErrors, Fresh, Requested, StoredSecret,

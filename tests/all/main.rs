@@ -13,6 +13,7 @@
 
 mod admin_delivery;
 mod allocations;
+mod api_caller;
 mod api_resource;
 mod cli;
 mod cluster;
