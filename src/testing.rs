@@ -14,7 +14,16 @@ pub mod admin {
 }
 
 pub mod caller {
-    pub use crate::api::caller::{identify, Caller, IdentityHeaders, Refusal, Role, Tokens};
+    pub use crate::api::caller::{identify, Refusal};
+    pub use crate::config::{Caller, IdentityHeaders, Role, Tokens};
+}
+
+pub mod url_policy {
+    pub use crate::config::{AllowEntry, UrlPolicy};
+}
+
+pub mod exchange {
+    pub use crate::api::exchange::{Answer, Context, Exchange, Keys, Operation, Step};
 }
 
 pub mod resource {
@@ -30,10 +39,10 @@ pub mod cluster {
 
 pub mod etcd {
     pub use crate::cluster::etcd::{
-        authenticate_request, parse_authenticate, parse_error, parse_range, parse_take, parse_txn,
-        parse_txn_ranges, range_prefix_request, txn_put_if_revision, txn_read_keys_page,
-        txn_read_values, txn_remove_if_unchanged, txn_take_if_revision, EtcdError, Receipt, Taken,
-        TxnOutcome,
+        answer_body, authenticate_request, parse_authenticate, parse_error, parse_range,
+        parse_take, parse_txn, parse_txn_ranges, range_prefix_request, txn_put_if_revision,
+        txn_read_keys_page, txn_read_values, txn_remove_if_unchanged, txn_take_if_revision,
+        EtcdError, Receipt, Taken, TxnOutcome,
     };
 }
 

@@ -2,4 +2,5 @@
 //! where the webhooks are kept.
 
 pub mod caller;
+pub mod exchange;
 pub mod resource;

@@ -161,6 +161,141 @@ pub fn parse_txn_ranges(body: &[u8], expected: usize) -> Result<Vec<Vec<KeyValue
         .collect()
 }
 
+/// One read of a read-only transaction.
+#[derive(Debug, Clone, Copy)]
+pub enum Read<'a> {
+    /// One key, with its value.
+    Key(&'a [u8]),
+    /// The keys under a prefix with their values, at most `limit` (0: all),
+    /// written after revision `since` (0: all; etcd's `min_mod_revision`).
+    Prefix {
+        prefix: &'a [u8],
+        limit: usize,
+        since: i64,
+    },
+    /// How many keys are under a prefix (none sent).
+    Count(&'a [u8]),
+}
+
+/// `reads`, all at one revision (a transaction is one consistent view).
+pub fn txn_reads(reads: &[Read<'_>]) -> Vec<u8> {
+    let ranges: Vec<Value> = reads
+        .iter()
+        .map(|read| match *read {
+            Read::Key(key) => json!({"request_range": {"key": encode(key)}}),
+            Read::Prefix {
+                prefix,
+                limit,
+                since,
+            } => {
+                let mut range = json!({"key": encode(prefix), "range_end": encode(&prefix_end(prefix))});
+                if limit > 0 {
+                    range["limit"] = json!(limit.to_string());
+                }
+                if since > 0 {
+                    range["min_mod_revision"] = json!(since.saturating_add(1).to_string());
+                }
+                json!({"request_range": range})
+            }
+            Read::Count(prefix) => json!({"request_range": {
+                "key": encode(prefix), "range_end": encode(&prefix_end(prefix)), "count_only": true}}),
+        })
+        .collect();
+    json!({"success": ranges}).to_string().into_bytes()
+}
+
+/// The answer to one `Read`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RangeRead {
+    pub kvs: Vec<KeyValue>,
+    /// Every key the range holds, also those over its limit.
+    pub count: u64,
+    /// Keys were left out (the limit).
+    pub more: bool,
+}
+
+/// The store's revision and the answer to each read of `txn_reads`, in order.
+pub fn parse_reads(body: &[u8], expected: usize) -> Result<(i64, Vec<RangeRead>), EtcdError> {
+    let answer = parse_json(body)?;
+    let revision = header_revision(&answer)?;
+    let responses: &[Value] = match answer.get("responses") {
+        None | Some(Value::Null) => &[],
+        Some(Value::Array(items)) => items,
+        Some(_) => return Err(EtcdError::Malformed("responses is not a list".to_string())),
+    };
+    if responses.len() != expected {
+        return Err(EtcdError::Malformed(format!(
+            "{} ranges in the answer to a transaction of {expected}",
+            responses.len()
+        )));
+    }
+    let reads = responses
+        .iter()
+        .map(|response| {
+            let range = response.get("response_range").ok_or_else(|| {
+                EtcdError::Malformed("a read transaction answered without a range".to_string())
+            })?;
+            let count = u64::try_from(int(range, "count")?)
+                .map_err(|_| EtcdError::Malformed("a negative count".to_string()))?;
+            Ok(RangeRead {
+                kvs: key_values(range)?,
+                count,
+                more: range.get("more") == Some(&Value::Bool(true)),
+            })
+        })
+        .collect::<Result<Vec<_>, EtcdError>>()?;
+    Ok((revision, reads))
+}
+
+/// What must still hold for a conditional write to apply.
+#[derive(Debug, Clone, Copy)]
+pub enum Condition<'a> {
+    /// The key is as read: its `mod_revision` is still this.
+    Unchanged(&'a [u8], i64),
+    /// The key does not exist (etcd compares a missing key's `mod_revision` as 0).
+    Absent(&'a [u8]),
+    /// No key under the prefix was written after `revision` (etcd compares
+    /// every key of a range, and an empty range as a missing key). Deleted
+    /// keys leave no trace here: pair it with what a delete writes.
+    PrefixUnchangedSince(&'a [u8], i64),
+}
+
+/// One write of a conditional transaction.
+#[derive(Debug, Clone, Copy)]
+pub enum Write<'a> {
+    Put(&'a [u8], &'a [u8]),
+    Delete(&'a [u8]),
+}
+
+/// `writes`, applied together only if every condition holds; the answer
+/// says which (`parse_txn_applied`).
+pub fn txn_if(conditions: &[Condition<'_>], writes: &[Write<'_>]) -> Vec<u8> {
+    let compare: Vec<Value> = conditions
+        .iter()
+        .map(|condition| match *condition {
+            Condition::Unchanged(key, revision) => json!({"key": encode(key), "target": "MOD",
+                "result": "EQUAL", "mod_revision": revision.to_string()}),
+            Condition::Absent(key) => json!({"key": encode(key), "target": "MOD",
+                "result": "EQUAL", "mod_revision": "0"}),
+            Condition::PrefixUnchangedSince(prefix, revision) => json!({"key": encode(prefix),
+                "range_end": encode(&prefix_end(prefix)), "target": "MOD", "result": "LESS",
+                "mod_revision": revision.saturating_add(1).to_string()}),
+        })
+        .collect();
+    let success: Vec<Value> = writes
+        .iter()
+        .map(|write| match *write {
+            Write::Put(key, value) => {
+                json!({"request_put": {"key": encode(key), "value": encode(value)}})
+            }
+            Write::Delete(key) => json!({"request_delete_range": {"key": encode(key)}}),
+        })
+        .collect();
+    json!({"compare": compare, "success": success})
+        .to_string()
+        .into_bytes()
+}
+
 /// Puts and deletes in one transaction (no compare: it always applies).
 pub fn txn_write(puts: &[(Vec<u8>, Vec<u8>)], deletes: &[Vec<u8>], lease: Option<i64>) -> Vec<u8> {
     let mut ops: Vec<Value> = puts

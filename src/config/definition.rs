@@ -573,7 +573,7 @@ pub fn parse_url(text: &str) -> Result<WebhookUrl, String> {
 }
 
 /// `text` with the user-info part of its authority (`user:password@`) replaced by `***@`.
-fn without_credentials(text: &str) -> String {
+pub(crate) fn without_credentials(text: &str) -> String {
     let start = text.find("://").map_or(0, |i| i + 3);
     let end = text[start..]
         .find(['/', '?', '#'])

@@ -7,18 +7,22 @@
 // size (8 GiB became 0) is how limits stop limiting. Convert with `try_from`.
 #![deny(clippy::as_conversions, clippy::cast_possible_truncation)]
 
+mod api;
 mod cluster_state;
 mod definition;
 mod problems;
+mod url_policy;
 
 use serde_json::Value;
 
+pub use api::{ApiConfig, Caller, IdentityHeaders, Role, TokenSource, Tokens};
 pub use cluster_state::EtcdConfig;
 pub use definition::{
     fingerprint_of, parse_url, Operation, RateLimit, SecretSource, WebhookDefinition, WebhookUrl,
     DELIVERY_MARKER, MAX_CLUSTER_LEN, MAX_ID_LEN,
 };
 pub use problems::{ConfigError, Problem};
+pub use url_policy::{AllowEntry, UrlPolicy};
 
 pub(crate) use definition::{header_value_refusal, parse_tenant_definition};
 pub(crate) use problems::kind_of;
