@@ -1,6 +1,10 @@
 //! A loaded plugin configuration: the definitions, their matcher, and what
-//! was read from the VM's environment (admin token, signing secrets), shared
-//! by a worker's root context and its request contexts.
+//! was read from the VM's environment (admin token, API tokens, signing
+//! secrets), shared by a worker's root context and its request contexts.
+//!
+//! The definitions are the configuration's, then the tenants' (made through
+//! the API, kept in etcd): one value, swapped whole when the tenants' change
+//! (`with_tenants`), which the matcher, the engine and the metrics all read.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -8,7 +12,8 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 
 use crate::config::{
-    validate_admin_token, AdminToken, PluginConfig, SecretSource, WebhookDefinition,
+    default_cluster, validate_admin_token, AdminToken, PluginConfig, SecretSource, TokenSource,
+    Tokens, WebhookDefinition,
 };
 use crate::delivery::budget::HeldBytes;
 use crate::delivery::queue::WebhookRef;
@@ -18,7 +23,8 @@ use crate::logging::{suppressed_note, WarningLimiter, WARNING_INTERVAL_MS};
 use crate::matcher::Matcher;
 
 pub struct Plugin {
-    pub config: PluginConfig,
+    /// Shared by the plugins of one configuration (tenant changes keep it).
+    pub config: Rc<PluginConfig>,
     pub matcher: Matcher,
     /// Reads events in one pass, without parsing them; what it is unsure of
     /// is parsed fully (the oracle it is tested against).
@@ -27,6 +33,14 @@ pub struct Plugin {
     pub admin_token: Option<String>,
     /// etcd's user name and password, read from the VM's environment.
     pub cluster_credentials: Option<(String, String)>,
+    /// The API's tokens, from the configuration or the VM's environment.
+    pub api_tokens: Option<Rc<Tokens>>,
+    /// How many of the definitions are the configuration's (they come first).
+    configured: usize,
+    /// Tenants' definitions by id: a delivery follows its tenant webhook
+    /// through changes of URL, headers and secret (the configuration's are
+    /// found by fingerprint: a changed one is another webhook).
+    tenant_by_id: HashMap<Rc<str>, usize>,
     /// Each webhook's signing secrets (empty: unsigned), in configuration order.
     secrets: Vec<Vec<SigningSecret>>,
     /// Each webhook's reference, in configuration order.
@@ -34,7 +48,7 @@ pub struct Plugin {
     /// Definitions by fingerprint: how deliveries find their webhook.
     by_fingerprint: HashMap<u64, usize>,
     /// The worker's budget for held event bodies (`delivery.max_held_bytes`).
-    pub held: HeldBytes,
+    pub held: Rc<HeldBytes>,
     /// Repeated warnings get one line per interval.
     warnings: RefCell<WarningLimiter>,
 }
@@ -102,6 +116,35 @@ impl Plugin {
                 }
             },
         };
+        let api_tokens = match config.api.as_ref().and_then(|api| api.tokens.as_ref()) {
+            None => None,
+            Some(TokenSource::Tokens(tokens)) => Some(Rc::new(tokens.clone())),
+            Some(TokenSource::Env(name)) => {
+                let parsed = env(name)
+                    .ok_or_else(|| vec![not_set(name)])
+                    .and_then(|text| {
+                        serde_json::from_str(&text).map_err(|e| {
+                            vec![format!("environment variable {name} is not JSON: {e}")]
+                        })
+                    })
+                    .and_then(|value| {
+                        Tokens::parse(&value).map_err(|list| {
+                            list.into_iter()
+                                .map(|p| format!("environment variable {name}: {p}"))
+                                .collect()
+                        })
+                    });
+                match parsed {
+                    Ok(tokens) => Some(Rc::new(tokens)),
+                    Err(list) => {
+                        for problem in list {
+                            problems.push(format!("api: field 'tokens_env': {problem}"));
+                        }
+                        None
+                    }
+                }
+            }
+        };
         let mut secrets = Vec::with_capacity(config.webhooks.len());
         for definition in &config.webhooks {
             let list = match &definition.signing {
@@ -124,33 +167,110 @@ impl Plugin {
         if !problems.is_empty() {
             return Err(problems);
         }
-        let refs: Vec<WebhookRef> = config
-            .webhooks
+        let definitions = config.webhooks.clone();
+        let held = Rc::new(HeldBytes::new(config.delivery.max_held_bytes));
+        Ok(Plugin::assemble(
+            Rc::new(config),
+            definitions,
+            secrets,
+            held,
+            admin_token,
+            cluster_credentials,
+            api_tokens,
+        ))
+    }
+
+    /// The plugin over `definitions` (the configuration's first).
+    fn assemble(
+        config: Rc<PluginConfig>,
+        definitions: Vec<WebhookDefinition>,
+        secrets: Vec<Vec<SigningSecret>>,
+        held: Rc<HeldBytes>,
+        admin_token: Option<String>,
+        cluster_credentials: Option<(String, String)>,
+        api_tokens: Option<Rc<Tokens>>,
+    ) -> Plugin {
+        let configured = config.webhooks.len();
+        let refs: Vec<WebhookRef> = definitions
             .iter()
             .map(|d| WebhookRef {
                 id: Rc::from(d.id.as_str()),
                 fingerprint: d.fingerprint,
             })
             .collect();
-        let by_fingerprint = config
-            .webhooks
+        let by_fingerprint = definitions
             .iter()
             .enumerate()
             .map(|(index, d)| (d.fingerprint, index))
             .collect();
-        let matcher = Matcher::new(config.webhooks.clone());
-        Ok(Plugin {
+        let tenant_by_id = refs
+            .iter()
+            .enumerate()
+            .skip(configured)
+            .map(|(index, r)| (r.id.clone(), index))
+            .collect();
+        let matcher = Matcher::new(definitions);
+        Plugin {
             scanner: Rc::new(EventScanner::new(matcher.paths().clone())),
             matcher,
-            held: HeldBytes::new(config.delivery.max_held_bytes),
+            held,
             config,
             admin_token,
             cluster_credentials,
+            api_tokens,
+            configured,
+            tenant_by_id,
             secrets,
             refs,
             by_fingerprint,
             warnings: RefCell::default(),
-        })
+        }
+    }
+
+    /// This plugin with `tenants` as the tenants' definitions (replacing any
+    /// it had); each calls the cluster `delivery.clusters` names for its
+    /// URL's scheme. Those that cannot be called so are left out, logged.
+    pub fn with_tenants(&self, tenants: Vec<WebhookDefinition>) -> Plugin {
+        let configured = self.configured;
+        let mut definitions: Vec<WebhookDefinition> = self
+            .definitions()
+            .iter()
+            .take(configured)
+            .cloned()
+            .collect();
+        let mut secrets: Vec<Vec<SigningSecret>> =
+            self.secrets.iter().take(configured).cloned().collect();
+        for mut tenant in tenants {
+            match default_cluster(&tenant.url, self.config.delivery.clusters.as_ref()) {
+                Ok(cluster) => tenant.cluster = cluster,
+                Err((_, why)) => {
+                    log::warn!(
+                        "envoy-webhooks: tenant webhook {} left out: {why}",
+                        tenant.id
+                    );
+                    continue;
+                }
+            }
+            secrets.push(match &tenant.signing {
+                Some(SecretSource::Secrets(list)) => list.clone(),
+                _ => Vec::new(),
+            });
+            definitions.push(tenant);
+        }
+        Plugin::assemble(
+            self.config.clone(),
+            definitions,
+            secrets,
+            self.held.clone(),
+            self.admin_token.clone(),
+            self.cluster_credentials.clone(),
+            self.api_tokens.clone(),
+        )
+    }
+
+    /// Whether the definition at `index` is a tenant's (made through the API).
+    pub fn is_tenants(&self, index: usize) -> bool {
+        index >= self.configured
     }
 
     pub fn definitions(&self) -> &[WebhookDefinition] {
@@ -168,9 +288,12 @@ impl Plugin {
         Some((index, self.definitions().get(index)?))
     }
 
-    /// The webhook `webhook` refers to, if the configuration still has it
-    /// unchanged.
+    /// The webhook `webhook` refers to: the configuration's if it still has
+    /// it unchanged, a tenant's if it still exists (as it is now).
     pub fn resolve(&self, webhook: &WebhookRef) -> Option<(usize, &WebhookDefinition)> {
+        if let Some(&index) = self.tenant_by_id.get(&webhook.id) {
+            return Some((index, self.definitions().get(index)?));
+        }
         self.resolve_fingerprint(webhook.fingerprint)
             .filter(|(_, d)| *d.id == *webhook.id)
     }

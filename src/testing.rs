@@ -22,6 +22,11 @@ pub mod url_policy {
     pub use crate::config::{AllowEntry, UrlPolicy};
 }
 
+pub mod api {
+    pub use crate::api::tenants::{Outcome, Tenants, TOMBSTONE_RETENTION_MS};
+    pub use crate::api::{route, ApiRoute};
+}
+
 pub mod exchange {
     pub use crate::api::exchange::{Answer, Context, Exchange, Keys, Operation, Step};
 }

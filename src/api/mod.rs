@@ -1,6 +1,73 @@
-//! iconik's webhook API, per tenant: who calls, what a request may say, and
-//! where the webhooks are kept.
+//! iconik's webhook API, per tenant (Notifications OpenAPI 2.0.0): which
+//! path asks for what (`route`), who calls (`caller`), what a request may
+//! say (`resource`), how a request becomes etcd reads and writes
+//! (`exchange`), and how every worker follows the tenants' webhooks
+//! (`tenants`).
 
 pub mod caller;
 pub mod exchange;
 pub mod resource;
+pub mod tenants;
+
+use exchange::Operation;
+
+/// What a request asks of the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRoute {
+    /// Not under the API's prefix: ordinary traffic.
+    NotApi,
+    Operation(Operation),
+    NotFound,
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+}
+
+/// Routes a request (`path` may carry a query string). The path is
+/// normalised first and the prefix compared without regard to ASCII case, as
+/// for the admin API, so that no spelling of an API path reaches the
+/// upstream with the caller's token.
+pub fn route(prefix: &str, method: &str, path: &str) -> ApiRoute {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    if !path.starts_with('/') {
+        return ApiRoute::NotApi;
+    }
+    let path = crate::admin::normalize_path(path);
+    let prefix = prefix.trim_end_matches('/');
+    let rest = match path.get(..prefix.len()) {
+        Some(head) if head.eq_ignore_ascii_case(prefix) => path.get(prefix.len()..).unwrap_or(""),
+        _ => return ApiRoute::NotApi,
+    };
+    if !(rest.is_empty() || rest.starts_with('/')) {
+        return ApiRoute::NotApi;
+    }
+    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let id = |id: &str| id.to_ascii_lowercase();
+    match (segments.as_slice(), method) {
+        (["v1", "webhooks"], "GET") => ApiRoute::Operation(Operation::List),
+        (["v1", "webhooks"], "POST") => ApiRoute::Operation(Operation::Create),
+        (["v1", "webhooks"], _) => ApiRoute::MethodNotAllowed { allow: "GET, POST" },
+        (["v1", "webhooks", w], "GET") => ApiRoute::Operation(Operation::Get(id(w))),
+        (["v1", "webhooks", w], "PUT") => ApiRoute::Operation(Operation::Change(id(w))),
+        (["v1", "webhooks", w], "DELETE") => ApiRoute::Operation(Operation::Delete(id(w))),
+        (["v1", "webhooks", _], _) => ApiRoute::MethodNotAllowed {
+            allow: "GET, PUT, DELETE",
+        },
+        (["v1", "webhooks", w, "secret"], "GET") => ApiRoute::Operation(Operation::Secret(id(w))),
+        (["v1", "webhooks", _, "secret"], _) => ApiRoute::MethodNotAllowed { allow: "GET" },
+        (["v1", "webhooks", w, "secret", "rotate"], "POST") => {
+            ApiRoute::Operation(Operation::Rotate(id(w)))
+        }
+        (["v1", "webhooks", _, "secret", "rotate"], _) => {
+            ApiRoute::MethodNotAllowed { allow: "POST" }
+        }
+        _ => ApiRoute::NotFound,
+    }
+}
+
+impl Operation {
+    /// The answer needs the request's body (read whole first).
+    pub fn needs_body(&self) -> bool {
+        matches!(self, Operation::Create | Operation::Change(_))
+    }
+}

@@ -269,11 +269,12 @@ impl ClusterSync {
         }
     }
 
-    /// Goes on with `plugin`'s definitions: everything else (journal,
+    /// Goes on with `plugin`'s definitions (the tenants' changed, or a new
+    /// configuration of the same etcd): everything else (journal,
     /// owner, leases, calls in flight) stays; writes in flight follow their
     /// definition to its new index, those of a definition gone are dropped
     /// (their answers ignored); the records are read again at once.
-    fn carry_on(&mut self, plugin: Rc<Plugin>) {
+    pub fn carry_on(&mut self, plugin: Rc<Plugin>) {
         let old = std::mem::replace(&mut self.plugin, plugin);
         let definitions = self.plugin.definitions();
         // Same id and fingerprint: the same webhook, maybe at another index.

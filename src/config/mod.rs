@@ -24,7 +24,7 @@ pub use definition::{
 pub use problems::{ConfigError, Problem};
 pub use url_policy::{AllowEntry, UrlPolicy};
 
-pub(crate) use definition::{header_value_refusal, parse_tenant_definition};
+pub(crate) use definition::{default_cluster, header_value_refusal, parse_tenant_definition};
 pub(crate) use problems::kind_of;
 use problems::Fields;
 
@@ -131,6 +131,8 @@ pub struct PluginConfig {
     pub dead_letter: Option<DeadLetterConfig>,
     /// Webhook status shared between Envoys; `None`: per Envoy.
     pub cluster_state: Option<EtcdConfig>,
+    /// iconik's webhook API, per tenant (needs `cluster_state`).
+    pub api: Option<ApiConfig>,
 }
 
 const MIB: usize = 1024 * 1024;
@@ -208,9 +210,12 @@ fn parse_config(value: &Value, problems: &mut Vec<Problem>) -> Option<PluginConf
     let admin_value = fields.get("admin");
     let dead_letter_value = fields.get("dead_letter");
     let cluster_state_value = fields.get("cluster_state");
-    fields.reject_unknown("webhooks, events, delivery, admin, dead_letter, cluster_state");
+    let api_value = fields.get("api");
+    fields.reject_unknown("webhooks, events, delivery, admin, dead_letter, cluster_state, api");
 
     let webhooks = match webhooks_value {
+        // With the API, webhooks may all come from it.
+        None if api_value.is_some() => Vec::new(),
         None => {
             problems.push(Problem {
                 place: "configuration".to_string(),
@@ -269,8 +274,21 @@ fn parse_config(value: &Value, problems: &mut Vec<Problem>) -> Option<PluginConf
         None => Some(None),
         Some(v) => cluster_state::parse(v, problems).map(Some),
     };
+    let api = match api_value {
+        None => Some(None),
+        Some(v) => api::parse(v, problems).map(Some),
+    };
     let (events, delivery) = (events?, delivery?);
     check_held_bytes(&events, &delivery, problems);
+    if let (Some(Some(api)), Some(cluster_state)) = (&api, &cluster_state) {
+        check_api(
+            api,
+            cluster_state.as_ref(),
+            &delivery,
+            admin.as_ref().and_then(Option::as_ref),
+            problems,
+        );
+    }
     let mut webhooks = webhooks;
     for webhook in webhooks.iter_mut().filter(|w| !w.cluster_configured) {
         match definition::default_cluster(&webhook.url, delivery.clusters.as_ref()) {
@@ -303,7 +321,60 @@ fn parse_config(value: &Value, problems: &mut Vec<Problem>) -> Option<PluginConf
         admin: admin?,
         dead_letter: dead_letter?,
         cluster_state: cluster_state?,
+        api: api?,
     })
+}
+
+/// What the API needs of the rest of the configuration.
+fn check_api(
+    api: &ApiConfig,
+    cluster_state: Option<&EtcdConfig>,
+    delivery: &DeliveryPolicy,
+    admin: Option<&AdminConfig>,
+    problems: &mut Vec<Problem>,
+) {
+    let mut problem = |field: &str, message: String| {
+        problems.push(Problem {
+            place: "api".to_string(),
+            field: field.to_string(),
+            message,
+        })
+    };
+    if cluster_state.is_none() {
+        problem(
+            "",
+            "needs cluster_state.etcd: tenants' webhooks are kept in etcd (a definition a restart would lose is not kept anywhere else)".to_string(),
+        );
+    }
+    let clusters = delivery.clusters.as_ref();
+    if clusters.and_then(|c| c.https.as_ref()).is_none() {
+        problem(
+            "",
+            "needs delivery.clusters.https: a tenant's webhook names a URL only, and its calls go to that cluster (a dynamic forward proxy, see docs/api.md)".to_string(),
+        );
+    }
+    if api.urls.allows_http() && clusters.and_then(|c| c.http.as_ref()).is_none() {
+        problem(
+            "urls",
+            "allow_http needs delivery.clusters.http, the cluster http:// calls go to".to_string(),
+        );
+    }
+    if let Some(admin) = admin {
+        let (a, b) = (
+            admin.path_prefix.to_ascii_lowercase(),
+            api.path_prefix.to_ascii_lowercase(),
+        );
+        let admin_dir = format!("{a}/");
+        if b.starts_with(&admin_dir) || admin_dir.starts_with(&b) {
+            problem(
+                "path_prefix",
+                format!(
+                    "\"{}\" overlaps admin.path_prefix \"{}\": give each its own path",
+                    api.path_prefix, admin.path_prefix
+                ),
+            );
+        }
+    }
 }
 
 fn parse_events(value: &Value, problems: &mut Vec<Problem>) -> Option<EventsConfig> {

@@ -100,6 +100,11 @@ impl UrlPolicy {
         }
     }
 
+    /// Whether `http://` URLs may be given (`urls.allow_http`).
+    pub fn allows_http(&self) -> bool {
+        self.allow_http
+    }
+
     /// The parsed URL if it may be called, else why not (naming the URL
     /// without any credentials it holds).
     pub fn check(&self, url: &str) -> Result<WebhookUrl, String> {

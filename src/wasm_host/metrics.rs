@@ -91,6 +91,30 @@ impl WebhookMetrics {
         }
     }
 
+    /// The stats all tenants' webhooks share (`envoy_webhooks.api_webhooks.*`),
+    /// without a status gauge (one value cannot say many statuses).
+    fn define_tenants() -> WebhookMetrics {
+        let name = |what: &str| format!("{PREFIX}.api_webhooks.{what}");
+        let counter = |what: &str| Metric::define(MetricType::Counter, &name(what));
+        WebhookMetrics {
+            matched: counter("matched"),
+            delivered: counter("delivered"),
+            failed: counter("failed"),
+            dropped: counter("dropped"),
+            retried: counter("retried"),
+            withheld: counter("withheld"),
+            dead_lettered: counter("dead_lettered"),
+            lost: counter("lost"),
+            adopted: counter("adopted"),
+            handed_off: counter("handed_off"),
+            orphaned: counter("orphaned"),
+            injected: counter("injected"),
+            paused: counter("paused"),
+            throttled: counter("throttled"),
+            status: Metric(None),
+        }
+    }
+
     pub fn set_status(&self, status: Status) {
         self.status.record(status.gauge_value());
     }
@@ -121,6 +145,10 @@ pub struct Metrics {
     pub held_bytes_limit: Metric,
     /// In configuration order.
     pub webhooks: Vec<WebhookMetrics>,
+    /// Every tenant's webhook (made through the API) counts here together:
+    /// a stat per tenant webhook would grow without bound. Their own counts
+    /// are in the API's answers.
+    tenants: WebhookMetrics,
     /// Positions in `webhooks` by webhook id.
     by_id: HashMap<String, usize>,
     /// Increments not yet added to Envoy's stats: the sum by metric id.
@@ -155,6 +183,7 @@ impl Metrics {
                 &format!("{PREFIX}.held_bytes_limit"),
             ),
             webhooks,
+            tenants: WebhookMetrics::define_tenants(),
             by_id,
             pending: RefCell::new(HashMap::new()),
         }
@@ -199,16 +228,23 @@ impl Metrics {
             .is_ok_and(|pending| !pending.is_empty())
     }
 
-    /// The stats of webhook `id`; one no longer configured (a delivery made
-    /// before a reload) gets its stats by name, which Envoy keeps.
+    /// The stats of webhook `id`. A tenant's (its id is a UUID the API
+    /// made) counts with the other tenants'; one no longer configured (a
+    /// delivery made before a reload) gets its stats by name, which Envoy keeps.
     pub fn webhook_named(&self, id: &str) -> WebhookMetrics {
         match self.by_id.get(id) {
             Some(&index) => self.webhook(index),
+            None if uuid::Uuid::try_parse(id).is_ok() => self.tenants.clone(),
             None => WebhookMetrics::define(id),
         }
     }
 
+    /// The stats of the definition at `index`: past the configured ones,
+    /// the tenants' shared stats.
     pub fn webhook(&self, index: usize) -> WebhookMetrics {
-        self.webhooks.get(index).cloned().unwrap_or_default()
+        self.webhooks
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| self.tenants.clone())
     }
 }

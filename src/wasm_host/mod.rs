@@ -3,6 +3,7 @@
 //! - `root`: one per worker VM; loads the configuration and forwards to the
 //!   delivery engine, which makes every call from here so that every outcome
 //!   is seen (the SDK drops call responses whose HTTP context has ended).
+//! - `api`: an API request's etcd calls, made from its own context.
 //! - `stream`: one per request; copies event bodies as they stream past,
 //!   matches them, and hands deliveries to its worker's root (`worker`: in
 //!   the VM's memory, with an empty wake-up through a shared queue).
@@ -11,6 +12,7 @@
 //!
 //! No delivery decision is made here: `crate::delivery::engine` makes them.
 
+mod api;
 mod host;
 mod metrics;
 mod root;

@@ -10,10 +10,13 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
+use crate::api::tenants::{Outcome, Tenants};
+use crate::cluster::etcd::{self, EtcdError};
 use crate::cluster::{ClusterSync, EtcdAnswer, CHECK_INTERVAL_MS};
+use crate::config::WebhookDefinition;
 use crate::delivery::call::{needs_body, Answer, ANSWER_BODY_BYTES};
 use crate::delivery::engine::Engine;
-use crate::host::Host;
+use crate::host::{Call, Host};
 use crate::plugin::Plugin;
 use crate::webhook::store;
 
@@ -35,6 +38,9 @@ pub struct WebhooksRoot {
     queue: Option<(u64, u32)>,
     /// With `cluster_state`: the link to etcd.
     sync: Option<ClusterSync>,
+    /// With `api`: the tenants' webhooks, and the call reading them.
+    tenants: Option<Tenants>,
+    tenants_call: Option<u32>,
     /// `on_done` came and returned false: `done()` once the last call ended.
     stopping: bool,
     /// What this root context added to the `held_bytes_limit` gauge.
@@ -49,6 +55,8 @@ impl WebhooksRoot {
             engine: Engine::default(),
             queue: None,
             sync: None,
+            tenants: None,
+            tenants_call: None,
             stopping: false,
             held_limit_reported: 0,
         }
@@ -65,20 +73,24 @@ impl WebhooksRoot {
             return;
         }
         let now = host::now_ms();
-        let stalled: Vec<u32> = worker
+        let stalled: Vec<(u32, bool)> = worker
             .admin_waiting
             .borrow()
             .iter()
-            .filter(|(_, deadline)| *deadline <= now)
-            .map(|(id, _)| *id)
+            .filter(|(_, deadline, _)| *deadline <= now)
+            .map(|(id, _, is_api)| (*id, *is_api))
             .collect();
         worker
             .admin_waiting
             .borrow_mut()
-            .retain(|(_, deadline)| *deadline > now);
-        for id in stalled {
+            .retain(|(_, deadline, _)| *deadline > now);
+        for (id, is_api) in stalled {
             if hostcalls::set_effective_context(id).is_ok() {
-                let body = crate::admin::error_body(STALLED_ADMIN_ANSWER);
+                let body = if is_api {
+                    serde_json::json!({"errors": {"body": STALLED_ADMIN_ANSWER}}).to_string()
+                } else {
+                    crate::admin::error_body(STALLED_ADMIN_ANSWER)
+                };
                 let headers = vec![
                     ("content-type", "application/json"),
                     ("cache-control", "no-store"),
@@ -87,7 +99,7 @@ impl WebhooksRoot {
                     log::warn!("envoy-webhooks: cannot answer an admin request: {e:?}");
                 }
                 log::warn!(
-                    "envoy-webhooks: an admin deliver request got no body: {STALLED_ADMIN_ANSWER}"
+                    "envoy-webhooks: an admin or API request got no body: {STALLED_ADMIN_ANSWER}"
                 );
             }
         }
@@ -118,7 +130,9 @@ impl WebhooksRoot {
 
     /// No call in flight, nothing waiting, the journal flushed.
     fn is_finished(&self) -> bool {
-        self.engine.is_idle() && self.sync.as_ref().is_none_or(ClusterSync::is_finished)
+        self.engine.is_idle()
+            && self.sync.as_ref().is_none_or(ClusterSync::is_finished)
+            && self.tenants_call.is_none()
     }
 
     /// After `on_done` returned false: tells Envoy once this root context is finished.
@@ -179,10 +193,136 @@ impl WebhooksRoot {
         Ok((number, id))
     }
 
+    /// Reads the tenants' webhooks when due (with `api`).
+    fn poll_tenants(&mut self, worker: &Worker) {
+        let mut host = self.host(worker);
+        let (Some(tenants), None) = (self.tenants.as_mut(), self.tenants_call) else {
+            return;
+        };
+        if worker.etcd_auth_expired.replace(false) {
+            tenants.token_expired();
+        }
+        let Some(plugin) = worker.plugin() else {
+            return;
+        };
+        let Some(config) = plugin.config.cluster_state.as_ref() else {
+            return;
+        };
+        let now = host::now_ms();
+        let Some((path, body)) = tenants.next(now) else {
+            return;
+        };
+        let mut headers = vec![
+            (":method", "POST"),
+            (":path", path),
+            (":authority", config.authority.as_str()),
+            ("content-type", "application/json"),
+            (crate::config::DELIVERY_MARKER, "1"),
+        ];
+        let token = tenants.token().map(str::to_string);
+        if let (Some(token), false) = (token.as_deref(), path == etcd::AUTHENTICATE_PATH) {
+            headers.push(("authorization", token));
+        }
+        let call = Call {
+            cluster: &config.cluster,
+            headers,
+            body: &body,
+            timeout_ms: config.timeout_ms,
+        };
+        match host.dispatch(call) {
+            Ok(token) => self.tenants_call = Some(token),
+            Err(error) => {
+                let why = format!("cannot call cluster '{}': {error:?}", config.cluster);
+                let _ = tenants.finished(
+                    Err(EtcdError::Refused {
+                        status: 0,
+                        message: why.clone(),
+                    }),
+                    now,
+                );
+                plugin.warn("tenants", now, || {
+                    format!("reading the tenants' webhooks: {why}")
+                });
+            }
+        }
+    }
+
+    /// The answer to the tenants' read.
+    fn tenants_answered(&mut self, worker: &Worker, answer: &EtcdAnswer) {
+        let Some(tenants) = self.tenants.as_mut() else {
+            return;
+        };
+        let now = host::now_ms();
+        let outcome = tenants.finished(etcd::answer_body(answer.status, &answer.body), now);
+        *worker.etcd_token.borrow_mut() = tenants.token().map(str::to_string);
+        match outcome {
+            Ok(Outcome::Same) => {}
+            Ok(Outcome::Changed(definitions)) => self.apply_tenants(worker, definitions),
+            Err(error) => {
+                let metrics = &worker.metrics;
+                metrics.add(metrics.cluster_state_errors, 1);
+                if let Some(plugin) = worker.plugin() {
+                    plugin.warn("tenants", now, || {
+                        format!("reading the tenants' webhooks from etcd: {error}")
+                    });
+                }
+            }
+        }
+    }
+
+    /// The tenants' webhooks changed: one new plugin for the worker, its
+    /// engine and its sync (deliveries waiting follow their webhook by id).
+    fn apply_tenants(&mut self, worker: &Worker, definitions: Vec<WebhookDefinition>) {
+        let Some(current) = worker.plugin() else {
+            return;
+        };
+        let count = definitions.len();
+        let plugin = Rc::new(current.with_tenants(definitions));
+        worker.set_plugin(plugin.clone());
+        let mut host = self.host(worker);
+        self.engine.configure(&mut host, plugin.clone());
+        if let Some(sync) = self.sync.as_mut() {
+            sync.carry_on(plugin);
+        }
+        log::debug!("envoy-webhooks: {count} tenant webhook(s) now");
+    }
+
     fn load(&mut self, configuration_size: usize) -> Result<(), Vec<String>> {
         let bytes =
             host::buffer(BufferType::PluginConfiguration, configuration_size).unwrap_or_default();
-        let plugin = Rc::new(Plugin::load(&bytes, |name| std::env::var(name).ok())?);
+        let loaded = Plugin::load(&bytes, |name| std::env::var(name).ok())?;
+        // The tenants' webhooks: kept across a new configuration of the same
+        // etcd (the new one has them at once), read anew otherwise.
+        let same_etcd = self
+            .worker
+            .as_ref()
+            .and_then(|w| w.plugin())
+            .is_some_and(|old| {
+                old.config.cluster_state == loaded.config.cluster_state && old.config.api.is_some()
+            });
+        let plugin = match (
+            loaded.config.api.is_some(),
+            loaded.config.cluster_state.as_ref(),
+        ) {
+            (true, Some(etcd)) => {
+                if !same_etcd {
+                    self.tenants = Some(Tenants::new(etcd, loaded.cluster_credentials.clone()));
+                    self.tenants_call = None;
+                }
+                let now = host::now_ms();
+                let current = self
+                    .tenants
+                    .as_mut()
+                    .map(|tenants| tenants.definitions_now(now))
+                    .unwrap_or_default();
+                Rc::new(loaded.with_tenants(current))
+            }
+            _ => {
+                self.tenants = None;
+                self.tenants_call = None;
+                Rc::new(loaded)
+            }
+        };
         let (vm_number, queue_id) = self.queue().map_err(|problem| vec![problem])?;
         let metrics = Metrics::define(plugin.definitions());
         // A name no other root context of any Envoy has: its journal's owner in etcd.
@@ -266,6 +406,21 @@ impl Context for WebhooksRoot {
             return;
         };
         self.see_health_changes(&worker);
+        if self.tenants_call == Some(token_id) {
+            self.tenants_call = None;
+            let answer = EtcdAnswer {
+                status: host::call_response_header(num_headers, ":status")
+                    .and_then(|status| status.parse().ok()),
+                body: host::buffer(
+                    BufferType::HttpCallResponseBody,
+                    body_size.min(ETCD_ANSWER_BYTES),
+                )
+                .unwrap_or_default(),
+            };
+            self.tenants_answered(&worker, &answer);
+            self.done_if_stopped();
+            return;
+        }
         let mut host = self.host(&worker);
         if let Some(sync) = self.sync.as_mut().filter(|sync| sync.owns(token_id)) {
             let answer = EtcdAnswer {
@@ -332,7 +487,8 @@ impl RootContext for WebhooksRoot {
                     env!("CARGO_PKG_VERSION"),
                     self.worker
                         .as_ref()
-                        .map_or(0, |w| w.plugin.definitions().len())
+                        .and_then(|w| w.plugin())
+                        .map_or(0, |p| p.definitions().len())
                 );
                 true
             }
@@ -375,9 +531,15 @@ impl RootContext for WebhooksRoot {
             // tick (which every request that counted something arms). A
             // wake-up still queued stays announced: no second one is queued.
             self.take_handed_over(&worker);
+            if !self.stopping {
+                self.poll_tenants(&worker);
+            }
+            // Until the tenants' webhooks are read, deliveries adopted from
+            // other Envoys could not find theirs: the sync waits.
+            let tenants_ready = self.tenants.as_ref().is_none_or(Tenants::has_read);
             let mut host = self.host(&worker);
             self.engine.tick(&mut host);
-            if let Some(sync) = self.sync.as_mut() {
+            if let (Some(sync), true) = (self.sync.as_mut(), tenants_ready || self.stopping) {
                 sync.tick(&mut host, &mut self.engine);
             }
             self.done_if_stopped();

@@ -1,6 +1,6 @@
-//! One request: answers admin calls, and feeds an event request's body (as
-//! it streams past, never pausing it) to the core's `Intake`, which decides
-//! everything else.
+//! One request: answers admin and API calls, and feeds an event request's
+//! body (as it streams past, never pausing it) to the core's `Intake`,
+//! which decides everything else.
 
 use std::rc::Rc;
 
@@ -9,22 +9,38 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType};
 
 use crate::admin::{self, AdminRequest, AdminRoute};
-use crate::config::DELIVERY_MARKER;
+use crate::api::exchange::{Answer, Operation};
+use crate::api::{self as tenant_api, ApiRoute};
+use crate::config::{Caller, DELIVERY_MARKER};
 use crate::delivery::message::QueuedEvent;
 use crate::intake::{self, Intake, IntakeCounter, IntakeHost, NotQueued};
+use crate::plugin::Plugin;
 
+use super::api::{self, Waiting};
 use super::host::{self, ProxySharedData};
 use super::worker::Worker;
 
+/// A request answered once its whole body is here.
+enum BodyFor {
+    /// An admin `deliver`.
+    Admin(AdminRoute),
+    /// An API create or change.
+    Api(Operation, Caller),
+}
+
 pub struct EventStream {
     worker: Option<Rc<Worker>>,
+    /// The plugin this request started with (tenant changes swap the
+    /// worker's; a request keeps its own, so its indices stay valid).
+    plugin: Option<Rc<Plugin>>,
     /// This request's context id (the root context answers a stalled admin request by it).
     context_id: u32,
     /// Present for a request that carries events.
     intake: Option<Intake>,
-    /// An admin request answered once its whole body is here (`deliver`),
-    /// with the body's size so far.
-    admin_waiting: Option<(AdminRoute, usize)>,
+    /// A request answered once its whole body is here, with the body's size so far.
+    admin_waiting: Option<(BodyFor, usize)>,
+    /// An API request waiting for etcd's answer to its call.
+    api_call: Option<Waiting>,
 }
 
 /// How long an admin request may wait for the first piece of its body.
@@ -32,18 +48,24 @@ pub const STALLED_ADMIN_MS: u64 = 3_000;
 /// How often the root context looks at waiting admin requests meanwhile.
 pub const STALLED_ADMIN_CHECK_MS: u64 = 500;
 
-/// The answer to an admin request whose body Envoy does not hand over.
+/// The answer to an admin or API request whose body Envoy does not hand over.
 pub const STALLED_ADMIN_ANSWER: &str = "this Envoy does not hand the filter a request body before the request goes on: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy 1.35 or later; see docs/operations.md)";
 
-/// An admin body larger than this is refused at once (413): a body holds one
-/// event, or one dead-letter record of one.
-fn max_admin_body(worker: &Worker) -> usize {
-    worker
-        .plugin
-        .config
-        .events
-        .max_event_bytes
-        .saturating_add(64 * 1024)
+/// A body larger than this is refused at once (413): an admin body holds
+/// one event, or one dead-letter record of one; an API body, one webhook.
+fn max_body(plugin: &Plugin, waiting: &BodyFor) -> usize {
+    match waiting {
+        BodyFor::Admin(_) => plugin
+            .config
+            .events
+            .max_event_bytes
+            .saturating_add(64 * 1024),
+        BodyFor::Api(..) => plugin
+            .config
+            .api
+            .as_ref()
+            .map_or(0, |api| api.max_body_bytes),
+    }
 }
 
 /// The intake's host: the worker's stats and delivery queue. Made for one
@@ -90,15 +112,16 @@ impl EventStream {
     pub fn new(worker: Option<Rc<Worker>>, context_id: u32) -> EventStream {
         EventStream {
             worker,
+            plugin: None,
             context_id,
             intake: None,
             admin_waiting: None,
+            api_call: None,
         }
     }
 
     /// The admin route of the request, if it is for the admin API.
-    fn admin_route(worker: &Worker, method: &str, path: &str) -> Option<AdminRoute> {
-        let plugin = &worker.plugin;
+    fn admin_route(plugin: &Plugin, method: &str, path: &str) -> Option<AdminRoute> {
         let (Some(admin_config), Some(token)) = (&plugin.config.admin, &plugin.admin_token) else {
             return None;
         };
@@ -118,8 +141,7 @@ impl EventStream {
     }
 
     /// Answers an admin request routed to `route`, with its whole `body`.
-    fn answer_admin(worker: &Worker, route: &AdminRoute, body: &[u8]) {
-        let plugin = &worker.plugin;
+    fn answer_admin(worker: &Worker, plugin: &Plugin, route: &AdminRoute, body: &[u8]) {
         let request = AdminRequest {
             body,
             nonce: fastrand::u64(..),
@@ -161,15 +183,16 @@ impl EventStream {
         }
     }
 
-    /// Waits for the body of admin request `route`; the root context
+    /// Waits for the body of an admin or API request; the root context
     /// answers it if Envoy never hands the body over.
-    fn wait_for_admin_body(&mut self, worker: &Worker, route: AdminRoute) {
-        self.admin_waiting = Some((route, 0));
+    fn wait_for_body(&mut self, worker: &Worker, waiting: BodyFor) {
+        let is_api = matches!(waiting, BodyFor::Api(..));
+        self.admin_waiting = Some((waiting, 0));
         let deadline = host::now_ms().saturating_add(STALLED_ADMIN_MS);
         worker
             .admin_waiting
             .borrow_mut()
-            .push((self.context_id, deadline));
+            .push((self.context_id, deadline, is_api));
         // The root context's tick (proxy-wasm sets the root's period from any context).
         worker.tick_within(STALLED_ADMIN_CHECK_MS);
         worker.tick_overridden.set(true);
@@ -180,45 +203,108 @@ impl EventStream {
         worker
             .admin_waiting
             .borrow_mut()
-            .retain(|(id, _)| *id != self.context_id);
+            .retain(|(id, _, _)| *id != self.context_id);
     }
 
-    /// A chunk of an admin request that waits for its body; answers at its end.
+    /// A chunk of an admin or API request that waits for its body; answers at its end.
     fn admin_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        let Some(worker) = self.worker.clone() else {
+        let (Some(worker), Some(plugin)) = (self.worker.clone(), self.plugin.clone()) else {
             return Action::Continue;
         };
         // The body comes: the filter reads it, nothing stalls.
         self.stop_waiting(&worker);
-        let Some((route, seen)) = self.admin_waiting.as_mut() else {
+        let Some((waiting, seen)) = self.admin_waiting.as_mut() else {
             return Action::Continue;
         };
         *seen = body_size;
-        if body_size > max_admin_body(&worker) {
+        let limit = max_body(&plugin, waiting);
+        if body_size > limit {
+            let is_api = matches!(waiting, BodyFor::Api(..));
             self.admin_waiting = None;
-            Self::send_admin(
-                413,
-                &admin::error_body(&format!(
-                    "the body is larger than {} bytes: send one event, or one dead-letter record",
-                    max_admin_body(&worker)
-                )),
-            );
+            if is_api {
+                api::send(
+                    &Answer::error(
+                        413,
+                        "body",
+                        format!("is larger than {limit} bytes (api.max_body_bytes)"),
+                    ),
+                    None,
+                );
+            } else {
+                Self::send_admin(
+                    413,
+                    &admin::error_body(&format!(
+                        "the body is larger than {limit} bytes: send one event, or one dead-letter record"
+                    )),
+                );
+            }
             return Action::Pause;
         }
         if end_of_stream {
-            let route = route.clone();
-            self.admin_waiting = None;
             let body = host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
-            Self::answer_admin(&worker, &route, &body);
+            match self.admin_waiting.take().map(|(waiting, _)| waiting) {
+                Some(BodyFor::Admin(route)) => Self::answer_admin(&worker, &plugin, &route, &body),
+                Some(BodyFor::Api(operation, caller)) => {
+                    self.api_call = api::start(&worker, &plugin, operation, caller, body);
+                }
+                None => {}
+            }
         }
-        // The admin API's own request, never the platform's: it is held until answered.
+        // The admin API's or the API's own request, never the platform's: it is held until answered.
         Action::Pause
     }
 
+    /// Routes an API request: `None` if the path is not the API's.
+    fn api_request(
+        &mut self,
+        worker: &Worker,
+        plugin: &Plugin,
+        method: &str,
+        path: &str,
+        end_of_stream: bool,
+    ) -> Option<Action> {
+        let api_config = plugin.config.api.as_ref()?;
+        let operation = match tenant_api::route(&api_config.path_prefix, method, path) {
+            ApiRoute::NotApi => return None,
+            ApiRoute::NotFound => {
+                api::send(
+                    &Answer::error(404, "path", "no such API path (see docs/api.md)"),
+                    None,
+                );
+                return Some(Action::Pause);
+            }
+            ApiRoute::MethodNotAllowed { allow } => {
+                api::send(
+                    &Answer::error(405, "method", format!("use {allow}")),
+                    Some(allow),
+                );
+                return Some(Action::Pause);
+            }
+            ApiRoute::Operation(operation) => operation,
+        };
+        let caller = match api::identify(plugin) {
+            Ok(caller) => caller,
+            Err(answer) => {
+                api::send(&answer, None);
+                return Some(Action::Pause);
+            }
+        };
+        if operation.needs_body() && !end_of_stream {
+            self.wait_for_body(worker, BodyFor::Api(operation, caller));
+        } else {
+            self.api_call = api::start(worker, plugin, operation, caller, Vec::new());
+        }
+        Some(Action::Pause)
+    }
+
     /// Runs `step` on the intake, if this request carries events.
-    fn with_intake(&mut self, step: impl FnOnce(&mut Intake, &Worker, &mut StreamHost<'_>)) {
-        if let (Some(worker), Some(intake)) = (self.worker.clone(), self.intake.as_mut()) {
-            step(intake, &worker, &mut StreamHost { worker: &worker });
+    fn with_intake(&mut self, step: impl FnOnce(&mut Intake, &Plugin, &mut StreamHost<'_>)) {
+        if let (Some(worker), Some(plugin), Some(intake)) = (
+            self.worker.clone(),
+            self.plugin.clone(),
+            self.intake.as_mut(),
+        ) {
+            step(intake, &plugin, &mut StreamHost { worker: &worker });
         }
     }
 }
@@ -228,8 +314,26 @@ impl Context for EventStream {
         if let (Some(worker), Some(_)) = (self.worker.clone(), self.admin_waiting.take()) {
             self.stop_waiting(&worker);
         }
-        self.with_intake(|intake, worker, sink| intake.done(&worker.plugin, sink));
+        self.with_intake(|intake, plugin, sink| intake.done(plugin, sink));
         true
+    }
+
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let (Some(worker), Some(plugin)) = (self.worker.clone(), self.plugin.clone()) else {
+            return;
+        };
+        match self.api_call.take() {
+            Some(waiting) if waiting.token == token_id => {
+                self.api_call = api::answered(&worker, &plugin, waiting, num_headers, body_size);
+            }
+            other => self.api_call = other,
+        }
     }
 }
 
@@ -238,37 +342,44 @@ impl HttpContext for EventStream {
         let Some(worker) = self.worker.clone() else {
             return Action::Continue;
         };
-        if worker.plugin.matcher.matches_nothing() && worker.plugin.config.admin.is_none() {
+        let Some(plugin) = worker.plugin() else {
+            return Action::Continue;
+        };
+        let serves = plugin.config.admin.is_some() || plugin.config.api.is_some();
+        if plugin.matcher.matches_nothing() && !serves {
             // Nothing to do for any request: not even a header is read.
             return Action::Continue;
         }
+        self.plugin = Some(plugin.clone());
         let read = |name: &str| host::request_header(name).unwrap_or_default();
-        let plugin = &worker.plugin;
-        let (method, path) = if plugin.config.admin.is_some() {
+        let (method, path) = if serves {
             (read(":method"), read(":path"))
-        } else if intake::path_first(plugin) {
+        } else if intake::path_first(&plugin) {
             let path = read(":path");
-            if !intake::watches_path(plugin, &path) {
+            if !intake::watches_path(&plugin, &path) {
                 // No events here: the method is not even read.
                 return Action::Continue;
             }
             (read(":method"), path)
         } else {
             let method = read(":method");
-            if !intake::watches_method(plugin, &method) {
+            if !intake::watches_method(&plugin, &method) {
                 return Action::Continue;
             }
             (method, read(":path"))
         };
-        if let Some(route) = Self::admin_route(&worker, &method, &path) {
+        if let Some(route) = Self::admin_route(&plugin, &method, &path) {
             if route.needs_body() && !end_of_stream {
-                self.wait_for_admin_body(&worker, route);
+                self.wait_for_body(&worker, BodyFor::Admin(route));
             } else {
-                Self::answer_admin(&worker, &route, &[]);
+                Self::answer_admin(&worker, &plugin, &route, &[]);
             }
             return Action::Pause;
         }
-        if !intake::carries_events(&worker.plugin, &method, &path) {
+        if let Some(action) = self.api_request(&worker, &plugin, &method, &path, end_of_stream) {
+            return action;
+        }
+        if !intake::carries_events(&plugin, &method, &path) {
             return Action::Continue;
         }
         if host::request_header(DELIVERY_MARKER).is_some() {
@@ -276,12 +387,11 @@ impl HttpContext for EventStream {
             return Action::Continue;
         }
         let content_type = host::request_header("content-type");
-        let propagated = intake::propagated_headers(&worker.plugin, host::request_header_exact);
-        self.intake =
-            Some(Intake::start(&worker.plugin, content_type.as_deref()).propagating(propagated));
+        let propagated = intake::propagated_headers(&plugin, host::request_header_exact);
+        self.intake = Some(Intake::start(&plugin, content_type.as_deref()).propagating(propagated));
         if end_of_stream {
             // No body at all.
-            self.with_intake(|intake, worker, sink| intake.end_of_body(&worker.plugin, sink));
+            self.with_intake(|intake, plugin, sink| intake.end_of_body(plugin, sink));
         }
         Action::Continue
     }
@@ -290,9 +400,9 @@ impl HttpContext for EventStream {
         if self.admin_waiting.is_some() {
             return self.admin_body(body_size, end_of_stream);
         }
-        self.with_intake(|intake, worker, sink| {
+        self.with_intake(|intake, plugin, sink| {
             let chunk = host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
-            intake.body(&worker.plugin, sink, &chunk, end_of_stream);
+            intake.body(plugin, sink, &chunk, end_of_stream);
         });
         Action::Continue
     }
@@ -301,15 +411,15 @@ impl HttpContext for EventStream {
         if let Some((_, seen)) = self.admin_waiting {
             return self.admin_body(seen, true);
         }
-        self.with_intake(|intake, worker, sink| intake.end_of_body(&worker.plugin, sink));
+        self.with_intake(|intake, plugin, sink| intake.end_of_body(plugin, sink));
         Action::Continue
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.with_intake(|intake, worker, sink| {
-            if intake.wants_response(&worker.plugin) {
+        self.with_intake(|intake, plugin, sink| {
+            if intake.wants_response(plugin) {
                 let status = host::response_header(":status").and_then(|s| s.parse().ok());
-                intake.response(&worker.plugin, sink, status);
+                intake.response(plugin, sink, status);
             }
         });
         Action::Continue

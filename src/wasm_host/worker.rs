@@ -30,7 +30,13 @@ use super::metrics::Metrics;
 pub const FLUSH_INTERVAL_MS: u64 = 100;
 
 pub struct Worker {
-    pub plugin: Rc<Plugin>,
+    /// Swapped whole when the tenants' webhooks change; a request keeps the
+    /// one it started with.
+    plugin: RefCell<Rc<Plugin>>,
+    /// etcd's token for the API's calls (the root's tenant reads keep it).
+    pub etcd_token: RefCell<Option<String>>,
+    /// An API call found the token expired: the root authenticates again.
+    pub etcd_auth_expired: Cell<bool>,
     pub metrics: Metrics,
     /// This worker's shared queue: it carries only wake-ups of the root.
     pub queue_id: u32,
@@ -38,11 +44,12 @@ pub struct Worker {
     pub handed_over: RefCell<Vec<QueuedEvent>>,
     /// A wake-up is in the queue that the root has not taken yet.
     pub wake_queued: Cell<bool>,
-    /// Admin requests waiting for their body (`deliver`): (context id, Unix ms
-    /// by which a body callback must have come). Envoy hands a paused
-    /// request's body to the filter only with `allow_on_headers_stop_iteration`;
-    /// without it the root context answers them, so that none hangs.
-    pub admin_waiting: RefCell<Vec<(u32, u64)>>,
+    /// Admin and API requests waiting for their body: (context id, Unix ms
+    /// by which a body callback must have come, whether it is the API's).
+    /// Envoy hands a paused request's body to the filter only with
+    /// `allow_on_headers_stop_iteration`; without it the root context answers
+    /// them, so that none hangs.
+    pub admin_waiting: RefCell<Vec<(u32, u64, bool)>>,
     /// A request context set the root's tick period (for `admin_waiting`):
     /// the engine's idea of it is to be set again.
     pub tick_overridden: Cell<bool>,
@@ -67,7 +74,9 @@ pub const WAKE_UP: &[u8] = b"";
 impl Worker {
     pub fn new(plugin: Rc<Plugin>, metrics: Metrics, queue_id: u32) -> Worker {
         Worker {
-            plugin,
+            plugin: RefCell::new(plugin),
+            etcd_token: RefCell::new(None),
+            etcd_auth_expired: Cell::new(false),
             metrics,
             queue_id,
             handed_over: RefCell::new(Vec::new()),
@@ -78,6 +87,19 @@ impl Worker {
             tick_ms: Cell::new(0),
             flush_armed: Cell::new(false),
             retired: Cell::new(false),
+        }
+    }
+
+    /// The plugin now (requests keep the one they started with). `None`
+    /// only while `set_plugin` runs, which calls nothing back.
+    pub fn plugin(&self) -> Option<Rc<Plugin>> {
+        self.plugin.try_borrow().ok().map(|plugin| plugin.clone())
+    }
+
+    /// The tenants' webhooks changed: requests from now on use `plugin`.
+    pub fn set_plugin(&self, plugin: Rc<Plugin>) {
+        if let Ok(mut current) = self.plugin.try_borrow_mut() {
+            *current = plugin;
         }
     }
 
@@ -191,7 +213,10 @@ impl Worker {
         let Some(transition) = transition else {
             return;
         };
-        if let Some(definition) = self.plugin.definitions().get(index) {
+        let Some(plugin) = self.plugin() else {
+            return;
+        };
+        if let Some(definition) = plugin.definitions().get(index) {
             transition.log(&definition.id);
         }
         self.metrics.webhook(index).set_status(transition.to);

@@ -17,6 +17,7 @@ mod api_caller;
 mod api_config;
 mod api_exchange;
 mod api_resource;
+mod api_tenants;
 mod cli;
 mod cluster;
 mod config;
