@@ -583,15 +583,8 @@ fn enable<S: SharedData + ?Sized>(
     let Some((index, definition)) = find(plugin, id) else {
         return no_such_webhook(id);
     };
-    let updated = webhook_store::update(store, definition, now_s, |health| health.enable());
-    if let (Some((health, _)), Some(_)) = (&updated, &plugin.config.cluster_state) {
-        // Every Envoy's: the cluster's record is enabled too, even if this
-        // Envoy has not seen it fail yet.
-        let policy = &plugin.config.delivery;
-        let now_ms = now_s.saturating_mul(1000);
-        let epoch = health.epoch;
-        webhook_store::record_outcome(store, definition, &Outcome::Enable, epoch, policy, now_ms);
-    }
+    let shared = plugin.config.cluster_state.is_some();
+    let updated = webhook_store::enable(store, definition, &plugin.config.delivery, shared, now_s);
     match updated {
         Some((health, transition)) => {
             let transition = transition.map(|t| (index, t));

@@ -150,6 +150,25 @@ pub struct Context<'a> {
     pub health: &'a dyn Fn(&WebhookDefinition) -> Option<WebhookHealth>,
     /// The tenant URL policy (`api.urls`).
     pub check_url: &'a dyn Fn(&str) -> Result<(), String>,
+    /// Enables the webhook's health record (a FAILED one is called again),
+    /// on this Envoy and, through the cluster state, on every other.
+    pub enable: &'a dyn Fn(&WebhookDefinition),
+}
+
+/// What to answer once a write applied: rendered then, so that it shows
+/// the webhook's health as it is after the write.
+#[derive(Debug, Clone, PartialEq)]
+enum Then {
+    /// The webhook (`secret`: shown once, on creation); `enable`: the
+    /// request asked for ENABLED, which also clears a FAILED health record.
+    Show {
+        status: u16,
+        webhook: Box<StoredWebhook>,
+        secret: Option<String>,
+        enable: bool,
+    },
+    Secret(Box<StoredWebhook>),
+    Deleted,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,17 +176,17 @@ enum Phase {
     /// Waiting for the read the operation decides from.
     Reading,
     /// Waiting for a conditional write: `written` is the key and the value
-    /// put (`None`: deleted), `answer` what to say once it applied.
+    /// put (`None`: deleted), `then` what to do once it applied.
     Writing {
         key: String,
         written: Option<Vec<u8>>,
-        answer: Answer,
+        then: Then,
     },
     /// The write's answer was lost: reading the key to see whether it applied.
     Verifying {
         key: String,
         written: Option<Vec<u8>>,
-        answer: Answer,
+        then: Then,
     },
 }
 
@@ -259,21 +278,13 @@ impl Exchange {
                 Ok((revision, reads)) => self.decide(revision, reads, context),
                 Err(e) => Step::Done(unavailable(&e)),
             },
-            Phase::Writing {
-                key,
-                written,
-                answer: ready,
-            } => match answer.and_then(etcd::parse_txn_applied) {
-                Ok(true) => Step::Done(ready),
+            Phase::Writing { key, written, then } => match answer.and_then(etcd::parse_txn_applied) {
+                Ok(true) => Step::Done(finish(then, context)),
                 // Lost a race: decide again from what is there now.
                 Ok(false) => self.read(context),
                 Err(EtcdError::NoAnswer) => {
                     let body = etcd::txn_reads(&[Read::Key(key.as_bytes())]);
-                    self.phase = Phase::Verifying {
-                        key,
-                        written,
-                        answer: ready,
-                    };
+                    self.phase = Phase::Verifying { key, written, then };
                     Step::Etcd {
                         path: TXN_PATH,
                         body,
@@ -284,7 +295,7 @@ impl Exchange {
             Phase::Verifying {
                 key: _,
                 written,
-                answer: ready,
+                then,
             } => match answer.and_then(|body| etcd::parse_reads(body, 1)) {
                 Ok((_, reads)) => {
                     let now = reads.first().and_then(|read| read.kvs.first());
@@ -294,7 +305,7 @@ impl Exchange {
                         _ => false,
                     };
                     if applied {
-                        Step::Done(ready)
+                        Step::Done(finish(then, context))
                     } else {
                         // Not applied (or overwritten since, which only a
                         // later request can have done): decide again.
@@ -358,8 +369,13 @@ impl Exchange {
                 match changed {
                     Err(errors) => Step::Done(Answer::json(400, errors.body())),
                     Ok((webhook, _)) => {
-                        let answer = Answer::json(200, render(&webhook, context));
-                        self.put(key, kv.mod_revision, &webhook, answer)
+                        let then = Then::Show {
+                            status: 200,
+                            secret: None,
+                            enable: asks_enabled(&self.body),
+                            webhook: Box::new(webhook.clone()),
+                        };
+                        self.put(key, kv.mod_revision, &webhook, then)
                     }
                 }
             }
@@ -383,8 +399,8 @@ impl Exchange {
                     expires_at_ms: None,
                 });
                 webhook.date_modified_ms = context.now_ms;
-                let answer = Answer::json(200, secret_body(&webhook));
-                self.put(key, kv.mod_revision, &webhook, answer)
+                let then = Then::Secret(Box::new(webhook.clone()));
+                self.put(key, kv.mod_revision, &webhook, then)
             }
             Operation::Delete(_) => {
                 let tombstone = context.keys.tombstone(&domain, &current.id);
@@ -399,10 +415,7 @@ impl Exchange {
                 self.phase = Phase::Writing {
                     key,
                     written: None,
-                    answer: Answer {
-                        status: 204,
-                        body: None,
-                    },
+                    then: Then::Deleted,
                 };
                 Step::Etcd {
                     path: TXN_PATH,
@@ -464,10 +477,6 @@ impl Exchange {
             Err(errors) => return Step::Done(Answer::json(400, errors.body())),
             Ok((webhook, _)) => webhook,
         };
-        let mut shown = render(&webhook, context);
-        // The create answer is the one place the secret is shown unasked
-        // (iconik's clients keep fields they do not know).
-        shown["secret"] = Value::from(fresh.secret.as_str());
         let key = context.keys.webhook(&webhook.system_domain_id, &webhook.id);
         let value = serde_json::to_vec(&webhook).unwrap_or_default();
         let body = etcd::txn_if(
@@ -481,7 +490,14 @@ impl Exchange {
         self.phase = Phase::Writing {
             key,
             written: Some(value),
-            answer: Answer::json(201, shown),
+            then: Then::Show {
+                status: 201,
+                // The create answer is the one place the secret is shown
+                // unasked (iconik's clients keep fields they do not know).
+                secret: Some(fresh.secret),
+                enable: false,
+                webhook: Box::new(webhook),
+            },
         };
         Step::Etcd {
             path: TXN_PATH,
@@ -489,7 +505,7 @@ impl Exchange {
         }
     }
 
-    fn put(&mut self, key: String, revision: i64, webhook: &StoredWebhook, answer: Answer) -> Step {
+    fn put(&mut self, key: String, revision: i64, webhook: &StoredWebhook, then: Then) -> Step {
         let value = serde_json::to_vec(webhook).unwrap_or_default();
         let body = etcd::txn_if(
             &[Condition::Unchanged(key.as_bytes(), revision)],
@@ -498,7 +514,7 @@ impl Exchange {
         self.phase = Phase::Writing {
             key,
             written: Some(value),
-            answer,
+            then,
         };
         Step::Etcd {
             path: TXN_PATH,
@@ -513,6 +529,47 @@ pub fn decode(kv: &KeyValue, domain: &str) -> Option<StoredWebhook> {
     serde_json::from_slice::<StoredWebhook>(&kv.value)
         .ok()
         .filter(|webhook| webhook.system_domain_id == domain)
+}
+
+/// The answer once a write applied.
+fn finish(then: Then, context: &Context<'_>) -> Answer {
+    match then {
+        Then::Show {
+            status,
+            webhook,
+            secret,
+            enable,
+        } => {
+            if enable {
+                if let Ok(definition) = resource::definition_of(&webhook, context.now_ms) {
+                    (context.enable)(&definition);
+                }
+            }
+            let mut shown = render(&webhook, context);
+            if let Some(secret) = secret {
+                shown["secret"] = Value::from(secret);
+            }
+            Answer::json(status, shown)
+        }
+        Then::Secret(webhook) => Answer::json(200, secret_body(&webhook)),
+        Then::Deleted => Answer {
+            status: 204,
+            body: None,
+        },
+    }
+}
+
+/// Whether a change's body asks for `status: ENABLED`: a FAILED webhook is
+/// enabled again (as the admin API's `enable` does).
+fn asks_enabled(body: &[u8]) -> bool {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|body| {
+            body.get("status")?
+                .as_str()
+                .map(|s| s.eq_ignore_ascii_case("ENABLED"))
+        })
+        .unwrap_or(false)
 }
 
 fn render(webhook: &StoredWebhook, context: &Context<'_>) -> Value {

@@ -47,7 +47,7 @@ pub fn start(
     caller: Caller,
     body: Vec<u8>,
 ) -> Option<Waiting> {
-    let (exchange, step) = with_context(plugin, |context| {
+    let (exchange, step) = with_context(worker, plugin, |context| {
         Exchange::start(operation, caller, body, context)
     })?;
     carry_on(worker, plugin, exchange, step)
@@ -76,7 +76,9 @@ pub fn answered(
         // The root authenticates again; meanwhile this request is told to retry.
         worker.etcd_auth_expired.set(true);
     }
-    let step = with_context(plugin, |context| waiting.exchange.next(answer, context))?;
+    let step = with_context(worker, plugin, |context| {
+        waiting.exchange.next(answer, context)
+    })?;
     carry_on(worker, plugin, waiting.exchange, step)
 }
 
@@ -140,7 +142,11 @@ fn call(worker: &Worker, plugin: &Plugin, path: &str, body: &[u8]) -> Result<u32
 
 /// Runs `f` with what an exchange needs of the host; `None` without `api`
 /// and `cluster_state` (a configuration the root refuses).
-fn with_context<T>(plugin: &Plugin, f: impl FnOnce(&mut Context<'_>) -> T) -> Option<T> {
+fn with_context<T>(
+    worker: &Worker,
+    plugin: &Plugin,
+    f: impl FnOnce(&mut Context<'_>) -> T,
+) -> Option<T> {
     let api = plugin.config.api.as_ref()?;
     let etcd = plugin.config.cluster_state.as_ref()?;
     let keys = Keys::new(&etcd.prefix);
@@ -154,6 +160,21 @@ fn with_context<T>(plugin: &Plugin, f: impl FnOnce(&mut Context<'_>) -> T) -> Op
         ))
     };
     let check_url = |url: &str| api.urls.check(url).map(|_| ());
+    let enable = |definition: &WebhookDefinition| {
+        let policy = &plugin.config.delivery;
+        let updated = webhook_store::enable(
+            &mut ProxySharedData,
+            definition,
+            policy,
+            true,
+            now_ms / 1000,
+        );
+        if let Some((_, Some(transition))) = updated {
+            transition.log(&definition.id);
+        }
+        // The engine reads the record afresh.
+        worker.health_changed.set(true);
+    };
     let mut context = Context {
         config: api,
         keys: &keys,
@@ -161,6 +182,7 @@ fn with_context<T>(plugin: &Plugin, f: impl FnOnce(&mut Context<'_>) -> T) -> Op
         random: &mut random,
         health: &health,
         check_url: &check_url,
+        enable: &enable,
     };
     Some(f(&mut context))
 }

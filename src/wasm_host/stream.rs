@@ -41,6 +41,9 @@ pub struct EventStream {
     admin_waiting: Option<(BodyFor, usize)>,
     /// An API request waiting for etcd's answer to its call.
     api_call: Option<Waiting>,
+    /// The request is the admin API's or the API's: it never goes on to the
+    /// upstream (it carries a token), whatever callback comes next.
+    ours: bool,
 }
 
 /// How long an admin request may wait for the first piece of its body.
@@ -117,6 +120,7 @@ impl EventStream {
             intake: None,
             admin_waiting: None,
             api_call: None,
+            ours: false,
         }
     }
 
@@ -209,7 +213,8 @@ impl EventStream {
     /// A chunk of an admin or API request that waits for its body; answers at its end.
     fn admin_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let (Some(worker), Some(plugin)) = (self.worker.clone(), self.plugin.clone()) else {
-            return Action::Continue;
+            // Never the case for a request that waits for its body; were it, it goes nowhere.
+            return Action::Pause;
         };
         // The body comes: the filter reads it, nothing stalls.
         self.stop_waiting(&worker);
@@ -369,6 +374,7 @@ impl HttpContext for EventStream {
             (method, read(":path"))
         };
         if let Some(route) = Self::admin_route(&plugin, &method, &path) {
+            self.ours = true;
             if route.needs_body() && !end_of_stream {
                 self.wait_for_body(&worker, BodyFor::Admin(route));
             } else {
@@ -377,6 +383,7 @@ impl HttpContext for EventStream {
             return Action::Pause;
         }
         if let Some(action) = self.api_request(&worker, &plugin, &method, &path, end_of_stream) {
+            self.ours = true;
             return action;
         }
         if !intake::carries_events(&plugin, &method, &path) {
@@ -400,6 +407,11 @@ impl HttpContext for EventStream {
         if self.admin_waiting.is_some() {
             return self.admin_body(body_size, end_of_stream);
         }
+        if self.ours {
+            // Answered, or being answered (an API request waits for etcd):
+            // its body is not needed, and the request goes nowhere.
+            return Action::Pause;
+        }
         self.with_intake(|intake, plugin, sink| {
             let chunk = host::buffer(BufferType::HttpRequestBody, body_size).unwrap_or_default();
             intake.body(plugin, sink, &chunk, end_of_stream);
@@ -410,6 +422,9 @@ impl HttpContext for EventStream {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         if let Some((_, seen)) = self.admin_waiting {
             return self.admin_body(seen, true);
+        }
+        if self.ours {
+            return Action::Pause;
         }
         self.with_intake(|intake, plugin, sink| intake.end_of_body(plugin, sink));
         Action::Continue

@@ -315,6 +315,31 @@ pub fn record_outcome<S: SharedData + ?Sized>(
     }
 }
 
+/// Enables the webhook (a FAILED one is called again, counts start
+/// afresh); with `shared` (cluster state) the cluster's record is enabled
+/// too, even if this Envoy has not seen it fail yet.
+pub fn enable<S: SharedData + ?Sized>(
+    store: &mut S,
+    definition: &WebhookDefinition,
+    policy: &DeliveryPolicy,
+    shared: bool,
+    now_s: u64,
+) -> Option<(WebhookHealth, Option<Transition>)> {
+    let updated = update(store, definition, now_s, |health| health.enable());
+    if let (Some((health, _)), true) = (&updated, shared) {
+        let now_ms = now_s.saturating_mul(1000);
+        record_outcome(
+            store,
+            definition,
+            &Outcome::Enable,
+            health.epoch,
+            policy,
+            now_ms,
+        );
+    }
+    updated
+}
+
 /// The changes not yet written, left in place.
 pub fn pending_delta<S: SharedData + ?Sized>(store: &S, definition: &WebhookDefinition) -> Delta {
     read_delta(store, definition).0

@@ -20,6 +20,8 @@ struct Api {
     config: ApiConfig,
     keys: Keys,
     counter: u8,
+    /// Ids of the webhooks the API enabled.
+    enabled: std::cell::RefCell<Vec<String>>,
 }
 
 fn api(settings: Value) -> Api {
@@ -28,6 +30,7 @@ fn api(settings: Value) -> Api {
         config,
         keys: Keys::new("/envoy-webhooks/"),
         counter: 0,
+        enabled: std::cell::RefCell::default(),
     }
 }
 
@@ -79,6 +82,10 @@ impl Api {
         };
         let check_url = |url: &str| self.config.urls.check(url).map(|_| ());
         let health = |_: &envoy_webhooks::config::WebhookDefinition| None;
+        let enabled = &self.enabled;
+        let enable = |definition: &envoy_webhooks::config::WebhookDefinition| {
+            enabled.borrow_mut().push(definition.id.clone());
+        };
         let mut context = Context {
             config: &self.config,
             keys: &self.keys,
@@ -86,6 +93,7 @@ impl Api {
             random: &mut random,
             health: &health,
             check_url: &check_url,
+            enable: &enable,
         };
         f(&mut context)
     }
@@ -149,6 +157,7 @@ fn a_tenant_creates_reads_lists_changes_and_deletes_its_webhooks() {
         &caller(A),
         json!({"name": "renamed", "status": "DISABLED"}),
     );
+    assert!(api.enabled.borrow().is_empty());
     assert_eq!(changed.status, 200, "{changed:?}");
     assert_eq!(changed.body.as_ref().unwrap()["name"], "renamed");
     assert_eq!(changed.body.unwrap()["status"], "DISABLED");

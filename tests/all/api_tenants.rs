@@ -126,6 +126,7 @@ impl Api {
             random: &mut random,
             health: &health,
             check_url: &check_url,
+            enable: &|_| {},
         };
         let (mut exchange, mut step) = Exchange::start(operation, who, body, &mut context);
         loop {
