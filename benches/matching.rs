@@ -1,6 +1,8 @@
 //! Criterion benchmarks of the matching core: parsing queries, evaluating one
 //! query, and matching one event (JSON parsing included) against 10, 100 and
-//! 1,000 definitions (parsed, pruned, or scanned in one pass).
+//! 1,000 definitions (parsed, pruned, or scanned in one pass), and against
+//! tenants' definitions: 10 in the event's domain, alone or among 1,000
+//! domains' (which should cost the same).
 
 #![allow(
     clippy::unwrap_used,
@@ -35,6 +37,48 @@ fn matcher(count: usize) -> Matcher {
     }
 }
 
+/// The seed events' domain.
+const SEED_DOMAIN: &str = "1297c8b6-3563-11e7-adf1-6c4008b85488";
+
+/// `domains` tenants with `per_domain` definitions each (the workload's
+/// generator, so each domain's mix is that of `matcher(per_domain)`); the
+/// seed event's domain is the middle one.
+fn tenants(domains: usize, per_domain: usize) -> Matcher {
+    let mut webhooks = Vec::with_capacity(domains * per_domain);
+    for domain in 0..domains {
+        for mut webhook in definitions(per_domain) {
+            // Ids are unique across all definitions.
+            webhook["id"] = json!(format!("d{domain}-{}", webhook["id"].as_str().unwrap()));
+            webhooks.push(webhook);
+        }
+    }
+    let mut config = match PluginConfig::from_value(&json!({ "webhooks": webhooks })) {
+        Ok(config) => config,
+        Err(e) => panic!("benchmark configuration is invalid: {e}"),
+    };
+    for (index, definition) in config.webhooks.iter_mut().enumerate() {
+        let domain = index / per_domain;
+        definition.system_domain_id = Some(if domain == domains / 2 {
+            SEED_DOMAIN.to_string()
+        } else {
+            format!("{domain:08x}-0000-4000-8000-{domain:012x}")
+        });
+    }
+    Matcher::new(config.webhooks)
+}
+
+/// The cases of each "match event" group: configured definitions by count,
+/// then tenants' (`domains` in the name).
+fn cases() -> Vec<(String, Matcher)> {
+    let mut cases: Vec<(String, Matcher)> = [10, 100, 1000]
+        .into_iter()
+        .map(|count| (count.to_string(), matcher(count)))
+        .collect();
+    cases.push(("1 domain × 10 webhooks".to_string(), tenants(1, 10)));
+    cases.push(("1,000 domains × 10 webhooks".to_string(), tenants(1000, 10)));
+    cases
+}
+
 fn bench_parse(c: &mut Criterion) {
     c.bench_function("parse seed query", |b| {
         b.iter(|| Query::parse(black_box(SEED_QUERY)))
@@ -55,10 +99,9 @@ fn bench_evaluate(c: &mut Criterion) {
 fn bench_match(c: &mut Criterion) {
     let mut group = c.benchmark_group("match event (parse included)");
     group.throughput(Throughput::Elements(1));
-    for count in [10, 100, 1000] {
-        let matcher = matcher(count);
+    for (name, matcher) in cases() {
         let mut out = Vec::new();
-        group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| {
                 out.clear();
                 if let Ok(event) = parse_event(black_box(EVENT)) {
@@ -72,11 +115,10 @@ fn bench_match(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("match event (pruned parse included)");
     group.throughput(Throughput::Elements(1));
-    for count in [10, 100, 1000] {
-        let matcher = matcher(count);
+    for (name, matcher) in cases() {
         let fields = matcher.field_tree();
         let mut out = Vec::new();
-        group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| {
                 out.clear();
                 if let Ok(event) = parse_event_with(black_box(EVENT), Some(&fields)) {
@@ -91,11 +133,10 @@ fn bench_match(c: &mut Criterion) {
     let mut group = c.benchmark_group("match event (one-pass scan included)");
     group.throughput(Throughput::Elements(1));
     let text = std::str::from_utf8(EVENT).expect("fixture is UTF-8").trim();
-    for count in [10, 100, 1000] {
-        let matcher = matcher(count);
+    for (name, matcher) in cases() {
         let mut view = View::default();
         let (mut out, mut over_budget) = (Vec::new(), Vec::new());
-        group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {
+        group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| {
                 out.clear();
                 if scan(black_box(text), matcher.paths(), &mut view) == Scan::Event {

@@ -5,6 +5,12 @@
 //! "any realm"/"any operation" ones). Only those have their `object_id` and
 //! query checked. Definitions with the same query (the same structure) share
 //! its evaluation: it runs once an event, however many of them have it.
+//!
+//! The configuration's definitions see every domain's events; a tenant's
+//! (made through the API) only its own domain's. Tenants' definitions are
+//! indexed by domain first, so an event meets the configuration's
+//! candidates and its own domain's, never another domain's: a thousand
+//! tenants cost an event what one does.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -24,24 +30,56 @@ use crate::status::Status;
 #[derive(Debug, Clone)]
 pub struct Matcher {
     definitions: Vec<WebhookDefinition>,
+    /// The configuration's definitions (`system_domain_id: None`).
     by_event_type: HashMap<String, TypeIndex>,
+    /// Tenants' definitions, by their `system_domain_id` (compared exactly).
+    by_domain: HashMap<String, HashMap<String, TypeIndex>>,
     /// By definition: the slot of its query in `outcomes` when other
     /// definitions have the same query (it is then evaluated once an event).
     shared_query: Vec<Option<usize>>,
-    /// One event's outcomes of the shared queries, reused from event to event
-    /// (`UNKNOWN` until evaluated).
-    outcomes: RefCell<Vec<u8>>,
+    /// One event's outcomes of the shared queries, reused from event to event.
+    outcomes: RefCell<Outcomes>,
     /// Every path matching reads, for [`view::scan`].
     paths: PathSet,
     /// By definition: its query bound to `paths`.
     bound: Vec<BoundQuery>,
 }
 
-/// A shared query's outcome for the event being matched.
+/// A shared query's outcome for the event being matched (`UNKNOWN`: not
+/// evaluated since the slots were made or cleared).
 const UNKNOWN: u8 = 0;
 const NO_MATCH: u8 = 1;
 const MATCH: u8 = 2;
 const OVER_BUDGET: u8 = 3;
+
+/// The shared queries' outcomes, each stamped with the event it is of: a new
+/// event is a new generation, so nothing is cleared per event (clearing
+/// would cost every tenant's shared queries, not just the event's).
+#[derive(Debug, Clone)]
+struct Outcomes {
+    generation: u32,
+    /// By slot: the generation its outcome is of, and the outcome.
+    slots: Vec<(u32, u8)>,
+}
+
+impl Outcomes {
+    fn new(slots: usize) -> Outcomes {
+        Outcomes {
+            generation: 0,
+            slots: vec![(0, UNKNOWN); slots],
+        }
+    }
+
+    /// Forgets the last event's outcomes.
+    fn next_event(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            // Wrapped: stamps that old could pass for new ones.
+            self.slots.fill((0, UNKNOWN));
+            self.generation = 1;
+        }
+    }
+}
 
 #[derive(Debug, Clone, Default)]
 struct TypeIndex {
@@ -117,6 +155,8 @@ pub struct EventKeys<'a> {
     pub realm: Option<&'a str>,
     pub operation: Option<&'a str>,
     pub object_id: Option<&'a str>,
+    /// The tenant the event is of: which tenants' definitions it meets.
+    pub system_domain_id: Option<&'a str>,
 }
 
 impl<'a> EventKeys<'a> {
@@ -127,6 +167,7 @@ impl<'a> EventKeys<'a> {
             realm: field("realm"),
             operation: field("operation"),
             object_id: field("object_id"),
+            system_domain_id: field("system_domain_id"),
         }
     }
 
@@ -137,6 +178,7 @@ impl<'a> EventKeys<'a> {
             realm: event.top_str(view::REALM),
             operation: event.top_str(view::OPERATION),
             object_id: event.top_str(view::OBJECT_ID),
+            system_domain_id: event.top_str(view::SYSTEM_DOMAIN_ID),
         }
     }
 }
@@ -175,7 +217,8 @@ impl Router for RouteFields {
     }
 }
 
-/// The paths matching reads of every event: the routing fields and `request_id`.
+/// The paths matching reads of every event: the routing fields,
+/// `system_domain_id` and `request_id`.
 fn base_tree() -> FieldTree {
     let mut tree = FieldTree::default();
     for key in [
@@ -184,6 +227,7 @@ fn base_tree() -> FieldTree {
         "operation",
         "object_id",
         "request_id",
+        "system_domain_id",
     ] {
         tree.add(&[key]);
     }
@@ -196,22 +240,57 @@ fn add_query_paths(tree: &mut FieldTree, definition: &WebhookDefinition) {
     }
 }
 
+/// Adds definition `index` to `by_event_type` under its type, realm and
+/// operation.
+fn add_to_index(
+    by_event_type: &mut HashMap<String, TypeIndex>,
+    index: usize,
+    definition: &WebhookDefinition,
+) {
+    let type_index = by_event_type
+        .entry(definition.event_type.clone())
+        .or_default();
+    let operations = match &definition.realm {
+        Some(realm) => type_index.by_realm.entry(realm.clone()).or_default(),
+        None => &mut type_index.any_realm,
+    };
+    operations.push(definition.operation, index);
+}
+
+/// The candidate lists of an event's route in one index: at most four
+/// (realm's and any realm's, operation's and any operation's).
+fn route_lists<'a>(
+    type_index: Option<&'a TypeIndex>,
+    realm: Option<&str>,
+    operation: Option<Operation>,
+) -> [&'a [usize]; 4] {
+    let none: &[usize] = &[];
+    let Some(type_index) = type_index else {
+        return [none; 4];
+    };
+    let realm = realm.and_then(|realm| lookup(&type_index.by_realm, realm));
+    [
+        realm.map_or(none, |ops| ops.operation_list(operation)),
+        realm.map_or(none, |ops| &ops.any_operation),
+        type_index.any_realm.operation_list(operation),
+        &type_index.any_realm.any_operation,
+    ]
+}
+
 impl Matcher {
     /// Indexes `definitions`; `DISABLED` ones are left out, as they never fire.
     pub fn new(definitions: Vec<WebhookDefinition>) -> Matcher {
         let mut by_event_type: HashMap<String, TypeIndex> = HashMap::new();
+        let mut by_domain: HashMap<String, HashMap<String, TypeIndex>> = HashMap::new();
         for (index, definition) in definitions.iter().enumerate() {
             if definition.status == Status::Disabled {
                 continue;
             }
-            let type_index = by_event_type
-                .entry(definition.event_type.clone())
-                .or_default();
-            let operations = match &definition.realm {
-                Some(realm) => type_index.by_realm.entry(realm.clone()).or_default(),
-                None => &mut type_index.any_realm,
+            let types = match &definition.system_domain_id {
+                None => &mut by_event_type,
+                Some(domain) => by_domain.entry(domain.clone()).or_default(),
             };
-            operations.push(definition.operation, index);
+            add_to_index(types, index, definition);
         }
         let shared_query = shared_queries(&definitions);
         let slots = shared_query
@@ -227,8 +306,9 @@ impl Matcher {
         Matcher {
             definitions,
             by_event_type,
+            by_domain,
             shared_query,
-            outcomes: RefCell::new(vec![UNKNOWN; slots]),
+            outcomes: RefCell::new(Outcomes::new(slots)),
             paths,
             bound,
         }
@@ -246,8 +326,16 @@ impl Matcher {
 
     /// The paths each route's candidates read (what [`Matcher::matching`]
     /// evaluates for an event of that route); routes with the same
-    /// candidates share one tree.
+    /// candidates share one tree. A route's candidates are taken from every
+    /// domain (more paths than one domain's events need, never fewer): the
+    /// route is known before the domain is, and one set of trees serves all.
     pub fn route_fields(&self) -> RouteFields {
+        let mut all_domains: HashMap<String, TypeIndex> = HashMap::new();
+        for (index, definition) in self.definitions.iter().enumerate() {
+            if definition.status != Status::Disabled {
+                add_to_index(&mut all_domains, index, definition);
+            }
+        }
         let mut shared: HashMap<Vec<usize>, Rc<FieldTree>> = HashMap::new();
         let mut tree_of = |lists: &[&[usize]]| -> Rc<FieldTree> {
             let mut candidates: Vec<usize> = lists.concat();
@@ -265,7 +353,7 @@ impl Matcher {
                 .clone()
         };
         let mut by_event_type = HashMap::new();
-        for (event_type, type_index) in &self.by_event_type {
+        for (event_type, type_index) in &all_domains {
             let mut trees_for = |realm: Option<&OperationIndex>| -> Vec<Rc<FieldTree>> {
                 SLOT_OPERATIONS
                     .iter()
@@ -299,9 +387,10 @@ impl Matcher {
         }
     }
 
-    /// Whether no event can match (no definitions, or all `DISABLED`).
+    /// Whether no event can match (no definitions, or all `DISABLED`),
+    /// the configuration's and tenants' alike.
     pub fn matches_nothing(&self) -> bool {
-        self.by_event_type.is_empty()
+        self.by_event_type.is_empty() && self.by_domain.is_empty()
     }
 
     pub fn definitions(&self) -> &[WebhookDefinition] {
@@ -316,8 +405,10 @@ impl Matcher {
 
     /// Appends to `out` the index of each definition whose type, realm,
     /// operation, object and query match `event`, in configuration order.
-    /// Statuses are the caller's business (they change at run time), except
-    /// that `DISABLED` definitions never match.
+    /// A tenant's definition (`system_domain_id` set) matches only events
+    /// whose top-level `system_domain_id` is that string exactly. Statuses
+    /// are the caller's business (they change at run time), except that
+    /// `DISABLED` definitions never match.
     pub fn matching(&self, event: &Value, out: &mut Vec<usize>) {
         // Vec::new does not allocate; only an over-budget query would push.
         self.matching_with_budget(event, out, &mut Vec::new());
@@ -369,45 +460,44 @@ impl Matcher {
         let Some(event_type) = keys.event_type else {
             return;
         };
-        let Some(type_index) = lookup(&self.by_event_type, event_type) else {
+        let configured = lookup(&self.by_event_type, event_type);
+        // Only the event's own domain: one lookup, whatever the tenants.
+        let tenant = keys
+            .system_domain_id
+            .and_then(|domain| self.by_domain.get(domain))
+            .and_then(|types| lookup(types, event_type));
+        if configured.is_none() && tenant.is_none() {
             return;
-        };
+        }
         let operation = keys.operation.and_then(Operation::parse);
-        let realm = keys
-            .realm
-            .and_then(|realm| lookup(&type_index.by_realm, realm));
-        // At most four lists (realm's and any realm's, operation's and any
-        // operation's): no allocation per event.
-        let none: &[usize] = &[];
-        let lists = [
-            realm.map_or(none, |ops| ops.operation_list(operation)),
-            realm.map_or(none, |ops| &ops.any_operation),
-            type_index.any_realm.operation_list(operation),
-            &type_index.any_realm.any_operation,
-        ];
+        // Four lists from each index: no allocation per event.
+        let [a, b, c, d] = route_lists(configured, keys.realm, operation);
+        let [e, f, g, h] = route_lists(tenant, keys.realm, operation);
+        let lists = [a, b, c, d, e, f, g, h];
 
-        let mut fresh = Vec::new();
         let mut outcomes = match self.outcomes.try_borrow_mut() {
             Ok(outcomes) => outcomes,
             // Never re-entered; were it, a buffer of its own.
             Err(_) => {
-                fresh.resize(self.shared_query.len(), UNKNOWN);
+                let mut fresh = Outcomes::new(self.shared_query.len());
+                fresh.next_event();
                 return self.match_lists(keys, lists, out, over_budget, &mut fresh, evaluate);
             }
         };
-        outcomes.fill(UNKNOWN);
+        outcomes.next_event();
         self.match_lists(keys, lists, out, over_budget, &mut outcomes, evaluate);
     }
 
     fn match_lists(
         &self,
         keys: &EventKeys<'_>,
-        lists: [&[usize]; 4],
+        lists: [&[usize]; 8],
         out: &mut Vec<usize>,
         over_budget: &mut Vec<usize>,
-        outcomes: &mut [u8],
+        outcomes: &mut Outcomes,
         evaluate: &mut dyn FnMut(usize) -> u8,
     ) {
+        let generation = outcomes.generation;
         let start = out.len();
         for list in lists {
             for &index in list {
@@ -426,12 +516,13 @@ impl Matcher {
                     .get(index)
                     .copied()
                     .flatten()
-                    .and_then(|slot| outcomes.get_mut(slot));
+                    .and_then(|slot| outcomes.slots.get_mut(slot));
                 let outcome = match slot {
-                    Some(known) if *known != UNKNOWN => *known,
+                    Some((stamp, known)) if *stamp == generation => *known,
                     Some(unknown) => {
-                        *unknown = evaluate(index);
-                        *unknown
+                        let outcome = evaluate(index);
+                        *unknown = (generation, outcome);
+                        outcome
                     }
                     None => evaluate(index),
                 };
@@ -510,5 +601,24 @@ fn lookup<'m, V>(map: &'m HashMap<String, V>, key: &str) -> Option<&'m V> {
         map.get(key.to_ascii_lowercase().as_str())
     } else {
         map.get(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_are_forgotten_from_event_to_event_even_when_the_generation_wraps() {
+        let mut outcomes = Outcomes::new(2);
+        outcomes.next_event();
+        assert_eq!(outcomes.generation, 1);
+        // An outcome stamped long ago (generation 1), and one of the last event.
+        outcomes.slots = vec![(1, MATCH), (u32::MAX, NO_MATCH)];
+        outcomes.generation = u32::MAX;
+        outcomes.next_event();
+        // Generation 1 again: the old stamp must not pass for this event's.
+        assert_eq!(outcomes.generation, 1);
+        assert_eq!(outcomes.slots, [(0, UNKNOWN), (0, UNKNOWN)]);
     }
 }

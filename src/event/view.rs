@@ -26,12 +26,14 @@ pub const REALM: usize = 1;
 pub const OPERATION: usize = 2;
 pub const OBJECT_ID: usize = 3;
 pub const REQUEST_ID: usize = 4;
-const TOP_FIELDS: [&str; 5] = [
+pub const SYSTEM_DOMAIN_ID: usize = 5;
+const TOP_FIELDS: [&str; 6] = [
     "event_type",
     "realm",
     "operation",
     "object_id",
     "request_id",
+    "system_domain_id",
 ];
 
 /// serde_json refuses a value nested this deep (its recursion limit).
@@ -71,7 +73,7 @@ impl Default for PathSet {
 }
 
 impl PathSet {
-    /// The routing fields only ([`EVENT_TYPE`] to [`REQUEST_ID`]).
+    /// The routing fields only ([`EVENT_TYPE`] to [`SYSTEM_DOMAIN_ID`]).
     pub fn new() -> PathSet {
         let mut set = PathSet {
             nodes: vec![Node::default()],
@@ -191,7 +193,7 @@ enum Kind {
 pub struct View {
     leaves: Vec<Vec<Leaf>>,
     /// The routing fields' own values at the top of the event.
-    top: [Option<Leaf>; 5],
+    top: [Option<Leaf>; TOP_FIELDS.len()],
     /// The escaped strings that paths reach, unescaped, one after another.
     unescaped: String,
 }
@@ -244,7 +246,7 @@ impl<'a> Viewed<'a> {
     }
 
     /// A routing field's value when it is a string at the top of the event
-    /// ([`EVENT_TYPE`] to [`REQUEST_ID`]).
+    /// ([`EVENT_TYPE`] to [`SYSTEM_DOMAIN_ID`]).
     pub fn top_str(&self, id: usize) -> Option<&'a str> {
         let leaf = self.view.top.get(id).copied().flatten()?;
         // Escaped routing fields made the scan unsure: never here.
@@ -353,7 +355,7 @@ pub fn scan(text: &str, paths: &PathSet, view: &mut View) -> Scan {
         }
         leaves.clear();
     }
-    view.top = [None; 5];
+    view.top = [None; TOP_FIELDS.len()];
     if view.unescaped.capacity() > KEPT_UNESCAPED {
         view.unescaped = String::new();
     }

@@ -35,6 +35,7 @@ fn only_the_referenced_paths_are_kept() {
             "event_type": "assets", "realm": "formats", "operation": "update",
             "object_id": "918728e2-bc1c-11ed-aaef-66cff3148306",
             "request_id": "476117422b18ed2f915fe9887b77b702",
+            "system_domain_id": "1297c8b6-3563-11e7-adf1-6c4008b85488",
             "data": {"status": "ACTIVE", "components": [
                 {"metadata": {"format": "AVC"}}, {"metadata": {"format": "AAC"}}]}
         })
@@ -241,31 +242,42 @@ fn members() -> impl Strategy<Value = Vec<(String, String)>> {
         route("realm", vec!["formats", "metadata", "FORMATS", "x"]),
         route("operation", vec!["update", "UPDATE", "create", "x"]),
         prop::option::weighted(0.3, route("event_type", vec!["assets", "collections"])),
+        route("system_domain_id", DOMAINS.to_vec()),
         prop::collection::vec(
             (prop::sample::select(KEYS.to_vec()), json_value())
                 .prop_map(|(k, v)| (k.to_string(), v.to_string())),
             0..5,
         ),
     )
-        .prop_map(|(event_type, realm, operation, again, mut others)| {
-            others.extend(
-                [event_type, realm, operation, again.flatten()]
-                    .into_iter()
-                    .flatten(),
-            );
-            others
-        })
+        .prop_map(
+            |(event_type, realm, operation, again, domain, mut others)| {
+                others.extend(
+                    [event_type, realm, operation, again.flatten(), domain]
+                        .into_iter()
+                        .flatten(),
+                );
+                others
+            },
+        )
         .prop_shuffle()
 }
 
-fn definition() -> impl Strategy<Value = Value> {
+/// Tenants' domains (an event's may be one of them).
+const DOMAINS: [&str; 2] = [
+    "1297c8b6-3563-11e7-adf1-6c4008b85488",
+    "5b7e2c4a-0d1f-4e8b-9a3c-2f6d8e1b4a70",
+];
+
+/// A webhook, and the tenant it is of (`None`: the configuration's).
+fn definition() -> impl Strategy<Value = (Value, Option<&'static str>)> {
     (
         prop::sample::select(vec!["assets", "collections"]),
         prop::sample::select(vec![None, Some("formats"), Some("metadata")]),
         prop::sample::select(vec![None, Some("update"), Some("create")]),
         prop::collection::vec(comparison(), 0..3),
+        prop::option::of(prop::sample::select(DOMAINS.to_vec())),
     )
-        .prop_map(|(event_type, realm, operation, query)| {
+        .prop_map(|(event_type, realm, operation, query, domain)| {
             let mut hook =
                 json!({"event_type": event_type, "url": "http://r/", "query": query.join(" AND ")});
             if let Some(realm) = realm {
@@ -274,7 +286,7 @@ fn definition() -> impl Strategy<Value = Value> {
             if let Some(operation) = operation {
                 hook["operation"] = json!(operation);
             }
-            hook
+            (hook, domain)
         })
 }
 
@@ -293,15 +305,18 @@ proptest! {
             "{{{}}}",
             members.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect::<Vec<_>>().join(",")
         );
-        let webhooks: Vec<Value> = hooks
+        let (webhooks, domains): (Vec<Value>, Vec<_>) = hooks
             .into_iter()
             .enumerate()
-            .map(|(i, mut hook)| {
+            .map(|(i, (mut hook, domain))| {
                 hook["id"] = json!(format!("h{i}"));
-                hook
+                (hook, domain)
             })
-            .collect();
-        let config = PluginConfig::from_value(&json!({ "webhooks": webhooks })).expect("valid config");
+            .unzip();
+        let mut config = PluginConfig::from_value(&json!({ "webhooks": webhooks })).expect("valid config");
+        for (definition, domain) in config.webhooks.iter_mut().zip(domains) {
+            definition.system_domain_id = domain.map(str::to_string);
+        }
         let matcher = Matcher::new(config.webhooks);
         let (tree, router) = (matcher.field_tree(), matcher.route_fields());
         let full = parse_event(text.as_bytes());
@@ -355,4 +370,50 @@ fn an_event_whose_route_reaches_no_definition_keeps_only_its_routing_fields() {
     let mut matched = Vec::new();
     matcher.matching(&parse(text), &mut matched);
     assert_eq!(matched, [0]);
+}
+
+#[test]
+fn a_tenants_definition_keeps_its_paths_on_its_route() {
+    let config = PluginConfig::from_value(&json!({"webhooks": [
+        {"id": "configured", "event_type": "assets", "url": "http://r/", "query": "b = 1"},
+        {"id": "tenant", "event_type": "assets", "realm": "formats", "operation": "update",
+         "url": "http://r/", "query": "a = 1"},
+        {"id": "tenant-collections", "event_type": "collections", "url": "http://r/",
+         "query": "c = \"x\""},
+    ]}))
+    .expect("valid config");
+    let mut definitions = config.webhooks;
+    for definition in definitions.iter_mut().skip(1) {
+        definition.system_domain_id = Some(DOMAINS[1].to_string());
+    }
+    let matcher = Matcher::new(definitions);
+    let (tree, router) = (matcher.field_tree(), matcher.route_fields());
+    let matched = |text: &str| {
+        let value = parse_event_routed(text.as_bytes(), Some(&tree), Some(&router))
+            .expect("an event")
+            .value;
+        let mut matched = Vec::new();
+        matcher.matching(&value, &mut matched);
+        (value, matched)
+    };
+    // Routing fields first: the route's trees hold the tenant's paths.
+    let domain = DOMAINS[1];
+    let (_, fired) = matched(&format!(
+        r#"{{"event_type":"assets","realm":"formats","operation":"update","system_domain_id":"{domain}","a":1,"b":1}}"#
+    ));
+    assert_eq!(fired, [0, 1]);
+    // A type only a tenant listens to.
+    let (_, fired) = matched(&format!(
+        r#"{{"event_type":"collections","system_domain_id":"{domain}","c":"x"}}"#
+    ));
+    assert_eq!(fired, [2]);
+    // A route no definition reaches still keeps the domain.
+    let (value, fired) = matched(&format!(
+        r#"{{"event_type":"jobs","system_domain_id":"{domain}","a":1}}"#
+    ));
+    assert!(fired.is_empty());
+    assert_eq!(
+        value,
+        json!({"event_type": "jobs", "system_domain_id": domain})
+    );
 }
