@@ -34,7 +34,7 @@ pub struct Attempt<'a> {
     pub latency_ms: u64,
     /// As in `last_error`; `None` on success.
     pub error: Option<&'a str>,
-    /// The `webhook-id` the receiver saw (`None`: not signed, none was sent).
+    /// The `webhook-id` the receiver saw (`None`: a dead letter's, unsigned).
     pub message_id: Option<&'a str>,
     pub request_id: Option<&'a str>,
 }

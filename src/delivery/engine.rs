@@ -645,24 +645,29 @@ impl Engine {
             }
         }
         let secrets = webhook.map_or(&[][..], |(index, _)| plugin.secrets(index));
+        // Every delivery to a webhook carries its `webhook-id`, signed or
+        // not: receivers (and a redrive) de-duplicate on it.
+        let identified = !secrets.is_empty() || !delivery.target.is_dead_letter();
+        if identified && delivery.message_id.is_empty() {
+            delivery.message_id = signature::message_id(
+                &delivery.target.webhook().id,
+                delivery.request_id.as_deref(),
+                &delivery.body,
+            );
+        }
+        if identified {
+            headers.push(("webhook-id", delivery.message_id.as_str()));
+        }
         let timestamp;
         let signature_value;
         if !secrets.is_empty() {
             timestamp = (now_ms / 1000).to_string();
-            if delivery.message_id.is_empty() {
-                delivery.message_id = signature::message_id(
-                    &delivery.target.webhook().id,
-                    delivery.request_id.as_deref(),
-                    &delivery.body,
-                );
-            }
             signature_value = signature::signature_header(
                 secrets,
                 &delivery.message_id,
                 now_ms / 1000,
                 &delivery.body,
             );
-            headers.push(("webhook-id", delivery.message_id.as_str()));
             headers.push(("webhook-timestamp", timestamp.as_str()));
             headers.push(("webhook-signature", signature_value.as_str()));
         }
