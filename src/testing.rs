@@ -24,7 +24,7 @@ pub mod url_policy {
 
 pub mod api {
     pub use crate::api::tenants::{Outcome, Tenants, TOMBSTONE_RETENTION_MS};
-    pub use crate::api::{route, ApiRoute};
+    pub use crate::api::{check_url, route, ApiRoute};
 }
 
 pub mod exchange {

@@ -65,6 +65,26 @@ pub fn route(prefix: &str, method: &str, path: &str) -> ApiRoute {
     }
 }
 
+/// Whether a tenant may give `url`: the URL policy (`api.urls`), and a
+/// cluster in `delivery.clusters` for its scheme.
+pub fn check_url(config: &crate::config::PluginConfig, url: &str) -> Result<(), String> {
+    let api = config.api.as_ref().ok_or("the API is not configured")?;
+    let parsed = api.urls.check(url)?;
+    let clusters = config.delivery.clusters.as_ref();
+    let cluster = if parsed.https {
+        clusters.and_then(|c| c.https.as_ref())
+    } else {
+        clusters.and_then(|c| c.http.as_ref())
+    };
+    match cluster {
+        Some(_) => Ok(()),
+        None => Err(format!(
+            "this platform calls {} URLs only",
+            if parsed.https { "http://" } else { "https://" }
+        )),
+    }
+}
+
 impl Operation {
     /// The answer needs the request's body (read whole first).
     pub fn needs_body(&self) -> bool {

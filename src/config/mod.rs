@@ -347,13 +347,15 @@ fn check_api(
         );
     }
     let clusters = delivery.clusters.as_ref();
-    if clusters.and_then(|c| c.https.as_ref()).is_none() {
+    let https = clusters.and_then(|c| c.https.as_ref()).is_some();
+    let http = clusters.and_then(|c| c.http.as_ref()).is_some();
+    if !https && !api.urls.allows_http() {
         problem(
             "",
             "needs delivery.clusters.https: a tenant's webhook names a URL only, and its calls go to that cluster (a dynamic forward proxy, see docs/api.md)".to_string(),
         );
     }
-    if api.urls.allows_http() && clusters.and_then(|c| c.http.as_ref()).is_none() {
+    if api.urls.allows_http() && !http {
         problem(
             "urls",
             "allow_http needs delivery.clusters.http, the cluster http:// calls go to".to_string(),

@@ -159,7 +159,7 @@ fn with_context<T>(
             now_ms / 1000,
         ))
     };
-    let check_url = |url: &str| api.urls.check(url).map(|_| ());
+    let check_url = |url: &str| crate::api::check_url(&plugin.config, url);
     let enable = |definition: &WebhookDefinition| {
         let policy = &plugin.config.delivery;
         let updated = webhook_store::enable(

@@ -93,3 +93,52 @@ fn every_problem_is_reported_at_once() {
     );
     assert!(!tokens.contains("short"), "{tokens}");
 }
+
+#[test]
+fn a_tenant_url_needs_a_cluster_for_its_scheme() {
+    use envoy_webhooks::config::PluginConfig;
+    use envoy_webhooks::testing::api::check_url;
+    let etcd = json!({"etcd": {"cluster": "etcd", "authority": "etcd:2379"}});
+    let api = json!({"tokens": {}, "urls": {"allow_http": true}});
+    let http_only = PluginConfig::from_value(&json!({
+        "api": api, "cluster_state": etcd, "delivery": {"clusters": {"http": "egress"}}
+    }))
+    .unwrap();
+    assert!(check_url(&http_only, "http://hooks.example.com/").is_ok());
+    let refused = check_url(&http_only, "https://hooks.example.com/").unwrap_err();
+    assert!(refused.contains("calls http:// URLs only"), "{refused}");
+    // https is needed unless http is allowed, and http needs its cluster.
+    let problems = PluginConfig::from_value(&json!({
+        "api": {"tokens": {}}, "cluster_state": etcd, "delivery": {"clusters": {"http": "egress"}}
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        problems.contains("needs delivery.clusters.https"),
+        "{problems}"
+    );
+    let problems = PluginConfig::from_value(&json!({
+        "api": api, "cluster_state": etcd, "delivery": {"clusters": {"https": "egress"}}
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        problems.contains("allow_http needs delivery.clusters.http"),
+        "{problems}"
+    );
+    let problems = PluginConfig::from_value(&json!({"api": {"tokens": {}}}))
+        .unwrap_err()
+        .to_string();
+    assert!(problems.contains("needs cluster_state.etcd"), "{problems}");
+    let problems = PluginConfig::from_value(&json!({
+        "api": {"tokens": {}, "path_prefix": "/webhooks-admin/api/"}, "cluster_state": etcd,
+        "delivery": {"clusters": {"https": "egress"}},
+        "admin": {"path_prefix": "/webhooks-admin", "token": "t0ken"}
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        problems.contains("overlaps admin.path_prefix"),
+        "{problems}"
+    );
+}
