@@ -304,3 +304,103 @@ def test_etcd_down_answers_503_and_deliveries_go_on(cluster, hooks, etcd_cluster
     for i in range(5):
         assert two.post_event(event(f"down{i}")).status == 200
     wait_until(lambda: hooks.count("/hooks/e1") >= before + 5, timeout=8)
+
+
+# --------------------------------------------------------------------------- identity from jwt_authn
+
+IDENTITY = {"system_domain_id": "x-iconik-domain", "roles": "x-iconik-roles"}
+
+
+def b64url(data: bytes) -> str:
+    import base64
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Issuer:
+    """A JWT issuer of the test's own: an RSA key, its JWKS, and tokens it signs."""
+
+    def __init__(self):
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        numbers = self.key.public_key().public_numbers()
+        n = numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")
+        self.jwks = json.dumps({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "test",
+                                          "n": b64url(n), "e": b64url(numbers.e.to_bytes(3, "big"))}]})
+
+    def token(self, **claims) -> str:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+        claims = {"iss": "https://auth.example.com", "exp": int(time.time()) + 600, **claims}
+        signing_input = f"{b64url(json.dumps({'alg': 'RS256', 'typ': 'JWT', 'kid': 'test'}).encode())}." \
+                        f"{b64url(json.dumps(claims).encode())}"
+        signature = self.key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{b64url(signature)}"
+
+
+def identity_filters(jwks: str) -> list[dict]:
+    """In front of the filter: remove any identity header the client sent, then let jwt_authn
+    check the token and put its claims in those headers (docs/api.md shows the same)."""
+    return [
+        {"name": "envoy.filters.http.header_mutation",
+         "typed_config": {
+             "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+             "mutations": {"request_mutations": [{"remove": IDENTITY["system_domain_id"]},
+                                                 {"remove": IDENTITY["roles"]}]}}},
+        {"name": "envoy.filters.http.jwt_authn",
+         "typed_config": {
+             "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+             "providers": {"tenants": {
+                 "issuer": "https://auth.example.com",
+                 "local_jwks": {"inline_string": jwks},
+                 "forward": False,
+                 "claim_to_headers": [
+                     {"header_name": IDENTITY["system_domain_id"], "claim_name": "system_domain_id"},
+                     {"header_name": IDENTITY["roles"], "claim_name": "roles"}]}},
+             "rules": [{"match": {"prefix": "/API/"}, "requires": {"provider_name": "tenants"}}]}},
+    ]
+
+
+def test_an_identity_checked_by_jwt_authn_in_front(launch_envoy, upstream, hooks, etcd_cluster):
+    from harness import envoy_config, free_port, WASM
+    issuer = Issuer()
+    plugin = api_plugin()
+    plugin["api"] = {"identity_headers": IDENTITY, "urls": plugin["api"]["urls"]}
+    config = envoy_config(listener_port=free_port(), admin_port=free_port(), upstream_port=upstream.port,
+                          plugin=plugin, clusters={"hooks": hooks.port}, wasm=WASM,
+                          extra_clusters=[etcd_envoy_cluster(etcd_cluster.client_ports)])
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"] = identity_filters(issuer.jwks) + hcm["http_filters"]
+    envoy = launch_envoy(None, upstream=upstream, config=config, concurrency=2)
+
+    def call(method: str, path: str, jwt: str | None, body=None, headers=None) -> tuple[int, bytes]:
+        sent = {"content-type": "application/json", **(headers or {})}
+        if jwt:
+            sent["authorization"] = f"Bearer {jwt}"
+        data = None if body is None else json.dumps(body).encode()
+        r = http_request(envoy.port, method, path, body=data, headers=sent)
+        return r.status, r.body
+
+    writer_a = issuer.token(system_domain_id=DOMAIN_A, roles="can_read_webhooks can_write_webhooks")
+    status, body = call("POST", API, writer_a, body={"event_type": "assets", "status": "ENABLED",
+                                                     "url": "http://hooks:8080/hooks/jwt"})
+    assert status == 201, body
+    made = json.loads(body)
+    status, body = call("GET", API, writer_a)
+    assert status == 200 and [w["id"] for w in json.loads(body)["objects"]] == [made["id"]]
+    # The token's roles count: no delete role, no delete.
+    status, body = call("DELETE", f"{API}{made['id']}/", writer_a)
+    assert status == 403, body
+    # A client's own identity headers are removed before jwt_authn: B's token plus a forged
+    # header naming A still sees B's (none), and a token without the claim sees nothing.
+    reader_b = issuer.token(system_domain_id=DOMAIN_B, roles="can_read_webhooks")
+    status, body = call("GET", API, reader_b, headers={IDENTITY["system_domain_id"]: DOMAIN_A,
+                                                        IDENTITY["roles"]: "can_read_webhooks"})
+    assert status == 200 and json.loads(body)["objects"] == [], body
+    no_claim = issuer.token(roles="can_read_webhooks")
+    status, body = call("GET", API, no_claim, headers={IDENTITY["system_domain_id"]: DOMAIN_A})
+    assert status == 401, body
+    # jwt_authn refuses a missing or forged token itself.
+    assert call("GET", API, None)[0] == 401
+    forged = Issuer().token(system_domain_id=DOMAIN_A, roles="can_read_webhooks")
+    assert call("GET", API, forged)[0] == 401
+    assert not any(r.path.startswith("/API/") for r in upstream.requests())
