@@ -5,6 +5,11 @@
 //! object, into a bounded ring per webhook; a tick at most every 250 ms
 //! publishes the rings that changed to shared data (one write each, the
 //! entries joined as they are). The admin API merges every worker's log.
+//!
+//! A worker's log holds at most `MAX_LOG_BYTES` in all, however many
+//! webhooks there are (tenants may have thousands): past it, the ring of
+//! the webhook called longest ago goes, published as empty (shared data
+//! has no delete), so shared data holds no more than the log does.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -21,6 +26,9 @@ const MAX_ERROR_BYTES: usize = 512;
 const MAX_REQUEST_ID_BYTES: usize = 128;
 /// How often a worker publishes its changed logs, at most.
 pub const PUBLISH_INTERVAL_MS: u64 = 250;
+/// Bytes of entries one worker's log holds at most, over all its webhooks
+/// (some 400 full rings of 100 typical entries).
+pub const MAX_LOG_BYTES: usize = 8 * 1024 * 1024;
 
 /// One call attempt, as the admin API shows it.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -48,13 +56,32 @@ fn cut(text: &str, max: usize) -> &str {
     text.get(..end).unwrap_or_default()
 }
 
-/// One worker's logs, by webhook id: entries as JSON text, newest last.
+/// One webhook's latest attempts: entries as JSON text, newest last.
+#[derive(Default)]
+struct Ring {
+    entries: VecDeque<String>,
+    bytes: usize,
+    /// When it was last recorded into (the log's own count): the oldest goes first.
+    recorded: u64,
+    /// Listed in `changed`.
+    changed: bool,
+}
+
+/// One worker's logs, by webhook id.
 #[derive(Default)]
 pub struct AttemptLog {
-    rings: HashMap<Rc<str>, VecDeque<String>>,
-    /// Webhooks whose ring changed since it was last published.
+    rings: HashMap<Rc<str>, Ring>,
+    /// Webhooks whose ring changed since it was last published (each once).
     changed: Vec<Rc<str>>,
     published_ms: u64,
+    /// Bytes of every ring's entries.
+    bytes: usize,
+    /// Counts records: each ring's `recorded` is one of these.
+    records: u64,
+    /// (record count, webhook) for every record, oldest first; an entry
+    /// whose count is not its ring's `recorded` any more is stale. The
+    /// oldest ring is found at its front in amortised constant time.
+    order: VecDeque<(u64, Rc<str>)>,
 }
 
 impl AttemptLog {
@@ -66,14 +93,64 @@ impl AttemptLog {
         };
         // Strings and integers always serialise.
         let entry = serde_json::to_string(&attempt).unwrap_or_default();
+        self.records = self.records.saturating_add(1);
         let ring = self.rings.entry(id.clone()).or_default();
-        if ring.len() >= MAX_ATTEMPTS {
-            ring.pop_front();
+        ring.recorded = self.records;
+        self.order.push_back((self.records, id.clone()));
+        if ring.entries.len() >= MAX_ATTEMPTS {
+            let dropped = ring.entries.pop_front().map_or(0, |e| e.len());
+            ring.bytes = ring.bytes.saturating_sub(dropped);
+            self.bytes = self.bytes.saturating_sub(dropped);
         }
-        ring.push_back(entry);
-        if !self.changed.contains(id) {
+        ring.bytes = ring.bytes.saturating_add(entry.len());
+        self.bytes = self.bytes.saturating_add(entry.len());
+        ring.entries.push_back(entry);
+        if !ring.changed {
+            ring.changed = true;
             self.changed.push(id.clone());
         }
+        while self.bytes > MAX_LOG_BYTES && self.rings.len() > 1 {
+            if !self.evict_oldest(id) {
+                break;
+            }
+        }
+        if self.order.len() > self.rings.len().saturating_mul(4).saturating_add(1024) {
+            // Mostly stale (webhooks recorded into again): keep the current entries.
+            let rings = &self.rings;
+            self.order
+                .retain(|(at, id)| rings.get(id).is_some_and(|ring| ring.recorded == *at));
+        }
+    }
+
+    /// Empties the ring recorded into longest ago (not `keep`'s): it is
+    /// published empty, and forgotten once it is. `false`: none to empty.
+    fn evict_oldest(&mut self, keep: &Rc<str>) -> bool {
+        while let Some((at, id)) = self.order.pop_front() {
+            if id == *keep {
+                // Recorded into just now: its current entry is at the back.
+                continue;
+            }
+            let Some(ring) = self.rings.get_mut(&id) else {
+                continue;
+            };
+            if ring.recorded != at || ring.entries.is_empty() {
+                continue;
+            }
+            self.bytes = self.bytes.saturating_sub(ring.bytes);
+            ring.entries.clear();
+            ring.bytes = 0;
+            if !ring.changed {
+                ring.changed = true;
+                self.changed.push(id);
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Bytes the log holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Something waits to be published.
@@ -90,14 +167,15 @@ impl AttemptLog {
             return Vec::new();
         }
         self.published_ms = now_ms;
-        std::mem::take(&mut self.changed)
+        let changes: Vec<(Rc<str>, Vec<u8>)> = std::mem::take(&mut self.changed)
             .into_iter()
             .filter_map(|id| {
-                let ring = self.rings.get(&id)?;
-                let bytes: usize = ring.iter().map(|e| e.len().saturating_add(1)).sum();
+                let ring = self.rings.get_mut(&id)?;
+                ring.changed = false;
+                let bytes = ring.bytes.saturating_add(ring.entries.len());
                 let mut log = Vec::with_capacity(bytes.saturating_add(2));
                 log.push(b'[');
-                for (n, entry) in ring.iter().rev().enumerate() {
+                for (n, entry) in ring.entries.iter().rev().enumerate() {
                     if n > 0 {
                         log.push(b',');
                     }
@@ -106,7 +184,11 @@ impl AttemptLog {
                 log.push(b']');
                 Some((id, log))
             })
-            .collect()
+            .collect();
+        // An evicted ring, published empty, is forgotten.
+        self.rings
+            .retain(|_, ring| !ring.entries.is_empty() || ring.changed);
+        changes
     }
 }
 
@@ -158,6 +240,50 @@ mod tests {
         assert_eq!(entries[0]["status"], 200);
         assert_eq!(entries[0]["error"], Value::Null);
         assert!(log.take_changes(2_000, false).is_empty(), "nothing changed");
+    }
+
+    #[test]
+    fn the_log_stays_under_its_bound_however_many_webhooks_and_the_oldest_goes() {
+        let mut log = AttemptLog::default();
+        let ids: Vec<Rc<str>> = (0..20_000)
+            .map(|n| Rc::from(format!("w{n}").as_str()))
+            .collect();
+        let mut at = 0u64;
+        let error = Some("HTTP 500 from the receiver");
+        for _round in 0..5 {
+            for id in &ids {
+                at += 1;
+                log.record(id, &attempt(at, error));
+            }
+        }
+        // Then only the last webhooks are called: the first ones' rings go.
+        for n in 0..20_000usize {
+            at += 1;
+            log.record(&ids[19_900 + n % 100], &attempt(at, error));
+        }
+        assert!(log.bytes() <= MAX_LOG_BYTES, "{}", log.bytes());
+        let changes = log.take_changes(1_000, true);
+        let emptied = changes
+            .iter()
+            .filter(|(_, log)| log.as_slice() == b"[]")
+            .count();
+        assert!(emptied > 0, "evicted rings are published empty");
+        // The webhooks called last keep their entries; the first ones were emptied.
+        let last = changes.iter().find(|(id, _)| &**id == "w19999").unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Vec<Value>>(&last.1).unwrap().len(),
+            100
+        );
+        let first = changes.iter().find(|(id, _)| &**id == "w0").unwrap();
+        assert_eq!(first.1, b"[]");
+        // Forgotten once published: the map holds only rings with entries.
+        assert!(log.rings.values().all(|ring| !ring.entries.is_empty()));
+        assert!(log.rings.len() < ids.len());
+        assert!(
+            log.order.len() <= log.rings.len() * 4 + 1024,
+            "{}",
+            log.order.len()
+        );
     }
 
     #[test]
