@@ -278,3 +278,66 @@ mod delivery {
         assert!(host.store.len() < 10, "the happy path writes no new record");
     }
 }
+
+/// What a tenant's webhook costs a worker at rest: its definition, index
+/// entries, matcher and scanner paths, its reference and secret. Printed
+/// (docs/api.md quotes it); bounded here so that a change that makes it
+/// grow is seen.
+#[test]
+fn a_tenant_webhook_costs_a_worker_a_few_kilobytes() {
+    use envoy_webhooks::testing::resource::{apply, Fresh, Target};
+    let plugin = Plugin::load(
+        json!({
+            "api": {"tokens": {}},
+            "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379"}},
+            "delivery": {"clusters": {"https": "egress"}}
+        })
+        .to_string()
+        .as_bytes(),
+        |_| None,
+    )
+    .unwrap();
+    let fields = [
+        "status", "format", "size", "title", "archived", "owner", "count", "state",
+    ];
+    let tenants: Vec<_> = (0..10_000)
+        .map(|n: usize| {
+            let fresh = Fresh {
+                id: format!("{:08x}-0000-4000-8000-{:012x}", n, n),
+                secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
+                now_ms: 1_765_000_000_000,
+            };
+            let body = json!({
+                "name": format!("webhook {n}"), "event_type": "assets", "status": "ENABLED",
+                "realm": "entity", "operation": "update",
+                "url": format!("https://hooks-{n}.example.com/webhooks/assets"),
+                "query": format!("data.{}=\"x{n}\" AND data.size>100", fields[n % fields.len()]),
+                "headers": {"Auth-Token": "abcdefghijklmnopqrstuvwxyz"}
+            });
+            let domain = format!("{:08x}-0000-4000-8000-000000000000", n / 10);
+            let (_, definition) = apply(
+                body.to_string().as_bytes(),
+                Target::Create {
+                    system_domain_id: &domain,
+                    fresh: &fresh,
+                },
+                &|_| Ok(()),
+            )
+            .unwrap();
+            definition
+        })
+        .collect();
+    let (with_tenants, info) = {
+        let mut made = None;
+        let info =
+            allocation_counter::measure(|| made = Some(plugin.with_tenants(tenants.clone())));
+        (made.unwrap(), info)
+    };
+    assert_eq!(with_tenants.definitions().len(), 10_000);
+    let per_webhook = info.bytes_current / 10_000;
+    println!(
+        "a tenant webhook costs a worker {per_webhook} bytes at rest ({} MB for 10,000)",
+        info.bytes_current / 1_000_000
+    );
+    assert!(per_webhook < 8 * 1024, "{per_webhook} bytes a webhook");
+}
