@@ -43,6 +43,12 @@ JSON_WRITTEN = {
     "a dead-letter record": ("webhook_id", {"webhook_id", "event", "attempts", "last_error", "first_attempt_at",
                                             "reason", "message_id", "request_id"}),
     "an admin API /pending answer": ("workers_with_backlog", {"webhooks", "workers_with_backlog"}),
+    "an API error (docs/api.md)": ("errors", {"errors"}),
+    "an API webhook (docs/api.md)": ("date_created", {"id", "name", "description", "event_type", "realm",
+                                                      "operation", "object_id", "url", "status", "query",
+                                                      "headers", "last_error", "first_failed_at",
+                                                      "date_created", "date_modified", "delivery", "secret"}),
+    "an API list (docs/api.md)": ("objects", {"objects"}),
 }
 STATUS_ANSWER_FIELDS = {"id", "name", "status", "configured_status", "consecutive_failures", "first_failed_at",
                         "last_error", "delivered", "failed", "paused_at_ms"}
