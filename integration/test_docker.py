@@ -192,6 +192,23 @@ def test_quickstart_delivers_the_seed_events_with_verified_signatures(quickstart
     delivered = {w["id"]: w["delivered"] for w in status.json()["webhooks"]}
     assert delivered == {"formats-to-transcoder": 1, "shared-metadata": 1, "collection-deletes": 0}
 
+    # README's curl: a tenant's webhook made through the API gets the tenant's next events.
+    made = http_request(q.ports["LISTENER_PORT"], "POST", "/API/notifications/v1/webhooks/",
+                        body=json.dumps({"event_type": "assets", "status": "ENABLED",
+                                         "url": "http://hooks:18082/hooks/tenant"}).encode(),
+                        headers={"Auth-Token": "quickstart-tenant-token-0123456789",
+                                 "content-type": "application/json"})
+    assert made.status == 201, made
+    assert made.json()["secret"].startswith("whsec_")
+    event = (FIXTURES / "seed-formats-event.json").read_bytes()
+
+    def tenant_delivery() -> bool:
+        http_request(q.ports["LISTENER_PORT"], "POST", "/api/v1/events", body=event,
+                     headers={"content-type": "application/json"})
+        return "POST /hooks/tenant" in q.logs("receiver")
+
+    wait_until(tenant_delivery, 30, 0.5, message=lambda: q.logs("receiver")[-3000:])
+
     q.down()
     assert q.leftovers() == {"containers": [], "networks": [], "volumes": []}
 

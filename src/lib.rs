@@ -34,6 +34,7 @@ pub use delivery::signature;
 
 mod admin;
 mod api;
+mod body_wait;
 mod cluster;
 mod delivery;
 mod host;

@@ -38,6 +38,10 @@ pub mod resource {
     };
 }
 
+pub mod body_wait {
+    pub use crate::body_wait::{Api, Waiting, CHECK_MS, STALLED_ANSWER, STALLED_MS};
+}
+
 pub mod cluster {
     pub use crate::cluster::{ClusterSync, EtcdAnswer};
 }

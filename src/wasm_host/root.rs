@@ -11,6 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{BufferType, ContextType};
 
 use crate::api::tenants::{Outcome, Tenants};
+use crate::body_wait;
 use crate::cluster::etcd::{self, EtcdError};
 use crate::cluster::{ClusterSync, EtcdAnswer, CHECK_INTERVAL_MS};
 use crate::config::WebhookDefinition;
@@ -22,7 +23,7 @@ use crate::webhook::store;
 
 use super::host::{self, ProxyHost, ProxySharedData};
 use super::metrics::Metrics;
-use super::stream::{EventStream, STALLED_ADMIN_ANSWER, STALLED_ADMIN_CHECK_MS};
+use super::stream::EventStream;
 use super::worker::Worker;
 
 /// etcd's answers are read whole, up to this (a larger one fails to decode).
@@ -69,37 +70,30 @@ impl WebhooksRoot {
             // The engine sets its own tick period again.
             self.engine.forget_tick();
         }
-        if worker.admin_waiting.borrow().is_empty() {
+        let stalled = match worker.admin_waiting.try_borrow_mut() {
+            Ok(mut waiting) => waiting.stalled(host::now_ms()),
+            Err(_) => Vec::new(),
+        };
+        if stalled.is_empty() {
             return;
         }
-        let now = host::now_ms();
-        let stalled: Vec<(u32, bool)> = worker
-            .admin_waiting
-            .borrow()
-            .iter()
-            .filter(|(_, deadline, _)| *deadline <= now)
-            .map(|(id, _, is_api)| (*id, *is_api))
-            .collect();
-        worker
-            .admin_waiting
-            .borrow_mut()
-            .retain(|(_, deadline, _)| *deadline > now);
-        for (id, is_api) in stalled {
+        for (id, status, body) in stalled {
             if hostcalls::set_effective_context(id).is_ok() {
-                let body = if is_api {
-                    serde_json::json!({"errors": {"body": STALLED_ADMIN_ANSWER}}).to_string()
-                } else {
-                    crate::admin::error_body(STALLED_ADMIN_ANSWER)
-                };
                 let headers = vec![
                     ("content-type", "application/json"),
                     ("cache-control", "no-store"),
                 ];
-                if let Err(e) = hostcalls::send_http_response(501, headers, Some(body.as_bytes())) {
+                let sent = hostcalls::send_http_response(
+                    u32::from(status),
+                    headers,
+                    Some(body.as_bytes()),
+                );
+                if let Err(e) = sent {
                     log::warn!("envoy-webhooks: cannot answer an admin request: {e:?}");
                 }
                 log::warn!(
-                    "envoy-webhooks: an admin or API request got no body: {STALLED_ADMIN_ANSWER}"
+                    "envoy-webhooks: an admin or API request got no body: {}",
+                    body_wait::STALLED_ANSWER
                 );
             }
         }
@@ -159,10 +153,14 @@ impl WebhooksRoot {
     }
 
     fn host<'a>(&self, worker: &'a Worker) -> ProxyHost<'a> {
-        let admin_floor = if worker.admin_waiting.borrow().is_empty() {
+        let admin_floor = if worker
+            .admin_waiting
+            .try_borrow()
+            .is_ok_and(|w| w.is_empty())
+        {
             0
         } else {
-            STALLED_ADMIN_CHECK_MS
+            body_wait::CHECK_MS
         };
         let sync_floor = if self.sync.is_some() {
             CHECK_INTERVAL_MS

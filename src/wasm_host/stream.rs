@@ -11,6 +11,7 @@ use proxy_wasm::types::{Action, BufferType};
 use crate::admin::{self, AdminRequest, AdminRoute};
 use crate::api::exchange::{Answer, Operation};
 use crate::api::{self as tenant_api, ApiRoute};
+use crate::body_wait;
 use crate::config::{Caller, DELIVERY_MARKER};
 use crate::delivery::message::QueuedEvent;
 use crate::intake::{self, Intake, IntakeCounter, IntakeHost, NotQueued};
@@ -45,14 +46,6 @@ pub struct EventStream {
     /// upstream (it carries a token), whatever callback comes next.
     ours: bool,
 }
-
-/// How long an admin request may wait for the first piece of its body.
-pub const STALLED_ADMIN_MS: u64 = 3_000;
-/// How often the root context looks at waiting admin requests meanwhile.
-pub const STALLED_ADMIN_CHECK_MS: u64 = 500;
-
-/// The answer to an admin or API request whose body Envoy does not hand over.
-pub const STALLED_ADMIN_ANSWER: &str = "this Envoy does not hand the filter a request body before the request goes on: set allow_on_headers_stop_iteration: true in the Wasm filter's config (Envoy 1.35 or later; see docs/operations.md)";
 
 /// A body larger than this is refused at once (413): an admin body holds
 /// one event, or one dead-letter record of one; an API body, one webhook.
@@ -190,24 +183,24 @@ impl EventStream {
     /// Waits for the body of an admin or API request; the root context
     /// answers it if Envoy never hands the body over.
     fn wait_for_body(&mut self, worker: &Worker, waiting: BodyFor) {
-        let is_api = matches!(waiting, BodyFor::Api(..));
+        let api = match waiting {
+            BodyFor::Admin(_) => body_wait::Api::Admin,
+            BodyFor::Api(..) => body_wait::Api::Webhooks,
+        };
         self.admin_waiting = Some((waiting, 0));
-        let deadline = host::now_ms().saturating_add(STALLED_ADMIN_MS);
-        worker
-            .admin_waiting
-            .borrow_mut()
-            .push((self.context_id, deadline, is_api));
+        if let Ok(mut waiting) = worker.admin_waiting.try_borrow_mut() {
+            waiting.add(self.context_id, api, host::now_ms());
+        }
         // The root context's tick (proxy-wasm sets the root's period from any context).
-        worker.tick_within(STALLED_ADMIN_CHECK_MS);
+        worker.tick_within(body_wait::CHECK_MS);
         worker.tick_overridden.set(true);
     }
 
     /// This request no longer waits for an admin body.
     fn stop_waiting(&self, worker: &Worker) {
-        worker
-            .admin_waiting
-            .borrow_mut()
-            .retain(|(id, _, _)| *id != self.context_id);
+        if let Ok(mut waiting) = worker.admin_waiting.try_borrow_mut() {
+            waiting.remove(self.context_id);
+        }
     }
 
     /// A chunk of an admin or API request that waits for its body; answers at its end.

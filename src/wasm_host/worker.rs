@@ -49,7 +49,7 @@ pub struct Worker {
     /// Envoy hands a paused request's body to the filter only with
     /// `allow_on_headers_stop_iteration`; without it the root context answers
     /// them, so that none hangs.
-    pub admin_waiting: RefCell<Vec<(u32, u64, bool)>>,
+    pub admin_waiting: RefCell<crate::body_wait::Waiting>,
     /// A request context set the root's tick period (for `admin_waiting`):
     /// the engine's idea of it is to be set again.
     pub tick_overridden: Cell<bool>,
@@ -81,7 +81,7 @@ impl Worker {
             queue_id,
             handed_over: RefCell::new(Vec::new()),
             wake_queued: Cell::new(false),
-            admin_waiting: RefCell::new(Vec::new()),
+            admin_waiting: RefCell::default(),
             tick_overridden: Cell::new(false),
             health_changed: Cell::new(false),
             tick_ms: Cell::new(0),
