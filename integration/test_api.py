@@ -404,3 +404,26 @@ def test_an_identity_checked_by_jwt_authn_in_front(launch_envoy, upstream, hooks
     forged = Issuer().token(system_domain_id=DOMAIN_A, roles="can_read_webhooks")
     assert call("GET", API, forged)[0] == 401
     assert not any(r.path.startswith("/API/") for r in upstream.requests())
+
+
+def test_without_allow_on_headers_stop_iteration_a_create_says_why_and_never_goes_upstream(
+        launch_envoy, upstream, hooks, etcd_cluster):
+    from harness import envoy_config, free_port, walk, WASM
+    config = envoy_config(listener_port=free_port(), admin_port=free_port(), upstream_port=upstream.port,
+                          plugin=api_plugin(), clusters={"hooks": hooks.port}, wasm=WASM,
+                          extra_clusters=[etcd_envoy_cluster(etcd_cluster.client_ports)])
+
+    def knob_off(d: dict) -> None:
+        if "allow_on_headers_stop_iteration" in d:
+            d["allow_on_headers_stop_iteration"] = False
+
+    walk(config, knob_off)
+    envoy = launch_envoy(None, upstream=upstream, config=config)
+    started = time.monotonic()
+    status, body = raw(envoy, "POST", API, body={"event_type": "assets", "status": "ENABLED",
+                                                 "url": "http://hooks:8080/hooks/x"})
+    assert status == 501 and "allow_on_headers_stop_iteration: true" in body["errors"]["body"], body
+    assert time.monotonic() - started < 6
+    # What needs no body still works; nothing reached the platform.
+    assert raw(envoy, "GET", API)[0] == 200
+    assert not any(r.path.startswith("/API/") for r in upstream.requests())

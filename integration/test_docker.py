@@ -195,7 +195,8 @@ def test_quickstart_delivers_the_seed_events_with_verified_signatures(quickstart
     # README's curl: a tenant's webhook made through the API gets the tenant's next events.
     made = http_request(q.ports["LISTENER_PORT"], "POST", "/API/notifications/v1/webhooks/",
                         body=json.dumps({"event_type": "assets", "status": "ENABLED",
-                                         "url": "http://hooks:18082/hooks/tenant"}).encode(),
+                                         # 18082, moved as the quickstart's files are
+                                         "url": f"http://hooks:{q.ports['RECEIVER_PORT']}/hooks/tenant"}).encode(),
                         headers={"Auth-Token": "quickstart-tenant-token-0123456789",
                                  "content-type": "application/json"})
     assert made.status == 201, made
