@@ -1,8 +1,9 @@
 """The demo behind `bash scripts/demo`: Envoy with envoy/demo.yaml and the envoy-webhooks
 filter, a stand-in platform upstream and a webhook receiver, all on 127.0.0.1 with fixed ports.
 Sends the seed document's two sample events and one event that matches no webhook through
-Envoy, prints what the webhook receiver got and the filter's admin status, then stops
-everything.
+Envoy, prints what the webhook receiver got and the filter's admin status; then, with a
+one-member etcd, creates a tenant's webhook through the filter's iconik webhook API
+(docs/api.md) and shows it delivered; then stops everything.
 
 Run from anywhere: .venv/bin/python integration/demo.py (after the set-up of scripts/demo).
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from etcd_cluster import EtcdCluster, etcd_problem  # noqa: E402
 from harness import (  # noqa: E402
     ENVOY_DIR,
     REPO,
@@ -26,12 +28,46 @@ from harness import (  # noqa: E402
     RecordingServer,
     Upstream,
     fixture_bytes,
+    http_request,
+    load_shipped_config,
+    plugin_of,
     sha256,
     wait_until,
+    walk,
 )
 
 LISTENER, PLATFORM, RECEIVER, ENVOY_ADMIN = 18080, 18081, 18082, 18901
 ADMIN_TOKEN = "demo-admin-token"
+TENANT_TOKEN = "demo-tenant-token-0123456789"
+TENANT = "1297c8b6-3563-11e7-adf1-6c4008b85488"  # the seed events' system_domain_id
+
+
+def with_the_api(etcd: EtcdCluster, workdir: Path) -> Path:
+    """envoy/demo.yaml, with the webhook API for one tenant and its etcd: written to workdir."""
+    import yaml
+    config = load_shipped_config("demo.yaml")
+    plugin = plugin_of(config)
+    plugin["api"] = {
+        "tokens": {TENANT_TOKEN: {"system_domain_id": TENANT,
+                                  "roles": ["can_read_webhooks", "can_write_webhooks", "can_delete_webhooks"]}},
+        "urls": {"allow_http": True, "allow": [f"hooks:{RECEIVER}"]},
+    }
+    plugin.setdefault("delivery", {})["clusters"] = {"http": "hooks"}
+    plugin["cluster_state"] = {"etcd": {"cluster": "etcd", "authority": f"127.0.0.1:{etcd.client_port(0)}",
+                                        "prefix": "/envoy-webhooks/demo/", "sync_interval_ms": 500}}
+
+    def put(d: dict) -> None:
+        if d.get("@type") == "type.googleapis.com/google.protobuf.StringValue":
+            d["value"] = json.dumps(plugin)
+
+    walk(config, put)
+    config["static_resources"]["clusters"].append({
+        "name": "etcd", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "etcd", "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": etcd.client_port(0)}}}}]}]}})
+    path = workdir / "demo-with-api.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 SHOWN_HEADERS = ("host", "content-type", "content-length", "user-agent", "auth-token")
 
 
@@ -71,10 +107,15 @@ def main() -> int:
     print(f"Envoy config:                     {ENVOY_DIR / 'demo.yaml'}")
     print(f"filter:                           {WASM}")
 
+    problem = etcd_problem()
+    if problem:
+        print(f"demo: {problem}", file=sys.stderr)
+        return 2
+    workdir = Path(tempfile.mkdtemp(prefix="envoy-webhooks-demo-"))
+    etcd = EtcdCluster(workdir / "etcd", size=1).start_all()
     upstream = Upstream(PLATFORM).start()
     receiver = RecordingServer("webhook-receiver", RECEIVER).start()
-    workdir = Path(tempfile.mkdtemp(prefix="envoy-webhooks-demo-"))
-    envoy = Envoy(ENVOY_DIR / "demo.yaml", workdir, name="envoy", concurrency=2, cwd=REPO,
+    envoy = Envoy(with_the_api(etcd, workdir), workdir, name="envoy", concurrency=2, cwd=REPO,
                   env={"WEBHOOKS_ADMIN_TOKEN": ADMIN_TOKEN})
     print(f"Envoy log:                        {envoy.log_path}")
     try:
@@ -114,7 +155,25 @@ def main() -> int:
             if line.startswith("envoy_webhooks_"):
                 print(line)
 
-        ok = receiver.count() == 2 and intact and status.status == 200
+        banner("a tenant makes its own webhook: POST /API/notifications/v1/webhooks/ (Auth-Token)")
+        body = {"name": "My archive hook", "event_type": "assets", "realm": "formats", "status": "ENABLED",
+                "url": f"http://hooks:{RECEIVER}/hooks/tenant", "query": 'data.status="ACTIVE"'}
+        print(json.dumps(body))
+        made = http_request(LISTENER, "POST", "/API/notifications/v1/webhooks/", body=json.dumps(body).encode(),
+                            headers={"Auth-Token": TENANT_TOKEN, "content-type": "application/json"})
+        shown = made.json()
+        if "secret" in shown:
+            shown["secret"] = shown["secret"][:10] + "... (shown once)"
+        print(f"HTTP {made.status}\n{json.dumps(shown, indent=2)}")
+        banner("platform -> Envoy: the seed formats event again")
+        before = receiver.count()
+        wait_until(lambda: (envoy.post_event(events[0][1]), receiver.count("/hooks/tenant") > 0)[1], 10, 0.2,
+                   message="the tenant's webhook to be called")
+        tenant_call = receiver.requests("/hooks/tenant")[0]
+        print(f"{tenant_call.method} {tenant_call.path}  webhook-id: {tenant_call.headers.get('webhook-id')}  "
+              f"signed: {'webhook-signature' in tenant_call.headers}")
+
+        ok = before == 2 and intact and status.status == 200 and made.status == 201
         banner("demo " + ("OK" if ok else "FAILED"))
         return 0 if ok else 1
     except Exception as exc:  # noqa: BLE001 - the demo reports and exits non-zero
@@ -125,7 +184,8 @@ def main() -> int:
         envoy.stop()
         receiver.stop()
         upstream.stop()
-        print("stopped Envoy, the receiver and the upstream")
+        etcd.kill_all()
+        print("stopped Envoy, etcd, the receiver and the upstream")
 
 
 if __name__ == "__main__":
