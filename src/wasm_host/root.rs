@@ -29,6 +29,19 @@ use super::worker::Worker;
 /// etcd's answers are read whole, up to this (a larger one fails to decode).
 const ETCD_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
+/// The answer to a call to etcd (the cluster sync's or the tenants' read).
+fn etcd_answer(num_headers: usize, body_size: usize) -> EtcdAnswer {
+    EtcdAnswer {
+        status: host::call_response_header(num_headers, ":status")
+            .and_then(|status| status.parse().ok()),
+        body: host::buffer(
+            BufferType::HttpCallResponseBody,
+            body_size.min(ETCD_ANSWER_BYTES),
+        )
+        .unwrap_or_default(),
+    }
+}
+
 pub struct WebhooksRoot {
     /// This root context's id (the effective context again after answering
     /// a stalled admin request through its own).
@@ -406,30 +419,14 @@ impl Context for WebhooksRoot {
         self.see_health_changes(&worker);
         if self.tenants_call == Some(token_id) {
             self.tenants_call = None;
-            let answer = EtcdAnswer {
-                status: host::call_response_header(num_headers, ":status")
-                    .and_then(|status| status.parse().ok()),
-                body: host::buffer(
-                    BufferType::HttpCallResponseBody,
-                    body_size.min(ETCD_ANSWER_BYTES),
-                )
-                .unwrap_or_default(),
-            };
+            let answer = etcd_answer(num_headers, body_size);
             self.tenants_answered(&worker, &answer);
             self.done_if_stopped();
             return;
         }
         let mut host = self.host(&worker);
         if let Some(sync) = self.sync.as_mut().filter(|sync| sync.owns(token_id)) {
-            let answer = EtcdAnswer {
-                status: host::call_response_header(num_headers, ":status")
-                    .and_then(|status| status.parse().ok()),
-                body: host::buffer(
-                    BufferType::HttpCallResponseBody,
-                    body_size.min(ETCD_ANSWER_BYTES),
-                )
-                .unwrap_or_default(),
-            };
+            let answer = etcd_answer(num_headers, body_size);
             sync.call_finished(&mut host, token_id, &answer, &mut self.engine);
             self.done_if_stopped();
             return;
