@@ -1,4 +1,5 @@
-//! The filter's admin API: routing, authorisation and response bodies.
+//! The filter's admin API: what each path below its prefix asks for, and the
+//! answers (`crate::serve` routes to it and checks the token).
 
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -17,10 +18,6 @@ use crate::webhook::store::{self as webhook_store, SyncState};
 /// What an admin request asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminRoute {
-    /// Not under the admin prefix: ordinary traffic.
-    NotAdmin,
-    /// Missing or wrong bearer token: 401, and nothing else is revealed.
-    Unauthorized,
     Status,
     /// Deliveries waiting for a retry, per webhook, across all workers.
     Pending,
@@ -37,43 +34,10 @@ pub enum AdminRoute {
     },
 }
 
-/// Routes a request. `path` may carry a query string.
-///
-/// The path is normalised first (percent-escapes decoded, `//`, `.` and `..`
-/// resolved) and the prefix compared without regard to ASCII case, so that no
-/// spelling of an admin path (`//webhooks-admin/status`,
-/// `/webhooks-admin%2Fstatus`, `/Webhooks-Admin/status`) slips past the token
-/// to the upstream, whatever Envoy's own path normalisation is set to.
-pub fn route(
-    prefix: &str,
-    token: &str,
-    method: &str,
-    path: &str,
-    authorization: Option<&str>,
-) -> AdminRoute {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    if !path.starts_with('/') {
-        // Not origin-form (Envoy refuses such requests anyway).
-        return AdminRoute::NotAdmin;
-    }
-    let path = normalize_path(path);
-    let rest = match path.get(..prefix.len()) {
-        Some(head) if head.eq_ignore_ascii_case(prefix) => path.get(prefix.len()..).unwrap_or(""),
-        _ => return AdminRoute::NotAdmin,
-    };
-    if !(rest.is_empty() || rest.starts_with('/')) {
-        return AdminRoute::NotAdmin;
-    }
-    // The scheme is case-insensitive (RFC 7235): `bearer` is as good as `Bearer`.
-    let presented = authorization
-        .and_then(|value| value.split_at_checked("Bearer ".len()))
-        .and_then(|(scheme, rest)| scheme.eq_ignore_ascii_case("Bearer ").then_some(rest))
-        .map(str::trim);
-    if !presented.is_some_and(|presented| same_secret(presented, token)) {
-        return AdminRoute::Unauthorized;
-    }
-    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    match segments.as_slice() {
+/// Routes an admin request from the operator: `segments` are the normalised
+/// path's below `admin.path_prefix` (`crate::serve` has checked the token).
+pub fn route(method: &str, segments: &[&str]) -> AdminRoute {
+    match segments {
         ["status"] if method == "GET" => AdminRoute::Status,
         ["status"] => AdminRoute::MethodNotAllowed { allow: "GET" },
         ["pending"] if method == "GET" => AdminRoute::Pending,
@@ -95,66 +59,6 @@ impl AdminRoute {
     pub fn needs_body(&self) -> bool {
         matches!(self, AdminRoute::Deliver(_))
     }
-}
-
-/// Compares secrets in time independent of their contents and lengths:
-/// fixed-length digests, compared in constant time.
-fn same_secret(presented: &str, expected: &str) -> bool {
-    use sha2::{Digest, Sha256};
-    use subtle::ConstantTimeEq;
-    let presented = Sha256::digest(presented.as_bytes());
-    let expected = Sha256::digest(expected.as_bytes());
-    bool::from(presented.as_slice().ct_eq(expected.as_slice()))
-}
-
-/// `path` with percent-escapes decoded (bytes that are not UTF-8 become
-/// U+FFFD), empty and `.` segments dropped and `..` resolved; always starts
-/// with `/` when non-empty.
-pub fn normalize_path(path: &str) -> String {
-    let bytes = path.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while let Some(&byte) = bytes.get(i) {
-        let escaped = (byte == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match escaped {
-            Some(value) => {
-                decoded.push(value);
-                i += 3;
-            }
-            None => {
-                decoded.push(byte);
-                i += 1;
-            }
-        }
-    }
-    let decoded = String::from_utf8_lossy(&decoded);
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split(['/', '\\']) {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            other => segments.push(other),
-        }
-    }
-    if segments.is_empty() {
-        return if path.is_empty() {
-            String::new()
-        } else {
-            "/".to_string()
-        };
-    }
-    let mut normalized = String::with_capacity(decoded.len());
-    for segment in segments {
-        normalized.push('/');
-        normalized.push_str(segment);
-    }
-    normalized
 }
 
 /// One webhook's entry in `GET {prefix}/status`.
@@ -272,19 +176,17 @@ pub struct AdminRequest<'a> {
     pub nonce: u64,
 }
 
-/// Answers an admin request routed to `route` (`None` for ordinary traffic),
-/// reading and updating webhook health in `store`.
+/// Answers an admin request routed to `route`, reading and updating webhook
+/// health in `store`.
 pub fn answer<S: SharedData + ?Sized>(
     plugin: &Plugin,
     store: &mut S,
     route: &AdminRoute,
     request: AdminRequest<'_>,
     now_ms: u64,
-) -> Option<AdminAnswer> {
+) -> AdminAnswer {
     let now_s = now_ms / 1000;
-    Some(match route {
-        AdminRoute::NotAdmin => return None,
-        AdminRoute::Unauthorized => AdminAnswer::plain(401, error_body("unauthorized")),
+    match route {
         AdminRoute::NotFound => AdminAnswer::plain(404, error_body("not found")),
         AdminRoute::MethodNotAllowed { allow } => {
             AdminAnswer::plain(405, error_body(&format!("method not allowed; use {allow}")))
@@ -320,7 +222,7 @@ pub fn answer<S: SharedData + ?Sized>(
             None => no_such_webhook(id),
         },
         AdminRoute::Deliver(id) => deliver(plugin, store, id, request, now_ms),
-    })
+    }
 }
 
 /// The webhook `id` and its index.

@@ -41,6 +41,7 @@ mod host;
 mod intake;
 mod logging;
 mod plugin;
+mod serve;
 mod webhook;
 
 #[cfg(target_arch = "wasm32")]

@@ -13,9 +13,13 @@ pub mod admin {
     };
 }
 
+pub mod serve {
+    pub use crate::serve::{normalize_path, route, Entrance, Served};
+}
+
 pub mod caller {
-    pub use crate::api::caller::{identify, Refusal};
     pub use crate::config::{Caller, IdentityHeaders, Role, Tokens};
+    pub use crate::serve::caller::{identify, Credentials, Identity, Refusal};
 }
 
 pub mod url_policy {

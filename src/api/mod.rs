@@ -1,49 +1,28 @@
 //! iconik's webhook API, per tenant (Notifications OpenAPI 2.0.0): which
-//! path asks for what (`route`), who calls (`caller`), what a request may
-//! say (`resource`), how a request becomes etcd reads and writes
+//! path asks for what (`route`; who calls is `crate::serve`'s), what a
+//! request may say (`resource`), how a request becomes etcd reads and writes
 //! (`exchange`), and how every worker follows the tenants' webhooks
 //! (`tenants`).
 
-pub mod caller;
 pub mod exchange;
 pub mod resource;
 pub mod tenants;
 
 use exchange::Operation;
 
-/// What a request asks of the API.
+/// What a tenant's request asks of the API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiRoute {
-    /// Not under the API's prefix: ordinary traffic.
-    NotApi,
     Operation(Operation),
     NotFound,
-    MethodNotAllowed {
-        allow: &'static str,
-    },
+    MethodNotAllowed { allow: &'static str },
 }
 
-/// Routes a request (`path` may carry a query string). The path is
-/// normalised first and the prefix compared without regard to ASCII case, as
-/// for the admin API, so that no spelling of an API path reaches the
-/// upstream with the caller's token.
-pub fn route(prefix: &str, method: &str, path: &str) -> ApiRoute {
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    if !path.starts_with('/') {
-        return ApiRoute::NotApi;
-    }
-    let path = crate::admin::normalize_path(path);
-    let prefix = prefix.trim_end_matches('/');
-    let rest = match path.get(..prefix.len()) {
-        Some(head) if head.eq_ignore_ascii_case(prefix) => path.get(prefix.len()..).unwrap_or(""),
-        _ => return ApiRoute::NotApi,
-    };
-    if !(rest.is_empty() || rest.starts_with('/')) {
-        return ApiRoute::NotApi;
-    }
-    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+/// Routes an API request from a tenant: `segments` are the normalised
+/// path's below `api.path_prefix` (`crate::serve` has checked the caller).
+pub fn route(method: &str, segments: &[&str]) -> ApiRoute {
     let id = |id: &str| id.to_ascii_lowercase();
-    match (segments.as_slice(), method) {
+    match (segments, method) {
         (["v1", "webhooks"], "GET") => ApiRoute::Operation(Operation::List),
         (["v1", "webhooks"], "POST") => ApiRoute::Operation(Operation::Create),
         (["v1", "webhooks"], _) => ApiRoute::MethodNotAllowed { allow: "GET, POST" },

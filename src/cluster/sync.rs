@@ -19,7 +19,7 @@ use super::members::{MemberCall, Membership};
 use super::sweep::{Candidate, Sweep};
 use crate::config::{EtcdConfig, WebhookDefinition};
 use crate::delivery::engine::Engine;
-use crate::host::{Call, Counter, Host, WebhookCounter};
+use crate::host::{Counter, Host, WebhookCounter};
 use crate::logging::Printable;
 use crate::plugin::Plugin;
 use crate::webhook::delta::Delta;
@@ -697,23 +697,8 @@ impl ClusterSync {
         let Some(config) = self.config().cloned() else {
             return false;
         };
-        let mut headers = vec![
-            (":method", "POST"),
-            (":path", path),
-            (":authority", config.authority.as_str()),
-            ("content-type", "application/json"),
-            (crate::config::DELIVERY_MARKER, "1"),
-        ];
         let token = self.token.clone();
-        if let (Some(token), false) = (&token, matches!(pending, Pending::Authenticate { .. })) {
-            headers.push(("authorization", token.as_str()));
-        }
-        let dispatched = host.dispatch(Call {
-            cluster: &config.cluster,
-            headers,
-            body: &body,
-            timeout_ms: config.timeout_ms,
-        });
+        let dispatched = host.dispatch(etcd::call(&config, path, &body, token.as_deref()));
         match dispatched {
             Ok(token) => {
                 let call = InFlight {

@@ -8,10 +8,9 @@ use std::time::Duration;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::BufferType;
 
-use crate::api::caller::{self, Refusal};
 use crate::api::exchange::{Answer, Context, Exchange, Keys, Operation, Step};
 use crate::cluster::etcd::{self, EtcdError};
-use crate::config::{Caller, WebhookDefinition, DELIVERY_MARKER};
+use crate::config::{Caller, WebhookDefinition};
 use crate::plugin::Plugin;
 use crate::webhook::store as webhook_store;
 
@@ -26,17 +25,6 @@ const ANSWER_BYTES: usize = 16 * 1024 * 1024;
 pub struct Waiting {
     pub token: u32,
     exchange: Exchange,
-}
-
-/// Who calls, from the request's headers; `Err`: the 401 answer.
-pub fn identify(plugin: &Plugin) -> Result<Caller, Answer> {
-    let api = plugin.config.api.as_ref();
-    caller::identify(
-        &|name| host::request_header(name),
-        plugin.api_tokens.as_deref(),
-        api.and_then(|api| api.identity_headers.as_ref()),
-    )
-    .map_err(|Refusal::Unauthenticated(why)| Answer::error(401, "authorization", why))
 }
 
 /// Starts `operation` with the request's whole `body`; `Some` while it waits for etcd.
@@ -115,22 +103,13 @@ fn call(worker: &Worker, plugin: &Plugin, path: &str, body: &[u8]) -> Result<u32
     if needs_token && token.is_none() {
         return Err("not authenticated with etcd yet".to_string());
     }
-    let mut headers = vec![
-        (":method", "POST"),
-        (":path", path),
-        (":authority", config.authority.as_str()),
-        ("content-type", "application/json"),
-        (DELIVERY_MARKER, "1"),
-    ];
-    if let Some(token) = token.as_deref() {
-        headers.push(("authorization", token));
-    }
+    let call = etcd::call(config, path, body, token.as_deref());
     hostcalls::dispatch_http_call(
-        &config.cluster,
-        headers,
-        Some(body),
+        call.cluster,
+        call.headers,
+        Some(call.body),
         Vec::new(),
-        Duration::from_millis(config.timeout_ms),
+        Duration::from_millis(call.timeout_ms),
     )
     .map_err(|status| {
         format!(

@@ -17,7 +17,7 @@ use crate::cluster::{ClusterSync, EtcdAnswer, CHECK_INTERVAL_MS};
 use crate::config::WebhookDefinition;
 use crate::delivery::call::{needs_body, Answer, ANSWER_BODY_BYTES};
 use crate::delivery::engine::Engine;
-use crate::host::{Call, Host};
+use crate::host::Host;
 use crate::plugin::Plugin;
 use crate::webhook::store;
 
@@ -223,23 +223,8 @@ impl WebhooksRoot {
         let Some((path, body)) = tenants.next(now) else {
             return;
         };
-        let mut headers = vec![
-            (":method", "POST"),
-            (":path", path),
-            (":authority", config.authority.as_str()),
-            ("content-type", "application/json"),
-            (crate::config::DELIVERY_MARKER, "1"),
-        ];
         let token = tenants.token().map(str::to_string);
-        if let (Some(token), false) = (token.as_deref(), path == etcd::AUTHENTICATE_PATH) {
-            headers.push(("authorization", token));
-        }
-        let call = Call {
-            cluster: &config.cluster,
-            headers,
-            body: &body,
-            timeout_ms: config.timeout_ms,
-        };
+        let call = etcd::call(config, path, &body, token.as_deref());
         match host.dispatch(call) {
             Ok(token) => self.tenants_call = Some(token),
             Err(error) => {

@@ -1,4 +1,4 @@
-//! One request: answers admin and API calls, and feeds an event request's
+//! One request: answers admin and API calls (`crate::serve` routes them), and feeds an event request's
 //! body (as it streams past, never pausing it) to the core's `Intake`,
 //! which decides everything else.
 
@@ -10,12 +10,14 @@ use proxy_wasm::types::{Action, BufferType};
 
 use crate::admin::{self, AdminRequest, AdminRoute};
 use crate::api::exchange::{Answer, Operation};
-use crate::api::{self as tenant_api, ApiRoute};
+use crate::api::ApiRoute;
 use crate::body_wait;
 use crate::config::{Caller, DELIVERY_MARKER};
 use crate::delivery::message::QueuedEvent;
 use crate::intake::{self, Intake, IntakeCounter, IntakeHost, NotQueued};
 use crate::plugin::Plugin;
+use crate::serve::caller::Refusal;
+use crate::serve::{self, Entrance, Served};
 
 use super::api::{self, Waiting};
 use super::host::{self, ProxySharedData};
@@ -117,37 +119,14 @@ impl EventStream {
         }
     }
 
-    /// The admin route of the request, if it is for the admin API.
-    fn admin_route(plugin: &Plugin, method: &str, path: &str) -> Option<AdminRoute> {
-        let (Some(admin_config), Some(token)) = (&plugin.config.admin, &plugin.admin_token) else {
-            return None;
-        };
-        let prefix = admin_config.path_prefix.as_str();
-        // Authorization is read only for admin paths: it costs a host call.
-        if admin::route(prefix, token, method, path, None) == AdminRoute::NotAdmin {
-            return None;
-        }
-        let authorization = host::request_header("authorization");
-        Some(admin::route(
-            prefix,
-            token,
-            method,
-            path,
-            authorization.as_deref(),
-        ))
-    }
-
     /// Answers an admin request routed to `route`, with its whole `body`.
     fn answer_admin(worker: &Worker, plugin: &Plugin, route: &AdminRoute, body: &[u8]) {
         let request = AdminRequest {
             body,
             nonce: fastrand::u64(..),
         };
-        let Some(mut answer) =
-            admin::answer(plugin, &mut ProxySharedData, route, request, host::now_ms())
-        else {
-            return;
-        };
+        let mut answer =
+            admin::answer(plugin, &mut ProxySharedData, route, request, host::now_ms());
         if answer.status < 300 {
             // A pause or enable takes effect on this worker at once.
             worker.health_changed.set(true);
@@ -252,47 +231,35 @@ impl EventStream {
         Action::Pause
     }
 
-    /// Routes an API request: `None` if the path is not the API's.
-    fn api_request(
-        &mut self,
-        worker: &Worker,
-        plugin: &Plugin,
-        method: &str,
-        path: &str,
-        end_of_stream: bool,
-    ) -> Option<Action> {
-        let api_config = plugin.config.api.as_ref()?;
-        let operation = match tenant_api::route(&api_config.path_prefix, method, path) {
-            ApiRoute::NotApi => return None,
-            ApiRoute::NotFound => {
-                api::send(
-                    &Answer::error(404, "path", "no such API path (see docs/api.md)"),
-                    None,
-                );
-                return Some(Action::Pause);
+    /// Answers a request the filter serves itself (admin or API), or waits
+    /// for its body; the request never goes on to the upstream.
+    fn serve(&mut self, worker: &Worker, plugin: &Plugin, served: Served, end_of_stream: bool) {
+        self.ours = true;
+        let waits = served.needs_body() && !end_of_stream;
+        match served {
+            Served::Refused(Entrance::Admin, Refusal(why)) => {
+                Self::send_admin(401, &admin::error_body(&format!("unauthorized: {why}")));
             }
-            ApiRoute::MethodNotAllowed { allow } => {
-                api::send(
-                    &Answer::error(405, "method", format!("use {allow}")),
-                    Some(allow),
-                );
-                return Some(Action::Pause);
+            Served::Refused(Entrance::Api, Refusal(why)) => {
+                api::send(&Answer::error(401, "authorization", why), None);
             }
-            ApiRoute::Operation(operation) => operation,
-        };
-        let caller = match api::identify(plugin) {
-            Ok(caller) => caller,
-            Err(answer) => {
-                api::send(&answer, None);
-                return Some(Action::Pause);
+            Served::Admin(route) if waits => self.wait_for_body(worker, BodyFor::Admin(route)),
+            Served::Admin(route) => Self::answer_admin(worker, plugin, &route, &[]),
+            Served::Api(ApiRoute::NotFound, _) => api::send(
+                &Answer::error(404, "path", "no such API path (see docs/api.md)"),
+                None,
+            ),
+            Served::Api(ApiRoute::MethodNotAllowed { allow }, _) => api::send(
+                &Answer::error(405, "method", format!("use {allow}")),
+                Some(allow),
+            ),
+            Served::Api(ApiRoute::Operation(operation), caller) if waits => {
+                self.wait_for_body(worker, BodyFor::Api(operation, caller));
             }
-        };
-        if operation.needs_body() && !end_of_stream {
-            self.wait_for_body(worker, BodyFor::Api(operation, caller));
-        } else {
-            self.api_call = api::start(worker, plugin, operation, caller, Vec::new());
+            Served::Api(ApiRoute::Operation(operation), caller) => {
+                self.api_call = api::start(worker, plugin, operation, caller, Vec::new());
+            }
         }
-        Some(Action::Pause)
     }
 
     /// Runs `step` on the intake, if this request carries events.
@@ -366,18 +333,11 @@ impl HttpContext for EventStream {
             }
             (method, read(":path"))
         };
-        if let Some(route) = Self::admin_route(&plugin, &method, &path) {
-            self.ours = true;
-            if route.needs_body() && !end_of_stream {
-                self.wait_for_body(&worker, BodyFor::Admin(route));
-            } else {
-                Self::answer_admin(&worker, &plugin, &route, &[]);
+        if serves {
+            if let Some(served) = serve::route(&plugin, &method, &path, &host::request_header) {
+                self.serve(&worker, &plugin, served, end_of_stream);
+                return Action::Pause;
             }
-            return Action::Pause;
-        }
-        if let Some(action) = self.api_request(&worker, &plugin, &method, &path, end_of_stream) {
-            self.ours = true;
-            return action;
         }
         if !intake::carries_events(&plugin, &method, &path) {
             return Action::Continue;

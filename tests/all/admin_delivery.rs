@@ -3,17 +3,48 @@
 
 use envoy_webhooks::config::{DeliveryPolicy, PluginConfig, WebhookDefinition, DELIVERY_MARKER};
 use envoy_webhooks::status::Status;
-use envoy_webhooks::testing::admin::{error_body, route, status_entry, AdminRoute};
+use envoy_webhooks::testing::admin::{error_body, status_entry, AdminRoute};
 use envoy_webhooks::testing::call::{request_headers, Answer, CallOutcome, USER_AGENT};
 use envoy_webhooks::testing::health::WebhookHealth;
+use envoy_webhooks::testing::plugin::Plugin;
+use envoy_webhooks::testing::serve::{self, Entrance, Served};
 use serde_json::{json, Value};
 
 const PREFIX: &str = "/webhooks-admin";
 const TOKEN: &str = "s3cret-Token";
 const AUTH: &str = "Bearer s3cret-Token";
 
-fn admin(method: &str, path: &str, authorization: Option<&str>) -> AdminRoute {
-    route(PREFIX, TOKEN, method, path, authorization)
+/// What the filter makes of a request, for these tests.
+#[derive(Debug, PartialEq)]
+enum Routed {
+    /// Ordinary traffic: goes on to the upstream.
+    NotServed,
+    /// Under the admin prefix without the token: 401.
+    Unauthorized,
+    Admin(AdminRoute),
+}
+
+/// Routes a request as the filter does, with the admin API under `prefix`.
+fn routed(prefix: &str, method: &str, path: &str, authorization: Option<&str>) -> Routed {
+    let config = json!({
+        "webhooks": [{"id": "a", "event_type": "assets", "url": "http://receiver/"}],
+        "admin": {"path_prefix": prefix, "token": TOKEN},
+    });
+    let plugin = Plugin::load(config.to_string().as_bytes(), |_| None).unwrap();
+    let header = |name: &str| match name {
+        "authorization" => authorization.map(str::to_string),
+        _ => None,
+    };
+    match serve::route(&plugin, method, path, &header) {
+        None => Routed::NotServed,
+        Some(Served::Refused(Entrance::Admin, _)) => Routed::Unauthorized,
+        Some(Served::Admin(route)) => Routed::Admin(route),
+        Some(other) => panic!("{other:?}"),
+    }
+}
+
+fn admin(method: &str, path: &str, authorization: Option<&str>) -> Routed {
+    routed(PREFIX, method, path, authorization)
 }
 
 fn definition(webhook: Value) -> WebhookDefinition {
@@ -46,7 +77,7 @@ fn paths_outside_the_prefix_are_not_admin() {
         for authorization in [None, Some(AUTH), Some("Bearer wrong")] {
             assert_eq!(
                 admin("GET", path, authorization),
-                AdminRoute::NotAdmin,
+                Routed::NotServed,
                 "{path} with {authorization:?}"
             );
         }
@@ -72,20 +103,16 @@ fn every_spelling_of_an_admin_path_is_admin() {
         "/webhooks-admin",
         "/webhooks-admin/",
     ] {
-        assert_eq!(admin("GET", path, None), AdminRoute::Unauthorized, "{path}");
-        assert_ne!(
-            admin("GET", path, Some(AUTH)),
-            AdminRoute::NotAdmin,
-            "{path}"
-        );
+        assert_eq!(admin("GET", path, None), Routed::Unauthorized, "{path}");
+        assert_ne!(admin("GET", path, Some(AUTH)), Routed::NotServed, "{path}");
     }
     assert_eq!(
         admin("GET", "//webhooks-admin//status", Some(AUTH)),
-        AdminRoute::Status
+        Routed::Admin(AdminRoute::Status)
     );
     assert_eq!(
         admin("GET", "/Webhooks-Admin/status", Some(AUTH)),
-        AdminRoute::Status
+        Routed::Admin(AdminRoute::Status)
     );
     // Webhook ids keep their case; escapes in them are decoded.
     assert_eq!(
@@ -94,7 +121,7 @@ fn every_spelling_of_an_admin_path_is_admin() {
             "/webhooks-admin/webhooks/My%2DHook/enable",
             Some(AUTH)
         ),
-        AdminRoute::Enable("My-Hook".to_string())
+        Routed::Admin(AdminRoute::Enable("My-Hook".to_string()))
     );
 }
 
@@ -107,7 +134,11 @@ fn status_is_get_under_the_prefix() {
         "/webhooks-admin/status?x=/webhooks/a/enable",
         "/webhooks-admin/status#top",
     ] {
-        assert_eq!(admin("GET", path, Some(AUTH)), AdminRoute::Status, "{path}");
+        assert_eq!(
+            admin("GET", path, Some(AUTH)),
+            Routed::Admin(AdminRoute::Status),
+            "{path}"
+        );
     }
 }
 
@@ -119,7 +150,7 @@ fn enable_is_post_with_the_webhook_id() {
             "/webhooks-admin/webhooks/formats-avc/enable",
             Some(AUTH)
         ),
-        AdminRoute::Enable("formats-avc".to_string())
+        Routed::Admin(AdminRoute::Enable("formats-avc".to_string()))
     );
     assert_eq!(
         admin(
@@ -127,7 +158,7 @@ fn enable_is_post_with_the_webhook_id() {
             "/webhooks-admin/webhooks/a_b/enable?now=1",
             Some(AUTH)
         ),
-        AdminRoute::Enable("a_b".to_string())
+        Routed::Admin(AdminRoute::Enable("a_b".to_string()))
     );
 }
 
@@ -136,14 +167,14 @@ fn wrong_methods_say_which_is_allowed() {
     for method in ["POST", "PUT", "DELETE", "HEAD", "PATCH"] {
         assert_eq!(
             admin(method, "/webhooks-admin/status", Some(AUTH)),
-            AdminRoute::MethodNotAllowed { allow: "GET" },
+            Routed::Admin(AdminRoute::MethodNotAllowed { allow: "GET" }),
             "{method}"
         );
     }
     for method in ["GET", "PUT", "DELETE", "HEAD"] {
         assert_eq!(
             admin(method, "/webhooks-admin/webhooks/a/enable", Some(AUTH)),
-            AdminRoute::MethodNotAllowed { allow: "POST" },
+            Routed::Admin(AdminRoute::MethodNotAllowed { allow: "POST" }),
             "{method}"
         );
     }
@@ -168,7 +199,7 @@ fn unknown_admin_paths_are_not_found() {
         for method in ["GET", "POST"] {
             assert_eq!(
                 admin(method, path, Some(AUTH)),
-                AdminRoute::NotFound,
+                Routed::Admin(AdminRoute::NotFound),
                 "{method} {path}"
             );
         }
@@ -207,7 +238,7 @@ fn bad_credentials_are_unauthorized_everywhere_under_the_prefix() {
         for (method, path) in requests {
             assert_eq!(
                 admin(method, path, authorization),
-                AdminRoute::Unauthorized,
+                Routed::Unauthorized,
                 "{method} {path} with {authorization:?}"
             );
         }
@@ -225,7 +256,7 @@ fn bearer_scheme_is_case_insensitive_and_spacing_tolerated() {
     ] {
         assert_eq!(
             admin("GET", "/webhooks-admin/status", Some(authorization)),
-            AdminRoute::Status,
+            Routed::Admin(AdminRoute::Status),
             "{authorization:?}"
         );
     }
@@ -235,16 +266,16 @@ fn bearer_scheme_is_case_insensitive_and_spacing_tolerated() {
 fn deeper_prefixes_work_too() {
     let prefix = "/internal/hooks";
     assert_eq!(
-        route(prefix, TOKEN, "GET", "/internal/hooks/status", Some(AUTH)),
-        AdminRoute::Status
+        routed(prefix, "GET", "/internal/hooks/status", Some(AUTH)),
+        Routed::Admin(AdminRoute::Status)
     );
     assert_eq!(
-        route(prefix, TOKEN, "GET", "/internal/status", Some(AUTH)),
-        AdminRoute::NotAdmin
+        routed(prefix, "GET", "/internal/status", Some(AUTH)),
+        Routed::NotServed
     );
     assert_eq!(
-        route(prefix, TOKEN, "GET", "/internal/hooksX/status", None),
-        AdminRoute::NotAdmin
+        routed(prefix, "GET", "/internal/hooksX/status", None),
+        Routed::NotServed
     );
 }
 

@@ -2,21 +2,38 @@
 //! etcd: the whole set first, then only what changed, deletions included.
 
 use envoy_webhooks::config::{ApiConfig, PluginConfig};
-use envoy_webhooks::testing::api::{route, ApiRoute, Outcome, Tenants, TOMBSTONE_RETENTION_MS};
+use envoy_webhooks::testing::admin::AdminRoute;
+use envoy_webhooks::testing::api::{ApiRoute, Outcome, Tenants, TOMBSTONE_RETENTION_MS};
 use envoy_webhooks::testing::caller::{Caller, Role};
 use envoy_webhooks::testing::etcd::answer_body;
 use envoy_webhooks::testing::exchange::{Answer, Context, Exchange, Keys, Operation, Step};
+use envoy_webhooks::testing::plugin::Plugin;
+use envoy_webhooks::testing::serve::{self, Entrance, Served};
 use serde_json::{json, Value};
 
 use crate::fake_etcd::FakeEtcd;
 
 const A: &str = "9c2f2e2a-6b7d-11ee-8c99-0242ac120002";
-const PREFIX: &str = "/API/notifications/";
+const TOKEN: &str = "tok-a-6v3Qx9Lk2Jm8Np4Rs7Tw";
+const ADMIN_TOKEN: &str = "admin-Qm4Zr8Tx2Wv6Ny0Ks3Lp";
 
 #[test]
 fn api_paths_route_as_iconiks_and_no_spelling_slips_past() {
     let id = "0d3a7f52-1c5b-4f7e-9a41-7f3c2d1e0b9a";
-    let op = |method: &str, path: &str| route(PREFIX, method, path);
+    let op = |method: &str, path: &str| match served(method, path, &[("auth-token", TOKEN)]) {
+        Some(Served::Api(route, caller)) => {
+            assert_eq!(caller, Caller::new(A, &[Role::Read]));
+            route
+        }
+        other => panic!("{method} {path}: {other:?}"),
+    };
+    let not_served = |method: &str, path: &str| {
+        assert_eq!(
+            served(method, path, &[("auth-token", TOKEN)]),
+            None,
+            "{path}"
+        );
+    };
     assert_eq!(
         op("GET", "/API/notifications/v1/webhooks/"),
         ApiRoute::Operation(Operation::List)
@@ -63,15 +80,82 @@ fn api_paths_route_as_iconiks_and_no_spelling_slips_past() {
     );
     assert_eq!(op("GET", "/API/notifications/v2/other"), ApiRoute::NotFound);
     assert_eq!(op("GET", "/API/notifications"), ApiRoute::NotFound);
-    assert_eq!(
-        op("GET", "/API/notificationsX/v1/webhooks/"),
-        ApiRoute::NotApi
-    );
+    not_served("GET", "/API/notificationsX/v1/webhooks/");
     assert_eq!(
         op("GET", "/API/x/../notifications/v1/webhooks/"),
         ApiRoute::Operation(Operation::List)
     );
-    assert_eq!(op("POST", "/api/v1/events"), ApiRoute::NotApi);
+    not_served("POST", "/api/v1/events");
+}
+
+/// Routes a request as the filter does, with both the admin API and the
+/// tenant API configured; `headers` are the request's.
+fn served(method: &str, path: &str, headers: &[(&str, &str)]) -> Option<Served> {
+    let config = json!({
+        "webhooks": [],
+        "admin": {"token": ADMIN_TOKEN, "path_prefix": "/webhooks-admin"},
+        "delivery": {"clusters": {"https": "dynamic_forward_proxy_cluster_https"}},
+        "api": {"tokens": {TOKEN: {"system_domain_id": A, "roles": ["can_read_webhooks"]}}},
+        "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379"}},
+    });
+    let plugin = Plugin::load(config.to_string().as_bytes(), |_| None).unwrap();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+    };
+    serve::route(&plugin, method, path, &header)
+}
+
+/// Without valid credentials for the API a path is under, the caller learns
+/// nothing but 401: not whether the path or the method exists. Neither API
+/// takes the other's credentials.
+#[test]
+fn each_api_takes_only_its_own_credentials_and_tells_nothing_without_them() {
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let refused =
+        |entrance: Entrance, method: &str, path: &str, headers: &[(&str, &str)]| match served(
+            method, path, headers,
+        ) {
+            Some(Served::Refused(e, _)) if e == entrance => {}
+            other => panic!("{method} {path} {headers:?}: {other:?}"),
+        };
+    for (method, path) in [
+        ("GET", "/API/notifications/v1/webhooks/"),
+        ("PATCH", "/API/notifications/v1/webhooks/"),
+        ("GET", "/API/notifications/v2/nothing"),
+        ("GET", "/api/NOTIFICATIONS"),
+    ] {
+        for headers in [
+            &[][..],
+            &[("auth-token", "not-a-token-of-anyone-at-all")][..],
+            &[("authorization", bearer.as_str())][..],
+            &[("auth-token", ADMIN_TOKEN)][..],
+        ] {
+            refused(Entrance::Api, method, path, headers);
+        }
+    }
+    for (method, path) in [
+        ("GET", "/webhooks-admin/status"),
+        ("GET", "/Webhooks-Admin/nothing"),
+    ] {
+        for headers in [
+            &[][..],
+            &[("auth-token", TOKEN)][..],
+            &[("authorization", "Bearer tok-a-6v3Qx9Lk2Jm8Np4Rs7Tw")][..],
+        ] {
+            refused(Entrance::Admin, method, path, headers);
+        }
+    }
+    assert_eq!(
+        served(
+            "GET",
+            "/webhooks-admin/status",
+            &[("authorization", &bearer)]
+        ),
+        Some(Served::Admin(AdminRoute::Status))
+    );
 }
 
 fn etcd_config() -> envoy_webhooks::config::EtcdConfig {

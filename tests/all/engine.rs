@@ -177,8 +177,7 @@ fn a_waiting_retry_is_published_and_shown_by_the_pending_view() {
         &AdminRoute::Pending,
         AdminRequest::default(),
         now,
-    )
-    .expect("an answer");
+    );
     assert_eq!(view.status, 200);
     let a = format!(
         r#"{{"dead_letters_pending":0,"id":"a","next_due_at":{},"pending":1}}"#,

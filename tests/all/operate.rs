@@ -11,6 +11,7 @@ use envoy_webhooks::testing::engine::Engine;
 use envoy_webhooks::testing::host::WebhookCounter;
 use envoy_webhooks::testing::message::{QueuedEvent, QueuedTarget};
 use envoy_webhooks::testing::plugin::Plugin;
+use envoy_webhooks::testing::serve::{self, Served};
 use envoy_webhooks::testing::store;
 use envoy_webhooks::testing::FakeHost;
 use serde_json::{json, Value};
@@ -76,7 +77,7 @@ fn matched(plugin: &Plugin, id: &str) -> QueuedEvent {
 fn ask(plugin: &Plugin, host: &mut FakeHost, route: AdminRoute, body: &[u8]) -> (u32, Value) {
     let request = AdminRequest { body, nonce: 7 };
     let now = host.now_ms;
-    let answer = admin::answer(plugin, host, &route, request, now).expect("an admin route");
+    let answer = admin::answer(plugin, host, &route, request, now);
     let value = serde_json::from_str(&answer.body).expect("JSON");
     (answer.status, value)
 }
@@ -90,7 +91,7 @@ fn deliver(
     let request = AdminRequest { body, nonce: 7 };
     let now = host.now_ms;
     let route = AdminRoute::Deliver(id.to_string());
-    let answer = admin::answer(plugin, host, &route, request, now).expect("an admin route");
+    let answer = admin::answer(plugin, host, &route, request, now);
     let value = serde_json::from_str(&answer.body).expect("JSON");
     (answer.status, value, answer.deliver)
 }
@@ -102,14 +103,22 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Routes a request as the filter does; `None`: not the operator's.
+fn served(method: &str, path: &str, authorization: Option<&str>) -> Option<AdminRoute> {
+    let plugin = load(json!([hook("a")]));
+    let header = |name: &str| {
+        (name == "authorization")
+            .then(|| authorization.map(str::to_string))
+            .flatten()
+    };
+    match serve::route(&plugin, method, path, &header) {
+        Some(Served::Admin(route)) => Some(route),
+        _ => None,
+    }
+}
+
 fn route(method: &str, path: &str) -> AdminRoute {
-    admin::route(
-        "/webhooks-admin",
-        "s3cret-Token",
-        method,
-        path,
-        Some("Bearer s3cret-Token"),
-    )
+    served(method, path, Some("Bearer s3cret-Token")).unwrap()
 }
 
 #[test]
@@ -135,8 +144,7 @@ fn the_new_routes_and_their_methods() {
     assert!(!route("POST", "/webhooks-admin/webhooks/a/disable").needs_body());
     for action in ["disable", "attempts", "deliver"] {
         let path = format!("/webhooks-admin/webhooks/a/{action}");
-        let unauthorized = admin::route("/webhooks-admin", "s3cret-Token", "POST", &path, None);
-        assert_eq!(unauthorized, AdminRoute::Unauthorized);
+        assert_eq!(served("POST", &path, None), None);
     }
 }
 
@@ -359,8 +367,7 @@ fn a_test_event_is_delivered_signed_with_a_new_message_id_each_time() {
         &AdminRoute::Deliver("a".into()),
         other,
         now,
-    )
-    .expect("an answer");
+    );
     assert!(
         !again.body.contains(&message_id),
         "a test event is new each time"
