@@ -145,6 +145,11 @@ def test_tenants_see_and_reach_only_their_own(cluster, hooks):
     sent = iter(range(1000))
     wait_until(lambda: (one.post_event(event(f"b{next(sent)}", DOMAIN_B)), hooks.count("/hooks/tb") >= 5)[1],
                timeout=8, interval=0.1)
+    # Every root context (two workers' and the main thread's) of each Envoy holds both.
+    loaded = "envoy_webhooks.api_webhooks.loaded"
+    for envoy in (one, two):
+        wait_until(lambda: envoy.wasm_stat(loaded) == 2 * 3, timeout=4 * INTERVAL_MS / 1000 + 2,
+                   interval=0.05, message=lambda: f"{loaded} = {envoy.wasm_stat(loaded)}")
     assert all(json.loads(r.body)["system_domain_id"] == DOMAIN_A for r in hooks.requests("/hooks/ta"))
     assert all(json.loads(r.body)["system_domain_id"] == DOMAIN_B for r in hooks.requests("/hooks/tb"))
     # No domain, or another one: no tenant's webhook.

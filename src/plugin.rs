@@ -268,6 +268,11 @@ impl Plugin {
         )
     }
 
+    /// How many of the definitions are tenants' (made through the API).
+    pub fn tenant_count(&self) -> usize {
+        self.definitions().len().saturating_sub(self.configured)
+    }
+
     /// Whether the definition at `index` is a tenant's (made through the API).
     pub fn is_tenants(&self, index: usize) -> bool {
         index >= self.configured

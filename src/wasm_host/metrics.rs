@@ -143,6 +143,10 @@ pub struct Metrics {
     /// hold bodies (each worker's, and the main thread's): what `held_bytes`
     /// is measured against.
     pub held_bytes_limit: Metric,
+    /// Gauge: tenants' webhooks held, summed over the root contexts (each
+    /// worker's and the main thread's): with N workers, N+1 times the set
+    /// once every one has read it.
+    pub api_webhooks_loaded: Metric,
     /// In configuration order.
     pub webhooks: Vec<WebhookMetrics>,
     /// Every tenant's webhook (made through the API) counts here together:
@@ -181,6 +185,10 @@ impl Metrics {
             held_bytes_limit: Metric::define(
                 MetricType::Gauge,
                 &format!("{PREFIX}.held_bytes_limit"),
+            ),
+            api_webhooks_loaded: Metric::define(
+                MetricType::Gauge,
+                &format!("{PREFIX}.api_webhooks.loaded"),
             ),
             webhooks,
             tenants: WebhookMetrics::define_tenants(),

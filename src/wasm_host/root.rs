@@ -59,6 +59,8 @@ pub struct WebhooksRoot {
     stopping: bool,
     /// What this root context added to the `held_bytes_limit` gauge.
     held_limit_reported: i64,
+    /// What this root context added to the `api_webhooks.loaded` gauge.
+    tenants_reported: i64,
 }
 
 impl WebhooksRoot {
@@ -73,6 +75,7 @@ impl WebhooksRoot {
             tenants_call: None,
             stopping: false,
             held_limit_reported: 0,
+            tenants_reported: 0,
         }
     }
 
@@ -147,7 +150,7 @@ impl WebhooksRoot {
         if self.stopping && self.is_finished() {
             self.stopping = false;
             if let Some(worker) = self.worker.clone() {
-                self.release_held_limit(&worker);
+                self.release_gauges(&worker);
             }
             if let Err(status) = hostcalls::done() {
                 log::debug!("envoy-webhooks: done() refused: {status:?}");
@@ -155,14 +158,25 @@ impl WebhooksRoot {
         }
     }
 
-    /// Finished: its budget leaves the `held_bytes_limit` gauge.
-    fn release_held_limit(&mut self, worker: &Worker) {
+    /// Finished: what it added to the gauges leaves them.
+    fn release_gauges(&mut self, worker: &Worker) {
         worker.metrics.add(
             worker.metrics.held_bytes_limit,
             self.held_limit_reported.saturating_neg(),
         );
-        worker.metrics.flush();
         self.held_limit_reported = 0;
+        self.report_tenants(worker, 0);
+        worker.metrics.flush();
+    }
+
+    /// This root context now holds `count` tenants' webhooks.
+    fn report_tenants(&mut self, worker: &Worker, count: usize) {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        worker.metrics.add(
+            worker.metrics.api_webhooks_loaded,
+            count.saturating_sub(self.tenants_reported),
+        );
+        self.tenants_reported = count;
     }
 
     fn host<'a>(&self, worker: &'a Worker) -> ProxyHost<'a> {
@@ -274,6 +288,7 @@ impl WebhooksRoot {
         };
         let count = definitions.len();
         let plugin = Rc::new(current.with_tenants(definitions));
+        self.report_tenants(worker, count);
         worker.set_plugin(plugin.clone());
         let mut host = self.host(worker);
         self.engine.configure(&mut host, plugin.clone());
@@ -341,6 +356,7 @@ impl WebhooksRoot {
                 limit.saturating_sub(self.held_limit_reported),
             );
             self.held_limit_reported = limit;
+            self.report_tenants(&worker, plugin.tenant_count());
             let mut host = self.host(&worker);
             self.engine.set_vm_number(vm_number);
             self.engine.configure(&mut host, plugin);
@@ -375,7 +391,7 @@ impl Context for WebhooksRoot {
         }
         let idle = self.is_finished();
         if idle {
-            self.release_held_limit(&worker);
+            self.release_gauges(&worker);
         } else {
             if self.sync.is_some() {
                 log::info!(
