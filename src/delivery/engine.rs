@@ -233,7 +233,24 @@ impl Engine {
     pub fn configure<H: Host>(&mut self, host: &mut H, plugin: Rc<Plugin>) {
         let now_s = host.now_ms() / 1000;
         self.health_cache.clear();
-        for definition in plugin.definitions() {
+        // A tenant's webhook whose fingerprint the last plugin had already has
+        // its record (a record changes only with its fingerprint): a tenant
+        // change reads and writes the changed ones, not every tenant's.
+        let before: hashbrown::HashSet<u64> = self
+            .plugin
+            .as_ref()
+            .map(|old| {
+                let tenants = old.definitions().iter().enumerate();
+                tenants
+                    .filter(|(index, _)| old.is_tenants(*index))
+                    .map(|(_, d)| d.fingerprint)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (index, definition) in plugin.definitions().iter().enumerate() {
+            if plugin.is_tenants(index) && before.contains(&definition.fingerprint) {
+                continue;
+            }
             let health = store::update(host, definition, now_s, |_| None)
                 .map(|(health, _)| health)
                 .unwrap_or_else(|| store::load(host, definition, now_s));

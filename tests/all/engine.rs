@@ -720,3 +720,65 @@ fn a_receiver_not_reached_over_https_points_at_tls_and_the_clusters_stats() {
     );
     assert_eq!(host.count_of("secure", WebhookCounter::Failed), 1);
 }
+
+/// A tenant's webhook as the API makes it, with `status`, calling `host`.
+fn tenant_webhook(n: usize, status: &str, host: &str) -> envoy_webhooks::config::WebhookDefinition {
+    use envoy_webhooks::testing::resource::{apply, Fresh, Target};
+    let fresh = Fresh {
+        id: format!("{n:08x}-0000-4000-8000-000000000000"),
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
+        now_ms: 1_765_000_000_000,
+    };
+    let body = json!({"event_type": "assets", "status": status,
+                      "url": format!("https://{host}/{n}")});
+    let target = Target::Create {
+        system_domain_id: "9c2f2e2a-6b7d-11ee-8c99-0242ac120002",
+        fresh: &fresh,
+    };
+    apply(body.to_string().as_bytes(), target, &|_| Ok(()))
+        .unwrap()
+        .1
+}
+
+/// A tenant change makes every worker configure its engine anew: only the
+/// webhooks that changed have their health records read and written, not
+/// every tenant's (10,000 of them would be 20,000 host calls a change).
+#[test]
+fn a_tenant_change_touches_only_the_changed_webhooks_records() {
+    let base = load(json!({
+        "webhooks": [hook("configured")],
+        "api": {"tokens": {}},
+        "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379"}},
+        "delivery": {"clusters": {"https": "egress"}}
+    }));
+    let tenants: Vec<_> = (0..50)
+        .map(|n| tenant_webhook(n, "ENABLED", "hooks.example.com"))
+        .collect();
+    let mut host = FakeHost::default();
+    let mut engine = Engine::new(1);
+    engine.configure(&mut host, Rc::new(base.with_tenants(tenants.clone())));
+    let key = |n: usize| format!("envoy_webhooks/health/{n:08x}-0000-4000-8000-000000000000");
+    assert_eq!(
+        host.writes.get(&key(7)),
+        Some(&1),
+        "a new webhook gets its record"
+    );
+
+    // One more webhook, one with a new URL (its record starts afresh), one
+    // disabled (its record stays: the matcher reads the status).
+    let mut changed = tenants.clone();
+    changed[3] = tenant_webhook(3, "ENABLED", "elsewhere.example.com");
+    changed[4] = tenant_webhook(4, "DISABLED", "hooks.example.com");
+    changed.push(tenant_webhook(50, "ENABLED", "hooks.example.com"));
+    engine.configure(&mut host, Rc::new(base.with_tenants(changed)));
+    for n in (0..50).filter(|n| *n != 3) {
+        assert_eq!(host.writes.get(&key(n)), Some(&1), "webhook {n}");
+    }
+    assert_eq!(host.writes.get(&key(3)), Some(&2));
+    assert_eq!(host.writes.get(&key(50)), Some(&1));
+    // The configuration's own webhooks are configured every time.
+    assert_eq!(
+        host.writes.get("envoy_webhooks/health/configured"),
+        Some(&2)
+    );
+}
