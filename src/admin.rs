@@ -442,7 +442,6 @@ fn disable<S: SharedData + ?Sized>(
                     &Outcome::Pause { at_ms: now_ms },
                     health.epoch,
                     policy,
-                    now_ms,
                 );
             }
             AdminAnswer {

@@ -82,10 +82,13 @@ NOOP_TARGET = NOOP / "target"
 sys.path.insert(0, str(HERE))
 
 import workload  # noqa: E402
+import tenants  # noqa: E402
 
 ENVOY = REPO / ".venv" / "bin" / "envoy"
 WORK = REPO / "target" / "bench-run"
 COUNTS = [0, 10, 100, 1000]
+# Tenant cases: this many domains of 10 webhooks each, read from an etcd of the bench's own.
+TENANT_DOMAINS = [1, 1000]
 # Light load: this many connections at this share of Envoy alone's saturation throughput.
 LIGHT_CONNECTIONS = 4
 LIGHT_SHARE = 0.05
@@ -169,7 +172,8 @@ def setup(args) -> dict:
         if not (REPO / ".venv" / "bin" / "pip").exists():
             run_checked([sys.executable, "-m", "venv", str(REPO / ".venv")])
         run_checked([str(REPO / ".venv" / "bin" / "pip"), "install", "-q", "-r", str(REPO / "integration" / "requirements.txt")])
-    missing = [pkg for pkg, tool in (("wrk", "wrk"), ("valgrind", "callgrind_control")) if not shutil.which(tool)]
+    missing = [pkg for pkg, tool in (("wrk", "wrk"), ("valgrind", "callgrind_control"), ("etcd-server", "etcd"))
+               if not shutil.which(tool)]
     if missing:
         run_checked(["apt-get", "update", "-q"])
         run_checked(["apt-get", "install", "-y", "-q", *missing], env={**env, "DEBIAN_FRONTEND": "noninteractive"})
@@ -608,6 +612,44 @@ def case_filter(case: dict, paths: dict) -> dict | None:
                        case.get("plugin") or workload.plugin_config(case["definitions"]))
 
 
+# The tenant cases' etcd: started by the first such case, filled anew when a case needs another
+# set (rounds alternate over the cases), stopped with everything else.
+TENANT_STORE: dict = {}
+
+
+def case_envoy_config(case: dict, ports: dict, paths: dict) -> dict:
+    """The Envoy under test for ``case``; a tenant case also gets its etcd, holding its set."""
+    config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"],
+                          case_filter(case, paths))
+    if case.get("tenants"):
+        if "etcd" not in TENANT_STORE:
+            etcd = tenants.Etcd(WORK, free_port(), free_port(), CPU_OTHERS, spawn)
+            etcd.wait_ready()
+            TENANT_STORE.update(etcd=etcd, holds=None)
+        etcd = TENANT_STORE["etcd"]
+        if TENANT_STORE["holds"] != case["tenants"]:
+            count = etcd.fill(*case["tenants"])
+            TENANT_STORE["holds"] = case["tenants"]
+            log(f"  etcd holds {count:,} tenant webhooks")
+        config["static_resources"]["clusters"].append(_cluster("etcd", etcd.client_port))
+    return config
+
+
+def wait_tenants(case: dict, envoy: "Envoy", timeout: float = 300.0) -> None:
+    """Waits until every root context of ``envoy`` (its one worker's and the main thread's) has
+    read the case's tenant webhooks: measuring before would measure a filter without them."""
+    if not case.get("tenants"):
+        return
+    domains, per_domain = case["tenants"]
+    want = 2 * domains * per_domain
+    deadline = time.monotonic() + timeout
+    name = "wasmcustom.envoy_webhooks.api_webhooks.loaded"
+    while (have := envoy.stats(name).get(name, 0)) != want:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{envoy.name}: {name} is {have}, not {want}, after {timeout:.0f} s")
+        time.sleep(0.05)
+
+
 def quiet_before_case(args, backend: Envoy) -> None:
     """Waits for the rest of the machine to go quiet (``--wait-quiet``), while the budget allows."""
     if args.wait_quiet and spare(args) > 1:
@@ -622,9 +664,10 @@ def saturation_round(case: dict, args, paths: dict, ports: dict, backend: Envoy,
     over the cases (every case's first round, then every case's second, ...), so that a machine
     whose speed drifts during the run moves every case alike instead of some more than others."""
     label, tag, events_file = case["label"], case["tag"], case["events"]
-    config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
+    config = case_envoy_config(case, ports, paths)
     quiet_before_case(args, backend)
     envoy = Envoy(f"envoy-{tag}", config, CPU_UNDER_TEST).start()
+    wait_tenants(case, envoy)
     try:
         wrk(ports["listener"], events_file, args.warmup, args.connections, f"{tag}-warmup")
         run = measured(lambda: wrk(ports["listener"], events_file, args.duration, args.connections,
@@ -647,13 +690,14 @@ def run_case(case: dict, args, paths: dict, ports: dict, backend: Envoy, fixed_r
     of bodies), maybe ``noop``."""
     label, tag, count, events_file = case["label"], case["tag"], case["definitions"], case["events"]
     log(f"== {label}")
-    config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
+    config = case_envoy_config(case, ports, paths)
     result: dict = {"case": label, "tag": tag, "definitions": count, "noop": bool(case.get("noop")),
                     "matching": case.get("matching")}
     quiet_before_case(args, backend)
     received_at_start = received(backend)
 
     envoy = Envoy(f"envoy-{tag}", config, CPU_UNDER_TEST).start()
+    wait_tenants(case, envoy)
     # Every start of the case's Envoy is timed: one per saturation round, and this one.
     starts = [r["start_s"] for r in runs] + [envoy.start_s]
     result["start_s"] = statistics.median(starts)
@@ -893,6 +937,7 @@ def analyse(cases: list[dict], meta: dict) -> dict:
                   mark / call <= 0.2))
     else:
         T.append(("our bookkeeping per delivery ≤ 0.2× a bare callout", "not measured", None))
+    ratio_row("1,000 tenant domains × 10 webhooks ≥ 0.95× 1 domain × 10", "t1000x10", "t1x10", 0.95)
     # Earlier targets, still reported.
     ratio_row("100 definitions, 10% of events matching ≥ 0.80× Envoy alone", "n100", "nofilter", 0.80)
     ratio_row("1,000 definitions (10% of events matching) ≥ 0.80× the no-op filter", "n1000", "noop", 0.80)
@@ -1239,12 +1284,13 @@ def run_probe(case: dict, args, paths: dict, ports: dict, backend: Envoy) -> dic
     """Envoy CPU per request at saturation of one probe case (or the no-op filter): the
     median of ``args.repeats`` wrk runs, nothing else measured."""
     log(f"== {case['label']}")
-    config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
+    config = case_envoy_config(case, ports, paths)
     if args.wait_quiet:
         waited = wait_quiet([backend.pid], args.wait_quiet)
         if waited > 1.5:
             log(f"  waited {waited:.0f} s for the machine to be quiet")
     envoy = Envoy(f"envoy-{case['tag']}", config, CPU_UNDER_TEST).start()
+    wait_tenants(case, envoy)
     try:
         wrk(ports["listener"], case["events"], args.warmup, args.connections, f"{case['tag']}-warmup")
         runs = [measured(lambda: wrk(ports["listener"], case["events"], args.duration, args.connections,
@@ -1374,10 +1420,11 @@ def profile_case(case: dict, args, paths: dict, ports: dict, backend: Envoy) -> 
     """Envoy CPU per request at saturation of one case, split by ``perf record`` (cpu-clock
     samples of the Envoy under test, taken during the wrk run)."""
     log(f"== profile: {case['label']}")
-    config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
+    config = case_envoy_config(case, ports, paths)
     if args.wait_quiet:
         wait_quiet([backend.pid], args.wait_quiet)
     envoy = Envoy(f"envoy-{case['tag']}", config, CPU_UNDER_TEST).start()
+    wait_tenants(case, envoy)
     data = WORK / f"perf-{case['tag']}.data"
     try:
         wrk(ports["listener"], case["events"], args.warmup, args.connections, f"{case['tag']}-warmup")
@@ -1444,11 +1491,50 @@ def profile_main(args, paths: dict, cases: list[dict], output: Path) -> None:
 # nested VM, a shared host). They are not capacity: the kernel's work (sockets, wake-ups) is not
 # counted, nor cache misses or stalls, and V8's generated code runs as valgrind translates it.
 INSTRUCTION_CASES = ["nofilter", "noop", "n0-unread", "n0", "n100-ordinary", "n1000-ordinary", "n100",
-                     "n100-one", "floor", "noop-get", "n100-get"]
+                     "n100-one", "floor", "noop-get", "n100-get", "t1x10", "t1000x10"]
 INSTRUCTION_WARMUP = 200
 INSTRUCTION_LABELS = {"jit": "V8-generated code (the Wasm module, V8 wrappers)",
                       "envoy": "the envoy binary (Envoy, host calls, V8 runtime)",
                       "libs": "shared libraries (libc, libm)"}
+
+
+STARTUP_ROUNDS = 11
+
+
+def startup_main(paths: dict, builds: list[Path], out: Path) -> None:
+    """Time from exec to /ready of Envoy (one worker) with no filter, the no-op filter, and each
+    of ``builds`` with 100 definitions: ``STARTUP_ROUNDS`` rounds, each starting every one once
+    in turn (so that drift moves all alike). V8 compiles the whole module before the listener is
+    ready, so the difference over the no-op filter grows with the module's size."""
+    ports = {k: free_port() for k in ("admin", "listener", "platform", "hooks")}
+    filters = [("Envoy alone", None, None), ("no-op Wasm filter", paths["noop"], None)]
+    filters += [(os.path.relpath(b, REPO), b, workload.plugin_config(100))
+                for b in builds]
+    times: dict[str, list[float]] = {label: [] for label, _, _ in filters}
+    for round_no in range(STARTUP_ROUNDS):
+        for label, wasm, plugin in filters:
+            http_filter = None if wasm is None else wasm_filter(
+                "noop" if plugin is None else "envoy_webhooks", wasm, plugin)
+            config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], http_filter)
+            envoy = Envoy(f"startup-{len(times[label])}", config, CPU_UNDER_TEST)
+            envoy.binary = [str(real_envoy())]
+            envoy.start()
+            envoy.stop()
+            times[label].append(envoy.start_s * 1000)
+        log(f"  round {round_no + 1}: " + ", ".join(f"{t[-1]:.0f}" for t in times.values()) + " ms")
+    median = {label: statistics.median(t) for label, t in times.items()}
+    noop_size = paths["noop"].stat().st_size
+    lines = [f"# Start-up: exec to /ready, one worker, median of {STARTUP_ROUNDS} starts", "",
+             "| Envoy with | .wasm bytes | median ms (min–max) | over the no-op filter, ms | per KB over the no-op, ms |",
+             "|---|---|---|---|---|"]
+    for label, wasm, _ in filters:
+        size = wasm.stat().st_size if wasm else 0
+        over = median[label] - median["no-op Wasm filter"] if wasm else None
+        per_kb = over / ((size - noop_size) / 1024) if wasm and size > noop_size else None
+        lines.append(f"| {label} | {size:,} | {median[label]:.0f} ({min(times[label]):.0f}–{max(times[label]):.0f}) | "
+                     f"{'' if over is None else f'{over:+.0f}'} | {'' if per_kb is None else f'{per_kb:.3f}'} |")
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def real_envoy() -> Path:
@@ -1515,7 +1601,7 @@ def post_events(port: int, bodies: list[bytes], count: int, method: str = "POST"
 def instructions_case(case: dict, requests: int, paths: dict, ports: dict, backend: Envoy) -> dict:
     """Instructions the Envoy under test executes per request of ``case``, by category."""
     log(f"== instructions: {case['label']}")
-    config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"], case_filter(case, paths))
+    config = case_envoy_config(case, ports, paths)
     out = WORK / f"callgrind-{case['tag']}.out"
     for old in WORK.glob(f"callgrind-{case['tag']}.out*"):
         old.unlink()
@@ -1524,6 +1610,7 @@ def instructions_case(case: dict, requests: int, paths: dict, ports: dict, backe
                     f"--callgrind-out-file={out}", str(real_envoy())]
     bodies = [l.encode() for l in Path(case["events"]).read_text().splitlines() if l.strip()]
     envoy.start(timeout=300)
+    wait_tenants(case, envoy)
     try:
         method = case.get("method", "POST")
         post_events(ports["listener"], bodies, INSTRUCTION_WARMUP, method)
@@ -1598,6 +1685,7 @@ def instructions_targets(rows: list[dict]) -> str:
     ratio("1,000 definitions, no event matches ≥ 0.85× the no-op filter", "noop", "n1000-ordinary", 0.85)
     ratio("100 definitions, 10% of events matching ≥ 0.90× the no-op filter", "noop", "n100", 0.90)
     ratio("100 definitions, every event matching one webhook ≥ 0.85× the delivery floor", "floor", "n100-one", 0.85)
+    ratio("1,000 tenant domains × 10 webhooks ≥ 0.95× 1 domain × 10", "t1x10", "t1000x10", 0.95)
     if all(t in by for t in ("noop", "floor", "n100-ordinary", "n100-one")):
         call = by["floor"] - by["noop"]
         delivery = by["n100-one"] - by["n100-ordinary"]
@@ -1695,6 +1783,9 @@ def main() -> int:
                          "where CPU time is too noisy; with --only, of these cases); writes "
                          "target/bench-run/INSTRUCTIONS.md")
     ap.add_argument("--requests", type=int, default=1000, help="requests counted per case with --instructions")
+    ap.add_argument("--startup", type=Path, nargs="+", metavar="WASM",
+                    help="only start-up: Envoy with each of these builds of the filter (100 definitions), "
+                         "no filter and the no-op filter, started in turn; writes target/bench-run/STARTUP.md")
     ap.add_argument("--filter-wasm", type=Path, metavar="FILE",
                     help="measure this build of the filter instead of the one built from the checkout (e.g. an "
                          "older commit's, for a before-and-after with --instructions)")
@@ -1721,6 +1812,10 @@ def main() -> int:
         paths = setup(args)
         if args.filter_wasm:
             paths["filter"] = args.filter_wasm.resolve()
+        if args.startup:
+            WORK.mkdir(parents=True, exist_ok=True)
+            startup_main(paths, [f.resolve() for f in args.startup], WORK / "STARTUP.md")
+            return 0
         # Waiting for quiet and measuring again only while the cases left still fit in this
         # budget: the measurements take about 16 minutes when the machine is quiet (3.5 with
         # --quick), 22 at most (4.5).
@@ -1766,6 +1861,12 @@ def main() -> int:
                 # against the floor.
                 cases.append({"label": f"{n:,} definitions, every event matching one webhook",
                               "tag": f"n{n}-one", "definitions": n, "events": single_file})
+        # Tenants' webhooks (made through the API, read from etcd): the events' domain has 10, as
+        # n10 configures; 999 other domains with 10 each should cost an event nothing more.
+        for domains in TENANT_DOMAINS:
+            cases.append({"label": f"{domains:,} tenant domains × 10 webhooks", "tag": f"t{domains}x10",
+                          "definitions": 10, "tenants": (domains, 10), "events": events_file,
+                          "plugin": tenants.plugin_config(), "classify_plugin": workload.plugin_config(10)})
         # The platform's other traffic (GETs, no body), counted in instructions only: what the
         # filter costs a request that carries no events.
         counted_only = [{"label": "no-op Wasm filter, GET requests", "tag": "noop-get", "definitions": None,
@@ -1791,7 +1892,9 @@ def main() -> int:
             if case["definitions"] is None:
                 continue
             cfg = WORK / f"plugin-{case['tag']}.json"
-            cfg.write_text(json.dumps(case.get("plugin") or workload.plugin_config(case["definitions"])))
+            # A tenant case matches the workload's events as its events' domain's definitions do.
+            cfg.write_text(json.dumps(case.get("classify_plugin") or case.get("plugin")
+                                      or workload.plugin_config(case["definitions"])))
             r = subprocess.run([str(paths["native"]), "classify", str(cfg), str(case["events"])],
                                capture_output=True, text=True, check=True)
             case["matching"] = m = json.loads(r.stdout)

@@ -24,12 +24,17 @@ use crate::logging::Printable;
 use crate::plugin::Plugin;
 use crate::webhook::delta::Delta;
 use crate::webhook::health::WebhookHealth;
-use crate::webhook::store::{self, SyncState};
+use crate::webhook::store::{self, Dirty, SyncState};
 
 /// A write that lost this many races in one round waits for the next round.
 const MAX_CONFLICTS: u32 = 8;
 /// A lease lapses after this many sync intervals without renewal.
 const LEASE_INTERVALS: u64 = 3;
+
+/// Every this many rounds that write deltas, every webhook's delta is
+/// looked at, not only the dirty list's: a list entry lost (shared data
+/// refused a write) delays a change by this many rounds at most.
+const FULL_SCAN_ROUNDS: u32 = 60;
 /// How often a root context looks for changes to write, and at the lease.
 pub const CHECK_INTERVAL_MS: u64 = 100;
 /// Records of Envoys that went away adopted per round, at most.
@@ -178,7 +183,9 @@ pub struct ClusterSync {
     holder: bool,
     next_lease_ms: u64,
     next_round_ms: u64,
-    dirty_seen: Option<Vec<u8>>,
+    /// Rounds until deltas are looked for on every webhook, not only on
+    /// the dirty list's (a net under a list entry that was lost).
+    rounds_to_full_scan: u32,
     /// After a failed call, no round starts before this (but the regular one).
     quiet_until_ms: u64,
     state: SyncState,
@@ -232,7 +239,7 @@ impl ClusterSync {
             holder: false,
             next_lease_ms: 0,
             next_round_ms: 0,
-            dirty_seen: None,
+            rounds_to_full_scan: 0,
             quiet_until_ms: 0,
             state: SyncState::default(),
         })
@@ -423,12 +430,10 @@ impl ClusterSync {
         if !self.holder || !self.calls.is_empty() {
             return;
         }
-        let dirty = host.get(store::DIRTY_KEY).0;
         let due = now >= self.next_round_ms;
-        if !due && (dirty == self.dirty_seen || now < self.quiet_until_ms) {
+        if !due && (now < self.quiet_until_ms || !store::any_dirty(host)) {
             return;
         }
-        self.dirty_seen = dirty;
         let range = due || self.known.is_empty();
         if range {
             self.next_round_ms = now.saturating_add(interval);
@@ -1124,15 +1129,36 @@ impl ClusterSync {
         }
     }
 
-    /// Writes every webhook's delta (after a read: the revisions are known).
+    /// Writes the deltas of the webhooks on the dirty list (after a read:
+    /// the revisions are known); now and then, of every webhook.
     fn write_deltas<H: Host>(&mut self, host: &mut H) {
         if self.known.is_empty() {
             return;
         }
         let plugin = self.plugin.clone();
-        for (index, definition) in plugin.definitions().iter().enumerate() {
+        let dirty = store::take_dirty(host);
+        let indices: Vec<usize> = match dirty {
+            Dirty::These(fingerprints) if self.rounds_to_full_scan > 0 => {
+                self.rounds_to_full_scan -= 1;
+                fingerprints
+                    .iter()
+                    .filter_map(|fingerprint| plugin.resolve_fingerprint(*fingerprint))
+                    .map(|(index, _)| index)
+                    .collect()
+            }
+            _ => {
+                self.rounds_to_full_scan = FULL_SCAN_ROUNDS;
+                (0..plugin.definitions().len()).collect()
+            }
+        };
+        for index in indices {
+            let Some(definition) = plugin.definitions().get(index) else {
+                continue;
+            };
             if self.unsure_writes.contains_key(&index) {
-                // Written once the next read tells whether the last write applied.
+                // Written once the next read tells whether the last write
+                // applied; back on the list meanwhile.
+                store::mark_dirty(host, definition.fingerprint);
                 continue;
             }
             let delta = store::take_delta(host, definition);
@@ -1196,10 +1222,9 @@ impl ClusterSync {
 
     fn put_back<H: Host>(&mut self, host: &mut H, index: usize, delta: &Delta) {
         if let Some(definition) = self.plugin.definitions().get(index) {
+            // Back on the dirty list: written by a later round.
             store::restore_delta(host, definition, delta, &self.plugin.config.delivery);
         }
-        // Written by a later round.
-        self.dirty_seen = None;
     }
 
     /// Counts an error and keeps it for `/status`.

@@ -888,7 +888,7 @@ impl Engine {
             if transition.is_some() && plugin.config.cluster_state.is_some() {
                 // It reset a run of failures: the cluster's record too.
                 let policy = &plugin.config.delivery;
-                store::record_outcome(host, definition, &Outcome::Success, epoch, policy, now_ms);
+                store::record_outcome(host, definition, &Outcome::Success, epoch, policy);
             }
             Self::report(host, definition, transition.as_ref());
         }
@@ -963,7 +963,7 @@ impl Engine {
                         at: now_s,
                     }
                 };
-                store::record_outcome(host, definition, &outcome, epoch, policy, now_ms);
+                store::record_outcome(host, definition, &outcome, epoch, policy);
             }
             if let Some((health, transition)) = updated {
                 Self::report(host, definition, transition.as_ref());

@@ -14,7 +14,8 @@
 //!   webhook, newest first (see `delivery::attempts`), a JSON array.
 //! - With `cluster_state` (see `cluster`): `envoy_webhooks/delta/<id>`, the
 //!   webhook's [`Delta`] not yet written to etcd; `envoy_webhooks/cluster/dirty`,
-//!   changed whenever a delta is (the poller writes soon); `.../cluster/poller`,
+//!   the fingerprints of the webhooks whose deltas changed since the poller
+//!   last took them (see [`Dirty`]; the poller writes soon); `.../cluster/poller`,
 //!   which root context polls etcd; `.../cluster/sync`, how the last sync went.
 
 use serde_json::{json, Value};
@@ -304,15 +305,91 @@ pub fn record_outcome<S: SharedData + ?Sized>(
     outcome: &Outcome<'_>,
     epoch: u64,
     policy: &DeliveryPolicy,
-    now_ms: u64,
 ) {
     let fingerprint = definition.fingerprint;
     if change_delta(store, definition, |delta| {
         delta.then(Delta::of(fingerprint, epoch, outcome), policy)
     }) {
-        // Any change of the value wakes the poller; its content is only for people.
-        let _ = store.set(DIRTY_KEY, now_ms.to_string().as_bytes(), None);
+        mark_dirty(store, fingerprint);
     }
+}
+
+/// The dirty list holds at most this many bytes (a fingerprint is 17): past
+/// it, `*` says "every webhook", so that an outcome never copies more than
+/// this out of shared data.
+const MAX_DIRTY_BYTES: usize = 4 * 1024;
+
+/// Which webhooks have deltas to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dirty {
+    /// Every webhook (too many changed to list, or the list was unreadable).
+    All,
+    /// These fingerprints, each once.
+    These(Vec<u64>),
+}
+
+/// Adds `fingerprint` to the dirty list (compare-and-swap), which wakes the
+/// poller: it writes only the deltas of the webhooks listed, so a round's
+/// cost follows the webhooks that changed, not all there are.
+pub fn mark_dirty<S: SharedData + ?Sized>(store: &mut S, fingerprint: u64) {
+    let entry = format!("{fingerprint:016x}\n");
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (bytes, cas) = store.get(DIRTY_KEY);
+        let mut list = bytes.unwrap_or_default();
+        let listed = list == b"*"
+            || list
+                .chunks(entry.len())
+                .any(|listed| listed == entry.as_bytes());
+        if listed {
+            return;
+        }
+        if list.len().saturating_add(entry.len()) > MAX_DIRTY_BYTES {
+            list = b"*".to_vec();
+        } else {
+            list.extend_from_slice(entry.as_bytes());
+        }
+        match store.set(DIRTY_KEY, &list, Some(cas.unwrap_or(CREATE_ONLY_CAS))) {
+            Err(StoreError::CasMismatch) => continue,
+            Ok(()) | Err(StoreError::Other(_)) => return,
+        }
+    }
+}
+
+/// Whether any webhook is on the dirty list (one small read: the poller
+/// asks this at every check).
+pub fn any_dirty<S: SharedData + ?Sized>(store: &S) -> bool {
+    store.get(DIRTY_KEY).0.is_some_and(|list| !list.is_empty())
+}
+
+/// Takes the dirty list (the poller, before writing the deltas of the
+/// webhooks on it); `All` if it cannot be read or taken.
+pub fn take_dirty<S: SharedData + ?Sized>(store: &mut S) -> Dirty {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (bytes, cas) = store.get(DIRTY_KEY);
+        let list = bytes.unwrap_or_default();
+        if list.is_empty() {
+            return Dirty::These(Vec::new());
+        }
+        match store.set(DIRTY_KEY, b"", cas) {
+            Ok(()) => {}
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Other(_)) => return Dirty::All,
+        }
+        if list == b"*" {
+            return Dirty::All;
+        }
+        let parsed: Option<Vec<u64>> = list
+            .split(|byte| *byte == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(|line| {
+                std::str::from_utf8(line)
+                    .ok()
+                    .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+            })
+            .collect();
+        return parsed.map_or(Dirty::All, Dirty::These);
+    }
+    Dirty::All
 }
 
 /// Enables the webhook (a FAILED one is called again, counts start
@@ -327,15 +404,7 @@ pub fn enable<S: SharedData + ?Sized>(
 ) -> Option<(WebhookHealth, Option<Transition>)> {
     let updated = update(store, definition, now_s, |health| health.enable());
     if let (Some((health, _)), true) = (&updated, shared) {
-        let now_ms = now_s.saturating_mul(1000);
-        record_outcome(
-            store,
-            definition,
-            &Outcome::Enable,
-            health.epoch,
-            policy,
-            now_ms,
-        );
+        record_outcome(store, definition, &Outcome::Enable, health.epoch, policy);
     }
     updated
 }
@@ -368,7 +437,10 @@ pub fn restore_delta<S: SharedData + ?Sized>(
     if taken.is_empty() {
         return;
     }
-    change_delta(store, definition, |since| taken.clone().then(since, policy));
+    if change_delta(store, definition, |since| taken.clone().then(since, policy)) {
+        // Written by a later round.
+        mark_dirty(store, definition.fingerprint);
+    }
 }
 
 /// The local record follows the cluster's: `cluster` (what etcd holds) with

@@ -1650,3 +1650,35 @@ fn a_stop_deletes_the_records_of_deliveries_made_even_without_a_lease() {
         "a record left would be adopted and the delivery made twice"
     );
 }
+
+/// A round writes the deltas of the webhooks that changed, found on the
+/// dirty list, without looking at every webhook's: at 10,000 tenant
+/// webhooks, looking at each every second cost an idle Envoy 8% of a core.
+#[test]
+fn a_round_looks_only_at_the_webhooks_that_changed() {
+    let hooks: Vec<Value> = (0..300)
+        .map(|n| {
+            json!({"id": format!("hook{n}"), "event_type": "assets",
+                        "url": format!("http://hook{n}:8080/in"), "cluster": "hook"})
+        })
+        .collect();
+    let mut config = config(3);
+    config["webhooks"] = Value::from(hooks);
+    let mut etcd = FakeEtcd::default();
+    let mut envoy = replica(&config);
+    envoy.run(&mut etcd, 3_000);
+    envoy.host.reads.borrow_mut().clear();
+    envoy.deliver("500");
+    envoy.run(&mut etcd, 5_000);
+    let reads = envoy.host.reads.borrow().clone();
+    let delta_reads = |id: &str| reads.get(&format!("envoy_webhooks/delta/{id}")).copied();
+    assert!(delta_reads("hook0").is_some(), "{reads:?}");
+    let others: Vec<&String> = reads
+        .keys()
+        .filter(|key| key.starts_with("envoy_webhooks/delta/") && !key.ends_with("/hook0"))
+        .collect();
+    assert!(others.is_empty(), "{others:?}");
+    // The failure reached etcd.
+    let statuses = etcd.statuses();
+    assert_eq!(statuses.last(), Some(&Status::Failing), "{statuses:?}");
+}
