@@ -950,12 +950,23 @@ impl ClusterSync {
     /// Returns the records of webhooks not configured here.
     fn read<H: Host>(&mut self, host: &mut H, records: Vec<KeyValue>) -> Vec<KeyValue> {
         let now = host.now_ms();
-        let mut by_key: HashMap<Vec<u8>, KeyValue> =
-            records.into_iter().map(|kv| (kv.key.clone(), kv)).collect();
         let plugin = self.plugin.clone();
-        for (index, definition) in plugin.definitions().iter().enumerate() {
-            let key = self.key(definition);
-            let kv = by_key.remove(key.as_bytes());
+        // Records found by the fingerprint their keys end with, not by a key
+        // made for each webhook: a round costs what etcd holds, not a
+        // formatted key per webhook (10,000 tenants' webhooks a second).
+        let prefix = self.records_prefix();
+        let mut by_index: HashMap<usize, KeyValue> = HashMap::new();
+        let mut unconfigured = Vec::new();
+        for kv in records {
+            match record_index(&plugin, prefix.as_bytes(), &kv.key) {
+                Some(index) => {
+                    by_index.insert(index, kv);
+                }
+                None => unconfigured.push(kv),
+            }
+        }
+        for index in 0..plugin.definitions().len() {
+            let kv = by_index.remove(&index);
             if let Some((write_id, delta)) = self.unsure_writes.remove(&index) {
                 if !written_by(kv.as_ref(), &write_id) {
                     // It did not apply: written again from shared data.
@@ -980,7 +991,7 @@ impl ClusterSync {
         // Now, not when the round's last call ends: the journal's and the
         // member entry's calls may keep one in flight for a while.
         store::publish_sync(host, &self.state);
-        by_key.into_values().collect()
+        unconfigured
     }
 
     /// Status records of webhooks not configured here: candidates for removal.
@@ -1272,4 +1283,18 @@ impl ClusterSync {
         self.quiet_until_ms = self.steady_ms(host).saturating_add(interval);
         store::publish_sync(host, &self.state);
     }
+}
+
+/// The index of the definition whose status record `key` is
+/// (`{records prefix}{id}/{fingerprint:016x}`, as `ClusterSync::key` makes
+/// it); `None` for a webhook not configured here.
+fn record_index(plugin: &Plugin, prefix: &[u8], key: &[u8]) -> Option<usize> {
+    let name = std::str::from_utf8(key.strip_prefix(prefix)?).ok()?;
+    let (id, fingerprint) = name.rsplit_once('/')?;
+    if fingerprint.len() != 16 {
+        return None;
+    }
+    let fingerprint = u64::from_str_radix(fingerprint, 16).ok()?;
+    let (index, definition) = plugin.resolve_fingerprint(fingerprint)?;
+    (definition.id == id).then_some(index)
 }
