@@ -177,8 +177,11 @@ pub struct ClusterSync {
     plugin: Rc<Plugin>,
     vm_number: u64,
     token: Option<String>,
-    /// By definition index; empty until the first read succeeded.
+    /// What etcd held at the last read, by definition index: the webhooks
+    /// with a record (or a write since); absent, none.
     known: HashMap<usize, Known>,
+    /// A complete read has succeeded since the definitions last changed.
+    has_read: bool,
     calls: HashMap<u32, InFlight>,
     holder: bool,
     next_lease_ms: u64,
@@ -235,6 +238,7 @@ impl ClusterSync {
             vm_number,
             token: None,
             known: HashMap::new(),
+            has_read: false,
             calls: HashMap::new(),
             holder: false,
             next_lease_ms: 0,
@@ -301,6 +305,7 @@ impl ClusterSync {
             .collect();
         self.membership.relist(definitions);
         self.known.clear();
+        self.has_read = false;
         self.next_round_ms = 0;
     }
 
@@ -434,7 +439,7 @@ impl ClusterSync {
         if !due && (now < self.quiet_until_ms || !store::any_dirty(host)) {
             return;
         }
-        let range = due || self.known.is_empty();
+        let range = due || !self.has_read;
         if range {
             self.next_round_ms = now.saturating_add(interval);
         } else {
@@ -965,20 +970,27 @@ impl ClusterSync {
                 None => unconfigured.push(kv),
             }
         }
-        for index in 0..plugin.definitions().len() {
-            let kv = by_index.remove(&index);
+        // Only the webhooks with a record, or with a write whose outcome is
+        // unknown, have anything to do: the rest have no record and none is
+        // known for them (`write` takes an absent entry as no record).
+        self.known.clear();
+        let unsure: Vec<usize> = self.unsure_writes.keys().copied().collect();
+        for index in unsure {
             if let Some((write_id, delta)) = self.unsure_writes.remove(&index) {
-                if !written_by(kv.as_ref(), &write_id) {
+                if !written_by(by_index.get(&index), &write_id) {
                     // It did not apply: written again from shared data.
                     self.put_back(host, index, &delta);
                 }
             }
-            let known = self.decode(host, index, kv.as_ref());
+        }
+        for (index, kv) in by_index {
+            let known = self.decode(host, index, Some(&kv));
             if let Some(record) = &known.record {
                 self.follow(host, index, record);
             }
             self.known.insert(index, known);
         }
+        self.has_read = true;
         if let Some(since) = self.state.failing_since_ms {
             log::info!(
                 "envoy-webhooks: cluster state: etcd answers again after {} s ({} error(s)); webhook status is shared again",
@@ -1143,7 +1155,7 @@ impl ClusterSync {
     /// Writes the deltas of the webhooks on the dirty list (after a read:
     /// the revisions are known); now and then, of every webhook.
     fn write_deltas<H: Host>(&mut self, host: &mut H) {
-        if self.known.is_empty() {
+        if !self.has_read {
             return;
         }
         let plugin = self.plugin.clone();
@@ -1185,9 +1197,14 @@ impl ClusterSync {
         let Some(definition) = plugin.definitions().get(index) else {
             return;
         };
-        let Some(known) = self.known.get(&index).cloned() else {
+        if !self.has_read {
             return self.put_back(host, index, &delta);
-        };
+        }
+        let known = self.known.get(&index).cloned().unwrap_or(Known {
+            record: None,
+            revision: 0,
+            writes: Vec::new(),
+        });
         let now_s = host.now_ms() / 1000;
         let policy = &plugin.config.delivery;
         let record = match &known.record {
