@@ -204,8 +204,9 @@ class RecordingServer:
     reply repeating; ``default`` answers the rest."""
 
     def __init__(self, name: str = "server", port: int | None = None, default: Reply | None = None,
-                 tls: ssl.SSLContext | None = None):
+                 tls: ssl.SSLContext | None = None, host: str = "127.0.0.1"):
         self.name = name
+        self.host = host  # the address it binds: 127.0.0.1 unless told (IPv6 with a colon)
         # With ``tls``: HTTPS; the SNI of each handshake and each handshake that failed are kept.
         self.tls = tls
         self.server_names: list[str | None] = []
@@ -339,6 +340,7 @@ class RecordingServer:
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
         class Server(http.server.ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in owner.host else socket.AF_INET
             daemon_threads = True
             allow_reuse_address = True
             # socketserver's default backlog is 5: a burst of deliveries opening many
@@ -356,7 +358,7 @@ class RecordingServer:
                         return
                 super().finish_request(request, client_address)
 
-        self._server = Server(("127.0.0.1", self.port), Handler)
+        self._server = Server((self.host, self.port), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, name=self.name, daemon=True)
         self._thread.start()
         return self
@@ -567,7 +569,9 @@ def plugin_of(config: dict) -> dict:
 
 
 def listener_ports(config: dict) -> list[int]:
-    return [l["address"]["socket_address"]["port_value"] for l in config["static_resources"]["listeners"]]
+    """The ports of the listeners with a socket (internal listeners have none)."""
+    return [l["address"]["socket_address"]["port_value"] for l in config["static_resources"]["listeners"]
+            if "socket_address" in (l.get("address") or {})]
 
 
 # --------------------------------------------------------------------------- Docker
