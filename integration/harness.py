@@ -517,9 +517,45 @@ def envoy_config(
     }
 
 
-def load_shipped_config(name: str) -> dict:
-    """One of the ready-to-use files in envoy/, parsed."""
-    return yaml.safe_load((ENVOY_DIR / name).read_text())
+def envoy_version() -> tuple[int, ...]:
+    """The version of the Envoy the tests run, e.g. (1, 40, 0): ENVOY_BIN's ``--version``, or
+    ENVOY_IMAGE's tag with ENVOY_RUNNER=docker."""
+    global _envoy_version
+    if _envoy_version is None:
+        if ENVOY_RUNNER == "docker":
+            text = ENVOY_IMAGE.rsplit(":", 1)[-1]
+        else:
+            out = subprocess.run([str(ENVOY_BIN), "--version"], capture_output=True, text=True, timeout=60).stdout
+            found = re.search(r"version: [0-9a-f]+/(\d+\.\d+\.\d+)/", out)  # <sha>/1.40.0/Clean/RELEASE/...
+            assert found, f"{ENVOY_BIN} --version: {out!r}"
+            text = found.group(1)
+        _envoy_version = tuple(int(x) for x in re.findall(r"\d+", text)[:3])
+    return _envoy_version
+
+
+_envoy_version: tuple[int, ...] | None = None
+
+
+def strip_resolved_address_filter(config: dict) -> dict:
+    """Removes every DnsCacheConfig.resolved_address_filter (in place). Envoy 1.36 does not know
+    the field (added in 1.40) and refuses a config with it; without it the egress check of
+    envoy/dynamic-forward-proxy.yaml is RBAC alone, which checks the FIRST resolved address only,
+    while happy eyeballs may connect to a later, internal one (integration/test_egress.py,
+    test_multi_address_hole_without_address_filter)."""
+    def drop(d: dict) -> None:
+        d.pop("resolved_address_filter", None)
+
+    walk(config, drop)
+    return config
+
+
+def load_shipped_config(name: str, as_shipped: bool = False) -> dict:
+    """One of the ready-to-use files in envoy/, parsed; for an Envoy before 1.40 without what
+    it does not know (strip_resolved_address_filter), unless ``as_shipped``."""
+    config = yaml.safe_load((ENVOY_DIR / name).read_text())
+    if not as_shipped and envoy_version() < (1, 40):
+        strip_resolved_address_filter(config)
+    return config
 
 
 def walk(node: Any, fn: Callable[[dict], None]) -> None:

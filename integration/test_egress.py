@@ -12,12 +12,10 @@ operator exception, the only address RBAC lets through in a test) gets its deliv
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import socket
@@ -31,8 +29,8 @@ import pytest
 import trustme
 
 from harness import (
-    ENVOY_BIN,
     RecordingServer,
+    envoy_version,
     free_port,
     load_shipped_config,
     plugin_config,
@@ -57,14 +55,6 @@ INTERNAL_V4 = ("0.0.0.0/8 10.0.0.0/8 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 17
 INTERNAL_V6_IN_2000 = "2001::/23 2001:db8::/32 2002::/16 3fff::/20".split()
 OUTSIDE_2000 = "::/3 4000::/2 8000::/1".split()
 SHIPPED_EXCEPTIONS = [("192.0.2.10/32", 8443)]
-
-
-def envoy_version() -> tuple[int, ...]:
-    """The version of ENVOY_BIN (``envoy --version``), e.g. (1, 40, 0)."""
-    out = subprocess.run([str(ENVOY_BIN), "--version"], capture_output=True, text=True, timeout=60).stdout
-    found = re.search(r"version: [0-9a-f]+/(\d+)\.(\d+)\.(\d+)/", out)  # "<sha>/1.40.0/Clean/RELEASE/BoringSSL"
-    assert found, f"{ENVOY_BIN} --version: {out!r}"
-    return tuple(int(x) for x in found.groups())
 
 
 HAS_ADDRESS_FILTER = envoy_version() >= (1, 40)
@@ -98,17 +88,6 @@ def filtered_ranges(exceptions: list[tuple[str, int]]) -> list[dict]:
 
 def operator_allow(exceptions: list[tuple[str, int]]) -> list[dict]:
     return [matcher(network, port) for network, port in exceptions]
-
-
-def strip_resolved_address_filter(config: dict) -> dict:
-    """Envoy 1.36 has no DnsCacheConfig.resolved_address_filter (added in 1.40) and refuses a
-    config with it: without it, RBAC alone checks the FIRST resolved address, and happy eyeballs
-    may still connect to a later, internal one (test_multi_address_hole_without_address_filter)."""
-    def drop(d: dict) -> None:
-        d.pop("resolved_address_filter", None)
-
-    walk(config, drop)
-    return config
 
 
 # --------------------------------------------------------------------------- DNS
@@ -331,9 +310,7 @@ def world(tmp_path_factory, module_launcher, envoy_bin, wasm):
             if "trusted_ca" in d:
                 d["trusted_ca"] = {"filename": str(ca_file)}
 
-        walk(config, fix)
-        if not HAS_ADDRESS_FILTER:
-            strip_resolved_address_filter(config)
+        walk(config, fix)  # (load_shipped_config has removed resolved_address_filter for Envoy 1.36)
         ports = dict(zip(DEMO_PORTS, (free_port(), free_port(), free_port(), free_port())))
         config = retarget(config, ports)
         resources = config["static_resources"]
@@ -424,7 +401,7 @@ def assert_refused(entry: dict, status: int) -> None:
 def test_shipped_blocks_are_the_policy():
     """The shipped RBAC rules and resolved_address_filter are what the policy above gives for
     the shipped exception (192.0.2.10:8443), and the filter's DNS caches equal the clusters'."""
-    config = load_shipped_config("dynamic-forward-proxy.yaml")
+    config = load_shipped_config("dynamic-forward-proxy.yaml", as_shipped=True)
     found: dict[str, list] = {"rbac": [], "ranges": [], "caches": []}
 
     def grab(d: dict) -> None:
