@@ -10,6 +10,7 @@
 mod api;
 mod cluster_state;
 mod definition;
+mod egress;
 mod problems;
 mod url_policy;
 
@@ -21,6 +22,7 @@ pub use definition::{
     fingerprint_of, parse_url, Operation, RateLimit, SecretSource, WebhookDefinition, WebhookUrl,
     DELIVERY_MARKER, MAX_CLUSTER_LEN, MAX_ID_LEN,
 };
+pub use egress::EgressPolicy;
 pub use problems::{ConfigError, Problem};
 pub use url_policy::{AllowEntry, UrlPolicy};
 
