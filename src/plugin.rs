@@ -12,8 +12,8 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 
 use crate::config::{
-    default_cluster, validate_admin_token, AdminToken, PluginConfig, SecretSource, TokenSource,
-    Tokens, WebhookDefinition,
+    default_cluster, tenant_clusters, validate_admin_token, AdminToken, PluginConfig, SecretSource,
+    TokenSource, Tokens, WebhookDefinition,
 };
 use crate::delivery::budget::HeldBytes;
 use crate::delivery::queue::WebhookRef;
@@ -228,7 +228,7 @@ impl Plugin {
     }
 
     /// This plugin with `tenants` as the tenants' definitions (replacing any
-    /// it had); each calls the cluster `delivery.clusters` names for its
+    /// it had); each calls the cluster `api.clusters` (or `delivery.clusters`) names for its
     /// URL's scheme. Those that cannot be called so are left out, logged.
     pub fn with_tenants(&self, tenants: Vec<WebhookDefinition>) -> Plugin {
         let configured = self.configured;
@@ -241,7 +241,12 @@ impl Plugin {
         let mut secrets: Vec<Vec<SigningSecret>> =
             self.secrets.iter().take(configured).cloned().collect();
         for mut tenant in tenants {
-            match default_cluster(&tenant.url, self.config.delivery.clusters.as_ref()) {
+            let clusters = self
+                .config
+                .api
+                .as_ref()
+                .and_then(|api| tenant_clusters(api, &self.config.delivery));
+            match default_cluster(&tenant.url, clusters) {
                 Ok(cluster) => tenant.cluster = cluster,
                 Err((_, why)) => {
                     log::warn!(

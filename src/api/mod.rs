@@ -45,11 +45,11 @@ pub fn route(method: &str, segments: &[&str]) -> ApiRoute {
 }
 
 /// Whether a tenant may give `url`: the URL policy (`api.urls`), and a
-/// cluster in `delivery.clusters` for its scheme.
+/// cluster in `api.clusters` (or `delivery.clusters`) for its scheme.
 pub fn check_url(config: &crate::config::PluginConfig, url: &str) -> Result<(), String> {
     let api = config.api.as_ref().ok_or("the API is not configured")?;
     let parsed = api.urls.check(url)?;
-    let clusters = config.delivery.clusters.as_ref();
+    let clusters = crate::config::tenant_clusters(api, &config.delivery);
     let cluster = if parsed.https {
         clusters.and_then(|c| c.https.as_ref())
     } else {

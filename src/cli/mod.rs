@@ -70,6 +70,20 @@ pub enum Command {
         #[arg(value_name = "CONFIG_FILE")]
         config: String,
     },
+    /// Print the egress listeners' RBAC policy and DNS address filter for a configuration's api.urls (JSON).
+    #[command(after_help = "\
+Tenants' calls go through the egress listeners of envoy/dynamic-forward-proxy.yaml,
+which refuse internal addresses after Envoy resolves the URL's name. Their RBAC
+filter (`rbac`) and their DNS caches' `resolved_address_filter` (Envoy 1.40) must
+refuse the same addresses as the API's URL check, and let the operator's
+exceptions (api.urls.allow) through: paste this output there after every change
+to api.urls.allow. Exceptions naming hosts are listed on standard error: Envoy
+sees addresses only, so give their addresses too.")]
+    EgressPolicy {
+        /// The plugin configuration JSON, '-' for standard input.
+        #[arg(value_name = "CONFIG_FILE")]
+        config: String,
+    },
     /// Print the id of each webhook that fires for an event, one a line.
     Match {
         /// The plugin configuration JSON.

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use envoy_webhooks::config::PluginConfig;
+use envoy_webhooks::config::{EgressPolicy, PluginConfig};
 use envoy_webhooks::matcher::Matcher;
 use envoy_webhooks::query::Query;
 use serde_json::Value;
@@ -60,6 +60,27 @@ pub fn validate(path: &str) -> Result<ExitCode, Failure> {
         "{path}: valid, {} webhook definition(s)",
         config.webhooks.len()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn egress_policy(path: &str) -> Result<ExitCode, Failure> {
+    let config = load_config(path)?;
+    let api = config.api.as_ref().ok_or_else(|| {
+        Failure(format!(
+            "{path}: no api section: the egress listeners are for tenants' webhooks, which need one"
+        ))
+    })?;
+    let policy = EgressPolicy::of(&api.urls);
+    for name in &policy.names_not_covered {
+        eprintln!("note: api.urls.allow entry \"{name}\" names a host; Envoy's egress check sees addresses only, so it refuses this host's internal addresses unless they are listed too");
+    }
+    let output = serde_json::json!({
+        "rbac": policy.rbac,
+        "resolved_address_filter": policy.resolved_address_filter,
+    });
+    let text = serde_json::to_string_pretty(&output)
+        .map_err(|e| Failure(format!("cannot print the policy: {e}")))?;
+    println!("{text}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use super::problems::{kind_of, ConfigError, Fields, Problem};
 use super::url_policy::{AllowEntry, UrlPolicy};
+use super::{parse_scheme_clusters, SchemeClusters};
 
 /// The API as configured.
 #[derive(Debug, Clone)]
@@ -15,6 +16,10 @@ pub struct ApiConfig {
     pub tokens: Option<TokenSource>,
     pub identity_headers: Option<IdentityHeaders>,
     pub urls: UrlPolicy,
+    /// The clusters tenants' calls go to, by scheme (`api.clusters`): the
+    /// egress listeners that check the address Envoy connects to. `None`:
+    /// `delivery.clusters`.
+    pub clusters: Option<SchemeClusters>,
     pub max_webhooks_per_domain: usize,
     pub max_webhooks: usize,
     /// Larger request bodies are refused with 413, unread.
@@ -38,7 +43,7 @@ pub const MAX_WEBHOOKS_LIMIT: usize = 100_000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_BODY_BYTES_LIMIT: usize = 1024 * 1024;
 
-const KNOWN_FIELDS: &str = "path_prefix, tokens, tokens_env, identity_headers, urls, max_webhooks_per_domain, max_webhooks, max_body_bytes";
+const KNOWN_FIELDS: &str = "path_prefix, tokens, tokens_env, identity_headers, urls, clusters, max_webhooks_per_domain, max_webhooks, max_body_bytes";
 
 impl ApiConfig {
     /// Reads the `api` section alone (the configuration reads it with the rest).
@@ -107,6 +112,7 @@ pub(crate) fn parse(value: &Value, problems: &mut Vec<Problem>) -> Option<ApiCon
         None => Some(UrlPolicy::new(false, default_suffixes(), Vec::new())),
         Some(value) => parse_urls(value, &mut fields),
     };
+    let clusters = parse_scheme_clusters(&mut fields);
     let per_domain = fields
         .size("max_webhooks_per_domain", 1, MAX_WEBHOOKS_LIMIT)
         .unwrap_or(DEFAULT_MAX_WEBHOOKS_PER_DOMAIN);
@@ -131,6 +137,7 @@ pub(crate) fn parse(value: &Value, problems: &mut Vec<Problem>) -> Option<ApiCon
         tokens,
         identity_headers,
         urls: urls?,
+        clusters,
         max_webhooks_per_domain: per_domain,
         max_webhooks,
         max_body_bytes,

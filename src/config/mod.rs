@@ -10,6 +10,7 @@
 mod api;
 mod cluster_state;
 mod definition;
+mod egress;
 mod problems;
 mod url_policy;
 
@@ -21,10 +22,12 @@ pub use definition::{
     fingerprint_of, parse_url, Operation, RateLimit, SecretSource, WebhookDefinition, WebhookUrl,
     DELIVERY_MARKER, MAX_CLUSTER_LEN, MAX_ID_LEN,
 };
+pub use egress::EgressPolicy;
 pub use problems::{ConfigError, Problem};
 pub use url_policy::{AllowEntry, UrlPolicy};
 
 pub(crate) use definition::{default_cluster, header_value_refusal, parse_tenant_definition};
+
 pub(crate) use problems::kind_of;
 use problems::Fields;
 
@@ -346,19 +349,19 @@ fn check_api(
             "needs cluster_state.etcd: tenants' webhooks are kept in etcd (a definition a restart would lose is not kept anywhere else)".to_string(),
         );
     }
-    let clusters = delivery.clusters.as_ref();
+    let clusters = tenant_clusters(api, delivery);
     let https = clusters.and_then(|c| c.https.as_ref()).is_some();
     let http = clusters.and_then(|c| c.http.as_ref()).is_some();
     if !https && !api.urls.allows_http() {
         problem(
-            "",
-            "needs delivery.clusters.https: a tenant's webhook names a URL only, and its calls go to that cluster (a dynamic forward proxy, see docs/api.md)".to_string(),
+            "clusters",
+            "needs clusters.https (or delivery.clusters.https): a tenant's webhook names a URL only, and its calls go to that cluster (the egress listener of envoy/dynamic-forward-proxy.yaml, see docs/api.md)".to_string(),
         );
     }
     if api.urls.allows_http() && !http {
         problem(
             "urls",
-            "allow_http needs delivery.clusters.http, the cluster http:// calls go to".to_string(),
+            "allow_http needs clusters.http (or delivery.clusters.http), the cluster http:// calls go to".to_string(),
         );
     }
     if let Some(admin) = admin {
@@ -482,7 +485,16 @@ fn parse_delivery(value: &Value, problems: &mut Vec<Problem>) -> Option<Delivery
     Some(policy)
 }
 
-/// `delivery.clusters`: `{"http": "<cluster>", "https": "<cluster>"}`, either or both.
+/// The clusters tenants' webhooks are called through: `api.clusters`, else
+/// `delivery.clusters`.
+pub(crate) fn tenant_clusters<'a>(
+    api: &'a ApiConfig,
+    delivery: &'a DeliveryPolicy,
+) -> Option<&'a SchemeClusters> {
+    api.clusters.as_ref().or(delivery.clusters.as_ref())
+}
+
+/// `clusters` (of `delivery` or `api`): `{"http": "<cluster>", "https": "<cluster>"}`, either or both.
 fn parse_scheme_clusters(fields: &mut Fields<'_, '_>) -> Option<SchemeClusters> {
     let value = fields.get("clusters")?;
     let Some(object) = value.as_object() else {

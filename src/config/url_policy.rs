@@ -105,6 +105,38 @@ impl UrlPolicy {
         self.allow_http
     }
 
+    /// The operator's exceptions that name addresses, the ones Envoy's
+    /// egress check can see: each network with its port, if one is given;
+    /// IPv4 first.
+    pub(super) fn allowed_networks(&self) -> Vec<(Network, Option<u16>)> {
+        let mut networks: Vec<(Network, Option<u16>)> = self
+            .allow
+            .iter()
+            .filter_map(|entry| match entry.host {
+                AllowedHost::V4 { net, prefix } => Some((Network::V4(net, prefix), entry.port)),
+                AllowedHost::V6 { net, prefix } => Some((Network::V6(net, prefix), entry.port)),
+                AllowedHost::Name(_) => None,
+            })
+            .collect();
+        networks.sort_by_key(|(net, _)| matches!(net, Network::V6(..)));
+        networks
+    }
+
+    /// The operator's exceptions that name hosts: Envoy's egress check sees
+    /// addresses only, so these need their addresses listed too.
+    pub(super) fn allowed_names(&self) -> Vec<String> {
+        self.allow
+            .iter()
+            .filter_map(|entry| match &entry.host {
+                AllowedHost::Name(name) => Some(match entry.port {
+                    Some(port) => format!("{name}:{port}"),
+                    None => name.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The parsed URL if it may be called, else why not (naming the URL
     /// without any credentials it holds).
     pub fn check(&self, url: &str) -> Result<WebhookUrl, String> {
@@ -426,6 +458,52 @@ const IPV6_SPECIAL: [([u16; 8], u8, &str); 12] = [
     ([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10, "a site-local address (deprecated, RFC 3879)"),
     ([0xff00, 0, 0, 0, 0, 0, 0, 0], 8, "a multicast address (RFC 4291)"),
 ];
+
+/// A network: an address and the length of its prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Network {
+    V4(Ipv4Addr, u8),
+    V6(Ipv6Addr, u8),
+}
+
+/// Every network whose addresses a tenant's call must never reach: the
+/// special-purpose IPv4 ranges; for IPv6, everything outside global unicast
+/// `2000::/3`, the special-purpose ranges inside it, and 6to4 `2002::/16`
+/// (whose embedded IPv4 address cannot be listed as a range of its own).
+/// The ranges held by another in the list are left out.
+pub(super) fn internal_networks() -> Vec<Network> {
+    let v4 = IPV4_SPECIAL
+        .iter()
+        .map(|(net, prefix, _)| (Ipv4Addr::from(*net), *prefix))
+        .filter(|(net, prefix)| {
+            !IPV4_SPECIAL.iter().any(|(outer, outer_prefix, _)| {
+                outer_prefix < prefix && in_ipv4_net(*net, Ipv4Addr::from(*outer), *outer_prefix)
+            })
+        })
+        .map(|(net, prefix)| Network::V4(net, prefix));
+    let outside_global = [
+        (Ipv6Addr::UNSPECIFIED, 3),
+        (Ipv6Addr::new(0x4000, 0, 0, 0, 0, 0, 0, 0), 2),
+        (Ipv6Addr::new(0x8000, 0, 0, 0, 0, 0, 0, 0), 1),
+    ];
+    let v6 = outside_global
+        .into_iter()
+        .chain(global_internal_v6())
+        .map(|(net, prefix)| Network::V6(net, prefix));
+    v4.chain(v6).collect()
+}
+
+/// The special-purpose IPv6 ranges inside global unicast `2000::/3`, and
+/// 6to4 `2002::/16`: what a check that allows `2000::/3` must still refuse.
+pub(super) fn global_internal_v6() -> Vec<(Ipv6Addr, u8)> {
+    let global = Ipv6Addr::new(0x2000, 0, 0, 0, 0, 0, 0, 0);
+    IPV6_SPECIAL
+        .iter()
+        .map(|(net, prefix, _)| (Ipv6Addr::from(*net), *prefix))
+        .filter(|(net, prefix)| *prefix >= 3 && in_ipv6_net(*net, global, 3))
+        .chain([(Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16)])
+        .collect()
+}
 
 /// What `addr` is, with its range, if it is not a public address.
 fn ipv4_refusal(addr: Ipv4Addr) -> Option<String> {

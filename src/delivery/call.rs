@@ -42,12 +42,18 @@ pub fn destination_headers<'a>(
 pub const ANSWER_BODY_BYTES: usize = 256;
 
 /// Whether an answer with `status` needs its body read: only Envoy's own
-/// 503 and 504 are told apart by it (`CallOutcome::from_answer`). Reading a
+/// 503 and 504, and the egress listeners' refusals (403, or 503 when the
+/// name resolves to no address that may be called), are told apart by it
+/// (`CallOutcome::from_answer`). Reading a
 /// body costs the host a call back into the VM to allocate it, so a delivered
 /// call (whatever its receiver answers) reads none.
 pub fn needs_body(status: Option<&str>) -> bool {
-    matches!(status, Some("503" | "504"))
+    matches!(status, Some("403" | "503" | "504"))
 }
+
+/// How the egress listeners (`envoy/dynamic-forward-proxy.yaml`) start the
+/// body of a refusal: the rest says why.
+pub const EGRESS_REFUSAL_PREFIX: &[u8] = b"envoy-webhooks egress refused: ";
 
 /// What the host reports of a finished call that got an answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,6 +86,9 @@ pub enum CallOutcome {
     /// The same for an `https://` URL: the TLS handshake may have failed
     /// (Envoy 1.40 no longer says so), and the cluster's stats say why.
     NotReachedOverTls { reason: String, cluster: String },
+    /// Envoy's egress listener refused to call the receiver's address (an
+    /// internal one); the reason as the listener gives it.
+    RefusedByEgress(String),
     /// No answer: reset, refused, or an answer Envoy would not hand over.
     NoAnswer,
     /// The host refused to start the call (an unknown cluster).
@@ -109,6 +118,11 @@ impl CallOutcome {
             _ => return CallOutcome::Garbled(status.chars().take(16).collect()),
         };
         let body = answer.body_start.as_slice();
+        if let Some(reason) = body.strip_prefix(EGRESS_REFUSAL_PREFIX) {
+            if matches!(code, 403 | 503) {
+                return CallOutcome::RefusedByEgress(String::from_utf8_lossy(reason).into_owned());
+            }
+        }
         match code {
             200..=299 => CallOutcome::Delivered,
             504 if body == b"upstream request timeout" => CallOutcome::Timeout { timeout_ms },
@@ -166,6 +180,10 @@ impl fmt::Display for CallOutcome {
             CallOutcome::NotReachedOverTls { reason, cluster } => write!(
                 f,
                 "HTTP 503 from Envoy, the receiver was not reached over TLS: {reason}; if the TLS handshake failed (a certificate for another host, expired, self-signed or from an unknown CA, or the receiver wants a client certificate), Envoy's stats cluster.{cluster}.ssl.fail_verify_* and .ssl.connection_error say which"
+            ),
+            CallOutcome::RefusedByEgress(reason) => write!(
+                f,
+                "refused by Envoy's egress check, the receiver was not called: {reason}"
             ),
             CallOutcome::NoAnswer => f.write_str("no response (connection refused or reset)"),
             CallOutcome::CannotCall { cluster } => write!(f, "cannot call cluster '{cluster}'"),

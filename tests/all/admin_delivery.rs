@@ -469,17 +469,18 @@ fn other_answers_are_http_errors() {
 #[test]
 fn only_what_can_be_envoys_own_answer_has_its_body_read() {
     use envoy_webhooks::testing::call::needs_body;
-    assert!(needs_body(Some("503")) && needs_body(Some("504")));
-    let bodies: [&[u8]; 4] = [
+    assert!(needs_body(Some("403")) && needs_body(Some("503")) && needs_body(Some("504")));
+    let bodies: [&[u8]; 5] = [
         b"upstream request timeout",
         b"upstream connect error or disconnect/reset before headers",
         b"no healthy upstream",
+        b"envoy-webhooks egress refused: the receiver's address is internal",
         b"{\"ok\":true}",
     ];
     // Every other answer is judged the same without its body: the filter does not read it.
     for code in [
-        "200", "201", "204", "299", "301", "400", "404", "410", "429", "500", "502", "505", "5030",
-        "20", "",
+        "200", "201", "204", "299", "301", "400", "401", "404", "410", "429", "500", "502", "505",
+        "5030", "4030", "20", "",
     ] {
         assert!(!needs_body(Some(code)), "{code}");
         for body in bodies {
@@ -581,6 +582,49 @@ fn envoys_own_answers_say_what_happened() {
     assert_eq!(
         outcome(Some("504"), b"", 3, 10_000),
         Err("HTTP 504".to_string())
+    );
+}
+
+#[test]
+fn an_egress_refusal_is_a_failed_attempt_that_says_why() {
+    use envoy_webhooks::testing::retry::AttemptOutcome;
+    // The RBAC denial of the egress listener, and its answer for a name
+    // that resolves to internal addresses only.
+    for (code, reason) in [
+        ("403", "the receiver's address is internal"),
+        (
+            "503",
+            "the receiver's name resolves to no address that may be called",
+        ),
+    ] {
+        let body = format!("envoy-webhooks egress refused: {reason}");
+        let answer = Answer {
+            status: Some(code.to_string()),
+            retry_after: None,
+            body_start: body.into_bytes(),
+        };
+        let judged = CallOutcome::from_answer(Some(&answer), 3, 10_000);
+        assert_eq!(judged.attempt(), AttemptOutcome::NoAnswer, "{code}");
+        assert_eq!(
+            judged.to_string(),
+            format!("refused by Envoy's egress check, the receiver was not called: {reason}")
+        );
+        // Over TLS it stays a refusal: no handshake happened.
+        assert_eq!(judged.clone().over_tls("egress"), judged);
+    }
+    // A receiver's own 403 (or a body that only looks alike under another status) stays plain.
+    assert_eq!(
+        outcome(Some("403"), b"RBAC: access denied", 3, 10_000),
+        Err("HTTP 403".to_string())
+    );
+    assert_eq!(
+        outcome(
+            Some("500"),
+            b"envoy-webhooks egress refused: the receiver's address is internal",
+            3,
+            10_000
+        ),
+        Err("HTTP 500".to_string())
     );
 }
 

@@ -94,6 +94,62 @@ fn every_problem_is_reported_at_once() {
     assert!(!tokens.contains("short"), "{tokens}");
 }
 
+/// A tenant's webhook, as the API stores it.
+fn tenant_webhook(url: &str) -> envoy_webhooks::config::WebhookDefinition {
+    use envoy_webhooks::testing::resource::{apply, Fresh, Target};
+    let fresh = Fresh {
+        id: "00000001-0000-4000-8000-000000000000".to_string(),
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
+        now_ms: 1_765_000_000_000,
+    };
+    let body = json!({"event_type": "assets", "url": url});
+    let target = Target::Create {
+        system_domain_id: "9c2f2e2a-6b7d-11ee-8c99-0242ac120002",
+        fresh: &fresh,
+    };
+    apply(body.to_string().as_bytes(), target, &|_| Ok(()))
+        .unwrap()
+        .1
+}
+
+/// `api.clusters` sends tenants' calls through the egress listeners while
+/// the operator's own webhooks keep `delivery.clusters`.
+#[test]
+fn api_clusters_take_the_tenants_calls_only() {
+    use envoy_webhooks::config::PluginConfig;
+    use envoy_webhooks::testing::api::check_url;
+    use envoy_webhooks::testing::plugin::Plugin;
+    let config = json!({
+        "webhooks": [{"id": "operators", "event_type": "assets", "url": "https://ops.example.com/"}],
+        "api": {"tokens": {}, "clusters": {"https": "webhooks_egress_https"}},
+        "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379"}},
+        "delivery": {"clusters": {"https": "direct_https", "http": "direct_http"}}
+    });
+    let parsed = PluginConfig::from_value(&config).unwrap();
+    // No http cluster of the API's own: http:// is not allowed anyway.
+    assert!(check_url(&parsed, "https://hooks.example.com/").is_ok());
+    let plugin = Plugin::load(config.to_string().as_bytes(), |_| None).unwrap();
+    let with = plugin.with_tenants(vec![tenant_webhook("https://hooks.example.com/in")]);
+    let clusters: Vec<&str> = with
+        .definitions()
+        .iter()
+        .map(|d| d.cluster.as_str())
+        .collect();
+    assert_eq!(clusters, ["direct_https", "webhooks_egress_https"]);
+    // A typo in api.clusters is an error, as in delivery.clusters.
+    let problems = PluginConfig::from_value(&json!({
+        "api": {"tokens": {}, "clusters": {"htps": "egress"}},
+        "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379"}},
+        "delivery": {"clusters": {"https": "egress"}}
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        problems.contains("\"htps\" is not a URL scheme"),
+        "{problems}"
+    );
+}
+
 #[test]
 fn a_tenant_url_needs_a_cluster_for_its_scheme() {
     use envoy_webhooks::config::PluginConfig;
@@ -114,7 +170,7 @@ fn a_tenant_url_needs_a_cluster_for_its_scheme() {
     .unwrap_err()
     .to_string();
     assert!(
-        problems.contains("needs delivery.clusters.https"),
+        problems.contains("needs clusters.https (or delivery.clusters.https)"),
         "{problems}"
     );
     let problems = PluginConfig::from_value(&json!({
@@ -123,7 +179,7 @@ fn a_tenant_url_needs_a_cluster_for_its_scheme() {
     .unwrap_err()
     .to_string();
     assert!(
-        problems.contains("allow_http needs delivery.clusters.http"),
+        problems.contains("allow_http needs clusters.http (or delivery.clusters.http)"),
         "{problems}"
     );
     let problems = PluginConfig::from_value(&json!({"api": {"tokens": {}}}))

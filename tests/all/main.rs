@@ -23,6 +23,7 @@ mod cluster;
 mod config;
 mod conformance;
 mod delivery_policy;
+mod egress_policy;
 mod engine;
 mod etcd_answers;
 mod events;
