@@ -390,10 +390,12 @@ def expected_refusal() -> tuple[int, bytes]:
 
 
 def assert_refused(entry: dict, status: int) -> None:
+    """The attempt failed with Envoy's egress refusal for ``status`` (403: an internal address;
+    503: no address that may be called), as the filter words it in last_error."""
     assert entry["failed"] >= 1 and entry["delivered"] == 0, entry
-    # TODO(issue 32): once the filter's CallOutcome renders Envoy's egress refusals (main), assert
-    # "refused by Envoy's egress check: " + the body (REFUSED_INTERNAL / REFUSED_NO_ADDRESS) in last_error.
-    assert entry["last_error"] == f"HTTP {status}", entry
+    body = REFUSED_INTERNAL if status == 403 else REFUSED_NO_ADDRESS
+    reason = body.removeprefix("envoy-webhooks egress refused: ")
+    assert entry["last_error"] == f"refused by Envoy's egress check, the receiver was not called: {reason}", entry
 
 
 # --------------------------------------------------------------------------- cases
