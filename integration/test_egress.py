@@ -13,6 +13,7 @@ operator exception, the only address RBAC lets through in a test) gets its deliv
 from __future__ import annotations
 
 import ipaddress
+import http.client
 import json
 import os
 import random
@@ -29,6 +30,7 @@ import pytest
 import trustme
 
 from harness import (
+    Envoy,
     RecordingServer,
     envoy_version,
     free_port,
@@ -134,12 +136,20 @@ class Dnsmasq:
     """Debian's dnsmasq on 127.0.0.1:<free port>, answering for the names of its hosts file
     only (``set`` rewrites the file and reloads it with SIGHUP); TTL 1 s."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, name: str = "dnsmasq", forward_to: int | None = None,
+                 bogus_nxdomain: list[str] = ()):
+        """With ``forward_to``: a dnsmasq in front of the one on that port, answering NXDOMAIN
+        for every name whose answer holds an address in ``bogus_nxdomain`` (its --bogus-nxdomain
+        works on forwarded answers only)."""
         self.binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-        self.hosts = workdir / "egress-hosts"
+        self.hosts = workdir / f"{name}-hosts"
         self.hosts.write_text("")
         self.port = free_udp_and_tcp_port()
-        self.log = workdir / "dnsmasq.log"
+        self.log = workdir / f"{name}.log"
+        # The one with the names answers for *.test itself (NXDOMAIN for the others); the one in
+        # front forwards every query, and must not (it would answer NXDOMAIN for all of them).
+        self.extra = ([f"--server=127.0.0.1#{forward_to}", "--no-negcache"] if forward_to else ["--local=/test/"]) + [
+            f"--bogus-nxdomain={r}" for r in bogus_nxdomain]
         self.records: dict[str, list[str]] = {}
         self.proc: subprocess.Popen | None = None
 
@@ -150,8 +160,8 @@ class Dnsmasq:
         self.proc = subprocess.Popen(
             [self.binary, "--keep-in-foreground", "--port", str(self.port), "--listen-address", "127.0.0.1",
              "--bind-interfaces", "--no-resolv", "--no-hosts", "--addn-hosts", str(self.hosts), "--local-ttl", "1",
-             "--local=/test/", "--conf-file=/dev/null", "--pid-file=", "--user=root", "--log-queries",
-             "--log-facility", str(self.log)],
+             "--conf-file=/dev/null", "--pid-file=", "--user=root", "--log-queries",
+             "--log-facility", str(self.log), *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         wait_until(lambda: self._answers_match(), timeout=10, message="dnsmasq to answer")
         return self
@@ -287,40 +297,49 @@ def world(tmp_path_factory, module_launcher, envoy_bin, wasm):
         webhooks.append({"id": "headers-direct", "event_type": "assets", "realm": "headers-direct",
                          "url": f"http://allowed.test:{port}/hooks/headers-direct", "cluster": "direct_allowed"})
 
-        config = load_shipped_config("dynamic-forward-proxy.yaml")
-        plugin = plugin_config(webhooks, delivery={
-            "clusters": {"http": "dynamic_forward_proxy_cluster", "https": "dynamic_forward_proxy_cluster_https"},
-            "failure_threshold": 1000, "timeout_ms": 5000})
-        resolver = {"name": "envoy.network.dns_resolver.cares", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
-            "resolvers": [{"socket_address": {"address": "127.0.0.1", "port_value": dns.port}}],
-            "dns_resolver_options": {"no_default_search_domain": True}}}
+        w.upstream = server("platform", "127.0.0.1", free_port())
+        w.exceptions = exceptions
 
-        def fix(d: dict) -> None:
-            if d.get("@type") == STRING_VALUE:
-                d["value"] = json.dumps(plugin)
-            if str(d.get("name", "")).startswith("webhooks_egress_dns"):  # the egress DNS caches
-                d.update(typed_dns_resolver_config=resolver, dns_refresh_rate="1s", dns_min_refresh_rate="1s",
-                         host_ttl="5s",
-                         dns_lookup_family="ALL")
-                if "resolved_address_filter" in d:
-                    d["resolved_address_filter"] = {"ranges": filtered_ranges(exceptions)}
-            if "policies" in d and "operator_allow" in d["policies"]:
-                d["policies"]["operator_allow"]["permissions"] = operator_allow(exceptions)
-            if "trusted_ca" in d:
-                d["trusted_ca"] = {"filename": str(ca_file)}
+        def make_envoy(dns_port: int):
+            """An Envoy of envoy/dynamic-forward-proxy.yaml, its egress DNS caches asking
+            127.0.0.1:dns_port; returns it and its probe listener's port."""
+            config = load_shipped_config("dynamic-forward-proxy.yaml")
+            plugin = plugin_config(webhooks, delivery={
+                "clusters": {"http": "dynamic_forward_proxy_cluster", "https": "dynamic_forward_proxy_cluster_https"},
+                "failure_threshold": 1000, "timeout_ms": 5000})
+            resolver = {"name": "envoy.network.dns_resolver.cares", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
+                "resolvers": [{"socket_address": {"address": "127.0.0.1", "port_value": dns_port}}],
+                "dns_resolver_options": {"no_default_search_domain": True}}}
 
-        walk(config, fix)  # (load_shipped_config has removed resolved_address_filter for Envoy 1.36)
-        ports = dict(zip(DEMO_PORTS, (free_port(), free_port(), free_port(), free_port())))
-        config = retarget(config, ports)
-        resources = config["static_resources"]
-        resources["clusters"].append(static_cluster("direct_allowed", port))
-        resources["clusters"][-1]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
-            "socket_address"]["address"] = "127.0.0.3"
-        w.probe_port = free_port()
-        resources["listeners"].append(probe_listener(w.probe_port))
-        w.upstream = server("platform", "127.0.0.1", ports[18081])
-        w.envoy = module_launcher(None, upstream=w.upstream, config=config)
+            def fix(d: dict) -> None:
+                if d.get("@type") == STRING_VALUE:
+                    d["value"] = json.dumps(plugin)
+                if str(d.get("name", "")).startswith("webhooks_egress_dns"):  # the egress DNS caches
+                    d.update(typed_dns_resolver_config=resolver, dns_refresh_rate="1s", dns_min_refresh_rate="1s",
+                             host_ttl="5s",
+                             dns_lookup_family="ALL")
+                    if "resolved_address_filter" in d:
+                        d["resolved_address_filter"] = {"ranges": filtered_ranges(exceptions)}
+                if "policies" in d and "operator_allow" in d["policies"]:
+                    d["policies"]["operator_allow"]["permissions"] = operator_allow(exceptions)
+                if "trusted_ca" in d:
+                    d["trusted_ca"] = {"filename": str(ca_file)}
+
+            walk(config, fix)  # (load_shipped_config has removed resolved_address_filter for Envoy 1.36)
+            ports = dict(zip(DEMO_PORTS, (free_port(), w.upstream.port, free_port(), free_port())))
+            config = retarget(config, ports)
+            resources = config["static_resources"]
+            resources["clusters"].append(static_cluster("direct_allowed", port))
+            resources["clusters"][-1]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+                "socket_address"]["address"] = "127.0.0.3"
+            probe_port = free_port()
+            resources["listeners"].append(probe_listener(probe_port))
+            envoy = module_launcher(None, upstream=w.upstream, config=config)
+            return envoy, probe_port
+
+        w.make_envoy = make_envoy
+        w.envoy, w.probe_port = make_envoy(dns.port)
         w.realm_events = 0
         yield w
     finally:
@@ -351,10 +370,11 @@ def probe_listener(port: int) -> dict:
                     "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]}
 
 
-def probe(w: World, authority: str, path: str = "/probe", https: bool = False) -> tuple[int, bytes]:
-    """Envoy's answer to a request for ``authority`` through the egress cluster."""
-    import http.client
-    conn = http.client.HTTPConnection("127.0.0.1", w.probe_port, timeout=15)
+def probe(w: World, authority: str, path: str = "/probe", https: bool = False,
+          port: int | None = None) -> tuple[int, bytes]:
+    """Envoy's answer to a request for ``authority`` through the egress cluster (of the probe
+    listener on ``port``, the module's Envoy's by default)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port or w.probe_port, timeout=15)
     try:
         conn.request("GET", path, headers={"Host": authority, **({"x-egress": "https"} if https else {})})
         r = conn.getresponse()
@@ -363,16 +383,17 @@ def probe(w: World, authority: str, path: str = "/probe", https: bool = False) -
         conn.close()
 
 
-def deliver(w: World, hook_id: str) -> dict:
-    """Posts one event for ``hook_id`` (its realm) and waits until its attempt has ended;
-    returns the webhook's status entry."""
-    before = w.envoy.hook_status(hook_id)
+def deliver(w: World, hook_id: str, envoy: Envoy | None = None) -> dict:
+    """Posts one event for ``hook_id`` (its realm) to ``envoy`` (the module's by default) and
+    waits until its attempt has ended; returns the webhook's status entry."""
+    envoy = envoy or w.envoy
+    before = envoy.hook_status(hook_id)
     done = before["delivered"] + before["failed"]
     w.realm_events += 1
     event = {"event_type": "assets", "realm": hook_id, "operation": "update", "object_id": f"o{w.realm_events}",
              "request_id": f"r{w.realm_events}", "data": {}}
-    assert w.envoy.post_event(event).status == 200
-    return wait_until(lambda: (e := w.envoy.hook_status(hook_id))["delivered"] + e["failed"] > done and e,
+    assert envoy.post_event(event).status == 200
+    return wait_until(lambda: (e := envoy.hook_status(hook_id))["delivered"] + e["failed"] > done and e,
                       timeout=15, message=f"{hook_id}: the attempt to end")
 
 
@@ -595,3 +616,27 @@ def test_rebinding_to_an_internal_address_is_refused(world):
         status, body = probe(world, f"rebind.test:{world.port}")
         assert (status, body) == (403, REFUSED_INTERNAL.encode())
     nothing_internal(world)
+
+
+@pytest.mark.parametrize("hook_id", ["multi-ab", "multi-ba"])
+def test_a_bogus_nxdomain_resolver_in_front_closes_the_multi_address_hole(world, tmp_path, hook_id):
+    """What closes the hole on Envoy 1.36 too: the egress DNS caches ask a dnsmasq that forwards
+    to the real resolver with one --bogus-nxdomain per internal range (the exceptions carved out,
+    as resolved_address_filter's): an answer holding ANY internal address becomes NXDOMAIN, so a
+    name with a public and an internal address is refused whole (503, no address), on either
+    version, whatever the order; a name of the exception's address still works."""
+    ranges = [f"{r['address_prefix']}/{r['prefix_len']}" for r in filtered_ranges(world.exceptions)]
+    front = Dnsmasq(tmp_path, "front", forward_to=world.dns.port, bogus_nxdomain=ranges).start()
+    try:
+        envoy, probe_port = world.make_envoy(front.port)
+        status, body = probe(world, f"{hook_id}.test:{world.port}", port=probe_port)
+        print(f"{hook_id} behind --bogus-nxdomain: probe -> {status} {body!r}")
+        assert (status, body) == (503, REFUSED_NO_ADDRESS.encode())
+        assert_refused(deliver(world, hook_id, envoy), 503)
+        assert_refused(deliver(world, "lo2", envoy), 503)
+        assert deliver(world, "allowed", envoy)["delivered"] == 1
+        log = front.log.read_text()
+        assert f"forwarded {hook_id}.test to " in log and "reply allowed.test is 127.0.0.3" in log, log[-2000:]
+        nothing_internal(world)
+    finally:
+        front.stop()
