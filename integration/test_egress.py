@@ -54,7 +54,7 @@ HIDDEN_ADDRESS = "10.203.0.1"  # added to `lo` for the module
 INTERNAL_V4 = ("0.0.0.0/8 10.0.0.0/8 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 192.0.0.0/24 "
                "192.0.2.0/24 192.88.99.0/24 192.168.0.0/16 198.18.0.0/15 198.51.100.0/24 203.0.113.0/24 "
                "224.0.0.0/4 240.0.0.0/4").split()
-INTERNAL_V6_IN_2000 = "2001::/23 2001:db8::/32 2002::/16 3fff::/20".split()
+INTERNAL_V6_IN_2000 = "2001::/23 2001:db8::/32 3fff::/20 2002::/16".split()
 OUTSIDE_2000 = "::/3 4000::/2 8000::/1".split()
 SHIPPED_EXCEPTIONS = [("192.0.2.10/32", 8443)]
 
@@ -78,7 +78,7 @@ def filtered_ranges(exceptions: list[tuple[str, int]]) -> list[dict]:
     """resolved_address_filter's ranges: every internal range, the exceptions' addresses carved out
     (the filter knows no ports: an exception's address must survive it, RBAC checks the port)."""
     out = []
-    for network in map(ipaddress.ip_network, INTERNAL_V4 + INTERNAL_V6_IN_2000 + OUTSIDE_2000):
+    for network in map(ipaddress.ip_network, INTERNAL_V4 + OUTSIDE_2000 + INTERNAL_V6_IN_2000):
         parts = [network]
         for exception, _ in exceptions:
             e = ipaddress.ip_network(exception)
@@ -445,6 +445,28 @@ def test_shipped_blocks_are_the_policy():
     assert public[1]["not_rule"]["or_rules"]["rules"] == [matcher(n) for n in INTERNAL_V4 + INTERNAL_V6_IN_2000]
     assert found["ranges"] and all(r == filtered_ranges(SHIPPED_EXCEPTIONS) for r in found["ranges"])
     assert len(found["caches"]) == 4 and len(set(found["caches"])) == 2  # filter == cluster, per scheme
+
+
+def test_shipped_blocks_are_what_egress_policy_prints(cli):
+    """`envoy-webhooks egress-policy` prints, for the shipped exception, the very RBAC rules and
+    resolved_address_filter envoy/dynamic-forward-proxy.yaml carries."""
+    (network, port), = SHIPPED_EXCEPTIONS
+    plugin = {"webhooks": [],
+              "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379", "prefix": "/egress/"}},
+              "api": {"clusters": {"http": "webhooks_egress_http", "https": "webhooks_egress_https"},
+                      "tokens": {"t" * 32: {"system_domain_id": "3f2504e0-4f89-11d3-9a0c-0305e82c3301", "roles": []}},
+                      "urls": {"allow": [f"{network.removesuffix('/32')}:{port}"]}}}
+    proc = subprocess.run([str(cli), "egress-policy", "-"], input=json.dumps(plugin), capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout)
+    config = load_shipped_config("dynamic-forward-proxy.yaml", as_shipped=True)
+    found: list[tuple[str, dict]] = []
+    walk(config, lambda d: found.extend([("rbac", d)] if "policies" in d else
+                                        [("filter", d["resolved_address_filter"])] if "resolved_address_filter" in d else []))
+    assert {kind for kind, _ in found} == {"rbac", "filter"}
+    for kind, block in found:
+        assert block == (printed["rbac"]["rules"] if kind == "rbac" else printed["resolved_address_filter"]), kind
 
 
 @pytest.mark.parametrize("hook_id,authority", [
