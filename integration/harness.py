@@ -578,6 +578,12 @@ def retarget(config: dict, ports: dict[int, int], wasm: Path | str = WASM) -> di
     def fix(d: dict) -> None:
         if "port_value" in d and d["port_value"] in ports:
             d["port_value"] = ports[d["port_value"]]
+        # The egress listeners' RBAC exception for a receiver (envoy-webhooks egress-policy).
+        ranges = d.get("upstream_port_range")
+        if isinstance(ranges, dict):
+            for end in ("start", "end"):
+                if ranges.get(end) in ports:
+                    ranges[end] = ports[ranges[end]]
         if "local" in d and isinstance(d["local"], dict) and "filename" in d["local"]:
             d["local"]["filename"] = str(wasm)
         if d.get("@type") == "type.googleapis.com/google.protobuf.StringValue":

@@ -196,7 +196,7 @@ def test_quickstart_delivers_the_seed_events_with_verified_signatures(quickstart
     made = http_request(q.ports["LISTENER_PORT"], "POST", "/API/notifications/v1/webhooks/",
                         body=json.dumps({"event_type": "assets", "status": "ENABLED",
                                          # 18082, moved as the quickstart's files are
-                                         "url": f"http://hooks:{q.ports['RECEIVER_PORT']}/hooks/tenant"}).encode(),
+                                         "url": f"http://127.0.0.1:{q.ports['RECEIVER_PORT']}/hooks/tenant"}).encode(),
                         headers={"Auth-Token": "quickstart-tenant-token-0123456789",
                                  "content-type": "application/json"})
     assert made.status == 201, made
@@ -209,6 +209,11 @@ def test_quickstart_delivers_the_seed_events_with_verified_signatures(quickstart
         return "POST /hooks/tenant" in q.logs("receiver")
 
     wait_until(tenant_delivery, 30, 0.5, message=lambda: q.logs("receiver")[-3000:])
+    # ... through the egress listener, whose RBAC let the operator's exception (the receiver) through.
+    stats = http_request(q.ports["ENVOY_ADMIN_PORT"], "GET",
+                         "/stats?filter=^http\\.webhooks_egress_http\\.rbac\\.").body.decode()
+    allowed = dict(line.split(": ") for line in stats.splitlines() if ": " in line)
+    assert int(allowed["http.webhooks_egress_http.rbac.allowed"]) >= 1, stats
 
     q.down()
     assert q.leftovers() == {"containers": [], "networks": [], "volumes": []}

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
         Command::Explain { query, event } => cli::query::explain(&query, &event),
         Command::Check { query } => cli::query::check(&query),
         Command::Validate { config } => cli::query::validate(&config),
-        Command::EgressPolicy { config } => cli::query::egress_policy(&config),
+        Command::EgressPolicy { config, dnsmasq } => cli::query::egress_policy(&config, dnsmasq),
         Command::Match { config, event } => cli::query::match_event(&config, &event),
         Command::Receive(args) => cli::receive::run(&args),
         Command::Send(args) => cli::send::run(&args),

@@ -183,6 +183,7 @@ def setup(args) -> dict:
     main_target = Path(env.get("CARGO_TARGET_DIR") or REPO / "target")
     if not args.no_build:
         run_checked(["cargo", "build", "--release", "--target", "wasm32-wasip1", "--lib"], cwd=REPO)
+        run_checked(["cargo", "build", "--release", "--bin", "envoy-webhooks"], cwd=REPO)
         tool_env = {**env, "CARGO_TARGET_DIR": str(TOOLS_TARGET)}
         run_checked(["cargo", "build", "--release", "--target", "wasm32-wasip1", "-p", "wasm-bench-guest"], cwd=TOOLS, env=tool_env)
         run_checked(["cargo", "build", "--release", "-p", "wasm-bench-native", "-p", "openloop"], cwd=TOOLS, env=tool_env)
@@ -195,6 +196,7 @@ def setup(args) -> dict:
                     cwd=NOOP, env={**env, "CARGO_TARGET_DIR": str(NOOP_TARGET)})
     paths = {
         "filter": main_target / "wasm32-wasip1" / "release" / "envoy_webhooks.wasm",
+        "cli": main_target / "release" / "envoy-webhooks",
         "noop": NOOP_TARGET / "wasm32-wasip1" / "release" / "noop_filter.wasm",
         "bare_dispatch": NOOP_TARGET / "wasm32-wasip1" / "release" / "examples" / "bare_dispatch.wasm",
         "host_calls": NOOP_TARGET / "wasm32-wasip1" / "release" / "examples" / "host_calls.wasm",
@@ -617,10 +619,73 @@ def case_filter(case: dict, paths: dict) -> dict | None:
 TENANT_STORE: dict = {}
 
 
+EGRESS_CLUSTER = "webhooks_egress_http"
+
+
+def egress_plugin(count: int, hooks_port: int) -> dict:
+    """``count`` definitions whose calls go through the egress listener, as tenants' calls do:
+    to the receiver's address (an operator's exception, since it is on loopback), not its cluster."""
+    plugin = workload.plugin_config(count)
+    for webhook in plugin["webhooks"]:
+        path = webhook["url"].split("/", 3)[3] if webhook["url"].count("/") >= 3 else ""
+        webhook["url"] = f"http://127.0.0.1:{hooks_port}/{path}"
+        webhook["cluster"] = EGRESS_CLUSTER
+    return plugin
+
+
+def add_egress(config: dict, hooks_port: int, paths: dict) -> None:
+    """Adds envoy/dynamic-forward-proxy.yaml's http egress listener (internal listener: dynamic
+    forward proxy filter -> RBAC on the resolved address -> router) and its clusters, with the
+    policy `envoy-webhooks egress-policy` makes for an exception for the receiver's address."""
+    import yaml  # only this case needs it
+    shipped = yaml.safe_load((REPO / "envoy" / "dynamic-forward-proxy.yaml").read_text())
+    resources = shipped["static_resources"]
+    listener = next(l for l in resources["listeners"] if l["name"] == EGRESS_CLUSTER)
+    forward = {"webhooks_egress_http", "egress_forward_proxy_http"}
+    clusters = [c for c in resources["clusters"] if c["name"] in forward]
+    plugin = {"api": {"tokens": {}, "clusters": {"http": EGRESS_CLUSTER},
+                      "urls": {"allow_http": True, "allow": [f"127.0.0.1:{hooks_port}"]}},
+              "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379"}}}
+    cfg = WORK / "plugin-egress-policy.json"
+    cfg.write_text(json.dumps(plugin))
+    policy = json.loads(subprocess.run([str(paths["cli"]), "egress-policy", str(cfg)], capture_output=True,
+                                       text=True, check=True).stdout)
+
+    def fix(d: dict) -> None:
+        if d.get("name") == "envoy.filters.http.rbac":
+            d["typed_config"] = policy["rbac"]
+        if "resolved_address_filter" in d:
+            d["resolved_address_filter"] = policy["resolved_address_filter"]
+
+    walk_dicts(listener, fix)
+    walk_dicts(clusters, fix)
+    big = 1_000_000
+    for cluster in clusters:
+        cluster["circuit_breakers"] = {"thresholds": [{"max_connections": big, "max_pending_requests": big,
+                                                       "max_requests": big, "max_retries": big}]}
+    config["bootstrap_extensions"] = shipped["bootstrap_extensions"]
+    config["static_resources"]["listeners"].append(listener)
+    config["static_resources"]["clusters"].extend(clusters)
+
+
+def walk_dicts(node, fn) -> None:
+    if isinstance(node, dict):
+        fn(node)
+        for v in node.values():
+            walk_dicts(v, fn)
+    elif isinstance(node, list):
+        for v in node:
+            walk_dicts(v, fn)
+
+
 def case_envoy_config(case: dict, ports: dict, paths: dict) -> dict:
     """The Envoy under test for ``case``; a tenant case also gets its etcd, holding its set."""
+    if case.get("egress"):
+        case["plugin"] = egress_plugin(case["definitions"], ports["hooks"])
     config = envoy_config(ports["admin"], ports["listener"], ports["platform"], ports["hooks"],
                           case_filter(case, paths))
+    if case.get("egress"):
+        add_egress(config, ports["hooks"], paths)
     if case.get("tenants"):
         if "etcd" not in TENANT_STORE:
             etcd = tenants.Etcd(WORK, free_port(), free_port(), CPU_OTHERS, spawn)
@@ -1491,7 +1556,7 @@ def profile_main(args, paths: dict, cases: list[dict], output: Path) -> None:
 # nested VM, a shared host). They are not capacity: the kernel's work (sockets, wake-ups) is not
 # counted, nor cache misses or stalls, and V8's generated code runs as valgrind translates it.
 INSTRUCTION_CASES = ["nofilter", "noop", "n0-unread", "n0", "n100-ordinary", "n1000-ordinary", "n100",
-                     "n100-one", "floor", "noop-get", "n100-get", "t1x10", "t1000x10"]
+                     "n100-one", "n100-one-egress", "floor", "noop-get", "n100-get", "t1x10", "t1000x10"]
 INSTRUCTION_WARMUP = 200
 INSTRUCTION_LABELS = {"jit": "V8-generated code (the Wasm module, V8 wrappers)",
                       "envoy": "the envoy binary (Envoy, host calls, V8 runtime)",
@@ -1693,6 +1758,13 @@ def instructions_targets(rows: list[dict]) -> str:
         lines.append(f"| our bookkeeping per delivery ≤ 0.2× a bare callout | ({delivery:,.0f} − {call:,.0f}) = "
                      f"{delivery - call:,.0f} = {share:.2f}× a callout of {call:,.0f} | "
                      f"{'yes' if share <= 0.2 else 'no'} |")
+    if all(t in by for t in ("floor", "noop", "n100-one", "n100-one-egress")):
+        # Every event makes one delivery in both cases: the difference is the hop, per delivery.
+        hop = by["n100-one-egress"] - by["n100-one"]
+        call = by["floor"] - by["noop"]
+        lines.append(f"| the egress listener's hop per delivery (reported, no target) | "
+                     f"{by['n100-one-egress']:,.0f} − {by['n100-one']:,.0f} = {hop:,.0f} = {hop / call:.2f}× a "
+                     f"bare callout of {call:,.0f} | |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -1861,6 +1933,11 @@ def main() -> int:
                 # against the floor.
                 cases.append({"label": f"{n:,} definitions, every event matching one webhook",
                               "tag": f"n{n}-one", "definitions": n, "events": single_file})
+                # The same, every delivery through the egress listener tenants' calls take
+                # (docs/api.md): the internal hop's cost, against n100-one.
+                cases.append({"label": f"{n:,} definitions, every event matching one webhook, via the egress "
+                                       "listener", "tag": f"n{n}-one-egress", "definitions": n,
+                              "events": single_file, "egress": True})
         # Tenants' webhooks (made through the API, read from etcd): the events' domain has 10, as
         # n10 configures; 999 other domains with 10 each should cost an event nothing more.
         for domains in TENANT_DOMAINS:

@@ -74,15 +74,22 @@ pub enum Command {
     #[command(after_help = "\
 Tenants' calls go through the egress listeners of envoy/dynamic-forward-proxy.yaml,
 which refuse internal addresses after Envoy resolves the URL's name. Their RBAC
-filter (`rbac`) and their DNS caches' `resolved_address_filter` (Envoy 1.40) must
+filter (`rbac`) and their DNS caches' `resolved_address_filter` (Envoy 1.39+) must
 refuse the same addresses as the API's URL check, and let the operator's
 exceptions (api.urls.allow) through: paste this output there after every change
 to api.urls.allow. Exceptions naming hosts are listed on standard error: Envoy
-sees addresses only, so give their addresses too.")]
+sees addresses only, so give their addresses too.
+
+--dnsmasq prints the same ranges as a dnsmasq configuration instead, for Envoy
+before 1.39 (no resolved_address_filter): its egress DNS caches resolve through
+that dnsmasq, which answers \"no such name\" for a name with any internal address.")]
     EgressPolicy {
         /// The plugin configuration JSON, '-' for standard input.
         #[arg(value_name = "CONFIG_FILE")]
         config: String,
+        /// Print dnsmasq options (bogus-nxdomain=NET/PREFIX, one a line) instead of JSON.
+        #[arg(long)]
+        dnsmasq: bool,
     },
     /// Print the id of each webhook that fires for an event, one a line.
     Match {

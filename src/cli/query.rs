@@ -63,7 +63,7 @@ pub fn validate(path: &str) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn egress_policy(path: &str) -> Result<ExitCode, Failure> {
+pub fn egress_policy(path: &str, dnsmasq: bool) -> Result<ExitCode, Failure> {
     let config = load_config(path)?;
     let api = config.api.as_ref().ok_or_else(|| {
         Failure(format!(
@@ -73,6 +73,13 @@ pub fn egress_policy(path: &str) -> Result<ExitCode, Failure> {
     let policy = EgressPolicy::of(&api.urls);
     for name in &policy.names_not_covered {
         eprintln!("note: api.urls.allow entry \"{name}\" names a host; Envoy's egress check sees addresses only, so it refuses this host's internal addresses unless they are listed too");
+    }
+    if dnsmasq {
+        println!("# envoy-webhooks egress-policy --dnsmasq {path}: a name with any of these addresses is answered NXDOMAIN");
+        for option in &policy.dnsmasq_options {
+            println!("{option}");
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let output = serde_json::json!({
         "rbac": policy.rbac,

@@ -19,11 +19,16 @@ pub struct EgressPolicy {
     /// address it is about to connect to is public, or one of the operator's
     /// exceptions (with its port, if the exception gives one).
     pub rbac: Value,
-    /// The DNS caches' `resolved_address_filter` (Envoy 1.40): drops every
+    /// The DNS caches' `resolved_address_filter` (Envoy 1.39 and later): drops every
     /// resolved address in these ranges, so that no connection attempt can
     /// reach one (RBAC sees only the first address; Envoy tries the others
     /// when that one fails). The operator's exceptions are cut out of them.
     pub resolved_address_filter: Value,
+    /// The same ranges as dnsmasq options (`bogus-nxdomain=<net>/<prefix>`):
+    /// for Envoy before 1.39, which has no `resolved_address_filter`, the
+    /// listeners' DNS caches resolve through a local dnsmasq that answers
+    /// "no such name" for any name with an address in these ranges.
+    pub dnsmasq_options: Vec<String>,
     /// Exceptions that name hosts: Envoy sees addresses only, so these need
     /// their addresses in `api.urls.allow` too.
     pub names_not_covered: Vec<String>,
@@ -49,14 +54,22 @@ impl EgressPolicy {
             "rules": {"action": "ALLOW", "policies": policies}
         });
         let holes: Vec<Network> = allowed.iter().map(|(net, _)| *net).collect();
-        let ranges: Vec<Value> = internal_networks()
+        let refused: Vec<Network> = internal_networks()
             .into_iter()
             .flat_map(|net| without(net, &holes))
-            .map(cidr)
+            .collect();
+        let ranges: Vec<Value> = refused.iter().copied().map(cidr).collect();
+        let dnsmasq_options = refused
+            .iter()
+            .map(|net| match net {
+                Network::V4(addr, prefix) => format!("bogus-nxdomain={addr}/{prefix}"),
+                Network::V6(addr, prefix) => format!("bogus-nxdomain={addr}/{prefix}"),
+            })
             .collect();
         EgressPolicy {
             rbac,
             resolved_address_filter: json!({ "ranges": ranges }),
+            dnsmasq_options,
             names_not_covered: urls.allowed_names(),
         }
     }

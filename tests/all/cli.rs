@@ -786,3 +786,50 @@ fn redrive_reads_standard_input_and_percent_encodes_the_id() {
         ]
     );
 }
+
+#[test]
+fn egress_policy_prints_the_listeners_policy_and_names_what_envoy_cannot_see() {
+    let config = br#"{"api": {"tokens": {}, "clusters": {"https": "webhooks_egress_https"},
+                      "urls": {"allow": ["10.0.0.7:8443", "hooks.corp.example"]}},
+             "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379"}}}"#;
+    let output = run_with_stdin(&["egress-policy", "-"], config);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let printed: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let policies = &printed["rbac"]["rules"]["policies"];
+    assert!(policies["public"].is_object() && policies["operator_allow"].is_object());
+    assert!(
+        printed["resolved_address_filter"]["ranges"]
+            .as_array()
+            .unwrap()
+            .len()
+            > 20
+    );
+    assert!(
+        stderr(&output).contains("\"hooks.corp.example\" names a host"),
+        "{}",
+        stderr(&output)
+    );
+    // The same ranges for dnsmasq, one option a line.
+    let output = run_with_stdin(&["egress-policy", "--dnsmasq", "-"], config);
+    let text = stdout(&output);
+    assert!(
+        text.lines().any(|l| l == "bogus-nxdomain=127.0.0.0/8"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l == "bogus-nxdomain=10.0.0.6/32"),
+        "{text}"
+    );
+    assert!(
+        !text.lines().any(|l| l == "bogus-nxdomain=10.0.0.0/8"),
+        "{text}"
+    );
+    // Without an api section there is nothing to check: said, exit 2.
+    let output = run_with_stdin(&["egress-policy", "-"], br#"{"webhooks": []}"#);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("no api section"),
+        "{}",
+        stderr(&output)
+    );
+}

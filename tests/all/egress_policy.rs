@@ -198,6 +198,19 @@ fn an_exception_lets_exactly_its_address_and_port_through() {
             assert!(filtered(&policy, a), "{text}");
         }
     }
+    // dnsmasq gets the filter's ranges, one option each.
+    let ranges = policy.resolved_address_filter["ranges"].as_array().unwrap();
+    assert_eq!(policy.dnsmasq_options.len(), ranges.len());
+    for (option, range) in policy.dnsmasq_options.iter().zip(ranges) {
+        assert_eq!(
+            option,
+            &format!(
+                "bogus-nxdomain={}/{}",
+                range["address_prefix"].as_str().unwrap(),
+                range["prefix_len"]
+            )
+        );
+    }
     // A host name cannot be seen by Envoy's check: said, not silently dropped.
     assert_eq!(policy.names_not_covered, ["hooks.example:443"]);
 }
