@@ -538,7 +538,7 @@ _envoy_version: tuple[int, ...] | None = None
 
 def strip_resolved_address_filter(config: dict) -> dict:
     """Removes every DnsCacheConfig.resolved_address_filter (in place). Envoy 1.36 does not know
-    the field (added in 1.40) and refuses a config with it; without it the egress check of
+    the field (added in 1.39) and refuses a config with it; without it the egress check of
     envoy/dynamic-forward-proxy.yaml is RBAC alone, which checks the FIRST resolved address only,
     while happy eyeballs may connect to a later, internal one (integration/test_egress.py,
     test_multi_address_hole_without_address_filter)."""
@@ -550,10 +550,10 @@ def strip_resolved_address_filter(config: dict) -> dict:
 
 
 def load_shipped_config(name: str, as_shipped: bool = False) -> dict:
-    """One of the ready-to-use files in envoy/, parsed; for an Envoy before 1.40 without what
+    """One of the ready-to-use files in envoy/, parsed; for an Envoy before 1.39 without what
     it does not know (strip_resolved_address_filter), unless ``as_shipped``."""
     config = yaml.safe_load((ENVOY_DIR / name).read_text())
-    if not as_shipped and envoy_version() < (1, 40):
+    if not as_shipped and envoy_version() < (1, 39):
         strip_resolved_address_filter(config)
     return config
 

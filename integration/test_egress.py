@@ -32,6 +32,7 @@ import trustme
 from harness import (
     Envoy,
     RecordingServer,
+    http_request,
     envoy_version,
     free_port,
     load_shipped_config,
@@ -41,6 +42,7 @@ from harness import (
     wait_until,
     walk,
 )
+from test_cluster_state import etcd_envoy_cluster
 from test_envoy_configs import DEMO_PORTS
 
 STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
@@ -49,47 +51,22 @@ REFUSED_INTERNAL = "envoy-webhooks egress refused: the receiver's address is int
 REFUSED_NO_ADDRESS = "envoy-webhooks egress refused: the receiver's name resolves to no address that may be called"
 HIDDEN_ADDRESS = "10.203.0.1"  # added to `lo` for the module
 
-# The policy (mirrors what `envoy-webhooks egress-policy` prints; test_shipped_blocks checks
-# the shipped file against it).
-INTERNAL_V4 = ("0.0.0.0/8 10.0.0.0/8 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 192.0.0.0/24 "
-               "192.0.2.0/24 192.88.99.0/24 192.168.0.0/16 198.18.0.0/15 198.51.100.0/24 203.0.113.0/24 "
-               "224.0.0.0/4 240.0.0.0/4").split()
-INTERNAL_V6_IN_2000 = "2001::/23 2001:db8::/32 3fff::/20 2002::/16".split()
-OUTSIDE_2000 = "::/3 4000::/2 8000::/1".split()
-SHIPPED_EXCEPTIONS = [("192.0.2.10/32", 8443)]
+HAS_ADDRESS_FILTER = envoy_version() >= (1, 39)
 
 
-HAS_ADDRESS_FILTER = envoy_version() >= (1, 40)
-
-
-def cidr(network: str) -> dict:
-    n = ipaddress.ip_network(network)
-    return {"address_prefix": str(n.network_address), "prefix_len": n.prefixlen}
-
-
-def matcher(network: str, port: int | None = None) -> dict:
-    config: dict = {"@type": UPSTREAM_IP_PORT, "upstream_ip": cidr(network)}
-    if port is not None:
-        config["upstream_port_range"] = {"start": port, "end": port}
-    return {"matcher": {"name": "envoy.rbac.matchers.upstream_ip_port", "typed_config": config}}
-
-
-def filtered_ranges(exceptions: list[tuple[str, int]]) -> list[dict]:
-    """resolved_address_filter's ranges: every internal range, the exceptions' addresses carved out
-    (the filter knows no ports: an exception's address must survive it, RBAC checks the port)."""
-    out = []
-    for network in map(ipaddress.ip_network, INTERNAL_V4 + OUTSIDE_2000 + INTERNAL_V6_IN_2000):
-        parts = [network]
-        for exception, _ in exceptions:
-            e = ipaddress.ip_network(exception)
-            parts = [q for p in parts for q in
-                     (sorted(p.address_exclude(e)) if p.version == e.version and e.subnet_of(p) else [p])]
-        out.extend(cidr(str(p)) for p in parts)
-    return out
-
-
-def operator_allow(exceptions: list[tuple[str, int]]) -> list[dict]:
-    return [matcher(network, port) for network, port in exceptions]
+def egress_policy(cli: Path, allow: list[str], dnsmasq: bool = False) -> dict | list[str]:
+    """What `envoy-webhooks egress-policy` prints for exceptions ``allow`` (api.urls.allow): the
+    RBAC rules and resolved_address_filter, or with ``dnsmasq`` its --bogus-nxdomain ranges."""
+    plugin = {"api": {"tokens": {}, "clusters": {"http": "webhooks_egress_http", "https": "webhooks_egress_https"},
+                      "urls": {"allow_http": True, "allow": allow}},
+              "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379"}}}
+    run = subprocess.run([str(cli), "egress-policy", *(["--dnsmasq"] if dnsmasq else []), "-"],
+                         input=json.dumps(plugin), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    if dnsmasq:
+        return [line.removeprefix("bogus-nxdomain=") for line in run.stdout.splitlines()
+                if line.startswith("bogus-nxdomain=")]
+    return json.loads(run.stdout)
 
 
 # --------------------------------------------------------------------------- DNS
@@ -222,7 +199,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, module_launcher, envoy_bin, wasm):
+def world(tmp_path_factory, module_launcher, envoy_bin, wasm, cli):
     w = World()
     tmp = tmp_path_factory.mktemp("egress")
     added = ip_addr("add", f"{HIDDEN_ADDRESS}/32", "dev", "lo")
@@ -272,7 +249,10 @@ def world(tmp_path_factory, module_launcher, envoy_bin, wasm):
         }.items():
             dns.set(name, *addresses)
 
-        exceptions = [("127.0.0.3/32", port), ("127.0.0.3/32", tls_port), ("127.0.0.5/32", port)]
+        # The operator's exceptions: the allowed receiver (http and https), and an address where
+        # nothing listens (the multi-address cases' "public" first address).
+        exceptions = [f"127.0.0.3:{port}", f"127.0.0.3:{tls_port}", f"127.0.0.5:{port}"]
+        policy = egress_policy(cli, exceptions)
         w.hooks = hooks = {
             "lo2": f"http://lo2.test:{port}/hooks/lo2",
             "hidden": f"http://hidden.test:{port}/hooks/hidden",
@@ -300,13 +280,15 @@ def world(tmp_path_factory, module_launcher, envoy_bin, wasm):
         w.upstream = server("platform", "127.0.0.1", free_port())
         w.exceptions = exceptions
 
-        def make_envoy(dns_port: int):
+        def make_envoy(dns_port: int, api: dict | None = None, extra_clusters: tuple = ()):
             """An Envoy of envoy/dynamic-forward-proxy.yaml, its egress DNS caches asking
-            127.0.0.1:dns_port; returns it and its probe listener's port."""
+            127.0.0.1:dns_port; with ``api``, it serves the tenant API (``api`` holds its
+            cluster_state too); returns it and its probe listener's port."""
             config = load_shipped_config("dynamic-forward-proxy.yaml")
-            plugin = plugin_config(webhooks, delivery={
+            plugin = plugin_config([] if api else webhooks, delivery={
                 "clusters": {"http": "dynamic_forward_proxy_cluster", "https": "dynamic_forward_proxy_cluster_https"},
-                "failure_threshold": 1000, "timeout_ms": 5000})
+                "failure_threshold": 2 if api else 1000, "failing_window_s": 3600, "timeout_ms": 5000},
+                **(api or {}))
             resolver = {"name": "envoy.network.dns_resolver.cares", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.network.dns_resolver.cares.v3.CaresDnsResolverConfig",
                 "resolvers": [{"socket_address": {"address": "127.0.0.1", "port_value": dns_port}}],
@@ -320,9 +302,9 @@ def world(tmp_path_factory, module_launcher, envoy_bin, wasm):
                              host_ttl="5s",
                              dns_lookup_family="ALL")
                     if "resolved_address_filter" in d:
-                        d["resolved_address_filter"] = {"ranges": filtered_ranges(exceptions)}
-                if "policies" in d and "operator_allow" in d["policies"]:
-                    d["policies"]["operator_allow"]["permissions"] = operator_allow(exceptions)
+                        d["resolved_address_filter"] = policy["resolved_address_filter"]
+                if d.get("name") == "envoy.filters.http.rbac":
+                    d["typed_config"] = policy["rbac"]
                 if "trusted_ca" in d:
                     d["trusted_ca"] = {"filename": str(ca_file)}
 
@@ -333,6 +315,7 @@ def world(tmp_path_factory, module_launcher, envoy_bin, wasm):
             resources["clusters"].append(static_cluster("direct_allowed", port))
             resources["clusters"][-1]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
                 "socket_address"]["address"] = "127.0.0.3"
+            resources["clusters"].extend(extra_clusters)
             probe_port = free_port()
             resources["listeners"].append(probe_listener(probe_port))
             envoy = module_launcher(None, upstream=w.upstream, config=config)
@@ -420,54 +403,6 @@ def assert_refused(entry: dict, status: int) -> None:
 
 
 # --------------------------------------------------------------------------- cases
-
-def test_shipped_blocks_are_the_policy():
-    """The shipped RBAC rules and resolved_address_filter are what the policy above gives for
-    the shipped exception (192.0.2.10:8443), and the filter's DNS caches equal the clusters'."""
-    config = load_shipped_config("dynamic-forward-proxy.yaml", as_shipped=True)
-    found: dict[str, list] = {"rbac": [], "ranges": [], "caches": []}
-
-    def grab(d: dict) -> None:
-        if "policies" in d:
-            found["rbac"].append(d)
-        if "resolved_address_filter" in d:
-            found["ranges"].append(d["resolved_address_filter"]["ranges"])
-        if "dns_cache_config" in d and str(d["dns_cache_config"].get("name", "")).startswith("webhooks_egress"):
-            found["caches"].append(json.dumps(d["dns_cache_config"], sort_keys=True))
-
-    walk(config, grab)
-    assert len(found["rbac"]) == 2 and all(r == found["rbac"][0] for r in found["rbac"])
-    rbac = found["rbac"][0]
-    assert rbac["action"] == "ALLOW"
-    assert rbac["policies"]["operator_allow"]["permissions"] == operator_allow(SHIPPED_EXCEPTIONS)
-    public = rbac["policies"]["public"]["permissions"][0]["and_rules"]["rules"]
-    assert public[0]["or_rules"]["rules"] == [matcher("0.0.0.0/0"), matcher("2000::/3")]
-    assert public[1]["not_rule"]["or_rules"]["rules"] == [matcher(n) for n in INTERNAL_V4 + INTERNAL_V6_IN_2000]
-    assert found["ranges"] and all(r == filtered_ranges(SHIPPED_EXCEPTIONS) for r in found["ranges"])
-    assert len(found["caches"]) == 4 and len(set(found["caches"])) == 2  # filter == cluster, per scheme
-
-
-def test_shipped_blocks_are_what_egress_policy_prints(cli):
-    """`envoy-webhooks egress-policy` prints, for the shipped exception, the very RBAC rules and
-    resolved_address_filter envoy/dynamic-forward-proxy.yaml carries."""
-    (network, port), = SHIPPED_EXCEPTIONS
-    plugin = {"webhooks": [],
-              "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379", "prefix": "/egress/"}},
-              "api": {"clusters": {"http": "webhooks_egress_http", "https": "webhooks_egress_https"},
-                      "tokens": {"t" * 32: {"system_domain_id": "3f2504e0-4f89-11d3-9a0c-0305e82c3301", "roles": []}},
-                      "urls": {"allow": [f"{network.removesuffix('/32')}:{port}"]}}}
-    proc = subprocess.run([str(cli), "egress-policy", "-"], input=json.dumps(plugin), capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    printed = json.loads(proc.stdout)
-    config = load_shipped_config("dynamic-forward-proxy.yaml", as_shipped=True)
-    found: list[tuple[str, dict]] = []
-    walk(config, lambda d: found.extend([("rbac", d)] if "policies" in d else
-                                        [("filter", d["resolved_address_filter"])] if "resolved_address_filter" in d else []))
-    assert {kind for kind, _ in found} == {"rbac", "filter"}
-    for kind, block in found:
-        assert block == (printed["rbac"]["rules"] if kind == "rbac" else printed["resolved_address_filter"]), kind
-
 
 @pytest.mark.parametrize("hook_id,authority", [
     ("lo2", "lo2.test"), ("hidden", "hidden.test"), ("v6", "v6.test"), ("mapped", "mapped.test"),
@@ -641,13 +576,13 @@ def test_rebinding_to_an_internal_address_is_refused(world):
 
 
 @pytest.mark.parametrize("hook_id", ["multi-ab", "multi-ba"])
-def test_a_bogus_nxdomain_resolver_in_front_closes_the_multi_address_hole(world, tmp_path, hook_id):
+def test_a_bogus_nxdomain_resolver_in_front_closes_the_multi_address_hole(world, tmp_path, hook_id, cli):
     """What closes the hole on Envoy 1.36 too: the egress DNS caches ask a dnsmasq that forwards
     to the real resolver with one --bogus-nxdomain per internal range (the exceptions carved out,
     as resolved_address_filter's): an answer holding ANY internal address becomes NXDOMAIN, so a
     name with a public and an internal address is refused whole (503, no address), on either
     version, whatever the order; a name of the exception's address still works."""
-    ranges = [f"{r['address_prefix']}/{r['prefix_len']}" for r in filtered_ranges(world.exceptions)]
+    ranges = egress_policy(cli, world.exceptions, dnsmasq=True)
     front = Dnsmasq(tmp_path, "front", forward_to=world.dns.port, bogus_nxdomain=ranges).start()
     try:
         envoy, probe_port = world.make_envoy(front.port)
@@ -662,3 +597,50 @@ def test_a_bogus_nxdomain_resolver_in_front_closes_the_multi_address_hole(world,
         nothing_internal(world)
     finally:
         front.stop()
+
+
+TENANT_TOKEN = "egress-tenant-token-0123456789abcdef"
+TENANT_DOMAIN = "6f1c5b2e-0d3a-4c8e-9b7a-2e4f6a8c0d1e"
+
+
+def test_a_tenants_webhook_is_refused_and_shown_failing_through_the_api(world, etcd_cluster):
+    """The path tenants' webhooks take: made through the API (which lets the name lo2.test
+    through: it looks public), called through api.clusters, refused by Envoy's check at every
+    attempt, FAILING through the API after failure_threshold (2) with the refusal as
+    last_error; the internal receiver got nothing. A tenant's webhook to the allowed receiver is
+    delivered through the same listener."""
+    api = {"api": {"tokens": {TENANT_TOKEN: {"system_domain_id": TENANT_DOMAIN,
+                                             "roles": ["can_read_webhooks", "can_write_webhooks"]}},
+                   "clusters": {"http": "webhooks_egress_http", "https": "webhooks_egress_https"},
+                   "urls": {"allow_http": True, "allow": world.exceptions}},
+           "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379", "prefix": "/egress-test/",
+                                      "sync_interval_ms": 200, "timeout_ms": 500}}}
+    envoy, _ = world.make_envoy(world.dns.port, api=api,
+                                extra_clusters=(etcd_envoy_cluster(etcd_cluster.client_ports),))
+    headers = {"Auth-Token": TENANT_TOKEN, "content-type": "application/json"}
+    made = {}
+    for name, url in {"internal": f"http://lo2.test:{world.port}/hooks/tenant-internal",
+                      "allowed": f"http://allowed.test:{world.port}/hooks/tenant-allowed"}.items():
+        r = http_request(envoy.port, "POST", "/API/notifications/v1/webhooks/", headers=headers,
+                         body=json.dumps({"event_type": "assets", "status": "ENABLED", "url": url}).encode())
+        assert r.status == 201, r
+        made[name] = r.json()["id"]
+
+    def shown(name: str) -> dict:
+        r = http_request(envoy.port, "GET", f"/API/notifications/v1/webhooks/{made[name]}/", headers=headers)
+        assert r.status == 200, r
+        return r.json()
+
+    def event_sent() -> None:
+        world.realm_events += 1
+        envoy.post_event({"system_domain_id": TENANT_DOMAIN, "event_type": "assets", "realm": "tenant",
+                          "operation": "update", "object_id": f"t{world.realm_events}", "data": {}})
+
+    wait_until(lambda: (event_sent(), shown("internal")["status"] == "FAILING")[1], timeout=20, interval=0.3,
+               message=lambda: shown("internal"))
+    failing = shown("internal")
+    reason = (REFUSED_NO_ADDRESS if HAS_ADDRESS_FILTER else REFUSED_INTERNAL).removeprefix(
+        "envoy-webhooks egress refused: ")
+    assert failing["last_error"] == f"refused by Envoy's egress check, the receiver was not called: {reason}"
+    assert world.allowed.count("/hooks/tenant-allowed") >= 1
+    nothing_internal(world)
