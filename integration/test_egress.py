@@ -1,6 +1,6 @@
 """The egress check of envoy/dynamic-forward-proxy.yaml (issue 32): calls through the clusters
 webhooks_egress_http(s) go into Envoy internal listeners that resolve the URL's host, check the
-address Envoy will connect to (RBAC on the upstream address; on Envoy 1.40 also the DNS cache's
+address Envoy will connect to (RBAC on the upstream address; on Envoy 1.39+ also the DNS cache's
 resolved_address_filter), and refuse internal ones. Names are served by a dnsmasq of the test's
 own (Envoy's c-ares pointed at it); receivers listen on loopback addresses other than 127.0.0.1
 and on 10.203.0.1 (added to `lo` for the module, removed after). A "probe" listener of the test's
@@ -54,9 +54,9 @@ HIDDEN_ADDRESS = "10.203.0.1"  # added to `lo` for the module
 HAS_ADDRESS_FILTER = envoy_version() >= (1, 39)
 
 
-def egress_policy(cli: Path, allow: list[str], dnsmasq: bool = False) -> dict | list[str]:
+def egress_policy(cli: Path, allow: list[str], dnsmasq: bool = False) -> dict | str:
     """What `envoy-webhooks egress-policy` prints for exceptions ``allow`` (api.urls.allow): the
-    RBAC rules and resolved_address_filter, or with ``dnsmasq`` its --bogus-nxdomain ranges."""
+    RBAC rules and resolved_address_filter, or with ``dnsmasq`` the dnsmasq configuration."""
     plugin = {"api": {"tokens": {}, "clusters": {"http": "webhooks_egress_http", "https": "webhooks_egress_https"},
                       "urls": {"allow_http": True, "allow": allow}},
               "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379"}}}
@@ -64,8 +64,7 @@ def egress_policy(cli: Path, allow: list[str], dnsmasq: bool = False) -> dict | 
                          input=json.dumps(plugin), capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     if dnsmasq:
-        return [line.removeprefix("bogus-nxdomain=") for line in run.stdout.splitlines()
-                if line.startswith("bogus-nxdomain=")]
+        return run.stdout
     return json.loads(run.stdout)
 
 
@@ -114,10 +113,10 @@ class Dnsmasq:
     only (``set`` rewrites the file and reloads it with SIGHUP); TTL 1 s."""
 
     def __init__(self, workdir: Path, name: str = "dnsmasq", forward_to: int | None = None,
-                 bogus_nxdomain: list[str] = ()):
-        """With ``forward_to``: a dnsmasq in front of the one on that port, answering NXDOMAIN
-        for every name whose answer holds an address in ``bogus_nxdomain`` (its --bogus-nxdomain
-        works on forwarded answers only)."""
+                 conf_file: Path | None = None):
+        """With ``forward_to``: a dnsmasq in front of the one on that port, reading ``conf_file``
+        too (`envoy-webhooks egress-policy --dnsmasq`: its --bogus-nxdomain options answer
+        NXDOMAIN for every name whose answer holds an internal address; forwarded answers only)."""
         self.binary = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
         self.hosts = workdir / f"{name}-hosts"
         self.hosts.write_text("")
@@ -125,8 +124,8 @@ class Dnsmasq:
         self.log = workdir / f"{name}.log"
         # The one with the names answers for *.test itself (NXDOMAIN for the others); the one in
         # front forwards every query, and must not (it would answer NXDOMAIN for all of them).
-        self.extra = ([f"--server=127.0.0.1#{forward_to}", "--no-negcache"] if forward_to else ["--local=/test/"]) + [
-            f"--bogus-nxdomain={r}" for r in bogus_nxdomain]
+        self.extra = ([f"--server=127.0.0.1#{forward_to}", "--no-negcache"] if forward_to else ["--local=/test/"]) + (
+            [f"--conf-file={conf_file}"] if conf_file else [])
         self.records: dict[str, list[str]] = {}
         self.proc: subprocess.Popen | None = None
 
@@ -582,8 +581,9 @@ def test_a_bogus_nxdomain_resolver_in_front_closes_the_multi_address_hole(world,
     as resolved_address_filter's): an answer holding ANY internal address becomes NXDOMAIN, so a
     name with a public and an internal address is refused whole (503, no address), on either
     version, whatever the order; a name of the exception's address still works."""
-    ranges = egress_policy(cli, world.exceptions, dnsmasq=True)
-    front = Dnsmasq(tmp_path, "front", forward_to=world.dns.port, bogus_nxdomain=ranges).start()
+    conf = tmp_path / "egress-dnsmasq.conf"
+    conf.write_text(egress_policy(cli, world.exceptions, dnsmasq=True))
+    front = Dnsmasq(tmp_path, "front", forward_to=world.dns.port, conf_file=conf).start()
     try:
         envoy, probe_port = world.make_envoy(front.port)
         status, body = probe(world, f"{hook_id}.test:{world.port}", port=probe_port)
