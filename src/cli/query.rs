@@ -60,6 +60,9 @@ pub fn validate(path: &str) -> Result<ExitCode, Failure> {
         "{path}: valid, {} webhook definition(s)",
         config.webhooks.len()
     );
+    for note in config.notes() {
+        eprintln!("note: {note}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

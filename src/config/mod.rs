@@ -183,6 +183,16 @@ impl Default for DeliveryPolicy {
 }
 
 impl PluginConfig {
+    /// What a valid configuration may still not mean, one line each: logged
+    /// when Envoy loads it, printed by `envoy-webhooks validate`.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.api.as_ref().is_some_and(|api| api.clusters.is_none()) {
+            notes.push("api: no api.clusters: tenants' calls go through delivery.clusters, where nothing checks the address Envoy connects to; a tenant's name that resolves inside the platform is called (docs/api.md, \"Tenant URLs\")".to_string());
+        }
+        notes
+    }
+
     /// Parses the plugin configuration from JSON bytes.
     pub fn from_json(bytes: &[u8]) -> Result<PluginConfig, ConfigError> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| ConfigError {

@@ -486,6 +486,15 @@ impl RootContext for WebhooksRoot {
                         .and_then(|w| w.plugin())
                         .map_or(0, |p| p.definitions().len())
                 );
+                let notes = self
+                    .worker
+                    .as_ref()
+                    .and_then(|w| w.plugin())
+                    .map(|p| p.config.notes())
+                    .unwrap_or_default();
+                for note in notes {
+                    log::warn!("envoy-webhooks: {note}");
+                }
                 true
             }
             Err(problems) => {

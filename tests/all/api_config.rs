@@ -136,6 +136,20 @@ fn api_clusters_take_the_tenants_calls_only() {
         .map(|d| d.cluster.as_str())
         .collect();
     assert_eq!(clusters, ["direct_https", "webhooks_egress_https"]);
+    assert!(parsed.notes().is_empty(), "{:?}", parsed.notes());
+    // Without api.clusters the configuration is valid, and says what it means.
+    let direct = PluginConfig::from_value(&json!({
+        "api": {"tokens": {}},
+        "cluster_state": {"etcd": {"cluster": "etcd", "authority": "etcd:2379"}},
+        "delivery": {"clusters": {"https": "direct_https"}}
+    }))
+    .unwrap();
+    let notes = direct.notes();
+    assert_eq!(notes.len(), 1);
+    assert!(
+        notes[0].contains("nothing checks the address Envoy connects to"),
+        "{notes:?}"
+    );
     // A typo in api.clusters is an error, as in delivery.clusters.
     let problems = PluginConfig::from_value(&json!({
         "api": {"tokens": {}, "clusters": {"htps": "egress"}},
