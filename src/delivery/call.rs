@@ -179,7 +179,7 @@ impl fmt::Display for CallOutcome {
             ),
             CallOutcome::NotReachedOverTls { reason, cluster } => write!(
                 f,
-                "HTTP 503 from Envoy, the receiver was not reached over TLS: {reason}; if the TLS handshake failed (a certificate for another host, expired, self-signed or from an unknown CA, or the receiver wants a client certificate), Envoy's stats cluster.{cluster}.ssl.fail_verify_* and .ssl.connection_error say which"
+                "HTTP 503 from Envoy, the receiver was not reached over TLS: {reason}; if the TLS handshake failed (a certificate for another host, expired, self-signed or from an unknown CA, or the receiver wants a client certificate), Envoy's stats cluster.{cluster}.ssl.fail_verify_* and .ssl.connection_error say which (through an egress listener: those of the cluster it forwards to)"
             ),
             CallOutcome::RefusedByEgress(reason) => write!(
                 f,
