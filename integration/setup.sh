@@ -83,7 +83,9 @@ setup_apt_packages() {
   command -v etcd >/dev/null || missing+=(etcd-server)
   command -v etcdctl >/dev/null || missing+=(etcd-client)
   command -v promtool >/dev/null || missing+=(prometheus)
-  # the DNS server of integration/test_egress.py (the package installs no service)
+  # the DNS server of integration/test_egress.py (the package installs no service), and `ip`
+  # to add its test address to lo
+  command -v ip >/dev/null || missing+=(iproute2)
   command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
   if [ "${#missing[@]}" -gt 0 ]; then
     echo "== apt-get install ${missing[*]}"
