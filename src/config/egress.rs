@@ -61,9 +61,9 @@ impl EgressPolicy {
         let ranges: Vec<Value> = refused.iter().copied().map(cidr).collect();
         let dnsmasq_options = refused
             .iter()
-            .map(|net| match net {
-                Network::V4(addr, prefix) => format!("bogus-nxdomain={addr}/{prefix}"),
-                Network::V6(addr, prefix) => format!("bogus-nxdomain={addr}/{prefix}"),
+            .map(|net| {
+                let (addr, prefix) = net.parts();
+                format!("bogus-nxdomain={addr}/{prefix}")
             })
             .collect();
         EgressPolicy {
@@ -118,14 +118,8 @@ fn upstream_matcher(net: Network, port: Option<u16>) -> Value {
 }
 
 fn cidr(net: Network) -> Value {
-    match net {
-        Network::V4(addr, prefix) => {
-            json!({"address_prefix": addr.to_string(), "prefix_len": prefix})
-        }
-        Network::V6(addr, prefix) => {
-            json!({"address_prefix": addr.to_string(), "prefix_len": prefix})
-        }
-    }
+    let (addr, prefix) = net.parts();
+    json!({"address_prefix": addr.to_string(), "prefix_len": prefix})
 }
 
 /// `net` without the addresses of `holes`: the smallest list of networks

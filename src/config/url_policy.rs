@@ -24,7 +24,7 @@
 //! Operators may allow exceptions ([`AllowEntry`]): an address, a CIDR or a
 //! host name, optionally with a port. The scheme rule applies to them too.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::definition::{parse_url, without_credentials, WebhookUrl};
 
@@ -464,6 +464,16 @@ const IPV6_SPECIAL: [([u16; 8], u8, &str); 12] = [
 pub(super) enum Network {
     V4(Ipv4Addr, u8),
     V6(Ipv6Addr, u8),
+}
+
+impl Network {
+    /// Its address and prefix length, whatever the family.
+    pub(super) fn parts(self) -> (IpAddr, u8) {
+        match self {
+            Network::V4(addr, prefix) => (IpAddr::V4(addr), prefix),
+            Network::V6(addr, prefix) => (IpAddr::V6(addr), prefix),
+        }
+    }
 }
 
 /// Every network whose addresses a tenant's call must never reach: the
