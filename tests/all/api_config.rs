@@ -94,24 +94,6 @@ fn every_problem_is_reported_at_once() {
     assert!(!tokens.contains("short"), "{tokens}");
 }
 
-/// A tenant's webhook, as the API stores it.
-fn tenant_webhook(url: &str) -> envoy_webhooks::config::WebhookDefinition {
-    use envoy_webhooks::testing::resource::{apply, Fresh, Target};
-    let fresh = Fresh {
-        id: "00000001-0000-4000-8000-000000000000".to_string(),
-        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
-        now_ms: 1_765_000_000_000,
-    };
-    let body = json!({"event_type": "assets", "url": url});
-    let target = Target::Create {
-        system_domain_id: "9c2f2e2a-6b7d-11ee-8c99-0242ac120002",
-        fresh: &fresh,
-    };
-    apply(body.to_string().as_bytes(), target, &|_| Ok(()))
-        .unwrap()
-        .1
-}
-
 /// `api.clusters` sends tenants' calls through the egress listeners while
 /// the operator's own webhooks keep `delivery.clusters`.
 #[test]
@@ -129,7 +111,11 @@ fn api_clusters_take_the_tenants_calls_only() {
     // No http cluster of the API's own: http:// is not allowed anyway.
     assert!(check_url(&parsed, "https://hooks.example.com/").is_ok());
     let plugin = Plugin::load(config.to_string().as_bytes(), |_| None).unwrap();
-    let with = plugin.with_tenants(vec![tenant_webhook("https://hooks.example.com/in")]);
+    let with = plugin.with_tenants(vec![crate::tenant_webhook(
+        1,
+        "ENABLED",
+        "hooks.example.com",
+    )]);
     let clusters: Vec<&str> = with
         .definitions()
         .iter()

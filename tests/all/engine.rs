@@ -12,6 +12,8 @@ use envoy_webhooks::testing::engine::{Engine, MAX_TURN_BYTES};
 use envoy_webhooks::testing::host::WebhookCounter;
 use envoy_webhooks::testing::message::{QueuedEvent, QueuedTarget};
 use envoy_webhooks::testing::plugin::Plugin;
+
+use crate::tenant_webhook;
 use envoy_webhooks::testing::store;
 use envoy_webhooks::testing::{FakeHost, MadeCall};
 use proptest::prelude::*;
@@ -719,25 +721,6 @@ fn a_receiver_not_reached_over_https_points_at_tls_and_the_clusters_stats() {
         "{secure}"
     );
     assert_eq!(host.count_of("secure", WebhookCounter::Failed), 1);
-}
-
-/// A tenant's webhook as the API makes it, with `status`, calling `host`.
-fn tenant_webhook(n: usize, status: &str, host: &str) -> envoy_webhooks::config::WebhookDefinition {
-    use envoy_webhooks::testing::resource::{apply, Fresh, Target};
-    let fresh = Fresh {
-        id: format!("{n:08x}-0000-4000-8000-000000000000"),
-        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
-        now_ms: 1_765_000_000_000,
-    };
-    let body = json!({"event_type": "assets", "status": status,
-                      "url": format!("https://{host}/{n}")});
-    let target = Target::Create {
-        system_domain_id: "9c2f2e2a-6b7d-11ee-8c99-0242ac120002",
-        fresh: &fresh,
-    };
-    apply(body.to_string().as_bytes(), target, &|_| Ok(()))
-        .unwrap()
-        .1
 }
 
 /// A tenant change makes every worker configure its engine anew: only the
