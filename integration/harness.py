@@ -517,6 +517,34 @@ def envoy_config(
     }
 
 
+ENABLE_HERE = {"envoy.filters.http.wasm": {
+    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}}
+
+
+def enabled_on_routes(config: dict, event_routes: list[dict], served_prefixes: list[str] = ()) -> dict:
+    """``config`` (from envoy_config) with the Wasm filter ``disabled`` in the connection
+    manager and enabled only on the routes that need it, as docs/routes.md ships it: each
+    of ``served_prefixes`` (the admin API's, the API's) answered by Envoy itself when the
+    filter is not there, then each of ``event_routes`` (route matches) to the platform; every
+    other request goes to the platform without the filter."""
+    config = copy.deepcopy(config)
+
+    def fix(d: dict) -> None:
+        if d.get("name") == "envoy.filters.http.wasm":
+            d["disabled"] = True
+        for vh in d.get("virtual_hosts", []):
+            rest = vh["routes"]
+            served = [{"match": {"prefix": p, "case_sensitive": False},
+                       "direct_response": {"status": 404},
+                       "typed_per_filter_config": copy.deepcopy(ENABLE_HERE)} for p in served_prefixes]
+            events = [{"match": match, "route": {"cluster": "platform", "timeout": "30s"},
+                       "typed_per_filter_config": copy.deepcopy(ENABLE_HERE)} for match in event_routes]
+            vh["routes"] = served + events + rest
+
+    walk(config, fix)
+    return config
+
+
 def envoy_version() -> tuple[int, ...]:
     """The version of the Envoy the tests run, e.g. (1, 40, 0): ENVOY_BIN's ``--version``, or
     ENVOY_IMAGE's tag with ENVOY_RUNNER=docker."""

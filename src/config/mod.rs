@@ -45,6 +45,12 @@ pub struct EventsConfig {
     /// (and counted by the runtime).
     pub max_deliveries_per_request: usize,
     pub deliver_on: DeliverOn,
+    /// Envoy's routes choose the requests the filter sees (the filter is
+    /// `disabled` in the connection manager and enabled on the event routes,
+    /// and on the admin and API routes): every request that reaches it carries
+    /// events unless it is the admin API's or the API's, so it reads no
+    /// header to decide (`methods` and `path_prefixes` are not used).
+    pub selected_by_routes: bool,
 }
 
 /// When the filter delivers an event's webhooks.
@@ -161,6 +167,7 @@ impl Default for EventsConfig {
             max_events_per_request: 1_000,
             max_deliveries_per_request: 10_000,
             deliver_on: DeliverOn::Request,
+            selected_by_routes: false,
         }
     }
 }
@@ -440,8 +447,19 @@ fn parse_events(value: &Value, problems: &mut Vec<Problem>) -> Option<EventsConf
             DeliverOn::Request
         }
     };
+    let selected_by_routes = fields.boolean("selected_by_routes").unwrap_or(false);
+    if selected_by_routes {
+        for field in ["methods", "path_prefixes"] {
+            if fields.has(field) {
+                fields.problem(
+                    field,
+                    "is not used with selected_by_routes: Envoy's routes choose the event requests (match the method and path there), so drop this field",
+                );
+            }
+        }
+    }
     fields.reject_unknown(
-        "methods, path_prefixes, max_event_bytes, max_events_per_request, max_deliveries_per_request, deliver_on",
+        "methods, path_prefixes, max_event_bytes, max_events_per_request, max_deliveries_per_request, deliver_on, selected_by_routes",
     );
     Some(EventsConfig {
         methods,
@@ -450,6 +468,7 @@ fn parse_events(value: &Value, problems: &mut Vec<Problem>) -> Option<EventsConf
         max_events_per_request,
         max_deliveries_per_request,
         deliver_on,
+        selected_by_routes,
     })
 }
 

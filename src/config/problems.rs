@@ -156,6 +156,22 @@ impl<'a, 'p> Fields<'a, 'p> {
         }
     }
 
+    pub fn boolean(&mut self, field: &'static str) -> Option<bool> {
+        match self.get(field)? {
+            Value::Bool(value) => Some(*value),
+            other => {
+                let message = format!("expected true or false, found {}", kind_of(other));
+                self.problem(field, message);
+                None
+            }
+        }
+    }
+
+    /// Whether the field is given (not `null`).
+    pub fn has(&self, field: &str) -> bool {
+        self.object.get(field).is_some_and(|v| !v.is_null())
+    }
+
     pub fn string_list(&mut self, field: &'static str) -> Option<Vec<&'a str>> {
         let value = self.get(field)?;
         let strings: Option<Vec<&str>> = value

@@ -72,6 +72,13 @@ pub fn route(
     })
 }
 
+/// Whether `path` (which may carry a query string) is under the admin
+/// API's or the API's prefix: [`route`] answers it.
+pub fn serves_path(plugin: &Plugin, path: &str) -> bool {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    path.starts_with('/') && entrance(plugin, &normalize_path(path)).is_some()
+}
+
 /// The API `path` is under, the rest of the path, and what that API accepts
 /// as credentials.
 fn entrance<'p>(plugin: &'p Plugin, path: &'p str) -> Option<(Entrance, &'p str, Credentials<'p>)> {

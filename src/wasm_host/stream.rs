@@ -274,6 +274,67 @@ impl EventStream {
     }
 }
 
+/// What a request is to the filter.
+enum Request {
+    /// The admin API's or the API's: answered here.
+    Served(Served),
+    /// It carries events.
+    Events,
+    /// Anything else: not looked at further.
+    Passes,
+}
+
+impl EventStream {
+    /// What the request is, from as few header reads as it takes (each read
+    /// that returns a value costs Envoy a call back into the VM).
+    fn what_is(plugin: &Plugin, serves: bool, end_of_stream: bool) -> Request {
+        let read = |name: &str| host::request_header(name).unwrap_or_default();
+        if plugin.config.events.selected_by_routes {
+            // Envoy's routes chose this request: it carries events unless it
+            // is the admin API's or the API's. Only those need the path.
+            if serves {
+                let path = read(":path");
+                if serve::serves_path(plugin, &path) {
+                    let served =
+                        serve::route(plugin, &read(":method"), &path, &host::request_header);
+                    return served.map_or(Request::Passes, Request::Served);
+                }
+            }
+            if end_of_stream || plugin.matcher.matches_nothing() {
+                // No body (a route that takes GETs too): no events.
+                return Request::Passes;
+            }
+            return Request::Events;
+        }
+        let (method, path) = if serves {
+            (read(":method"), read(":path"))
+        } else if intake::path_first(plugin) {
+            let path = read(":path");
+            if !intake::watches_path(plugin, &path) {
+                // No events here: the method is not even read.
+                return Request::Passes;
+            }
+            (read(":method"), path)
+        } else {
+            let method = read(":method");
+            if !intake::watches_method(plugin, &method) {
+                return Request::Passes;
+            }
+            (method, read(":path"))
+        };
+        if serves {
+            if let Some(served) = serve::route(plugin, &method, &path, &host::request_header) {
+                return Request::Served(served);
+            }
+        }
+        if intake::carries_events(plugin, &method, &path) {
+            Request::Events
+        } else {
+            Request::Passes
+        }
+    }
+}
+
 impl Context for EventStream {
     fn on_done(&mut self) -> bool {
         if let (Some(worker), Some(_)) = (self.worker.clone(), self.admin_waiting.take()) {
@@ -316,31 +377,13 @@ impl HttpContext for EventStream {
             return Action::Continue;
         }
         self.plugin = Some(plugin.clone());
-        let read = |name: &str| host::request_header(name).unwrap_or_default();
-        let (method, path) = if serves {
-            (read(":method"), read(":path"))
-        } else if intake::path_first(&plugin) {
-            let path = read(":path");
-            if !intake::watches_path(&plugin, &path) {
-                // No events here: the method is not even read.
-                return Action::Continue;
-            }
-            (read(":method"), path)
-        } else {
-            let method = read(":method");
-            if !intake::watches_method(&plugin, &method) {
-                return Action::Continue;
-            }
-            (method, read(":path"))
-        };
-        if serves {
-            if let Some(served) = serve::route(&plugin, &method, &path, &host::request_header) {
+        match Self::what_is(&plugin, serves, end_of_stream) {
+            Request::Served(served) => {
                 self.serve(&worker, &plugin, served, end_of_stream);
                 return Action::Pause;
             }
-        }
-        if !intake::carries_events(&plugin, &method, &path) {
-            return Action::Continue;
+            Request::Passes => return Action::Continue,
+            Request::Events => {}
         }
         if host::request_header(DELIVERY_MARKER).is_some() {
             // One of our own calls, come back through an Envoy with this filter.

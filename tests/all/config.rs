@@ -103,6 +103,7 @@ fn minimal_configuration_gets_every_default() {
             max_events_per_request: 1_000,
             max_deliveries_per_request: 10_000,
             deliver_on: DeliverOn::Request,
+            selected_by_routes: false,
         }
     );
     assert_eq!(
@@ -939,6 +940,10 @@ fn events_settings() {
 
     let largest = valid(json!({"webhooks": [], "events": {"max_event_bytes": 16 * 1024 * 1024}}));
     assert_eq!(largest.events.max_event_bytes, 16 * 1024 * 1024);
+
+    let routed = valid(json!({"webhooks": [], "events": {"selected_by_routes": true}}));
+    assert!(routed.events.selected_by_routes);
+    assert!(!EventsConfig::default().selected_by_routes);
 }
 
 #[test]
@@ -1001,6 +1006,22 @@ fn events_problems() {
             "expected a string",
         ),
         (json!({"method": ["POST"]}), "method", "unknown field"),
+        (
+            json!({"selected_by_routes": "yes"}),
+            "selected_by_routes",
+            "expected true or false, found a string",
+        ),
+        // Envoy's routes choose: a method list would silently mean nothing.
+        (
+            json!({"selected_by_routes": true, "methods": ["POST"]}),
+            "methods",
+            "not used with selected_by_routes",
+        ),
+        (
+            json!({"selected_by_routes": true, "path_prefixes": ["/events"]}),
+            "path_prefixes",
+            "Envoy's routes choose the event requests",
+        ),
     ];
     for (events, field, message) in cases {
         let found = problems(json!({"webhooks": [], "events": events}));
