@@ -521,6 +521,14 @@ ENABLE_HERE = {"envoy.filters.http.wasm": {
     "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "config": {}}}
 
 
+def served_route(prefix: str) -> dict:
+    """The route of a path prefix the filter answers (the admin API's, the API's), as the shipped
+    configurations have it: the filter enabled, and Envoy's 404 were it not there."""
+    return {"match": {"path_separated_prefix": prefix.rstrip("/"), "case_sensitive": False},
+            "direct_response": {"status": 404},
+            "typed_per_filter_config": copy.deepcopy(ENABLE_HERE)}
+
+
 def enabled_on_routes(config: dict, event_routes: list[dict], served_prefixes: list[str] = ()) -> dict:
     """``config`` (from envoy_config) with the Wasm filter ``disabled`` in the connection
     manager and enabled only on the routes that need it, as docs/routes.md ships it: each
@@ -534,9 +542,7 @@ def enabled_on_routes(config: dict, event_routes: list[dict], served_prefixes: l
             d["disabled"] = True
         for vh in d.get("virtual_hosts", []):
             rest = vh["routes"]
-            served = [{"match": {"prefix": p, "case_sensitive": False},
-                       "direct_response": {"status": 404},
-                       "typed_per_filter_config": copy.deepcopy(ENABLE_HERE)} for p in served_prefixes]
+            served = [served_route(p) for p in served_prefixes]
             events = [{"match": match, "route": {"cluster": "platform", "timeout": "30s"},
                        "typed_per_filter_config": copy.deepcopy(ENABLE_HERE)} for match in event_routes]
             vh["routes"] = served + events + rest

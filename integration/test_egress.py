@@ -38,6 +38,7 @@ from harness import (
     load_shipped_config,
     plugin_config,
     retarget,
+    served_route,
     static_cluster,
     wait_until,
     walk,
@@ -304,6 +305,8 @@ def world(tmp_path_factory, module_launcher, envoy_bin, wasm, cli):
                         d["resolved_address_filter"] = policy["resolved_address_filter"]
                 if d.get("name") == "envoy.filters.http.rbac":
                     d["typed_config"] = policy["rbac"]
+                if api and d.get("name") == "platform" and "routes" in d:  # the API's route, before the rest
+                    d["routes"].insert(0, served_route("/API/notifications/"))
                 if "trusted_ca" in d:
                     d["trusted_ca"] = {"filename": str(ca_file)}
 

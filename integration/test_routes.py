@@ -74,7 +74,10 @@ def test_admin_routes_are_answered_and_never_reach_the_platform(launch_envoy, wa
     # Envoy's route matches the prefix in any case, as the filter does.
     unauthorised = envoy.request("GET", "/WEBHOOKS-ADMIN/status")
     assert unauthorised.status == 401, unauthorised.body
+    # A path that only begins with the same letters is the platform's.
+    assert envoy.request("GET", ADMIN_PREFIX + "x/status").status == 200
     assert envoy.post_event(_event("with-admin")).status == 200
     hooks.wait_for(1, "/hooks/all")
     envoy.settle(events_seen=1, grace=GRACE)
-    assert [(r.method, r.path) for r in upstream.requests()] == [("POST", EVENTS_PATH)]
+    assert [(r.method, r.path) for r in upstream.requests()] == [("GET", ADMIN_PREFIX + "x/status"),
+                                                               ("POST", EVENTS_PATH)]
