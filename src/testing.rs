@@ -14,7 +14,7 @@ pub mod admin {
 }
 
 pub mod serve {
-    pub use crate::serve::{normalize_path, route, Entrance, Served};
+    pub use crate::serve::{normalize_path, route, serves_path, Entrance, Served};
 }
 
 pub mod caller {

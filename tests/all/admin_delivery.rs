@@ -35,7 +35,15 @@ fn routed(prefix: &str, method: &str, path: &str, authorization: Option<&str>) -
         "authorization" => authorization.map(str::to_string),
         _ => None,
     };
-    match serve::route(&plugin, method, path, &header) {
+    let served = serve::route(&plugin, method, path, &header);
+    // With events.selected_by_routes the filter asks serves_path first, and
+    // routes only what it says is served: the two must agree on every path.
+    assert_eq!(
+        serve::serves_path(&plugin, path),
+        served.is_some(),
+        "{path}"
+    );
+    match served {
         None => Routed::NotServed,
         Some(Served::Refused(Entrance::Admin, _)) => Routed::Unauthorized,
         Some(Served::Admin(route)) => Routed::Admin(route),

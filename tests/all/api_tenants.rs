@@ -105,7 +105,14 @@ fn served(method: &str, path: &str, headers: &[(&str, &str)]) -> Option<Served> 
             .find(|(n, _)| *n == name)
             .map(|(_, v)| v.to_string())
     };
-    serve::route(&plugin, method, path, &header)
+    let served = serve::route(&plugin, method, path, &header);
+    // What events.selected_by_routes relies on: serves_path agrees with route.
+    assert_eq!(
+        serve::serves_path(&plugin, path),
+        served.is_some(),
+        "{path}"
+    );
+    served
 }
 
 /// Without valid credentials for the API a path is under, the caller learns
