@@ -61,13 +61,18 @@ def test_callgrind_self_cost_is_split_by_object(tmp_path: Path) -> None:
 def test_the_targets_in_instructions_are_the_capacity_ratios():
     rows = [{"tag": t, "total": n} for t, n in
             (("nofilter", 175_000), ("noop", 200_000), ("n0", 201_000), ("n100-ordinary", 290_000),
-             ("n1000-ordinary", 300_000), ("n100", 340_000), ("n100-one", 450_000), ("floor", 305_000))]
+             ("n1000-ordinary", 300_000), ("n100", 340_000), ("n100-one", 450_000), ("floor", 305_000),
+             ("nofilter-get", 150_000), ("n100-get", 150_500), ("mixed-nofilter", 152_000),
+             ("mixed-n100", 160_000))]
     table = run.instructions_targets(rows)
     lines = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()[2:]}
     assert "200,000 ÷ 201,000 = 1.00× | yes" in lines["0 definitions ≥ 0.98× the no-op filter"]
     assert "= 0.69× | no" in lines["100 definitions, no event matches ≥ 0.90× the no-op filter"]
     assert "305,000 ÷ 450,000 = 0.68× | no" in lines[
-        "100 definitions, every event matching one webhook ≥ 0.85× the delivery floor"]
+        "100 definitions, every event matching one webhook ≥ 0.80× the delivery floor"]
+    # Requests on other routes, and the mixed traffic, against Envoy alone's of the same kind.
+    assert "150,000 ÷ 150,500 = 1.00× | yes" in lines["a GET on a route without the filter ≥ 0.99× Envoy alone"]
+    assert "152,000 ÷ 160,000 = 0.95× | no" in next(v for k, v in lines.items() if k.startswith("mixed:"))
     # A delivery: 450 K − 290 K = 160 K; a bare callout: 305 K − 200 K = 105 K; ours: 55 K.
     assert "(160,000 − 105,000) = 55,000 = 0.52× a callout of 105,000 | no" in lines[
         "our bookkeeping per delivery ≤ 0.2× a bare callout"]

@@ -29,7 +29,11 @@ import uuid
 
 SYSTEM_DOMAIN = "1297c8b6-3563-11e7-adf1-6c4008b85488"
 SPECIAL_USER = "9b219676-7567-11e9-806b-62fe166f0ad7"
-EVENT_PATH = "/API/events/v1/events"  # where the platform POSTs its events (any path is watched)
+EVENT_PATH = "/API/events/v1/events"  # where the platform POSTs its events: the event route
+# The platform's other traffic: GETs of its API, on routes without the filter.
+OTHER_PATH = "/API/assets/v1/assets/918728e2-bc1c-11ed-aaef-66cff3148306/"
+# The mixed traffic a platform sees: this many GETs of OTHER_PATH for each event POST.
+GETS_PER_EVENT = 9
 
 # (event_type, realm, operation) with a weight: how often the platform emits such events.
 # Asset metadata and format updates dominate in a media asset manager; jobs report progress.
