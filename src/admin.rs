@@ -172,8 +172,8 @@ impl AdminAnswer {
 pub struct AdminRequest<'a> {
     /// The whole body (routes that `need_body`), else empty.
     pub body: &'a [u8],
-    /// Random: makes each test event's `message_id` new.
-    pub nonce: u64,
+    /// Random: the injected delivery's `message_id` (a record without one too).
+    pub nonce: u128,
 }
 
 /// Answers an admin request routed to `route`, reading and updating webhook
@@ -254,7 +254,6 @@ fn injected(
     plugin: &Plugin,
     id: &str,
     request: AdminRequest<'_>,
-    now_ms: u64,
 ) -> Result<Injected, (u32, String)> {
     let bad = |why: String| (400, why);
     let max = plugin.config.events.max_event_bytes;
@@ -285,9 +284,8 @@ fn injected(
             .get("request_id")
             .and_then(Value::as_str)
             .map(str::to_string);
-        let nonce = format!("admin-deliver/{now_ms}/{:016x}", request.nonce);
         return Ok(Injected {
-            message_id: signature::message_id(id, Some(&nonce), request.body),
+            message_id: signature::message_id(request.nonce),
             event: request.body.trim_ascii().to_vec(),
             request_id,
         });
@@ -346,8 +344,7 @@ fn injected(
         _ => None,
     };
     Ok(Injected {
-        message_id: message_id
-            .unwrap_or_else(|| signature::message_id(id, request_id.as_deref(), event)),
+        message_id: message_id.unwrap_or_else(|| signature::message_id(request.nonce)),
         event: event.to_vec(),
         request_id,
     })
@@ -394,7 +391,7 @@ fn deliver<S: SharedData + ?Sized>(
     if let Some(why) = refusal {
         return AdminAnswer::plain(409, error_body(&why));
     }
-    let injected = match injected(plugin, id, request, now_ms) {
+    let injected = match injected(plugin, id, request) {
         Ok(injected) => injected,
         Err((status, why)) => return AdminAnswer::plain(status, error_body(&why)),
     };

@@ -86,6 +86,8 @@ pub trait Host: SharedData {
     fn now_ms(&self) -> u64;
     /// Uniform in `[0, 1)`: retry jitter.
     fn random_unit(&mut self) -> f64;
+    /// 128 random bits: a delivery's `webhook-id`.
+    fn random_id(&mut self) -> u128;
     /// Starts a call; its outcome comes back with the returned token.
     fn dispatch(&mut self, call: Call<'_>) -> Result<u32, DispatchError>;
     /// Sets the tick period (0: no tick); `false` if the host refused.

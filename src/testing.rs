@@ -149,6 +149,8 @@ pub struct FakeHost {
     /// Shared-data reads and writes made, by key.
     pub reads: std::cell::RefCell<BTreeMap<String, u64>>,
     pub writes: BTreeMap<String, u64>,
+    /// `random_id`s drawn so far.
+    pub ids_drawn: u128,
 }
 
 impl SharedData for FakeHost {
@@ -182,6 +184,12 @@ impl Host for FakeHost {
 
     fn random_unit(&mut self) -> f64 {
         0.5
+    }
+
+    fn random_id(&mut self) -> u128 {
+        // Distinct, and the same in every run.
+        self.ids_drawn = self.ids_drawn.wrapping_add(1);
+        self.ids_drawn
     }
 
     fn dispatch(&mut self, call: Call<'_>) -> Result<u32, DispatchError> {

@@ -666,11 +666,7 @@ impl Engine {
         // not: receivers (and a redrive) de-duplicate on it.
         let identified = !secrets.is_empty() || !delivery.target.is_dead_letter();
         if identified && delivery.message_id.is_empty() {
-            delivery.message_id = signature::message_id(
-                &delivery.target.webhook().id,
-                delivery.request_id.as_deref(),
-                &delivery.body,
-            );
+            delivery.message_id = signature::message_id(host.random_id());
         }
         if identified {
             headers.push(("webhook-id", delivery.message_id.as_str()));
@@ -1031,7 +1027,7 @@ impl Engine {
             return;
         }
         let message_id = if delivery.message_id.is_empty() {
-            signature::message_id(&webhook.id, delivery.request_id.as_deref(), &delivery.body)
+            signature::message_id(host.random_id())
         } else {
             delivery.message_id.clone()
         };

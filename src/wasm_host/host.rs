@@ -139,6 +139,10 @@ impl Host for ProxyHost<'_> {
         fastrand::f64()
     }
 
+    fn random_id(&mut self) -> u128 {
+        fastrand::u128(..)
+    }
+
     fn dispatch(&mut self, call: Call<'_>) -> Result<u32, DispatchError> {
         hostcalls::dispatch_http_call(
             call.cluster,

@@ -123,7 +123,7 @@ impl EventStream {
     fn answer_admin(worker: &Worker, plugin: &Plugin, route: &AdminRoute, body: &[u8]) {
         let request = AdminRequest {
             body,
-            nonce: fastrand::u64(..),
+            nonce: fastrand::u128(..),
         };
         let mut answer =
             admin::answer(plugin, &mut ProxySharedData, route, request, host::now_ms());

@@ -202,6 +202,9 @@ mod delivery {
         fn random_unit(&mut self) -> f64 {
             0.5
         }
+        fn random_id(&mut self) -> u128 {
+            u128::from(self.calls)
+        }
         fn dispatch(&mut self, _call: Call<'_>) -> Result<u32, DispatchError> {
             self.calls += 1;
             Ok(self.calls)

@@ -13,7 +13,7 @@ use envoy_webhooks::testing::message::{QueuedEvent, QueuedTarget};
 use envoy_webhooks::testing::plugin::Plugin;
 use envoy_webhooks::testing::serve::{self, Served};
 use envoy_webhooks::testing::store;
-use envoy_webhooks::testing::FakeHost;
+use envoy_webhooks::testing::{FakeHost, MadeCall};
 use serde_json::{json, Value};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -700,4 +700,28 @@ fn rate_limit_settings_are_checked() {
             "{bad}: {error}"
         );
     }
+}
+
+/// `webhook-id` is one message's: every attempt of a delivery carries the
+/// same, and the same event text delivered twice (the platform sent it
+/// twice) is two messages with two ids.
+#[test]
+fn each_delivery_has_its_own_webhook_id_and_keeps_it_through_retries() {
+    let plugin = load(json!([hook("a")]));
+    let (mut engine, mut host) = started(&plugin);
+    engine.accept(&mut host, matched(&plugin, "a"));
+    engine.accept(&mut host, matched(&plugin, "a"));
+    let first = host.oldest_open().expect("the first delivery");
+    host.take(first.token);
+    let second = host.oldest_open().expect("the second delivery");
+    host.take(second.token);
+    assert_eq!(first.body, second.body, "the same event text");
+    let id = |call: &MadeCall| header(&call.headers, "webhook-id").map(str::to_string);
+    assert!(id(&first).is_some_and(|id| id.starts_with("msg_") && id.len() == 36));
+    assert_ne!(id(&first), id(&second));
+    engine.call_finished(&mut host, first.token, Some(&answer("503")));
+    host.now_ms += 10_000;
+    engine.tick(&mut host);
+    let retry = host.oldest_open().expect("the retry");
+    assert_eq!(id(&retry), id(&first));
 }
