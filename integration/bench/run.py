@@ -645,6 +645,15 @@ TENANT_STORE: dict = {}
 EGRESS_CLUSTER = "webhooks_egress_http"
 
 
+def signed_plugin(count: int) -> dict:
+    """``count`` definitions, each with a signing secret: every delivery carries a Standard
+    Webhooks signature (HMAC-SHA256 over the event)."""
+    plugin = workload.plugin_config(count)
+    for webhook in plugin["webhooks"]:
+        webhook["secret"] = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    return plugin
+
+
 def egress_plugin(count: int, hooks_port: int) -> dict:
     """``count`` definitions whose calls go through the egress listener, as tenants' calls do:
     to the receiver's address (an operator's exception, since it is on loopback), not its cluster."""
@@ -1579,7 +1588,7 @@ def profile_main(args, paths: dict, cases: list[dict], output: Path) -> None:
 # nested VM, a shared host). They are not capacity: the kernel's work (sockets, wake-ups) is not
 # counted, nor cache misses or stalls, and V8's generated code runs as valgrind translates it.
 INSTRUCTION_CASES = ["nofilter", "noop", "n0-unread", "n0", "n100-ordinary", "n1000-ordinary", "n100",
-                     "n100-one", "n100-one-egress", "floor", "nofilter-get", "noop-get", "n100-get",
+                     "n100-one", "n100-one-signed", "n100-one-egress", "floor", "nofilter-get", "noop-get", "n100-get",
                      "n100-get-everywhere", "n100-ordinary-everywhere", "mixed-nofilter", "mixed-n100", "t1x10",
                      "t1000x10"]
 INSTRUCTION_WARMUP = 200
@@ -1794,6 +1803,12 @@ def instructions_targets(rows: list[dict]) -> str:
         lines.append(f"| our bookkeeping per delivery ≤ 0.2× a bare callout | ({delivery:,.0f} − {call:,.0f}) = "
                      f"{delivery - call:,.0f} = {share:.2f}× a callout of {call:,.0f} | "
                      f"{'yes' if share <= 0.2 else 'no'} |")
+    if all(t in by for t in ("floor", "noop", "n100-one", "n100-one-signed")):
+        signature = by["n100-one-signed"] - by["n100-one"]
+        call = by["floor"] - by["noop"]
+        lines.append(f"| the Standard Webhooks signature per delivery (reported, no target) | "
+                     f"{by['n100-one-signed']:,.0f} − {by['n100-one']:,.0f} = {signature:,.0f} = "
+                     f"{signature / call:.2f}× a bare callout of {call:,.0f} | |")
     if all(t in by for t in ("floor", "noop", "n100-one", "n100-one-egress")):
         # Every event makes one delivery in both cases: the difference is the hop, per delivery.
         hop = by["n100-one-egress"] - by["n100-one"]
@@ -1998,6 +2013,10 @@ def main() -> int:
                          "definitions": 100, "events": events_file, "method": "GET", "everywhere": True},
                         {"label": "100 definitions on every route, no event matches", "tag": "n100-ordinary-everywhere",
                          "definitions": 100, "events": ordinary_file, "everywhere": True},
+                        # The same deliveries, each signed (Standard Webhooks, one secret): the
+                        # signature's own cost, against n100-one.
+                        {"label": "100 definitions, every event matching one webhook, signed", "tag": "n100-one-signed",
+                         "definitions": 100, "events": single_file, "plugin": signed_plugin(100)},
                         {"label": f"Envoy alone, mixed: {workload.GETS_PER_EVENT} GETs on another route per event POST",
                          "tag": "mixed-nofilter", "definitions": None, "events": events_file, "method": "mixed"},
                         {"label": f"100 definitions, mixed: {workload.GETS_PER_EVENT} GETs on another route per event "
