@@ -389,20 +389,116 @@ pub fn scan(text: &str, paths: &PathSet, view: &mut View) -> Scan {
 /// The text is not valid JSON.
 struct Bad;
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
+/// The scan reads text in blocks of this many bytes (a Wasm `v128`).
+const BLOCK: usize = 16;
 
-/// The high bit of each byte of `word` (little-endian: the first byte is the
-/// lowest) that is `"`, `\\` or below 0x20, and maybe of bytes after the
-/// first such one, never before it: `x - ONES` borrows only upward, from a
-/// zero byte (the classic "has a zero byte" test, and "has a byte below n"
-/// for n = 0x20, which never flags a byte of 0x80 or more).
-fn special_bytes(word: u64) -> u64 {
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-    let quote = zero(word ^ (ONES * u64::from(b'"')));
-    let backslash = zero(word ^ (ONES * u64::from(b'\\')));
-    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
-    quote | backslash | control
+/// Sixteen bytes of text from `at`; past the text's end, zero bytes (a
+/// control character, and not whitespace: a byte that ends every run the
+/// scan skips, so a skip never passes the end).
+fn block_at(bytes: &[u8], at: usize) -> [u8; BLOCK] {
+    let rest = bytes.get(at..).unwrap_or_default();
+    if let Some(block) = rest
+        .get(..BLOCK)
+        .and_then(|b| <[u8; BLOCK]>::try_from(b).ok())
+    {
+        return block;
+    }
+    let mut block = [0; BLOCK];
+    for (to, from) in block.iter_mut().zip(rest) {
+        *to = *from;
+    }
+    block
+}
+
+/// Where the run of bytes from `at` that `ends` (a block class) does not
+/// flag ends: the first flagged byte, or the text's end (its zero padding
+/// is flagged by both classes).
+fn run_end(bytes: &[u8], mut at: usize, ends: fn(&[u8; BLOCK]) -> u32) -> usize {
+    loop {
+        let mask = ends(&block_at(bytes, at));
+        if mask != 0 {
+            // At most 15: always fits.
+            return at + usize::try_from(mask.trailing_zeros()).unwrap_or(0);
+        }
+        at += BLOCK;
+    }
+}
+
+/// Classifies 16 bytes at once, as simdjson's first stage does, with Wasm
+/// SIMD: each function gives a mask with bit `i` set when byte `i` is of
+/// its class. The safe intrinsics need no unsafe (a `v128` is built from
+/// the bytes, which LLVM turns into one `v128.load`).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod classes {
+    use core::arch::wasm32::{
+        u8x16, u8x16_bitmask, u8x16_eq, u8x16_lt, u8x16_splat, v128, v128_or,
+    };
+
+    fn vector(block: &[u8; super::BLOCK]) -> v128 {
+        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = *block;
+        u8x16(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p)
+    }
+
+    /// `"`, `\\` or a control character: what ends a string's plain run.
+    pub fn string_special(block: &[u8; super::BLOCK]) -> u32 {
+        let v = vector(block);
+        let quote = u8x16_eq(v, u8x16_splat(b'"'));
+        let backslash = u8x16_eq(v, u8x16_splat(b'\\'));
+        let control = u8x16_lt(v, u8x16_splat(0x20));
+        u32::from(u8x16_bitmask(v128_or(v128_or(quote, backslash), control)))
+    }
+
+    /// Not JSON whitespace (space, `\n`, `\r`, `\t`): what ends a run.
+    pub fn not_whitespace(block: &[u8; super::BLOCK]) -> u32 {
+        let v = vector(block);
+        let space = v128_or(
+            v128_or(
+                u8x16_eq(v, u8x16_splat(b' ')),
+                u8x16_eq(v, u8x16_splat(b'\n')),
+            ),
+            v128_or(
+                u8x16_eq(v, u8x16_splat(b'\r')),
+                u8x16_eq(v, u8x16_splat(b'\t')),
+            ),
+        );
+        // Bits 0..16 that are not whitespace.
+        u32::from(!u8x16_bitmask(space))
+    }
+}
+
+/// The same classes byte by byte, where there is no Wasm SIMD (native
+/// builds: tests and fuzzing). `tests::classes_agree` holds both to the
+/// byte predicates below; it runs natively and on wasm32 with `+simd128`.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+mod classes {
+    fn mask(block: &[u8; super::BLOCK], class: impl Fn(u8) -> bool) -> u32 {
+        block
+            .iter()
+            .enumerate()
+            .fold(0, |mask, (i, &b)| mask | (u32::from(class(b)) << i))
+    }
+
+    pub fn string_special(block: &[u8; super::BLOCK]) -> u32 {
+        mask(block, super::is_string_special)
+    }
+
+    pub fn not_whitespace(block: &[u8; super::BLOCK]) -> u32 {
+        mask(block, |b| !super::is_whitespace(b))
+    }
+}
+
+/// What ends a string's plain run: `"`, `\\` or a control character.
+/// (With Wasm SIMD only the test reads it, to hold the SIMD class to it.)
+#[cfg_attr(
+    all(target_arch = "wasm32", target_feature = "simd128"),
+    allow(dead_code)
+)]
+fn is_string_special(byte: u8) -> bool {
+    byte == b'"' || byte == b'\\' || byte < 0x20
+}
+
+fn is_whitespace(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\n' | b'\r' | b'\t')
 }
 
 struct Scanner<'s> {
@@ -420,10 +516,16 @@ impl Scanner<'_> {
         self.bytes.get(self.at).copied()
     }
 
+    /// Skips whitespace. Most calls meet none, or one space (`": "`): those
+    /// cost a byte's look; a longer run (indentation) goes 16 bytes at a time.
     fn whitespace(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+        for _ in 0..2 {
+            if !self.peek().is_some_and(is_whitespace) {
+                return;
+            }
             self.at += 1;
         }
+        self.at = run_end(self.bytes, self.at, classes::not_whitespace);
     }
 
     fn eat(&mut self, byte: u8) -> Result<(), Bad> {
@@ -598,31 +700,10 @@ impl Scanner<'_> {
     }
 
     /// Skips string bytes that need no look (not `"`, `\\` or a control
-    /// character): most of an event is such text, so it goes eight bytes at
-    /// a time (the profile's hottest loop; wasm32 has 64-bit integers).
+    /// character): most of an event is such text, so it goes 16 bytes at a
+    /// time (the profile's hottest loop).
     fn skip_plain(&mut self) {
-        let rest = self.bytes.get(self.at..).unwrap_or_default();
-        let mut plain = 0;
-        let mut words = rest.chunks_exact(8);
-        for word in words.by_ref() {
-            let mut eight = [0u8; 8];
-            eight.copy_from_slice(word);
-            let special = special_bytes(u64::from_le_bytes(eight));
-            if special != 0 {
-                // The lowest flagged byte is the first special one (the
-                // flags are exact up to the first; see `special_bytes`).
-                let first = usize::try_from(special.trailing_zeros() / 8).unwrap_or(0);
-                self.at += plain + first;
-                return;
-            }
-            plain += 8;
-        }
-        plain += words
-            .remainder()
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            .unwrap_or(words.remainder().len());
-        self.at += plain;
+        self.at = run_end(self.bytes, self.at, classes::string_special);
     }
 
     /// After a backslash.
@@ -757,5 +838,53 @@ impl Scanner<'_> {
             }
             *slot = Some(leaf);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every byte value in every lane, among neighbours of every class:
+    /// the block classes (Wasm SIMD or the portable ones) give exactly the
+    /// byte predicates' masks.
+    #[test]
+    fn classes_agree() {
+        let fillers = [b'a', b' ', b'"', 0x00, 0xC3, 0xFF];
+        for filler in fillers {
+            for lane in 0..BLOCK {
+                for byte in 0..=u8::MAX {
+                    let mut block = [filler; BLOCK];
+                    if let Some(b) = block.get_mut(lane) {
+                        *b = byte;
+                    }
+                    let expected = |class: fn(u8) -> bool| {
+                        (0..BLOCK)
+                            .zip(block)
+                            .filter(|&(_, b)| class(b))
+                            .fold(0u32, |mask, (i, _)| mask | 1 << i)
+                    };
+                    assert_eq!(
+                        classes::string_special(&block),
+                        expected(is_string_special),
+                        "{block:?}"
+                    );
+                    assert_eq!(
+                        classes::not_whitespace(&block),
+                        expected(|b| !is_whitespace(b)),
+                        "{block:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_block_past_the_end_is_zeros() {
+        let text = b"0123456789abcdefXYZ";
+        assert_eq!(block_at(text, 0), *b"0123456789abcdef");
+        assert_eq!(block_at(text, 16), *b"XYZ\0\0\0\0\0\0\0\0\0\0\0\0\0");
+        assert_eq!(block_at(text, 19), [0; BLOCK]);
+        assert_eq!(block_at(text, 40), [0; BLOCK]);
     }
 }
