@@ -410,46 +410,53 @@ fn block_at(bytes: &[u8], at: usize) -> [u8; BLOCK] {
     block
 }
 
-/// Where the run of bytes from `at` that `ends` (a block class) does not
+/// Where the run of bytes from `at` that `first` (a block class) does not
 /// flag ends: the first flagged byte, or the text's end (its zero padding
 /// is flagged by both classes).
-fn run_end(bytes: &[u8], mut at: usize, ends: fn(&[u8; BLOCK]) -> u32) -> usize {
+fn run_end(bytes: &[u8], mut at: usize, first: fn(&[u8; BLOCK]) -> usize) -> usize {
     loop {
-        let mask = ends(&block_at(bytes, at));
-        if mask != 0 {
-            // At most 15: always fits.
-            return at + usize::try_from(mask.trailing_zeros()).unwrap_or(0);
+        let found = first(&block_at(bytes, at));
+        at += found;
+        if found < BLOCK {
+            return at;
         }
-        at += BLOCK;
     }
 }
 
-/// Classifies 16 bytes at once, as simdjson's first stage does, with Wasm
-/// SIMD: each function gives a mask with bit `i` set when byte `i` is of
-/// its class. The safe intrinsics need no unsafe (a `v128` is built from
-/// the bytes, which LLVM turns into one `v128.load`).
+/// The block classes: each gives the index of a block's first byte of its
+/// class, or [`BLOCK`] when none is. With Wasm SIMD, the 16 bytes are
+/// classified at once, as simdjson's first stage does (i8x16 compares, a
+/// bitmask, its trailing zeros); the safe intrinsics need no unsafe (the
+/// `v128` built from the bytes is one `v128.load`).
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod classes {
+    use super::BLOCK;
     use core::arch::wasm32::{
         u8x16, u8x16_bitmask, u8x16_eq, u8x16_lt, u8x16_splat, v128, v128_or,
     };
 
-    fn vector(block: &[u8; super::BLOCK]) -> v128 {
+    fn vector(block: &[u8; BLOCK]) -> v128 {
         let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = *block;
         u8x16(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p)
     }
 
-    /// `"`, `\\` or a control character: what ends a string's plain run.
-    pub fn string_special(block: &[u8; super::BLOCK]) -> u32 {
+    /// The first set bit of a 16-bit mask; 16 when none is.
+    fn first(mask: u16) -> usize {
+        // At most 16: always fits.
+        usize::try_from((u32::from(mask) | 1 << BLOCK).trailing_zeros()).unwrap_or(BLOCK)
+    }
+
+    /// `"`, `\\` or a control character.
+    pub fn string_special(block: &[u8; BLOCK]) -> usize {
         let v = vector(block);
         let quote = u8x16_eq(v, u8x16_splat(b'"'));
         let backslash = u8x16_eq(v, u8x16_splat(b'\\'));
         let control = u8x16_lt(v, u8x16_splat(0x20));
-        u32::from(u8x16_bitmask(v128_or(v128_or(quote, backslash), control)))
+        first(u8x16_bitmask(v128_or(v128_or(quote, backslash), control)))
     }
 
-    /// Not JSON whitespace (space, `\n`, `\r`, `\t`): what ends a run.
-    pub fn not_whitespace(block: &[u8; super::BLOCK]) -> u32 {
+    /// Not JSON whitespace.
+    pub fn not_whitespace(block: &[u8; BLOCK]) -> usize {
         let v = vector(block);
         let space = v128_or(
             v128_or(
@@ -461,38 +468,63 @@ mod classes {
                 u8x16_eq(v, u8x16_splat(b'\t')),
             ),
         );
-        // Bits 0..16 that are not whitespace.
-        u32::from(!u8x16_bitmask(space))
+        first(!u8x16_bitmask(space))
     }
 }
 
-/// The same classes byte by byte, where there is no Wasm SIMD (native
-/// builds: tests and fuzzing). `tests::classes_agree` holds both to the
-/// byte predicates below; it runs natively and on wasm32 with `+simd128`.
+/// The same classes without Wasm SIMD (native builds: the tests, fuzzing,
+/// the command-line tool): strings eight bytes at a time with SWAR, what
+/// the filter did before SIMD. `tests::classes_agree` holds both versions
+/// to the byte predicates below; it runs natively and, on wasm32 with
+/// `+simd128`, under a WASI runtime (see the test).
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
 mod classes {
-    fn mask(block: &[u8; super::BLOCK], class: impl Fn(u8) -> bool) -> u32 {
+    use super::BLOCK;
+
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+    /// The high bit of each byte of `word` (little-endian: the first byte
+    /// is the lowest) that is `"`, `\\` or below 0x20, and maybe of bytes
+    /// after the first such one, never before it: `x - ONES` borrows only
+    /// upward, from a zero byte (the classic "has a zero byte" test, and
+    /// "has a byte below n" for n = 0x20, which never flags a byte of 0x80
+    /// or more).
+    fn special_bytes(word: u64) -> u64 {
+        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+        let quote = zero(word ^ (ONES * u64::from(b'"')));
+        let backslash = zero(word ^ (ONES * u64::from(b'\\')));
+        let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+        quote | backslash | control
+    }
+
+    pub fn string_special(block: &[u8; BLOCK]) -> usize {
+        let (low, high) = block.split_at(BLOCK / 2);
+        let word = |half: &[u8]| {
+            let mut eight = [0u8; 8];
+            eight.copy_from_slice(half);
+            special_bytes(u64::from_le_bytes(eight))
+        };
+        // The lowest flagged byte is the first special one (the flags are
+        // exact up to the first); a word's trailing zeros are at most 64.
+        let byte = |flags: u64| usize::try_from(flags.trailing_zeros() / 8).unwrap_or(8);
+        match word(low) {
+            0 => BLOCK / 2 + byte(word(high)),
+            flags => byte(flags),
+        }
+    }
+
+    pub fn not_whitespace(block: &[u8; BLOCK]) -> usize {
         block
             .iter()
-            .enumerate()
-            .fold(0, |mask, (i, &b)| mask | (u32::from(class(b)) << i))
-    }
-
-    pub fn string_special(block: &[u8; super::BLOCK]) -> u32 {
-        mask(block, super::is_string_special)
-    }
-
-    pub fn not_whitespace(block: &[u8; super::BLOCK]) -> u32 {
-        mask(block, |b| !super::is_whitespace(b))
+            .position(|&b| !super::is_whitespace(b))
+            .unwrap_or(BLOCK)
     }
 }
 
 /// What ends a string's plain run: `"`, `\\` or a control character.
-/// (With Wasm SIMD only the test reads it, to hold the SIMD class to it.)
-#[cfg_attr(
-    all(target_arch = "wasm32", target_feature = "simd128"),
-    allow(dead_code)
-)]
+/// (Only the test reads it: it holds the block classes to it.)
+#[cfg_attr(not(test), allow(dead_code))]
 fn is_string_special(byte: u8) -> bool {
     byte == b'"' || byte == b'\\' || byte < 0x20
 }
@@ -859,10 +891,7 @@ mod tests {
                         *b = byte;
                     }
                     let expected = |class: fn(u8) -> bool| {
-                        (0..BLOCK)
-                            .zip(block)
-                            .filter(|&(_, b)| class(b))
-                            .fold(0u32, |mask, (i, _)| mask | 1 << i)
+                        block.iter().position(|&b| class(b)).unwrap_or(BLOCK)
                     };
                     assert_eq!(
                         classes::string_special(&block),
