@@ -410,8 +410,9 @@ fn every_byte_of_a_long_string_is_checked_wherever_it_falls() {
     let matcher = single(r#"a = "xxxxxxxxxxxxxxxxxxxxxxxx""#);
     let mut specials: Vec<String> = (0u8..0x20).map(|b| char::from(b).to_string()).collect();
     specials.extend(["\"", "\\", "\\\"", "\\n", "\u{7f}", "é", "\u{10348}", " "].map(String::from));
-    // Around it, plain ASCII or bytes of 0x80 and more (the scan goes eight
-    // bytes at a time: every offset in a word, every word of the string).
+    // Around it, plain ASCII or bytes of 0x80 and more (the scan goes 16
+    // bytes at a time, natively in two words of eight: every offset in a
+    // block, every block of the string).
     let backgrounds = [["x"; 24], ["é"; 24], ["\u{7f}"; 24]];
     let mut verdicts = [0, 0];
     for background in &backgrounds {
