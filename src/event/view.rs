@@ -16,6 +16,12 @@
 //! not an object make [`scan`] answer [`Scan::Unsure`], and the caller parses
 //! the event the old way (a full parse, which is the oracle this module is
 //! tested against).
+//!
+//! Runs of bytes that need no look one by one (a string's plain bytes, a
+//! whitespace run) are skipped 16 bytes at a time: in the filter with Wasm
+//! SIMD (`simd128`, set in `.cargo/config.toml`; V8 runs it), classified at
+//! once as simdjson's first stage does; natively (tests, fuzzing) by a
+//! portable version held to the same byte classes.
 
 use std::cell::RefCell;
 
@@ -389,20 +395,149 @@ pub fn scan(text: &str, paths: &PathSet, view: &mut View) -> Scan {
 /// The text is not valid JSON.
 struct Bad;
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
+/// The scan reads text in blocks of this many bytes (a Wasm `v128`).
+const BLOCK: usize = 16;
 
-/// The high bit of each byte of `word` (little-endian: the first byte is the
-/// lowest) that is `"`, `\\` or below 0x20, and maybe of bytes after the
-/// first such one, never before it: `x - ONES` borrows only upward, from a
-/// zero byte (the classic "has a zero byte" test, and "has a byte below n"
-/// for n = 0x20, which never flags a byte of 0x80 or more).
-fn special_bytes(word: u64) -> u64 {
-    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
-    let quote = zero(word ^ (ONES * u64::from(b'"')));
-    let backslash = zero(word ^ (ONES * u64::from(b'\\')));
-    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
-    quote | backslash | control
+/// Sixteen bytes of text from `at`; past the text's end, zero bytes (a
+/// control character, and not whitespace: a byte that ends every run the
+/// scan skips, so a skip never passes the end).
+fn block_at(bytes: &[u8], at: usize) -> [u8; BLOCK] {
+    let rest = bytes.get(at..).unwrap_or_default();
+    if let Some(block) = rest
+        .get(..BLOCK)
+        .and_then(|b| <[u8; BLOCK]>::try_from(b).ok())
+    {
+        return block;
+    }
+    let mut block = [0; BLOCK];
+    for (to, from) in block.iter_mut().zip(rest) {
+        *to = *from;
+    }
+    block
+}
+
+/// Where the run of bytes from `at` that `first` (a block class) does not
+/// flag ends: the first flagged byte, or the text's end (its zero padding
+/// is flagged by both classes).
+fn run_end(bytes: &[u8], mut at: usize, first: fn(&[u8; BLOCK]) -> usize) -> usize {
+    loop {
+        let found = first(&block_at(bytes, at));
+        at += found;
+        if found < BLOCK {
+            return at;
+        }
+    }
+}
+
+/// The block classes: each gives the index of a block's first byte of its
+/// class, or [`BLOCK`] when none is. With Wasm SIMD, the 16 bytes are
+/// classified at once, as simdjson's first stage does (i8x16 compares, a
+/// bitmask, its trailing zeros); the safe intrinsics need no unsafe (the
+/// `v128` built from the bytes is one `v128.load`).
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod classes {
+    use super::BLOCK;
+    use core::arch::wasm32::{
+        u8x16, u8x16_bitmask, u8x16_eq, u8x16_lt, u8x16_splat, v128, v128_or,
+    };
+
+    fn vector(block: &[u8; BLOCK]) -> v128 {
+        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = *block;
+        u8x16(a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p)
+    }
+
+    /// The first set bit of a 16-bit mask; 16 when none is.
+    fn first(mask: u16) -> usize {
+        // At most 16: always fits.
+        usize::try_from((u32::from(mask) | 1 << BLOCK).trailing_zeros()).unwrap_or(BLOCK)
+    }
+
+    /// `"`, `\\` or a control character.
+    pub fn string_special(block: &[u8; BLOCK]) -> usize {
+        let v = vector(block);
+        let quote = u8x16_eq(v, u8x16_splat(b'"'));
+        let backslash = u8x16_eq(v, u8x16_splat(b'\\'));
+        let control = u8x16_lt(v, u8x16_splat(0x20));
+        first(u8x16_bitmask(v128_or(v128_or(quote, backslash), control)))
+    }
+
+    /// Not JSON whitespace.
+    pub fn not_whitespace(block: &[u8; BLOCK]) -> usize {
+        let v = vector(block);
+        let space = v128_or(
+            v128_or(
+                u8x16_eq(v, u8x16_splat(b' ')),
+                u8x16_eq(v, u8x16_splat(b'\n')),
+            ),
+            v128_or(
+                u8x16_eq(v, u8x16_splat(b'\r')),
+                u8x16_eq(v, u8x16_splat(b'\t')),
+            ),
+        );
+        first(!u8x16_bitmask(space))
+    }
+}
+
+/// The same classes without Wasm SIMD (native builds: the tests, fuzzing,
+/// the command-line tool): strings eight bytes at a time with SWAR, what
+/// the filter did before SIMD. `tests::classes_agree` holds this version to
+/// the byte predicates below; the SIMD one is held to the full parse as it
+/// ships, in V8, by `tools/wasm-oracle` (the main crate's dev-dependencies do
+/// not build for wasm32-wasip1, so its tests do not run there).
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+mod classes {
+    use super::BLOCK;
+
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+    /// The high bit of each byte of `word` (little-endian: the first byte
+    /// is the lowest) that is `"`, `\\` or below 0x20, and maybe of bytes
+    /// after the first such one, never before it: `x - ONES` borrows only
+    /// upward, from a zero byte (the classic "has a zero byte" test, and
+    /// "has a byte below n" for n = 0x20, which never flags a byte of 0x80
+    /// or more).
+    fn special_bytes(word: u64) -> u64 {
+        let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+        let quote = zero(word ^ (ONES * u64::from(b'"')));
+        let backslash = zero(word ^ (ONES * u64::from(b'\\')));
+        let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+        quote | backslash | control
+    }
+
+    pub fn string_special(block: &[u8; BLOCK]) -> usize {
+        let (low, high) = block.split_at(BLOCK / 2);
+        let word = |half: &[u8]| {
+            let mut eight = [0u8; 8];
+            eight.copy_from_slice(half);
+            special_bytes(u64::from_le_bytes(eight))
+        };
+        // The lowest flagged byte is the first special one (the flags are
+        // exact up to the first); a word's trailing zeros are at most 64.
+        let byte = |flags: u64| usize::try_from(flags.trailing_zeros() / 8).unwrap_or(8);
+        match word(low) {
+            0 => BLOCK / 2 + byte(word(high)),
+            flags => byte(flags),
+        }
+    }
+
+    pub fn not_whitespace(block: &[u8; BLOCK]) -> usize {
+        block
+            .iter()
+            .position(|&b| !super::is_whitespace(b))
+            .unwrap_or(BLOCK)
+    }
+}
+
+/// What ends a string's plain run: `"`, `\\` or a control character.
+/// (Only the test reads it: it holds the block classes to it.)
+#[cfg_attr(not(test), allow(dead_code))]
+fn is_string_special(byte: u8) -> bool {
+    byte == b'"' || byte == b'\\' || byte < 0x20
+}
+
+fn is_whitespace(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\n' | b'\r' | b'\t')
 }
 
 struct Scanner<'s> {
@@ -420,9 +555,17 @@ impl Scanner<'_> {
         self.bytes.get(self.at).copied()
     }
 
+    /// Skips whitespace. Most calls meet none, or one space (`": "`): that
+    /// look stays inline (the profile: a call per look cost more than SIMD
+    /// saved on compact events); a longer run (indentation) goes 16 bytes at
+    /// a time.
+    #[inline(always)]
     fn whitespace(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
+        if self.peek().is_some_and(is_whitespace) {
             self.at += 1;
+            if self.peek().is_some_and(is_whitespace) {
+                self.at = run_end(self.bytes, self.at, classes::not_whitespace);
+            }
         }
     }
 
@@ -598,31 +741,10 @@ impl Scanner<'_> {
     }
 
     /// Skips string bytes that need no look (not `"`, `\\` or a control
-    /// character): most of an event is such text, so it goes eight bytes at
-    /// a time (the profile's hottest loop; wasm32 has 64-bit integers).
+    /// character): most of an event is such text, so it goes 16 bytes at a
+    /// time (the profile's hottest loop).
     fn skip_plain(&mut self) {
-        let rest = self.bytes.get(self.at..).unwrap_or_default();
-        let mut plain = 0;
-        let mut words = rest.chunks_exact(8);
-        for word in words.by_ref() {
-            let mut eight = [0u8; 8];
-            eight.copy_from_slice(word);
-            let special = special_bytes(u64::from_le_bytes(eight));
-            if special != 0 {
-                // The lowest flagged byte is the first special one (the
-                // flags are exact up to the first; see `special_bytes`).
-                let first = usize::try_from(special.trailing_zeros() / 8).unwrap_or(0);
-                self.at += plain + first;
-                return;
-            }
-            plain += 8;
-        }
-        plain += words
-            .remainder()
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            .unwrap_or(words.remainder().len());
-        self.at += plain;
+        self.at = run_end(self.bytes, self.at, classes::string_special);
     }
 
     /// After a backslash.
@@ -757,5 +879,49 @@ impl Scanner<'_> {
             }
             *slot = Some(leaf);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every byte value in every lane, among neighbours of every class:
+    /// the block classes give the first byte the byte predicates flag.
+    #[test]
+    fn classes_agree() {
+        let fillers = [b'a', b' ', b'"', 0x00, 0xC3, 0xFF];
+        for filler in fillers {
+            for lane in 0..BLOCK {
+                for byte in 0..=u8::MAX {
+                    let mut block = [filler; BLOCK];
+                    if let Some(b) = block.get_mut(lane) {
+                        *b = byte;
+                    }
+                    let expected = |class: fn(u8) -> bool| {
+                        block.iter().position(|&b| class(b)).unwrap_or(BLOCK)
+                    };
+                    assert_eq!(
+                        classes::string_special(&block),
+                        expected(is_string_special),
+                        "{block:?}"
+                    );
+                    assert_eq!(
+                        classes::not_whitespace(&block),
+                        expected(|b| !is_whitespace(b)),
+                        "{block:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_block_past_the_end_is_zeros() {
+        let text = b"0123456789abcdefXYZ";
+        assert_eq!(block_at(text, 0), *b"0123456789abcdef");
+        assert_eq!(block_at(text, 16), *b"XYZ\0\0\0\0\0\0\0\0\0\0\0\0\0");
+        assert_eq!(block_at(text, 19), [0; BLOCK]);
+        assert_eq!(block_at(text, 40), [0; BLOCK]);
     }
 }

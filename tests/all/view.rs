@@ -410,8 +410,9 @@ fn every_byte_of_a_long_string_is_checked_wherever_it_falls() {
     let matcher = single(r#"a = "xxxxxxxxxxxxxxxxxxxxxxxx""#);
     let mut specials: Vec<String> = (0u8..0x20).map(|b| char::from(b).to_string()).collect();
     specials.extend(["\"", "\\", "\\\"", "\\n", "\u{7f}", "é", "\u{10348}", " "].map(String::from));
-    // Around it, plain ASCII or bytes of 0x80 and more (the scan goes eight
-    // bytes at a time: every offset in a word, every word of the string).
+    // Around it, plain ASCII or bytes of 0x80 and more (the scan goes 16
+    // bytes at a time, natively in two words of eight: every offset in a
+    // block, every block of the string).
     let backgrounds = [["x"; 24], ["é"; 24], ["\u{7f}"; 24]];
     let mut verdicts = [0, 0];
     for background in &backgrounds {
@@ -450,4 +451,194 @@ fn a_huge_event_does_not_leave_its_buffers_behind() {
     let small = r#"{"event_type":"assets","a":[1,2,3]}"#;
     assert_eq!(scan(small, matcher.paths(), &mut view), Scan::Event);
     assert!(view.room() < 1_000, "{}", view.room());
+}
+
+// ------------------------------------------------ 16-byte block boundaries
+
+// The scan classifies 16 bytes at once (strings' plain runs and whitespace
+// runs, from wherever the run starts; past the text's end, zero bytes):
+// what ends a run must be found at every offset in a block, in the first
+// block and later ones, and at the text's end.
+
+/// A string's content: plain ASCII, bytes of 0x80 and more, escapes, and
+/// now and then what is refused (a control character, a bad escape).
+fn block_string() -> impl Strategy<Value = String> {
+    let unit = prop_oneof![
+        30 => Just("x"),
+        4 => Just("é"),
+        2 => Just("\u{10348}"),
+        2 => Just("\u{7f}"),
+        3 => Just("\\\""),
+        2 => Just("\\\\"),
+        2 => Just("\\n"),
+        1 => Just("\\u00e9"),
+        1 => Just("\\ud83d\\ude00"),
+        1 => Just("\\/"),
+        1 => Just(" "),
+        1 => Just("\t"),
+        1 => Just("\u{1f}"),
+        1 => Just("\\q"),
+    ];
+    prop::collection::vec(unit, 0..48).prop_map(|units| format!("\"{}\"", units.concat()))
+}
+
+/// Whitespace runs of every length up to three blocks, mostly short.
+fn block_space() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => Just(String::new()),
+        2 => Just(" ".to_string()),
+        3 => prop::collection::vec(prop::sample::select(vec![" ", "\n", "\r", "\t"]), 0..48)
+            .prop_map(|s| s.concat()),
+        1 => (0usize..40).prop_map(|n| format!("\n{}", " ".repeat(n))),
+    ]
+}
+
+fn block_value() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        6 => block_string(),
+        1 => prop::sample::select(vec!["1", "-2.5e3", "true", "null", "[]", "{}"]).prop_map(String::from),
+    ];
+    leaf.prop_recursive(8, 64, 4, |inner| {
+        prop_oneof![
+            (prop::collection::vec((block_space(), inner.clone(), block_space()), 1..4)).prop_map(
+                |items| {
+                    let items: Vec<String> = items
+                        .into_iter()
+                        .map(|(a, v, b)| format!("{a}{v}{b}"))
+                        .collect();
+                    format!("[{}]", items.join(","))
+                }
+            ),
+            prop::collection::vec(
+                (
+                    prop::sample::select(vec!["\"a\"", "\"b\"", "\"c\"", "\"k\""]),
+                    block_space(),
+                    block_space(),
+                    inner
+                ),
+                1..4
+            )
+            .prop_map(|members| {
+                let members: Vec<String> = members
+                    .into_iter()
+                    .map(|(k, a, b, v)| format!("{k}{a}:{b}{v}"))
+                    .collect();
+                format!("{{{}}}", members.join(","))
+            }),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// Runs of every length, starting at every offset (`shift` moves the
+    /// whole text), with the text cut short now and then (its end falls
+    /// anywhere in a block).
+    #[test]
+    fn runs_end_where_they_end_at_every_block_offset(
+        shift in 0usize..33,
+        members in prop::collection::vec((block_space(), block_space(), block_value(), block_space()), 0..5),
+        end in block_space(),
+        cut in prop::option::weighted(0.1, 0usize..400),
+    ) {
+        let matcher = single("a = \"xx\" OR b.c = 1 OR k = \"é\"");
+        let mut text = format!("{{\"event_type\":\"assets\",\"s\":\"{}\"", "y".repeat(shift));
+        for (i, (before, after, value, tail)) in members.into_iter().enumerate() {
+            let key = ["a", "b", "c", "k", "x"].get(i).copied().unwrap_or("z");
+            text.push_str(&format!(",{before}\"{key}\"{after}:{value}{tail}"));
+        }
+        text.push_str(&end);
+        text.push('}');
+        if let Some(cut) = cut {
+            let mut cut = cut.min(text.len());
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+        }
+        let text = text.trim_end_matches(|c: char| c.is_ascii_whitespace());
+        let outcome = compare_with_oracle(&matcher, text);
+        prop_assert!(outcome.is_ok(), "{}", outcome.err().unwrap_or_default());
+    }
+}
+
+#[test]
+fn every_byte_ends_a_run_at_every_offset_of_three_blocks() {
+    let matcher = single(r#"a = "x" OR b = 1"#);
+    // What may follow a run: every byte below 0x80, and UTF-8 of two to
+    // four bytes.
+    let mut next: Vec<String> = (0u8..0x80).map(|b| char::from(b).to_string()).collect();
+    next.extend(["é", "\u{20ac}", "\u{10348}"].map(String::from));
+    let mut verdicts = [0, 0];
+    for run in 0..50 {
+        for follower in &next {
+            // A string's plain run, then the byte.
+            let string = format!(
+                r#"{{"event_type":"assets","a":"{}{follower}","b":1}}"#,
+                "x".repeat(run)
+            );
+            // A whitespace run (indentation), then the byte: before a value,
+            // and before a comma or the end.
+            let spaced = format!(
+                r#"{{"event_type":"assets","a":{}{follower}"x","b":1{}}}"#,
+                " ".repeat(run),
+                "\n\t\r ".repeat(run / 4)
+            );
+            let after = format!(
+                r#"{{"event_type":"assets","b":1{}{follower}}}"#,
+                " ".repeat(run)
+            );
+            for text in [string, spaced, after] {
+                let verdict = compare_with_oracle(&matcher, &text);
+                assert!(verdict.is_ok(), "{verdict:?} on {text:?}");
+                if let Ok(Some(valid)) = verdict {
+                    verdicts[usize::from(valid)] += 1;
+                }
+            }
+        }
+    }
+    assert!(verdicts[0] > 0 && verdicts[1] > 0, "{verdicts:?}");
+}
+
+#[test]
+fn a_text_cut_anywhere_is_judged_as_serde_json_judges_it() {
+    // Every length of an indented event with escapes and long strings: the
+    // text's end falls at every offset of a block, inside every kind of run.
+    let matcher = single(r#"data.status = "ACTIVE" OR a = "x\"y""#);
+    let text = format!(
+        "{}\n{{\n  \"event_type\": \"assets\",\n  \"a\": \"x\\\"y{}\\u00e9\",\n{}\"data\": {{\"status\": \"ACTIVE\"}}\n}}",
+        "",
+        "long plain text é ".repeat(3),
+        " ".repeat(37)
+    );
+    let text = text.trim();
+    assert_eq!(compare_with_oracle(&matcher, text), Ok(Some(true)));
+    for cut in 1..text.len() {
+        if let Some(prefix) = text.get(..cut) {
+            let prefix = prefix.trim_end_matches(|c: char| c.is_ascii_whitespace());
+            assert_eq!(
+                compare_with_oracle(&matcher, prefix),
+                Ok(Some(false)),
+                "{prefix:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn deep_nesting_with_whitespace_runs_between_brackets() {
+    let matcher = single("a = 1");
+    for depth in [120, 127, 128] {
+        for gap in [0, 1, 15, 16, 17, 33] {
+            let space = " ".repeat(gap);
+            let text = format!(
+                "{{\"a\":{space}{}1{}{space}}}",
+                format!("[{space}").repeat(depth - 1),
+                format!("{space}]").repeat(depth - 1)
+            );
+            let verdict = compare_with_oracle(&matcher, &text);
+            assert_eq!(verdict, Ok(Some(depth < 128)), "depth {depth}, gap {gap}");
+        }
+    }
 }
