@@ -1803,19 +1803,18 @@ def instructions_targets(rows: list[dict]) -> str:
         lines.append(f"| our bookkeeping per delivery ≤ 0.2× a bare callout | ({delivery:,.0f} − {call:,.0f}) = "
                      f"{delivery - call:,.0f} = {share:.2f}× a callout of {call:,.0f} | "
                      f"{'yes' if share <= 0.2 else 'no'} |")
-    if all(t in by for t in ("floor", "noop", "n100-one", "n100-one-signed")):
-        signature = by["n100-one-signed"] - by["n100-one"]
-        call = by["floor"] - by["noop"]
-        lines.append(f"| the Standard Webhooks signature per delivery (reported, no target) | "
-                     f"{by['n100-one-signed']:,.0f} − {by['n100-one']:,.0f} = {signature:,.0f} = "
-                     f"{signature / call:.2f}× a bare callout of {call:,.0f} | |")
-    if all(t in by for t in ("floor", "noop", "n100-one", "n100-one-egress")):
-        # Every event makes one delivery in both cases: the difference is the hop, per delivery.
-        hop = by["n100-one-egress"] - by["n100-one"]
-        call = by["floor"] - by["noop"]
-        lines.append(f"| the egress listener's hop per delivery (reported, no target) | "
-                     f"{by['n100-one-egress']:,.0f} − {by['n100-one']:,.0f} = {hop:,.0f} = {hop / call:.2f}× a "
-                     f"bare callout of {call:,.0f} | |")
+    def reported(what: str, tag: str) -> None:
+        """A row without a target: what ``tag`` adds to n100-one (both make one delivery per
+        event), per delivery, against a bare callout."""
+        if all(t in by for t in ("floor", "noop", "n100-one", tag)):
+            extra = by[tag] - by["n100-one"]
+            call = by["floor"] - by["noop"]
+            lines.append(f"| {what} per delivery (reported, no target) | "
+                         f"{by[tag]:,.0f} − {by['n100-one']:,.0f} = {extra:,.0f} = "
+                         f"{extra / call:.2f}× a bare callout of {call:,.0f} | |")
+
+    reported("the Standard Webhooks signature", "n100-one-signed")
+    reported("the egress listener's hop", "n100-one-egress")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
